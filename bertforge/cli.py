@@ -1,0 +1,63 @@
+"""The `bertforge` console script: a thin dispatcher over the stages' own CLI modules.
+
+Each stage module exposes `register(subparsers)`, which adds its subcommand and sets
+`run=callable(args) -> int`. Stage CLI modules import nothing heavy at module level,
+so `bertforge --help` and `bertforge client ...` never import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from bertforge.config import ConfigError
+
+# subcommand -> module that registers it (in the order shown by --help)
+COMMAND_MODULES = {
+    "data": "train.cli_data",
+    "train": "train.cli",
+    "export": "export.cli",
+    "serve": "serve.cli",
+    "client": "serve.cli_client",
+    "bench": "bench.cli",
+    "pipeline": "bertforge.pipeline",
+}
+
+
+class UserError(Exception):
+    """A failure caused by the user's input; printed without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bertforge",
+        description="Pretrain BERT, export and quantize it, serve it from Triton, benchmark it.",
+    )
+    parser.add_argument("--version", action="version", version=f"bertforge {_version()}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in COMMAND_MODULES.values():
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (UserError, ConfigError, FileNotFoundError, NotADirectoryError) as error:
+        print(f"bertforge {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"bertforge {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _version() -> str:
+    from bertforge import __version__
+
+    return __version__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

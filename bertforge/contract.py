@@ -1,0 +1,38 @@
+"""Names and numbers shared by every stage: one source of truth.
+
+Training writes these into the tokenizer and config.json; export writes them into
+the ONNX graphs and config.pbtxt; serving and the client read them from here.
+"""
+
+# --- Tokenizer: BERT's special tokens, in vocabulary order (ids 0..4) ---
+PAD_TOKEN = "[PAD]"
+UNK_TOKEN = "[UNK]"
+CLS_TOKEN = "[CLS]"
+SEP_TOKEN = "[SEP]"
+MASK_TOKEN = "[MASK]"
+SPECIAL_TOKENS = (PAD_TOKEN, UNK_TOKEN, CLS_TOKEN, SEP_TOKEN, MASK_TOKEN)
+
+# --- Triton models and their tensors (see README "Serving contract") ---
+FILL_MASK_MODEL = "fill_mask"
+EMBED_MODEL = "embed"
+TEXT_INPUT = "TEXT"  # BYTES [1]: one UTF-8 string per request
+EMBEDDING_OUTPUT = "EMBEDDING"  # FP32 [hidden]
+TOKENS_OUTPUT = "TOKENS"  # BYTES [num_masks, top_k]
+TOKEN_IDS_OUTPUT = "TOKEN_IDS"  # INT64 [num_masks, top_k]
+SCORES_OUTPUT = "SCORES"  # FP32 [num_masks, top_k]: probabilities
+
+# --- ONNX graph inputs/outputs written by export and read by the served models ---
+ONNX_ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # int64 [batch, seq]
+ONNX_MASK_POSITIONS = "mask_positions"  # int64 [num_masks]: flat indices into batch*seq
+ONNX_TOP_IDS = "top_ids"  # int64 [num_masks, max_top_k]
+ONNX_TOP_PROBS = "top_probs"  # float32 [num_masks, max_top_k]
+ONNX_SENTENCE_EMBEDDING = "sentence_embedding"  # float32 [batch, hidden]
+
+# --- Defaults shared across stages ---
+DEFAULT_MAX_LENGTH = 128
+DEFAULT_TOP_K = 5
+MAX_TOP_K = 50
+DEFAULT_GRPC_PORT = 8001
+DEFAULT_HTTP_PORT = 8000
+DEFAULT_METRICS_PORT = 8002
+DEFAULT_HOST = "127.0.0.1"

@@ -1,0 +1,1 @@
+"""train stage of bertforge: corpus, tokenizer, data pipeline and the pretraining loop."""
