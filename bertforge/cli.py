@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (UserError, ConfigError, FileNotFoundError, NotADirectoryError) as error:
+    except (UserError, ConfigError, FileNotFoundError, NotADirectoryError, ValueError) as error:
         print(f"bertforge {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

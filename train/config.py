@@ -1,0 +1,179 @@
+"""TrainConfig: everything a pretraining run needs, loaded from TOML with overrides.
+
+Sections mirror the TOML tables: [model] [data] [optim] [train] [checkpoint] [log].
+`model.preset` pulls sizes from train/configs/models/<preset>.toml; keys set in the
+run's own [model] table win over the preset. Every check runs before any work starts.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from bertforge.config import ConfigError, apply_override, from_dict
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+PRESET_DIR = CONFIG_DIR / "models"
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    preset: str = "mini"
+    hidden_size: int = 256
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    intermediate_size: int = 1024
+    max_position_embeddings: int = 512
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    initializer_range: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"model.hidden_size={self.hidden_size} is not divisible by model.num_attention_heads="
+                f"{self.num_attention_heads}; pick a head count that divides it"
+            )
+        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"model.{name} must be positive")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"model.{name} must be in [0, 1)")
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    # "demo" (built-in corpus), a text file/folder, a .jsonl/.csv/.parquet file, or "hf:<dataset name>"
+    train: str = "demo"
+    eval: str = "demo"
+    text_column: str = "text"
+    hf_split: str = "train"
+    tokenizer: str = ""  # an existing tokenizer folder to reuse; empty = train one on the corpus
+    vocab_size: int = 16384
+    lowercase: bool = True
+    seq_len: int = 128
+    mask_prob: float = 0.15
+    whole_word_mask: bool = False
+    num_proc: int = 2  # tokenization processes
+    num_workers: int = 0  # DataLoader workers (0 = in the training process)
+    max_eval_blocks: int = 512
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.mask_prob < 1.0:
+            raise ConfigError(f"data.mask_prob={self.mask_prob} must be in (0, 1), e.g. 0.15 (BERT) or 0.3 (MosaicBERT)")
+        if self.seq_len < 8:
+            raise ConfigError(f"data.seq_len={self.seq_len} is too short; use at least 8 (128 is typical)")
+        if self.vocab_size < 100:
+            raise ConfigError(f"data.vocab_size={self.vocab_size} is too small; use at least 100")
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    name: Literal["adamw", "lamb"] = "adamw"
+    lr: float = 5e-4
+    betas: tuple[float, ...] = (0.9, 0.98)
+    eps: float = 1e-6
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0  # 0 disables clipping
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError("optim.lr must be positive")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas={list(self.betas)} must be two numbers in [0, 1)")
+        if self.warmup_steps < 0:
+            raise ConfigError("optim.warmup_steps must be >= 0")
+
+
+@dataclass(kw_only=True)
+class LoopConfig:
+    batch_size: int = 32  # sequences per micro-batch per process
+    grad_accum: int = 1
+    max_steps: int = 1000  # optimizer steps
+    max_minutes: float = 0.0  # wall-clock budget; 0 = none (stops at the next step boundary, then saves)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    compile: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 1234
+    sparse_head: bool = True  # MLM head on masked positions only
+    eval_every: int = 0  # 0 = only at the end
+    max_consecutive_bad_steps: int = 20
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "grad_accum", "max_steps"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"train.{name} must be positive")
+
+
+@dataclass(kw_only=True)
+class CheckpointConfig:
+    every: int = 200  # optimizer steps; the final step is always saved
+    keep: int = 2
+
+    def __post_init__(self) -> None:
+        if self.every <= 0 or self.keep <= 0:
+            raise ConfigError("checkpoint.every and checkpoint.keep must be positive")
+
+
+@dataclass(kw_only=True)
+class LogConfig:
+    every: int = 10
+    tensorboard: bool = True
+    progress: bool = True
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    name: str = "run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        if self.data.seq_len > self.model.max_position_embeddings:
+            raise ConfigError(
+                f"data.seq_len={self.data.seq_len} exceeds model.max_position_embeddings="
+                f"{self.model.max_position_embeddings}; shorten the sequence or enlarge the position table"
+            )
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"name={self.name!r} must be a non-empty folder name")
+
+
+def load_train_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Read a run config, fold in its model preset, apply `--set` overrides, validate."""
+    # Read the run file and the overrides into one dict
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path}: invalid TOML: {error}") from error
+    for override in overrides:
+        apply_override(data, override)
+    # Fold the preset's sizes under the explicit [model] keys
+    model = data.setdefault("model", {})
+    if not isinstance(model, dict):
+        raise ConfigError("[model] must be a table")
+    preset_name = model.get("preset", ModelConfig().preset)
+    data["model"] = {**read_preset(preset_name), **model, "preset": preset_name}
+    return from_dict(TrainConfig, data, where=str(path) if path else "config")
+
+
+def read_preset(name: str) -> dict:
+    preset_file = PRESET_DIR / f"{name}.toml"
+    if not preset_file.is_file():
+        known = sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+        raise ConfigError(f"unknown model preset {name!r}; known presets: {known}")
+    return tomllib.loads(preset_file.read_text())

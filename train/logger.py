@@ -1,0 +1,72 @@
+"""Run logging: metrics.jsonl (always), TensorBoard (when installed), and a PNG loss curve."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+class MetricsLogger:
+    """Appends one JSON object per record; mirrors scalars to TensorBoard when available."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True):
+        self.path = run_dir / "metrics.jsonl"
+        self.handle = self.path.open("a")
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+            except ImportError:
+                self.writer = None
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.handle.write(json.dumps(record) + "\n")
+        self.handle.flush()
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                    self.writer.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        self.handle.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_loss_curve(run_dir: Path) -> Path | None:
+    """loss_curve.png: training loss per logged step, held-out loss as points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(run_dir)
+    # Keep the last record per step: a resumed run re-logs the steps after its checkpoint
+    train = {r["step"]: r["loss"] for r in records if "loss" in r}
+    held_out = {r["step"]: r["eval_loss"] for r in records if "eval_loss" in r}
+    if not train:
+        return None
+    figure, axis = plt.subplots(figsize=(7, 4))
+    axis.plot(sorted(train), [train[s] for s in sorted(train)], label="train MLM loss")
+    if held_out:
+        axis.plot(sorted(held_out), [held_out[s] for s in sorted(held_out)], "o-", label="held-out MLM loss")
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("cross-entropy (masked tokens)")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    output = Path(run_dir) / "loss_curve.png"
+    figure.savefig(output, dpi=100)
+    plt.close(figure)
+    return output

@@ -1,0 +1,73 @@
+"""Optimizers (AdamW, LAMB) with BERT's weight-decay groups, and the LR schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from train.config import OptimConfig
+
+
+def build_optimizer(model: torch.nn.Module, config: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW (fused on CUDA) or LAMB; no weight decay on biases and LayerNorm weights."""
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        (no_decay if parameter.ndim < 2 or "LayerNorm" in name else decay).append(parameter)
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    betas = tuple(config.betas)
+    if config.name == "lamb":
+        return Lamb(groups, lr=config.lr, betas=betas, eps=config.eps)
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=config.lr, betas=betas, eps=config.eps, fused=fused)
+
+
+def lr_at(step: int, max_steps: int, config: OptimConfig) -> float:
+    """Linear warmup, then linear or cosine decay to min_lr_ratio * lr (per optimizer step)."""
+    if config.warmup_steps and step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.schedule == "constant":
+        return config.lr
+    progress = min(1.0, (step - config.warmup_steps) / max(1, max_steps - config.warmup_steps))
+    decay = 1.0 - progress if config.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return config.lr * (config.min_lr_ratio + (1.0 - config.min_lr_ratio) * decay)
+
+
+class Lamb(torch.optim.Optimizer):
+    """LAMB (You et al. 2019): Adam moments with a per-tensor trust ratio ||w|| / ||update||."""
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for parameter in group["params"]:
+                if parameter.grad is None:
+                    continue
+                state = self.state[parameter]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(parameter)
+                    state["exp_avg_sq"] = torch.zeros_like(parameter)
+                state["step"] += 1
+                step = state["step"].item()
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                exp_avg.lerp_(parameter.grad, 1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(parameter.grad, parameter.grad, value=1 - beta2)
+                # Bias-corrected Adam direction plus decoupled weight decay
+                update = (exp_avg / (1 - beta1**step)) / ((exp_avg_sq / (1 - beta2**step)).sqrt() + group["eps"])
+                if group["weight_decay"]:
+                    update.add_(parameter, alpha=group["weight_decay"])
+                # Layer-wise trust ratio
+                weight_norm, update_norm = parameter.norm(), update.norm()
+                trust = torch.where((weight_norm > 0) & (update_norm > 0), weight_norm / update_norm, 1.0)
+                parameter.add_(update, alpha=-group["lr"] * float(trust))
+        return loss
