@@ -1,16 +1,88 @@
-"""`bertforge client` (not built yet: see issue 4)."""
+"""`bertforge client fill-mask|embed TEXT...`: query a running server (never imports torch)."""
+
+from __future__ import annotations
 
 import argparse
+import json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("client", help="query a running server (not built yet)")
-    parser.add_argument("task", choices=["fill-mask", "embed"])
-    parser.add_argument("texts", nargs="+", metavar="TEXT")
-    parser.set_defaults(run=_not_built)
+    parser = subparsers.add_parser(
+        "client", help="query a running server: fill-mask or embed",
+        description="Send each TEXT as one request to a running `bertforge serve` (gRPC) and print the answers.")
+    parser.add_argument("task", choices=["fill-mask", "embed", "health"], help="what to ask the server")
+    parser.add_argument("texts", nargs="*", metavar="TEXT", help="texts (fill-mask: with at least one [MASK])")
+    parser.add_argument("--url", default=None, help="gRPC address HOST:PORT (default 127.0.0.1:8001)")
+    parser.add_argument("--top-k", type=int, default=None, help="predictions per [MASK] (default 5)")
+    parser.add_argument("--truncation", choices=["truncate", "error"], default=None,
+                        help="texts longer than the model's maximum: cut them or fail (default: the model's setting)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
+    parser.add_argument("--retries", type=int, default=3, help="retries when the server is UNAVAILABLE (default 3)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(run=run)
 
 
-def _not_built(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    from bertforge import contract
     from bertforge.cli import UserError
+    from serve.client import DEFAULT_URL, BertforgeClient, ServingError
 
-    raise UserError("client is not built yet")
+    if args.task != "health" and not args.texts:
+        raise UserError(f"client {args.task}: give at least one TEXT")
+    with BertforgeClient(args.url or DEFAULT_URL, timeout_s=args.timeout, retries=args.retries) as client:
+        try:
+            if args.task == "health":
+                return _print_health(client.health(), args.json)
+            if args.task == "fill-mask":
+                top_k = args.top_k if args.top_k is not None else contract.DEFAULT_TOP_K
+                _print_fill_mask(args.texts, client.fill_mask(args.texts, top_k, args.truncation), args.json)
+            else:
+                _print_embed(args.texts, client.embed(args.texts, args.truncation), args.json)
+        except ServingError as error:
+            raise UserError(f"{error} (is `bertforge serve` running at {client.url}?)"
+                            if error.status and "UNAVAILABLE" in str(error.status) else str(error)) from None
+    return 0
+
+
+def _print_fill_mask(texts: list[str], predictions: list, as_json: bool) -> None:
+    if as_json:
+        document = [{"text": text, "masks": [[vars(p) for p in mask] for mask in masks]}
+                    for text, masks in zip(texts, predictions)]
+        print(json.dumps(document, indent=2, ensure_ascii=False))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for text, masks in zip(texts, predictions):
+        table = Table(title=text, title_justify="left")
+        for column in ("mask", "rank", "token", "id", "probability"):
+            table.add_column(column, justify="right" if column in ("rank", "id", "probability") else "left")
+        for mask_index, mask in enumerate(masks):
+            for rank, prediction in enumerate(mask, start=1):
+                table.add_row(str(mask_index + 1) if rank == 1 else "", str(rank), prediction.token,
+                              str(prediction.token_id), f"{prediction.score:.4f}")
+        console.print(table)
+
+
+def _print_embed(texts: list[str], embeddings, as_json: bool) -> None:
+    import numpy as np
+
+    norms = np.linalg.norm(embeddings, axis=1)
+    if as_json:
+        document = [{"text": text, "dims": int(row.shape[0]), "norm": float(norm), "embedding": row.tolist()}
+                    for text, row, norm in zip(texts, embeddings, norms)]
+        print(json.dumps(document, ensure_ascii=False))
+        return
+    for text, row, norm in zip(texts, embeddings, norms):
+        head = ", ".join(f"{value:+.4f}" for value in row[:4])
+        print(f"{text}\n  dims {row.shape[0]}  L2 norm {norm:.4f}  [{head}, ...]")
+
+
+def _print_health(health: dict, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(health))
+    else:
+        models = ", ".join(f"{name}: {'ready' if ready else 'NOT ready'}" for name, ready in health["models"].items())
+        print(f"live: {health['live']}  ready: {health['ready']}  {models}  {health.get('error', '')}".rstrip())
+    return 0 if health["ready"] else 1

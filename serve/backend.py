@@ -1,0 +1,98 @@
+"""The Triton python-backend side of `fill_mask` and `embed` (called from each model's 1/model.py).
+
+`execute` receives the requests Triton's dynamic batcher merged. Every request is validated on its
+own (a bad one gets an error response; the others still run), the valid ones are tokenized together,
+split by token budget and run through ONNX Runtime, one response per request, in request order.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bertforge import contract
+from serve.runtime import ModelRuntime, RequestError, TextRequest, load_runtime
+
+
+class ServedModel:
+    def __init__(self, runtime: ModelRuntime, pb_utils: Any):
+        self.runtime = runtime
+        self.pb_utils = pb_utils
+
+    @classmethod
+    def from_triton_args(cls, args: dict, pb_utils: Any) -> ServedModel:
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        device_id = int(args["model_instance_device_id"]) if args.get("model_instance_kind") == "GPU" else None
+        runtime = load_runtime(version_dir, device_id)
+        pb_utils.Logger.log_info(f"bertforge {args['model_name']}: task={runtime.settings.task} "
+                                 f"precision={runtime.settings.precision} providers={runtime.providers}")
+        return cls(runtime, pb_utils)
+
+    def execute(self, requests: list) -> list:
+        responses: list[Any] = [None] * len(requests)
+        # Validate each request alone; keep the good ones
+        valid: list[tuple[int, TextRequest]] = []
+        for index, request in enumerate(requests):
+            try:
+                valid.append((index, self._parse(request)))
+            except RequestError as error:
+                responses[index] = self._error(str(error))
+        # Tokenize the good ones together; tokens can still reject a request (too long, no [MASK])
+        if valid:
+            errors = self.runtime.tokenize([text_request for _, text_request in valid])
+            for (index, _), error in zip(valid, errors):
+                if error is not None:
+                    responses[index] = self._error(str(error))
+            valid = [item for item, error in zip(valid, errors) if error is None]
+        # Run token-budgeted sub-batches (shortest texts first) and answer each request
+        for group in self.runtime.plan_batches([text_request for _, text_request in valid]) if valid else []:
+            members = [valid[position] for position in group]
+            try:
+                answers = self._run([text_request for _, text_request in members])
+            except Exception as error:  # an ORT failure fails this sub-batch only, never the server
+                self.pb_utils.Logger.log_error(f"bertforge inference failed: {error!r}")
+                answers = [self._error(f"inference failed: {error}", "INTERNAL")] * len(members)
+            for (index, _), answer in zip(members, answers):
+                responses[index] = answer
+        return responses
+
+    def close(self) -> None:
+        self.runtime = None
+
+    def _parse(self, request: Any) -> TextRequest:
+        tensor = self.pb_utils.get_input_tensor_by_name(request, contract.TEXT_INPUT)
+        if tensor is None:
+            raise RequestError(f"missing input {contract.TEXT_INPUT}")
+        array = tensor.as_numpy()  # (n, 1) object array of bytes
+        if array.size != 1:
+            raise RequestError(f"send exactly one text per request (shape [1, 1], got {list(array.shape)}); "
+                               "Triton batches concurrent requests itself")
+        try:
+            parameters = json.loads(request.parameters() or "{}")
+        except json.JSONDecodeError as error:
+            raise RequestError(f"request parameters are not valid JSON: {error}") from None
+        return self.runtime.parse(array.reshape(-1)[0], parameters)
+
+    def _run(self, text_requests: list[TextRequest]) -> list:
+        Tensor, Response = self.pb_utils.Tensor, self.pb_utils.InferenceResponse
+        if self.runtime.settings.task == "embed":
+            embeddings = self.runtime.embed(text_requests)  # (B, hidden)
+            return [Response(output_tensors=[Tensor(contract.EMBEDDING_OUTPUT, row[None, :])]) for row in embeddings]
+        answers = []
+        for result in self.runtime.fill_mask(text_requests):
+            tokens = np.array([[token.encode() for token in row] for row in result.tokens], dtype=np.object_)
+            answers.append(Response(output_tensors=[
+                Tensor(contract.TOKENS_OUTPUT, tokens.reshape((1, *result.token_ids.shape))),  # (1, masks, k)
+                Tensor(contract.TOKEN_IDS_OUTPUT, result.token_ids[None]),
+                Tensor(contract.SCORES_OUTPUT, result.scores[None]),
+            ]))
+        return answers
+
+    def _error(self, message: str, code: str = "INVALID_ARG") -> Any:
+        """An error response for one request (INVALID_ARG: the client's input; INTERNAL: ours)."""
+        error_type = self.pb_utils.TritonError
+        error = error_type(message, getattr(error_type, code)) if hasattr(error_type, code) else error_type(message)
+        return self.pb_utils.InferenceResponse(output_tensors=[], error=error)

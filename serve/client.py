@@ -1,0 +1,218 @@
+"""Client library for the served `fill_mask` and `embed` models, over tritonclient's gRPC (sync and asyncio).
+
+Imports neither torch nor transformers. One text = one request; the texts of one call are sent
+concurrently so Triton's dynamic batcher can merge them. Only UNAVAILABLE (server starting,
+restarting, overloaded connection) is retried; every other error is raised at once with the
+server's message and the index of the text that caused it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bertforge import contract
+
+DEFAULT_URL = f"{contract.DEFAULT_HOST}:{contract.DEFAULT_GRPC_PORT}"
+RETRYABLE = ("StatusCode.UNAVAILABLE", "UNAVAILABLE")
+
+
+class ServingError(RuntimeError):
+    """The server rejected a request (or was unreachable); the message is the server's, with the text's index."""
+
+    def __init__(self, message: str, status: str | None = None, index: int | None = None):
+        super().__init__(message if index is None else f"text {index}: {message}")
+        self.status, self.index = status, index
+
+
+@dataclass(frozen=True)
+class MaskPrediction:
+    token: str
+    token_id: int
+    score: float  # probability
+
+
+class BertforgeClient:
+    """Synchronous client: `fill_mask(texts, top_k)`, `embed(texts)`, `health()`."""
+
+    def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 10.0, retries: int = 3, backoff_s: float = 0.2):
+        import tritonclient.grpc as grpcclient
+
+        self._grpc = grpcclient
+        self.url, self.timeout_s, self.retries, self.backoff_s = url, timeout_s, retries, backoff_s
+        self._client = grpcclient.InferenceServerClient(url)
+
+    def fill_mask(self, texts: str | list[str], top_k: int = contract.DEFAULT_TOP_K,
+                  truncation: str | None = None) -> list[list[list[MaskPrediction]]]:
+        """Per text, per [MASK]: the top_k predictions, most likely first."""
+        results = self._infer_all(contract.FILL_MASK_MODEL, _as_list(texts), _parameters(top_k, truncation))
+        return [parse_fill_mask(result) for result in results]
+
+    def embed(self, texts: str | list[str], truncation: str | None = None) -> np.ndarray:
+        """Sentence embeddings, float32 (num_texts, hidden)."""
+        results = self._infer_all(contract.EMBED_MODEL, _as_list(texts), _parameters(None, truncation))
+        return np.stack([result.as_numpy(contract.EMBEDDING_OUTPUT)[0] for result in results])
+
+    def health(self) -> dict[str, Any]:
+        """{'live', 'ready', 'models': {name: ready}}; never raises for an unreachable server."""
+        try:
+            live = self._client.is_server_live(client_timeout=self.timeout_s)
+            ready = self._client.is_server_ready(client_timeout=self.timeout_s)
+            models = {name: self._client.is_model_ready(name, client_timeout=self.timeout_s)
+                      for name in (contract.FILL_MASK_MODEL, contract.EMBED_MODEL)}
+        except self._grpc.InferenceServerException as error:
+            return {"live": False, "ready": False, "models": {}, "error": str(error)}
+        return {"live": live, "ready": ready, "models": models}
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> BertforgeClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _infer_all(self, model: str, texts: list[str], parameters: dict[str, Any]) -> list[Any]:
+        """Send every text at once (async_infer), retry the UNAVAILABLE ones, raise the first other error."""
+        results: list[Any] = [None] * len(texts)
+        pending = list(range(len(texts)))
+        for attempt in range(self.retries + 1):
+            errors = self._send_round(model, texts, pending, parameters, results)
+            _raise_unless_retryable(errors)
+            pending = sorted(errors)
+            if not pending:
+                return results
+            time.sleep(self.backoff_s * 2**attempt)
+        index = pending[0]
+        raise ServingError(f"server at {self.url} unavailable after {self.retries} retries: {errors[index]}",
+                           "UNAVAILABLE", index)
+
+    def _send_round(self, model: str, texts: list[str], pending: list[int], parameters: dict[str, Any],
+                    results: list[Any]) -> dict[int, Any]:
+        """One concurrent round over `pending`; fills `results`, returns {index: error}."""
+        errors: dict[int, Any] = {}
+        finished = threading.Semaphore(0)
+
+        def callback(index: int, result: Any, error: Any) -> None:
+            if error is not None:
+                errors[index] = error
+            else:
+                results[index] = result
+            finished.release()
+
+        for index in pending:
+            self._client.async_infer(model, [_text_input(self._grpc, texts[index])],
+                                     callback=functools.partial(callback, index),
+                                     parameters=parameters, client_timeout=self.timeout_s)
+        for _ in pending:
+            finished.acquire()
+        return errors
+
+
+class AsyncBertforgeClient:
+    """asyncio client (tritonclient.grpc.aio) with the same methods as BertforgeClient, awaitable."""
+
+    def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 10.0, retries: int = 3, backoff_s: float = 0.2):
+        import tritonclient.grpc as grpcclient
+        import tritonclient.grpc.aio as aioclient
+
+        self._grpc = grpcclient
+        self.url, self.timeout_s, self.retries, self.backoff_s = url, timeout_s, retries, backoff_s
+        self._client = aioclient.InferenceServerClient(url)
+
+    async def fill_mask(self, texts: str | list[str], top_k: int = contract.DEFAULT_TOP_K,
+                        truncation: str | None = None) -> list[list[list[MaskPrediction]]]:
+        results = await self._infer_all(contract.FILL_MASK_MODEL, _as_list(texts), _parameters(top_k, truncation))
+        return [parse_fill_mask(result) for result in results]
+
+    async def embed(self, texts: str | list[str], truncation: str | None = None) -> np.ndarray:
+        results = await self._infer_all(contract.EMBED_MODEL, _as_list(texts), _parameters(None, truncation))
+        return np.stack([result.as_numpy(contract.EMBEDDING_OUTPUT)[0] for result in results])
+
+    async def health(self) -> dict[str, Any]:
+        try:
+            live = await self._client.is_server_live(client_timeout=self.timeout_s)
+            ready = await self._client.is_server_ready(client_timeout=self.timeout_s)
+            models = {name: await self._client.is_model_ready(name, client_timeout=self.timeout_s)
+                      for name in (contract.FILL_MASK_MODEL, contract.EMBED_MODEL)}
+        except self._grpc.InferenceServerException as error:
+            return {"live": False, "ready": False, "models": {}, "error": str(error)}
+        return {"live": live, "ready": ready, "models": models}
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> AsyncBertforgeClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def _infer_all(self, model: str, texts: list[str], parameters: dict[str, Any]) -> list[Any]:
+        return await asyncio.gather(*(self._infer_one(model, text, index, parameters) for index, text in enumerate(texts)))
+
+    async def _infer_one(self, model: str, text: str, index: int, parameters: dict[str, Any]) -> Any:
+        for attempt in range(self.retries + 1):
+            try:
+                return await self._client.infer(model, [_text_input(self._grpc, text)], parameters=parameters,
+                                                client_timeout=self.timeout_s)
+            except self._grpc.InferenceServerException as error:
+                if not _is_retryable(error) or attempt == self.retries:
+                    raise ServingError(error.message(), error.status(), index) from None
+                await asyncio.sleep(self.backoff_s * 2**attempt)
+        raise AssertionError("unreachable")
+
+
+def parse_fill_mask(result: Any) -> list[list[MaskPrediction]]:
+    """TOKENS/TOKEN_IDS/SCORES (1, masks, k) -> per mask, the k predictions."""
+    tokens = result.as_numpy(contract.TOKENS_OUTPUT)[0]
+    token_ids = result.as_numpy(contract.TOKEN_IDS_OUTPUT)[0]
+    scores = result.as_numpy(contract.SCORES_OUTPUT)[0]
+    return [
+        [MaskPrediction(_to_str(token), int(token_id), float(score)) for token, token_id, score in zip(*row)]
+        for row in zip(tokens, token_ids, scores)
+    ]
+
+
+def _text_input(grpcclient: Any, text: str) -> Any:
+    tensor = grpcclient.InferInput(contract.TEXT_INPUT, [1, 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([[text.encode("utf-8")]], dtype=np.object_))
+    return tensor
+
+
+def _parameters(top_k: int | None, truncation: str | None) -> dict[str, Any]:
+    parameters: dict[str, Any] = {}
+    if top_k is not None:
+        parameters["top_k"] = int(top_k)
+    if truncation is not None:
+        parameters["truncation"] = truncation
+    return parameters
+
+
+def _as_list(texts: str | list[str]) -> list[str]:
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not texts:
+        raise ValueError("no texts given")
+    return texts
+
+
+def _is_retryable(error: Any) -> bool:
+    return str(error.status()) in RETRYABLE
+
+
+def _raise_unless_retryable(errors: dict[int, Any]) -> None:
+    for index in sorted(errors):
+        error = errors[index]
+        if not _is_retryable(error):
+            raise ServingError(error.message(), error.status(), index)
+
+
+def _to_str(token: Any) -> str:
+    return token.decode("utf-8", errors="replace") if isinstance(token, bytes) else str(token)

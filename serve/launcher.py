@@ -1,0 +1,263 @@
+"""Start the real `tritonserver` (bundled in the nvidia-pytriton wheel) on a model repository.
+
+`running_server(repo, ...)` is what tests, `bertforge serve` and bench use: it checks the platform,
+builds the python-backend folder, sets the environment the stub needs (../shared/PLATFORM.md, "Real
+Triton on this machine"), picks free ports when asked (port 0), waits for readiness, and always stops
+the server by its PID (SIGTERM, then SIGKILL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import os
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from bertforge import contract
+
+MIN_GLIBC = (2, 35)
+READY_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 20.0
+EXIT_TIMEOUT_SECS = 10  # Triton's own grace period for in-flight requests at shutdown
+
+
+class LaunchError(RuntimeError):
+    """tritonserver cannot run here or did not become ready; the message says why and what to do."""
+
+
+@dataclass
+class Endpoints:
+    host: str
+    grpc_port: int
+    http_port: int
+    metrics_port: int
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+
+@contextlib.contextmanager
+def running_server(
+    repo: str | Path,
+    host: str = contract.DEFAULT_HOST,
+    grpc_port: int = contract.DEFAULT_GRPC_PORT,
+    http_port: int = contract.DEFAULT_HTTP_PORT,
+    metrics_port: int = contract.DEFAULT_METRICS_PORT,
+    log_path: str | Path | None = None,
+    ready_timeout_s: float = READY_TIMEOUT_S,
+    extra_args: tuple[str, ...] = (),
+) -> Iterator[TritonServer]:
+    """Context manager: a ready tritonserver on `repo`; port 0 means "pick a free one"."""
+    server = TritonServer(repo, host, grpc_port, http_port, metrics_port, log_path, extra_args)
+    try:
+        server.start(ready_timeout_s)
+        yield server
+    finally:
+        server.stop()
+
+
+class TritonServer:
+    def __init__(self, repo: str | Path, host: str, grpc_port: int, http_port: int, metrics_port: int,
+                 log_path: str | Path | None = None, extra_args: tuple[str, ...] = ()):
+        self.repo = Path(repo).resolve()
+        self.requested = (host, grpc_port, http_port, metrics_port)
+        self.extra_args = tuple(extra_args)
+        self.workdir = Path(tempfile.mkdtemp(prefix="bertforge-triton-"))
+        self.log_path = Path(log_path) if log_path else self.workdir / "tritonserver.log"
+        self.process: subprocess.Popen | None = None
+        self.endpoints: Endpoints | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def start(self, ready_timeout_s: float = READY_TIMEOUT_S) -> Endpoints:
+        """Launch and wait until ready; retries with new ports if auto-chosen ones were taken meanwhile."""
+        check_platform()
+        check_repository(self.repo)
+        backend_dir = prepare_backend_dir(self.workdir / "backends")
+        attempts = 3 if 0 in self.requested[1:] else 1
+        for attempt in range(attempts):
+            self.endpoints = _choose_ports(*self.requested)
+            command = server_command(self.repo, backend_dir, self.endpoints, self.extra_args)
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path, "wb") as log:
+                self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                env=server_environment(), start_new_session=True)
+            try:
+                self._wait_ready(ready_timeout_s)
+                return self.endpoints
+            except LaunchError:
+                self.stop()
+                if attempt + 1 == attempts or "address already in use" not in self.log_tail().lower():
+                    raise
+        raise AssertionError("unreachable")
+
+    def stop(self) -> int | None:
+        """SIGTERM the server (it drains in-flight requests), SIGKILL after STOP_TIMEOUT_S. Returns its exit code."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return process.returncode if process else None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGTERM)
+        try:
+            return process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # its own session: the server and its python stubs
+            return process.wait(5)
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.endpoints.http_url}/v2/health/ready", timeout=1) as reply:
+                return reply.status == 200
+        except OSError:
+            return False
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise LaunchError(f"tritonserver exited with code {self.process.returncode} before it was ready "
+                                  f"(log: {self.log_path}):\n{self.log_tail()}")
+            if self.is_ready():
+                return
+            time.sleep(0.2)
+        raise LaunchError(f"tritonserver was not ready after {timeout_s:.0f} s (log: {self.log_path}):\n{self.log_tail()}")
+
+
+def server_command(repo: Path, backend_dir: Path, endpoints: Endpoints, extra_args: tuple[str, ...] = ()) -> list[str]:
+    host = endpoints.host
+    return [
+        str(tritonserver_root() / "bin" / "tritonserver"),
+        f"--model-repository={repo}",
+        f"--backend-directory={backend_dir}",
+        "--model-control-mode=none",
+        f"--grpc-address={host}", f"--grpc-port={endpoints.grpc_port}",
+        f"--http-address={host}", f"--http-port={endpoints.http_port}",
+        f"--metrics-address={host}", f"--metrics-port={endpoints.metrics_port}",
+        "--allow-gpu-metrics=false",
+        "--exit-on-error=true", "--strict-readiness=true", f"--exit-timeout-secs={EXIT_TIMEOUT_SECS}",
+        *extra_args,
+    ]
+
+
+def server_environment() -> dict[str, str]:
+    """LD_LIBRARY_PATH: this Python's libpython + the wheel's bundled libs; PATH: this venv's bin first."""
+    env = dict(os.environ)
+    libs = [sysconfig.get_config_var("LIBDIR"), str(_site_packages() / "nvidia_pytriton.libs")]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(libs + [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p])
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.pop("PYTHONHOME", None)
+    return env
+
+
+def prepare_backend_dir(folder: Path) -> Path:
+    """`<folder>/python/` with links to libtriton_python.so, its utils and this Python's stub."""
+    root = tritonserver_root()
+    python_dir = Path(folder) / "python"
+    python_dir.mkdir(parents=True, exist_ok=True)
+    sources = {
+        "libtriton_python.so": root / "backends" / "python" / "libtriton_python.so",
+        "triton_python_backend_utils.py": root / "backends" / "python" / "triton_python_backend_utils.py",
+        "triton_python_backend_stub": root / "python_backend_stubs" / _python_version() / "triton_python_backend_stub",
+    }
+    for name, source in sources.items():
+        link = python_dir / name
+        if not link.exists():
+            link.symlink_to(source)
+    return Path(folder)
+
+
+def check_platform() -> None:
+    """Raise LaunchError naming the missing requirement (glibc, shared libpython, numpy<2, the wheel)."""
+    libc = os.confstr("CS_GNU_LIBC_VERSION") if hasattr(os, "confstr") else None
+    version = tuple(int(part) for part in libc.split()[-1].split(".")[:2]) if libc and libc.startswith("glibc") else None
+    if version is None or version < MIN_GLIBC:
+        raise LaunchError(f"tritonserver from nvidia-pytriton needs glibc >= 2.35 (found {libc or 'no glibc'}); "
+                          "use a newer Linux (Debian 12, Ubuntu 22.04+) or NVIDIA's Triton container (docs/serve.md)")
+    libdir, library = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("LDLIBRARY")
+    if not sysconfig.get_config_var("Py_ENABLE_SHARED") or not (Path(libdir) / library).is_file():
+        raise LaunchError(f"the Triton python stub needs a shared libpython, but {sys.executable} was built without "
+                          "one; rebuild it with --enable-shared (pyenv: PYTHON_CONFIGURE_OPTS=--enable-shared)")
+    numpy_version = _package_version("numpy")
+    if numpy_version and int(numpy_version.split(".")[0]) >= 2:
+        raise LaunchError(f"numpy {numpy_version} is installed; the bundled Triton python backend returns empty "
+                          "outputs with numpy 2. Run `pip install 'numpy<2'` in this environment")
+    if not (tritonserver_root() / "bin" / "tritonserver").is_file():
+        raise LaunchError("tritonserver binary not found; run `pip install nvidia-pytriton==0.7.0`")
+    if not (tritonserver_root() / "python_backend_stubs" / _python_version()).is_dir():
+        raise LaunchError(f"nvidia-pytriton has no python backend stub for Python {_python_version()}")
+
+
+def check_repository(repo: Path) -> None:
+    """A clear message for the common mistakes before Triton prints pages of errors."""
+    if not repo.is_dir():
+        raise LaunchError(f"model repository not found: {repo}; run `bertforge export --model DIR --repo {repo}`")
+    models = [path.parent.name for path in sorted(repo.glob("*/config.pbtxt"))]
+    if not models:
+        raise LaunchError(f"{repo} holds no model (no */config.pbtxt)")
+    missing = [f"{model}/1/{name}" for model in models for name in ("model.onnx", "serving.json")
+               if not (repo / model / "1" / name).is_file()]
+    if missing:
+        raise LaunchError(f"{repo} is missing {', '.join(missing)}: the weights are not committed; "
+                          f"run `bertforge export --model DIR --repo {repo}` first")
+
+
+def free_port(host: str = contract.DEFAULT_HOST) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def tritonserver_root() -> Path:
+    return _site_packages() / "pytriton" / "tritonserver"
+
+
+def _choose_ports(host: str, grpc_port: int, http_port: int, metrics_port: int) -> Endpoints:
+    chosen: list[int] = []
+    for port in (grpc_port, http_port, metrics_port):
+        while port == 0 or port in chosen:
+            port = free_port(host)
+        chosen.append(port)
+    return Endpoints(host, *chosen)
+
+
+def _site_packages() -> Path:
+    return Path(sysconfig.get_paths()["purelib"])
+
+
+def _python_version() -> str:
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def _package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
