@@ -144,6 +144,7 @@ class TrainingData:
             pin_memory=runtime.device.type == "cuda",
             prefetch_factor=4 if data.num_workers else None,
             persistent_workers=False,
+            generator=torch.Generator().manual_seed(loop.seed),  # keeps the global RNG (dropout) untouched
         )
 
     def eval_batches(self):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from bertforge.config import ConfigError
 from train.checkpoint import latest_complete_checkpoint, load_checkpoint, save_checkpoint
 from train.config import TrainConfig
 from train.logger import MetricsLogger, plot_loss_curve
@@ -62,6 +63,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime) -
     state = {"step": 0, "tokens_seen": 0, "bad_steps": 0, "elapsed_s": 0.0}
     resume_from = latest_complete_checkpoint(checkpoints) if resume else None
     if resume_from is not None:
+        check_vocabulary(resume_from, len(tokenizer), run_dir / "tokenizer")
         state = load_checkpoint(resume_from, mlm, optimizer, scaler)
         runtime.print(f"[train] resumed from {resume_from} (step {state['step']})")
     elif resume:
@@ -191,6 +193,19 @@ def evaluate(objective: MaskedLMObjective, batches, runtime: Runtime) -> dict[st
     mean_loss = loss_sum / max(count, 1)
     return {"eval_loss": mean_loss, "eval_accuracy": correct / max(count, 1),
             "eval_perplexity": math.exp(min(mean_loss, 50.0)), "eval_masked_tokens": int(count)}
+
+
+def check_vocabulary(checkpoint: Path, vocab_size: int, tokenizer_dir: Path) -> None:
+    """The tokenizer must have exactly as many tokens as the checkpoint's embedding table."""
+    from safetensors import safe_open
+
+    with safe_open(str(checkpoint / "model.safetensors"), framework="pt") as weights:
+        rows = weights.get_slice("bert.embeddings.word_embeddings.weight").get_shape()[0]
+    if rows != vocab_size:
+        raise ConfigError(
+            f"tokenizer {tokenizer_dir} has a vocabulary of {vocab_size} tokens but checkpoint {checkpoint} "
+            f"has {rows} embedding rows; restore the run's original tokenizer folder"
+        )
 
 
 def _save_final_model(mlm, tokenizer, folder: Path) -> None:

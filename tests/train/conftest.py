@@ -1,0 +1,64 @@
+"""Tiny training configs over the synthetic corpus (seconds per run on CPU)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TINY_CONFIG = """
+name = "tiny"
+[model]
+preset = "tiny"
+hidden_size = 32
+num_hidden_layers = 2
+num_attention_heads = 2
+intermediate_size = 64
+max_position_embeddings = 64
+[data]
+train = "{corpus}/train.txt"
+eval = "{corpus}/eval.txt"
+tokenizer = "{tokenizer}"  # WordPiece training is not bit-reproducible across processes
+vocab_size = 200
+seq_len = 32
+num_proc = 1
+max_eval_blocks = 64
+[optim]
+lr = 3e-3
+warmup_steps = 5
+[train]
+batch_size = 8
+max_steps = 80
+[checkpoint]
+every = 20
+keep = 2
+[log]
+every = 5
+tensorboard = false
+progress = false
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_config_file(tiny_corpus_dir, tiny_tokenizer_dir, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("configs") / "tiny.toml"
+    path.write_text(TINY_CONFIG.format(corpus=tiny_corpus_dir, tokenizer=tiny_tokenizer_dir))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    """Packed blocks and demo data go to a per-session cache, not the checkout's."""
+    cache = tmp_path_factory.getbasetemp() / "bertforge-cache"
+    monkeypatch.setenv("BERTFORGE_CACHE", str(cache))
+    return cache
+
+
+def bertforge_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "bertforge.cli", *args]
+
+
+def run_cli(*args: str, env_extra: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "2", **(env_extra or {})}
+    return subprocess.run(bertforge_command(*args), capture_output=True, text=True, timeout=timeout, env=env)
