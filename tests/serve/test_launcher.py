@@ -1,0 +1,50 @@
+"""`serve.launcher`: clear platform errors, failed starts carry the log tail, the process is always stopped."""
+
+from __future__ import annotations
+
+import shutil
+import sysconfig
+
+import pytest
+
+from serve import launcher
+from serve.launcher import LaunchError, TritonServer, check_platform, running_server
+
+
+def test_platform_errors_say_what_is_missing(monkeypatch):
+    check_platform()  # this machine can run it
+    monkeypatch.setattr(launcher, "_package_version", lambda name: "2.1.0")
+    with pytest.raises(LaunchError, match=r"numpy<2"):
+        check_platform()
+    monkeypatch.undo()
+    monkeypatch.setattr(launcher.os, "confstr", lambda name: "glibc 2.31")
+    with pytest.raises(LaunchError, match=r"glibc >= 2.35 \(found glibc 2.31\)"):
+        check_platform()
+    monkeypatch.undo()
+    real = sysconfig.get_config_var
+    monkeypatch.setattr(launcher.sysconfig, "get_config_var",
+                        lambda name: 0 if name == "Py_ENABLE_SHARED" else real(name))
+    with pytest.raises(LaunchError, match="shared libpython"):
+        check_platform()
+
+
+def test_repository_without_weights_is_explained(tmp_path):
+    shutil.copytree(launcher.Path(__file__).resolve().parents[2] / "model_repository", tmp_path / "repo")
+    with pytest.raises(LaunchError, match=r"missing .*fill_mask/1/model.onnx.*bertforge export"):
+        with running_server(tmp_path / "repo", grpc_port=0, http_port=0, metrics_port=0):
+            pass
+    with pytest.raises(LaunchError, match="model repository not found"):
+        with running_server(tmp_path / "nowhere", grpc_port=0, http_port=0, metrics_port=0):
+            pass
+
+
+@pytest.mark.slow
+def test_failed_start_reports_the_log_tail_and_leaves_no_process(served_repo, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(served_repo, broken)
+    (broken / "embed" / "1" / "model.onnx").write_bytes(b"not an onnx file")
+    server = TritonServer(broken, "127.0.0.1", 0, 0, 0)
+    with pytest.raises(LaunchError, match=r"(?s)exited with code .*embed") as caught:
+        server.start(ready_timeout_s=60)
+    assert f"log: {server.log_path}" in str(caught.value)
+    assert server.process.poll() is not None
