@@ -1,15 +1,58 @@
-"""`bertforge pipeline` (not built yet: train then export, see issue 3)."""
+"""`bertforge pipeline`: train (or resume) then export, in one command.
+
+    bertforge pipeline --config train/configs/demo.toml [--run-dir DIR] [--set k=v] [--repo DIR] [--precision P]
+"""
+
+from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("pipeline", help="train then export in one command (not built yet)")
-    parser.add_argument("--config", required=True)
-    parser.set_defaults(run=_not_built)
+    parser = subparsers.add_parser(
+        "pipeline", help="train (resuming an existing run) then export to a Triton repository",
+        description="Train a BERT masked-LM from --config (resuming if the run folder exists), then export "
+                    "runs/<name>/model to ONNX and write the Triton model repository.")
+    parser.add_argument("--config", required=True, help="training config TOML, e.g. train/configs/demo.toml")
+    parser.add_argument("--run-dir", default=None, help="run folder (default: runs/<name>)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a training config value (repeatable)")
+    parser.add_argument("--repo", default="model_repository", help="Triton model repository to write")
+    parser.add_argument("--precision", default=None,
+                        help="export precision (default: the exporter's choice for this device)")
+    parser.add_argument("--skip-export", action="store_true", help="train only")
+    parser.set_defaults(run=run)
 
 
-def _not_built(args: argparse.Namespace) -> int:
-    from bertforge.cli import UserError
+def run(args: argparse.Namespace) -> int:
+    config, run_dir = train_stage(args.config, args.overrides, args.run_dir)
+    if not args.skip_export:
+        export_stage(run_dir / "model", Path(args.repo), args.precision)
+    return 0
 
-    raise UserError("pipeline is not built yet")
+
+def train_stage(config_file: str, overrides: list[str], run_dir: str | None):
+    """Train, resume an interrupted run, or reuse a finished one."""
+    from train.checkpoint import checkpoint_folders
+    from train.config import load_train_config
+    from train.trainer import run_training
+
+    config = load_train_config(config_file, overrides)
+    folder = Path(run_dir or Path("runs") / config.name)
+    finished = [p for p in checkpoint_folders(folder / "checkpoints") if int(p.name.split("-")[1]) >= config.train.max_steps]
+    if (folder / "model" / "config.json").is_file() and finished:
+        print(f"[pipeline] {folder} is already trained ({finished[-1].name}); reusing {folder / 'model'}")
+        return config, folder
+    started = (folder / "config.toml").is_file()
+    print(f"[pipeline] {'resuming' if started else 'training'} {folder}")
+    run_training(config, folder, resume=started)
+    return config, folder
+
+
+def export_stage(model_dir: Path, repo: Path, precision: str | None) -> dict:
+    from export import export_to_repository
+
+    print(f"[pipeline] exporting {model_dir} -> {repo}")
+    options = {} if precision is None else {"precision": precision}
+    return export_to_repository(model_dir, repo, **options)

@@ -1,0 +1,177 @@
+"""Training throughput: bertforge's trainer vs the Hugging Face baseline, side by side in one run.
+
+Baseline = `transformers.Trainer` + `DataCollatorForLanguageModeling` (what run_mlm.py does) on the
+same packed blocks, model config, sequence length, batch, optimizer settings and precision. Each
+contender trains for the same wall-clock budget, alternating (ours, HF, ours, HF, ...) so machine
+noise hits both; then both models are scored on the same held-out blocks masked with a fixed seed.
+
+    python -m bench.train_throughput --preset mini --seconds 240 --rounds 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+WARMUP_STEPS = 5  # excluded from tokens/s (allocator warm-up, first-step overheads)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="train/configs/demo.toml", help="run config (corpus, optimizer)")
+    parser.add_argument("--preset", default="mini")
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=240.0, help="wall-clock budget per contender per round")
+    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds (throughput = median)")
+    parser.add_argument("--tokenizer", default="", help="reuse a tokenizer folder (default: train one)")
+    parser.add_argument("--output", default="bench/results/train_throughput.json")
+    args = parser.parse_args(argv)
+    results = run_benchmark(args)
+    print_table(results)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=1))
+    print(f"written: {output}")
+    return 0
+
+
+def run_benchmark(args) -> dict:
+    import tempfile
+
+    import torch
+
+    from train.config import load_train_config
+    from train.setup import prepare_data, prepare_tokenizer, start_runtime
+
+    # One config for both contenders; a long schedule so the budget, not max_steps, ends each run
+    overrides = [f"model.preset={args.preset}", f"data.seq_len={args.seq_len}", f"train.batch_size={args.batch_size}",
+                 "train.max_steps=100000", "train.max_minutes=0", "log.progress=false", "log.tensorboard=false",
+                 "log.every=5", "checkpoint.every=100000", "model.max_position_embeddings=512"]
+    if args.tokenizer:
+        overrides.append(f"data.tokenizer={args.tokenizer}")
+    config = load_train_config(args.config, overrides)
+    runtime = start_runtime(config.train)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    tokenizer = prepare_tokenizer(config.data, workdir, runtime)
+    data = prepare_data(config, tokenizer, runtime)
+
+    # Alternate the contenders; each round trains a fresh model for the same wall-clock budget
+    rounds = {"bertforge": [], "hf_trainer": []}
+    for index in range(args.rounds):
+        rounds["bertforge"].append(train_ours(config, data, tokenizer, runtime, args.seconds, workdir / f"ours{index}"))
+        rounds["hf_trainer"].append(train_hf(config, data, tokenizer, args.seconds, workdir / f"hf{index}"))
+    summary = {name: _median_round(runs) for name, runs in rounds.items()}
+    return {
+        "benchmark": "train_throughput",
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads(),
+                    "device": str(runtime.device), "precision": runtime.precision},
+        "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
+        "config": {"preset": args.preset, "seq_len": args.seq_len, "batch_size": args.batch_size,
+                   "seconds_per_run": args.seconds, "rounds": args.rounds, "vocab_size": len(tokenizer)},
+        "rounds": rounds,
+        "summary": summary,
+        "speedup_tokens_per_s": summary["bertforge"]["tokens_per_s"] / summary["hf_trainer"]["tokens_per_s"],
+    }
+
+
+def train_ours(config, data, tokenizer, runtime, seconds: float, folder: Path) -> dict:
+    """Our loop, stopped by a wall-clock budget; tokens/s from steps after warm-up."""
+    import dataclasses
+
+    from train.logger import read_metrics
+    from train.trainer import run_training
+
+    loop = dataclasses.replace(config.train, max_minutes=seconds / 60.0)
+    run_config = dataclasses.replace(config, train=loop, data=dataclasses.replace(config.data, tokenizer=str(folder.parent / "tokenizer")))
+    started = time.perf_counter()
+    run_training(run_config, folder)
+    wall = time.perf_counter() - started
+    records = read_metrics(folder)
+    steps = [r for r in records if "loss" in r]
+    final = [r for r in records if "eval_accuracy" in r][-1]
+    timed = [r for r in steps if r["step"] > WARMUP_STEPS]
+    seconds_timed = timed[-1]["elapsed_s"] - steps[0]["elapsed_s"] if len(timed) > 1 else float("nan")
+    tokens_timed = timed[-1]["tokens_seen"] - steps[0]["tokens_seen"]
+    return {"steps": steps[-1]["step"], "tokens_per_s": tokens_timed / seconds_timed, "wall_s": wall,
+            "eval_accuracy": final["eval_accuracy"], "eval_loss": final["eval_loss"]}
+
+
+def train_hf(config, data, tokenizer, seconds: float, folder: Path) -> dict:
+    """transformers.Trainer + DataCollatorForLanguageModeling on the same blocks and settings."""
+    import torch
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
+
+    from train.model import MaskedLMObjective, build_model
+    from train.setup import Runtime
+    from train.trainer import evaluate
+
+    class Budget(TrainerCallback):
+        def __init__(self):
+            self.times, self.start = {}, None
+
+        def on_step_end(self, args, state, control, **kwargs):
+            now = time.perf_counter()
+            self.times[state.global_step] = now
+            if self.start is None:
+                self.start = now
+            if now - self.start > seconds:
+                control.should_training_stop = True
+
+    class Blocks(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(data.blocks)
+
+        def __getitem__(self, index):
+            return {"input_ids": torch.tensor(data.blocks[index], dtype=torch.long)}
+
+    torch.manual_seed(config.train.seed)
+    model = build_model(config.model, len(tokenizer), tokenizer.pad_token_id)
+    arguments = TrainingArguments(
+        output_dir=str(folder), per_device_train_batch_size=config.train.batch_size, max_steps=config.train.max_steps,
+        learning_rate=config.optim.lr, weight_decay=config.optim.weight_decay, adam_beta1=config.optim.betas[0],
+        adam_beta2=config.optim.betas[1], adam_epsilon=config.optim.eps, warmup_steps=config.optim.warmup_steps,
+        lr_scheduler_type=config.optim.schedule, max_grad_norm=config.optim.grad_clip, save_strategy="no",
+        report_to=[], logging_steps=10**9, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available(), disable_tqdm=True, seed=config.train.seed,
+    )
+    budget = Budget()
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=config.data.mask_prob)
+    trainer = Trainer(model=model, args=arguments, train_dataset=Blocks(), data_collator=collator, callbacks=[budget])
+    started = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - started
+    steps = max(budget.times)
+    timed = steps - WARMUP_STEPS
+    tokens_per_s = timed * config.train.batch_size * config.data.seq_len / (budget.times[steps] - budget.times[WARMUP_STEPS])
+    runtime = Runtime(device=torch.device("cpu"), precision="fp32")
+    scores = evaluate(MaskedLMObjective(model.cpu()), data.eval_batches(), runtime)
+    return {"steps": steps, "tokens_per_s": tokens_per_s, "wall_s": wall,
+            "eval_accuracy": scores["eval_accuracy"], "eval_loss": scores["eval_loss"]}
+
+
+def print_table(results: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"training throughput, {results['config']['preset']} preset, seq {results['config']['seq_len']}, "
+                        f"batch {results['config']['batch_size']}, {results['machine']['device']} {results['machine']['precision']}")
+    for column in ("trainer", "tokens/s", "steps in budget", "held-out MLM acc", "held-out loss"):
+        table.add_column(column)
+    for name, row in results["summary"].items():
+        table.add_row(name, f"{row['tokens_per_s']:,.0f}", str(row["steps"]), f"{row['eval_accuracy']:.4f}",
+                      f"{row['eval_loss']:.3f}")
+    Console().print(table)
+    print(f"speed-up (tokens/s, bertforge / HF Trainer): {results['speedup_tokens_per_s']:.2f}x")
+
+
+def _median_round(runs: list[dict]) -> dict:
+    ordered = sorted(runs, key=lambda r: r["tokens_per_s"])
+    return ordered[len(ordered) // 2]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
