@@ -2,7 +2,8 @@
 
 `execute` receives the requests Triton's dynamic batcher merged. Every request is validated on its
 own (a bad one gets an error response; the others still run), the valid ones are tokenized together,
-split by token budget and run through ONNX Runtime, one response per request, in request order.
+split by token budget and run through ONNX Runtime, shortest texts first. Each request gets exactly
+one response, sent as soon as its sub-batch is done, so one long text does not hold up short ones.
 """
 
 from __future__ import annotations
@@ -31,23 +32,42 @@ class ServedModel:
                                  f"precision={runtime.settings.precision} providers={runtime.providers}")
         return cls(runtime, pb_utils)
 
-    def execute(self, requests: list) -> list:
+    def execute(self, requests: list) -> list | None:
+        """Answer each request as soon as its sub-batch is done (response sender), else return them in order."""
+        senders = self._response_senders(requests)
         responses: list[Any] = [None] * len(requests)
+
+        def deliver(index: int, response: Any) -> None:
+            responses[index] = response
+            if senders:
+                senders[index].send(response, flags=self.pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+        try:
+            self._answer(requests, deliver)
+        except Exception as error:  # a bug here must not leave requests unanswered or kill the model
+            self.pb_utils.Logger.log_error(f"bertforge execute failed: {error!r}")
+        for index, response in enumerate(responses):
+            if response is None:
+                deliver(index, self._error("internal server error; see the tritonserver log", "INTERNAL"))
+        return None if senders else responses
+
+    def _answer(self, requests: list, deliver: Any) -> None:
         # Validate each request alone; keep the good ones
         valid: list[tuple[int, TextRequest]] = []
         for index, request in enumerate(requests):
             try:
                 valid.append((index, self._parse(request)))
             except RequestError as error:
-                responses[index] = self._error(str(error))
+                deliver(index, self._error(str(error)))
+        if not valid:
+            return
         # Tokenize the good ones together; tokens can still reject a request (too long, no [MASK])
-        if valid:
-            errors = self.runtime.tokenize([text_request for _, text_request in valid])
-            for (index, _), error in zip(valid, errors):
-                if error is not None:
-                    responses[index] = self._error(str(error))
-            valid = [item for item, error in zip(valid, errors) if error is None]
-        # Run token-budgeted sub-batches (shortest texts first) and answer each request
+        errors = self.runtime.tokenize([text_request for _, text_request in valid])
+        for (index, _), error in zip(valid, errors):
+            if error is not None:
+                deliver(index, self._error(str(error)))
+        valid = [item for item, error in zip(valid, errors) if error is None]
+        # Token-budgeted sub-batches, shortest texts first: short requests are answered before long ones run
         for group in self.runtime.plan_batches([text_request for _, text_request in valid]) if valid else []:
             members = [valid[position] for position in group]
             try:
@@ -56,8 +76,15 @@ class ServedModel:
                 self.pb_utils.Logger.log_error(f"bertforge inference failed: {error!r}")
                 answers = [self._error(f"inference failed: {error}", "INTERNAL")] * len(members)
             for (index, _), answer in zip(members, answers):
-                responses[index] = answer
-        return responses
+                deliver(index, answer)
+
+    def _response_senders(self, requests: list) -> list | None:
+        """Per-request senders when this python backend lets a non-decoupled model use them (Triton >= 24.x)."""
+        if not hasattr(self.pb_utils, "TRITONSERVER_RESPONSE_COMPLETE_FINAL"):
+            return None
+        if not all(hasattr(request, "get_response_sender") for request in requests):
+            return None
+        return [request.get_response_sender() for request in requests]
 
     def close(self) -> None:
         self.runtime = None

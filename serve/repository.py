@@ -43,9 +43,10 @@ class ServingSettings:
     precision: str = "fp32"
     # Triton scheduling, measured on a 2-core CPU host (docs/serve.md "Tuning")
     max_batch_size: int = 32
-    max_queue_delay_microseconds: int = 1000
-    preferred_batch_sizes: tuple[int, ...] = (8, 16)
+    max_queue_delay_microseconds: int = 0  # CPU runs take ms: requests queue and merge meanwhile anyway
+    preferred_batch_sizes: tuple[int, ...] = ()  # none measurably helped on CPU; take all that is queued
     max_batch_tokens: int = 4096  # padded tokens per ONNX run; larger batches are split
+    min_batch_fill: float = 0.75  # split further while real/padded tokens of a sub-batch would drop below this
     instance_count: int = 1
     instance_kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU"
     # ONNX Runtime: first available provider wins (CPU always last)
@@ -71,6 +72,8 @@ class ServingSettings:
         if self.max_batch_tokens < self.max_length:
             raise ConfigError(f"serving.max_batch_tokens ({self.max_batch_tokens}) must fit one text of max_length "
                               f"({self.max_length}); raise it")
+        if not 0.0 <= self.min_batch_fill <= 1.0:
+            raise ConfigError(f"serving.min_batch_fill must be in 0..1 (0 = never split for padding), got {self.min_batch_fill}")
         if self.intra_op_threads < 0:
             raise ConfigError("serving.intra_op_threads must be >= 0 (0 = ONNX Runtime default)")
         if not self.execution_providers:

@@ -22,6 +22,15 @@ def test_plan_batches_respects_token_budget_and_puts_short_texts_first():
     assert plan_batches([10] * 8, max_batch_tokens=4096) == [list(range(8))]
 
 
+def test_plan_batches_can_limit_padding_waste():
+    lengths = [10, 11, 12, 40, 41, 120]
+    assert plan_batches(lengths, 4096) == [list(range(6))]
+    batches = plan_batches(lengths, 4096, min_batch_fill=0.7)
+    assert batches == [[0, 1, 2], [3, 4], [5]]
+    for batch in batches:
+        assert sum(lengths[i] for i in batch) >= 0.7 * len(batch) * max(lengths[i] for i in batch)
+
+
 def test_choose_providers_prefers_available_ones_and_honours_the_environment(monkeypatch):
     available = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     monkeypatch.delenv(PROVIDERS_ENV, raising=False)
@@ -113,3 +122,33 @@ def test_inference_failure_fails_its_sub_batch_with_internal_error(fill_mask_run
     monkeypatch.setattr(fill_mask_runtime, "fill_mask", lambda requests: 1 / 0)
     (response,) = model.execute([FakeTriton.Request(b"the [MASK]")])
     assert response.error.code == "INTERNAL" and "inference failed" in str(response.error)
+
+
+class FakeTritonWithSenders(FakeTriton):
+    """Like FakeTriton, plus the non-decoupled response sender of Triton >= 24.x (records send order)."""
+
+    TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+    sent: list = []
+
+    class Request(FakeTriton.Request):
+        def get_response_sender(self):
+            request = self
+
+            class Sender:
+                def send(self, response, flags=0):
+                    assert flags == FakeTritonWithSenders.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+                    FakeTritonWithSenders.sent.append((request, response))
+
+            return Sender()
+
+
+def test_short_texts_are_answered_before_a_long_sub_batch_runs(fill_mask_runtime, monkeypatch):
+    model = ServedModel(fill_mask_runtime, FakeTritonWithSenders)
+    monkeypatch.setattr(fill_mask_runtime.settings, "max_batch_tokens", 64)  # one 64-token text per sub-batch
+    long_text = b"the committee " * 20 + b"[MASK]"
+    requests = [FakeTritonWithSenders.Request(text) for text in (long_text, b"a [MASK]", b"the [MASK] said", b"")]
+    FakeTritonWithSenders.sent.clear()
+    assert model.execute(requests) is None  # answers went through the senders
+    order = [requests.index(request) for request, _ in FakeTritonWithSenders.sent]
+    assert sorted(order) == [0, 1, 2, 3]  # exactly one response per request
+    assert order.index(0) == 3  # the long text comes last, after the error and the short ones
