@@ -43,6 +43,7 @@ class ServingSettings:
     precision: str = "fp32"
     # Triton scheduling, measured on a 2-core CPU host (docs/serve.md "Tuning")
     max_batch_size: int = 32
+    dynamic_batching: bool = True  # False: each request runs alone (bench's "batching off" baseline)
     max_queue_delay_microseconds: int = 0  # CPU runs take ms: requests queue and merge meanwhile anyway
     preferred_batch_sizes: tuple[int, ...] = ()  # none measurably helped on CPU; take all that is queued
     max_batch_tokens: int = 4096  # padded tokens per ONNX run; larger batches are split
@@ -133,13 +134,14 @@ def render_config_pbtxt(settings: ServingSettings) -> str:
     for index, (name, data_type, dims) in enumerate(outputs):
         closing = "  }," if index < len(outputs) - 1 else "  }"
         lines += ["  {", f'    name: "{name}"', f"    data_type: {data_type}", f"    dims: [ {dims} ]", closing]
-    lines += ["]", "dynamic_batching {"]
-    if settings.preferred_batch_sizes:
-        sizes = ", ".join(str(size) for size in settings.preferred_batch_sizes)
-        lines.append(f"  preferred_batch_size: [ {sizes} ]")
+    lines.append("]")
+    if settings.dynamic_batching:
+        lines.append("dynamic_batching {")
+        if settings.preferred_batch_sizes:
+            sizes = ", ".join(str(size) for size in settings.preferred_batch_sizes)
+            lines.append(f"  preferred_batch_size: [ {sizes} ]")
+        lines += [f"  max_queue_delay_microseconds: {settings.max_queue_delay_microseconds}", "}"]
     lines += [
-        f"  max_queue_delay_microseconds: {settings.max_queue_delay_microseconds}",
-        "}",
         "instance_group [",
         "  {",
         f"    count: {settings.instance_count}",
