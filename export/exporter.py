@@ -1,0 +1,222 @@
+"""Export a BERT folder: Optimum ONNX export -> served graphs -> fused/quantized variants -> parity gate -> write.
+
+    export_to_repository(model_dir, repo_dir, precision="int8")   # Triton model repository
+    export_onnx(model_dir, output_dir, precision="all")            # plain ONNX variants + report
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bertforge import contract
+from export.checkpoint import CheckpointInfo, ExportError, inspect_checkpoint
+from export.config import ExportConfig, ParityGates
+
+REPORT_FILE = "export_report.json"
+
+
+class ParityError(ExportError):
+    """A variant missed its parity gate; nothing of it was written."""
+
+    def __init__(self, failures: list[str], report: dict):
+        super().__init__("parity gate failed, nothing written:\n  " + "\n  ".join(failures))
+        self.failures = failures
+        self.report = report
+
+
+def export_to_repository(model_dir: str | Path, repo_dir: str | Path, precision: str = "int8", **options: Any) -> dict:
+    """Export `model_dir` into the Triton repository `repo_dir` (fill_mask + embed); returns the report."""
+    return run_export(_config(model=Path(model_dir), repo=Path(repo_dir), output=None, precision=precision, **options))
+
+
+def export_onnx(model_dir: str | Path, output_dir: str | Path, precision: str = "all", **options: Any) -> dict:
+    """Write only the verified ONNX variants (+ tokenizer, config.json, report) into `output_dir`."""
+    return run_export(_config(model=Path(model_dir), output=Path(output_dir), repo=None, precision=precision, **options))
+
+
+def run_export(config: ExportConfig, log=print) -> dict:
+    """Run one export as configured; raises ExportError (ParityError for a failed gate) with a clear message."""
+    from export.writer import prepare_destination
+
+    if config.model is None:
+        raise ExportError("no model folder given; pass --model DIR (a Hugging Face BERT folder)")
+    started = time.perf_counter()
+    # Check the checkpoint and the destination before any heavy work
+    info = inspect_checkpoint(config.model)
+    destination = Path(config.output or config.repo)
+    prepare_destination(destination)
+    tasks, notes = _tasks(config, info)
+    for note in notes:
+        log(f"[export] {note}")
+    report: dict[str, Any] = {"model": str(config.model), "destination": str(destination),
+                              "mode": "output" if config.output else "repository", "notes": notes, "tasks": {}}
+    with tempfile.TemporaryDirectory(prefix="bertforge-export-") as scratch:
+        scratch = Path(scratch)
+        built = _build_and_check(config, info, tasks, scratch, report, log)
+        failures = [line for task in report["tasks"].values() for v in task["variants"].values() for line in v["failures"]]
+        report["passed"] = not failures
+        report["seconds"] = round(time.perf_counter() - started, 1)
+        if failures:
+            report["written"] = False
+            _write_report(destination, report)
+            raise ParityError(failures, report)
+        # Write atomically: a running server never sees half a model
+        report["written"] = True
+        if config.output:
+            from export.writer import write_output_folder
+
+            write_output_folder(destination, built, info, report)
+        else:
+            from export.writer import write_repository
+
+            write_repository(destination, built, info, config, report)
+    log(f"[export] wrote {destination} in {report['seconds']} s")
+    return report
+
+
+def _build_and_check(config: ExportConfig, info: CheckpointInfo, tasks: list[str], scratch: Path, report: dict, log) -> dict:
+    """Build every (task, precision) variant in `scratch` and gate it; returns {task: {precision: path}}."""
+    import onnx
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    from export.graphs import add_fill_mask_head, add_pooling, mlm_head_weights
+    from export.parity import compare, gate, make_parity_batches, reference_outputs
+    from export.texts import calibration_texts, parity_texts
+    from export.variants import build_variant, session_providers
+
+    tokenizer = AutoTokenizer.from_pretrained(info.folder)
+    max_length = _max_length(config, info, tokenizer)
+    report["max_length"] = max_length
+    top_k = min(config.max_top_k, int(info.config["vocab_size"]))
+    report["max_top_k"] = top_k
+    # 1. Optimum: the encoder (last_hidden_state), dynamic batch and sequence axes
+    log(f"[export] optimum export of {info.folder} (opset {config.opset})")
+    encoder = onnx.load(str(_optimum_encoder(info.folder, scratch / "optimum", config.opset)))
+    torch_model = _load_torch(info)
+    # 2. Parity and calibration data: fresh random ids + held-out text
+    batches = make_parity_batches(tokenizer, parity_texts(config), max_length, seed=config.seed)
+    calibration = make_parity_batches(tokenizer, calibration_texts(config), max_length, seed=config.seed + 1)
+    calibration_feeds = [batch.feeds for batch in calibration if batch.source == "text"]
+    built: dict[str, dict[str, Path]] = {}
+    for task in tasks:
+        # 3. fp32 task graph: gather + MLM head + top-k, or pooling
+        if task == "fill_mask":
+            graph = add_fill_mask_head(encoder, mlm_head_weights(torch_model), top_k)
+        else:
+            graph = add_pooling(encoder, config.pooling, config.normalize)
+        fp32_path = scratch / task / "model.fp32.onnx"
+        fp32_path.parent.mkdir(parents=True)
+        onnx.save(graph, str(fp32_path))
+        references = reference_outputs(torch_model, batches, task, config.pooling, config.normalize, top_k)
+        feeds = calibration_feeds if task == "fill_mask" else [_encoder_only(f) for f in calibration_feeds]
+        report["tasks"][task] = {"variants": {}}
+        # 4. each precision: build, run on fresh inputs, gate
+        for precision in config.precisions:
+            log(f"[export] {task} {precision}: building")
+            target = scratch / task / precision / "model.onnx"
+            details = build_variant(fp32_path, precision, target, num_heads=info.num_heads, hidden_size=info.hidden_size,
+                                    optimize=config.optimize, calibration_feeds=feeds)
+            providers = session_providers(precision)
+            session = ort.InferenceSession(str(target), providers=providers)
+            metrics = compare(session, batches, references, task)
+            failures = gate(metrics, task, precision, config.gates)
+            report["tasks"][task]["variants"][precision] = {**details, "providers": session.get_providers(),
+                                                             "parity": metrics, "failures": failures,
+                                                             "passed": not failures}
+            log(f"[export] {task} {precision}: " + ("PASS " if not failures else "FAIL ") + _summary(metrics, task))
+            if not failures:
+                built.setdefault(task, {})[precision] = target
+    return built
+
+
+def _tasks(config: ExportConfig, info: CheckpointInfo) -> tuple[list[str], list[str]]:
+    tasks, notes = list(config.tasks), []
+    if "fill_mask" in tasks and not info.has_mlm_head:
+        tasks.remove("fill_mask")
+        notes.append(f"{info.folder} has no MLM head (cls.predictions.*): exporting embed only, no fill_mask model")
+    if not tasks:
+        raise ExportError(f"nothing to export: {info.folder} has no MLM head and only fill_mask was asked; "
+                          "ask for embed (tasks=['embed']) or export a BertForMaskedLM checkpoint")
+    return tasks, notes
+
+
+def _max_length(config: ExportConfig, info: CheckpointInfo, tokenizer) -> int:
+    limit = int(info.config.get("max_position_embeddings", contract.DEFAULT_MAX_LENGTH))
+    tokenizer_limit = getattr(tokenizer, "model_max_length", limit) or limit
+    limit = min(limit, tokenizer_limit)
+    if config.max_length is not None:
+        if config.max_length > limit:
+            raise ExportError(f"max_length {config.max_length} exceeds the model's {limit} positions; lower it")
+        return config.max_length
+    return limit
+
+
+def _optimum_encoder(model_dir: Path, output: Path, opset: int) -> Path:
+    """Optimum's feature-extraction export: input_ids/attention_mask/token_type_ids -> last_hidden_state."""
+    import warnings
+
+    from optimum.exporters.onnx import main_export
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        main_export(str(model_dir), str(output), task="feature-extraction", opset=opset, device="cpu",
+                    do_validation=False)
+    return output / "model.onnx"
+
+
+def _load_torch(info: CheckpointInfo):
+    """The PyTorch fp32 reference (safetensors only)."""
+    from transformers import BertForMaskedLM, BertModel
+
+    if info.has_mlm_head:
+        return BertForMaskedLM.from_pretrained(info.folder, use_safetensors=True).eval()
+    return BertModel.from_pretrained(info.folder, use_safetensors=True, add_pooling_layer=False).eval()
+
+
+def _encoder_only(feeds: dict) -> dict:
+    return {name: feeds[name] for name in contract.ONNX_ENCODER_INPUTS}
+
+
+def _summary(metrics: dict, task: str) -> str:
+    if task == "fill_mask":
+        return (f"top-1 agreement {metrics['top1_agreement']:.4f} on {metrics['masked_tokens']} masks, "
+                f"max |dp| {metrics['max_abs_diff']:.2e}")
+    return f"min cosine {metrics['min_cosine']:.6f}, max |d| {metrics['max_abs_diff']:.2e}"
+
+
+def _write_report(destination: Path, report: dict) -> None:
+    destination.mkdir(parents=True, exist_ok=True)
+    path = destination / REPORT_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def _config(**fields: Any) -> ExportConfig:
+    """ExportConfig from keyword options; ServingSettings names go to `serving`, gate names to `gates`."""
+    import dataclasses
+
+    from serve.repository import settings_fields
+
+    own = {f.name for f in dataclasses.fields(ExportConfig)}
+    gate_names = {f.name for f in dataclasses.fields(ParityGates)}
+    serving = dict(fields.pop("serving", {}) or {})
+    gates = fields.pop("gates", None)
+    gate_values = {name: fields.pop(name) for name in list(fields) if name in gate_names}
+    for name in list(fields):
+        if name not in own and name in settings_fields():
+            serving[name] = fields.pop(name)
+    unknown = sorted(set(fields) - own)
+    if unknown:
+        raise ExportError(f"unknown export option(s) {unknown}; valid: {sorted(own | gate_names | set(settings_fields()))}")
+    if gates is None:
+        gates = ParityGates(**gate_values)
+    for name in ("calibration_file", "parity_file"):
+        if fields.get(name) is not None:
+            fields[name] = Path(fields[name])
+    return ExportConfig(**fields, serving=serving, gates=gates)

@@ -1,0 +1,244 @@
+"""Turn Optimum's encoder graph (last_hidden_state) into the two served graphs.
+
+- fill_mask: gather the hidden states at `mask_positions` (flat b*T+t), run the MLM head only there,
+  softmax, top-k -> `top_ids` (int64) and `top_probs` (float32). The head never sees other positions.
+- embed: mean (attention mask) or CLS pooling, optional L2 normalisation -> `sentence_embedding`.
+- logits: the MLM head over every position (`logits`, [B, T, V]) for `--output` mode, so the
+  folder loads with optimum's ORTModelForMaskedLM.
+
+Weights of the head come from the PyTorch checkpoint (`BertForMaskedLM.cls.predictions`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+
+from bertforge import contract
+
+HIDDEN = "last_hidden_state"
+LOGITS = "logits"
+GELU_ACTIVATIONS = {"gelu", "gelu_python"}
+TANH_GELU_ACTIVATIONS = {"gelu_new", "gelu_pytorch_tanh", "gelu_fast"}
+
+
+def mlm_head_weights(mlm_model) -> dict[str, np.ndarray | float | str]:
+    """The prediction head of a `BertForMaskedLM` as numpy arrays (decoder tied to the embeddings)."""
+    predictions = mlm_model.cls.predictions
+    as_numpy = lambda tensor: tensor.detach().float().cpu().numpy()  # noqa: E731
+    return {
+        "dense_weight": as_numpy(predictions.transform.dense.weight).T.copy(),  # (H, H) for MatMul
+        "dense_bias": as_numpy(predictions.transform.dense.bias),
+        "norm_weight": as_numpy(predictions.transform.LayerNorm.weight),
+        "norm_bias": as_numpy(predictions.transform.LayerNorm.bias),
+        "norm_eps": float(predictions.transform.LayerNorm.eps),
+        "decoder_weight": as_numpy(predictions.decoder.weight).T.copy(),  # (H, V)
+        "decoder_bias": as_numpy(predictions.decoder.bias if predictions.decoder.bias is not None else predictions.bias),
+        "activation": str(mlm_model.config.hidden_act),
+    }
+
+
+def add_fill_mask_head(encoder, head: dict, max_top_k: int):
+    """encoder graph -> fill_mask graph: gather at mask_positions, MLM head, softmax, top-k."""
+    from onnx import TensorProto, helper
+
+    graph = _start(encoder)
+    hidden_size = head["dense_weight"].shape[0]
+    vocab_size = head["decoder_weight"].shape[1]
+    top_k = min(max_top_k, vocab_size)
+    graph.input.append(helper.make_tensor_value_info(contract.ONNX_MASK_POSITIONS, TensorProto.INT64, ["masks"]))
+    # (B, T, H) -> (B*T, H) -> (M, H): the head only runs where a [MASK] is
+    _constant(graph, "head/flat_shape", np.array([-1, hidden_size], dtype=np.int64))
+    graph.node.append(helper.make_node("Reshape", [HIDDEN, "head/flat_shape"], ["head/flat_hidden"]))
+    graph.node.append(helper.make_node("Gather", ["head/flat_hidden", contract.ONNX_MASK_POSITIONS], ["head/masked"], axis=0))
+    logits = _prediction_head(graph, "head/masked", head)  # (M, V)
+    # softmax in float32, then the k best (sorted, descending)
+    graph.node.append(helper.make_node("Softmax", [logits], ["head/probs"], axis=-1))
+    _constant(graph, "head/k", np.array([top_k], dtype=np.int64))
+    graph.node.append(helper.make_node("TopK", ["head/probs", "head/k"], [contract.ONNX_TOP_PROBS, contract.ONNX_TOP_IDS],
+                                       axis=-1, largest=1, sorted=1))
+    graph.output.extend([
+        helper.make_tensor_value_info(contract.ONNX_TOP_IDS, TensorProto.INT64, ["masks", top_k]),
+        helper.make_tensor_value_info(contract.ONNX_TOP_PROBS, TensorProto.FLOAT, ["masks", top_k]),
+    ])
+    return _finish(encoder, graph, "bertforge fill_mask")
+
+
+def add_logits_head(encoder, head: dict):
+    """encoder graph -> MLM logits over every position (what ORTModelForMaskedLM expects)."""
+    from onnx import TensorProto, helper
+
+    graph = _start(encoder)
+    vocab_size = head["decoder_weight"].shape[1]
+    _prediction_head(graph, HIDDEN, head, output=LOGITS)  # (B, T, V)
+    graph.output.append(helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, ["batch_size", "sequence_length", vocab_size]))
+    return _finish(encoder, graph, "bertforge masked-lm logits")
+
+
+def add_pooling(encoder, pooling: Literal["mean", "cls"] = "mean", normalize: bool = False):
+    """encoder graph -> one vector per text: mean over real tokens or the [CLS] state, optionally L2-normalised."""
+    from onnx import TensorProto, helper
+
+    graph = _start(encoder)
+    if pooling == "mean":
+        # sum(hidden * mask) / max(sum(mask), eps): padding never counts
+        graph.node.append(helper.make_node("Cast", ["attention_mask"], ["pool/mask"], to=TensorProto.FLOAT))
+        _constant(graph, "pool/last_axis", np.array([-1], dtype=np.int64))
+        _constant(graph, "pool/seq_axis", np.array([1], dtype=np.int64))
+        _constant(graph, "pool/eps", np.array(1e-9, dtype=np.float32))
+        graph.node.extend([
+            helper.make_node("Unsqueeze", ["pool/mask", "pool/last_axis"], ["pool/mask3"]),  # (B, T, 1)
+            helper.make_node("Mul", [HIDDEN, "pool/mask3"], ["pool/masked"]),
+            helper.make_node("ReduceSum", ["pool/masked", "pool/seq_axis"], ["pool/sum"], keepdims=0),  # (B, H)
+            helper.make_node("ReduceSum", ["pool/mask3", "pool/seq_axis"], ["pool/count"], keepdims=0),  # (B, 1)
+            helper.make_node("Max", ["pool/count", "pool/eps"], ["pool/count_safe"]),
+            helper.make_node("Div", ["pool/sum", "pool/count_safe"], ["pool/pooled"]),
+        ])
+    elif pooling == "cls":
+        _constant(graph, "pool/zero", np.array(0, dtype=np.int64))
+        graph.node.append(helper.make_node("Gather", [HIDDEN, "pool/zero"], ["pool/pooled"], axis=1))  # (B, H)
+    else:
+        raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
+    if normalize:
+        # x / max(||x||, 1e-12), as torch.nn.functional.normalize
+        _constant(graph, "pool/norm_axis", np.array([-1], dtype=np.int64))
+        _constant(graph, "pool/norm_eps", np.array(1e-12, dtype=np.float32))
+        graph.node.extend([
+            # ReduceSum+Sqrt, not ReduceL2: ORT's symbolic shape inference (needed by the fusions) lacks ReduceL2-18
+            helper.make_node("Mul", ["pool/pooled", "pool/pooled"], ["pool/squares"]),
+            helper.make_node("ReduceSum", ["pool/squares", "pool/norm_axis"], ["pool/square_sum"], keepdims=1),
+            helper.make_node("Sqrt", ["pool/square_sum"], ["pool/norm"]),
+            helper.make_node("Max", ["pool/norm", "pool/norm_eps"], ["pool/norm_safe"]),
+            helper.make_node("Div", ["pool/pooled", "pool/norm_safe"], ["pool/result"]),
+        ])
+        result = "pool/result"
+    else:
+        result = "pool/pooled"
+    graph.node.append(helper.make_node("Identity", [result], [contract.ONNX_SENTENCE_EMBEDDING]))
+    hidden_size = _hidden_size(encoder)
+    graph.output.append(helper.make_tensor_value_info(contract.ONNX_SENTENCE_EMBEDDING, TensorProto.FLOAT, ["batch_size", hidden_size]))
+    return _finish(encoder, graph, "bertforge embed")
+
+
+def _prediction_head(graph, source: str, head: dict, output: str = "head/logits") -> str:
+    """dense -> activation -> LayerNorm -> decoder (tied embeddings) + bias, on the last axis."""
+    from onnx import helper
+
+    for name in ("dense_weight", "dense_bias", "norm_weight", "norm_bias", "decoder_weight", "decoder_bias"):
+        _constant(graph, f"head/{name}", np.asarray(head[name], dtype=np.float32))
+    graph.node.extend([
+        helper.make_node("MatMul", [source, "head/dense_weight"], ["head/dense_mm"]),
+        helper.make_node("Add", ["head/dense_mm", "head/dense_bias"], ["head/dense"]),
+    ])
+    activated = _activation(graph, "head/dense", head["activation"])
+    graph.node.extend([
+        helper.make_node("LayerNormalization", [activated, "head/norm_weight", "head/norm_bias"], ["head/normed"],
+                         axis=-1, epsilon=head["norm_eps"]),
+        helper.make_node("MatMul", ["head/normed", "head/decoder_weight"], ["head/decoder_mm"]),
+        helper.make_node("Add", ["head/decoder_mm", "head/decoder_bias"], [output]),
+    ])
+    return output
+
+
+def _activation(graph, source: str, activation: str) -> str:
+    from onnx import helper
+
+    if activation in GELU_ACTIVATIONS:  # 0.5 x (1 + erf(x / sqrt 2)), the pattern ORT fuses into Gelu
+        _constant(graph, "head/sqrt2", np.array(math.sqrt(2), dtype=np.float32))
+        _constant(graph, "head/one", np.array(1.0, dtype=np.float32))
+        _constant(graph, "head/half", np.array(0.5, dtype=np.float32))
+        graph.node.extend([
+            helper.make_node("Div", [source, "head/sqrt2"], ["head/gelu_scaled"]),
+            helper.make_node("Erf", ["head/gelu_scaled"], ["head/gelu_erf"]),
+            helper.make_node("Add", ["head/gelu_erf", "head/one"], ["head/gelu_plus"]),
+            helper.make_node("Mul", [source, "head/gelu_plus"], ["head/gelu_x"]),
+            helper.make_node("Mul", ["head/gelu_x", "head/half"], ["head/act"]),
+        ])
+    elif activation in TANH_GELU_ACTIVATIONS:  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+        for name, value in [("c", math.sqrt(2 / math.pi)), ("a", 0.044715), ("one", 1.0), ("half", 0.5), ("three", 3.0)]:
+            _constant(graph, f"head/tanh_{name}", np.array(value, dtype=np.float32))
+        graph.node.extend([
+            helper.make_node("Pow", [source, "head/tanh_three"], ["head/tanh_cube"]),
+            helper.make_node("Mul", ["head/tanh_cube", "head/tanh_a"], ["head/tanh_cube_a"]),
+            helper.make_node("Add", [source, "head/tanh_cube_a"], ["head/tanh_inner"]),
+            helper.make_node("Mul", ["head/tanh_inner", "head/tanh_c"], ["head/tanh_scaled"]),
+            helper.make_node("Tanh", ["head/tanh_scaled"], ["head/tanh"]),
+            helper.make_node("Add", ["head/tanh", "head/tanh_one"], ["head/tanh_plus"]),
+            helper.make_node("Mul", [source, "head/tanh_plus"], ["head/tanh_x"]),
+            helper.make_node("Mul", ["head/tanh_x", "head/tanh_half"], ["head/act"]),
+        ])
+    elif activation == "relu":
+        graph.node.append(helper.make_node("Relu", [source], ["head/act"]))
+    else:
+        raise ValueError(f"MLM head activation {activation!r} is not supported by the exporter "
+                         f"(supported: {sorted(GELU_ACTIVATIONS | TANH_GELU_ACTIVATIONS | {'relu'})})")
+    return "head/act"
+
+
+def _start(encoder):
+    """A copy of the encoder graph whose only output is last_hidden_state (pooler etc. are pruned later)."""
+    import onnx
+
+    graph = onnx.GraphProto()
+    graph.CopyFrom(encoder.graph)
+    if HIDDEN not in [output.name for output in graph.output]:
+        raise ValueError(f"encoder graph has no {HIDDEN!r} output (outputs: {[o.name for o in graph.output]})")
+    del graph.output[:]
+    return graph
+
+
+def _hidden_size(encoder) -> int:
+    for output in encoder.graph.output:
+        if output.name == HIDDEN:
+            return output.type.tensor_type.shape.dim[2].dim_value
+    raise ValueError(f"encoder graph has no {HIDDEN!r} output")
+
+
+def _constant(graph, name: str, value: np.ndarray) -> None:
+    from onnx import numpy_helper
+
+    graph.initializer.append(numpy_helper.from_array(value, name))
+
+
+def _finish(encoder, graph, doc: str):
+    """Wrap the graph in a model with the encoder's opsets, drop nodes no output needs, and check it."""
+    import onnx
+
+    # keep the encoder's producer: ORT's transformer optimizer checks it
+    model = onnx.helper.make_model(graph, opset_imports=list(encoder.opset_import), producer_name=encoder.producer_name,
+                                   producer_version=encoder.producer_version)
+    model.ir_version = encoder.ir_version
+    model.doc_string = doc
+    _name_nodes(model.graph)
+    _prune(model)
+    onnx.checker.check_model(model)
+    return model
+
+
+def _name_nodes(graph) -> None:
+    """Name the nodes we added after their first output (quantization excludes the head by name)."""
+    for node in graph.node:
+        if not node.name:
+            node.name = f"{node.output[0]}/{node.op_type}"
+
+
+def _prune(model) -> None:
+    """Remove nodes and initializers that no graph output depends on (e.g. the unused pooler)."""
+    graph = model.graph
+    needed = {output.name for output in graph.output}
+    kept = []
+    for node in reversed(graph.node):
+        if any(name in needed for name in node.output):
+            kept.append(node)
+            needed.update(name for name in node.input if name)
+    kept.reverse()
+    del graph.node[:]
+    graph.node.extend(kept)
+    initializers = [init for init in graph.initializer if init.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    value_infos = [info for info in graph.value_info if info.name in needed]
+    del graph.value_info[:]
+    graph.value_info.extend(value_infos)
