@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import itertools
 import random
 import shutil
@@ -24,7 +23,7 @@ import numpy as np
 
 from bertforge import contract
 from serve.launcher import running_server
-from serve.repository import load_serving_settings, write_triton_model
+from serve.repository import update_triton_model
 
 WORDS = ("the minister announced a new budget for housing and energy after a long debate in london this week "
          "while the committee reviewed the report and criticised the trade deal despite strong opposition").split()
@@ -61,10 +60,8 @@ def measure(repo: Path, model: str, delay: int, sizes: tuple[int, ...], concurre
     with tempfile.TemporaryDirectory() as scratch:
         copy = Path(scratch) / "repo"
         shutil.copytree(repo / model, copy / model, symlinks=True)
-        settings = load_serving_settings(copy / model / "1")
-        settings = dataclasses.replace(settings, max_queue_delay_microseconds=delay, preferred_batch_sizes=sizes,
-                                       min_batch_fill=settings.min_batch_fill if fill is None else fill)
-        write_triton_model(copy / model, settings)
+        changes = dict(max_queue_delay_microseconds=delay, preferred_batch_sizes=sizes)
+        settings = update_triton_model(copy / model, **changes, **({} if fill is None else {"min_batch_fill": fill}))
         with running_server(copy, grpc_port=0, http_port=0, metrics_port=0) as server:
             rows = [asyncio.run(_closed_loop(server.endpoints.grpc_url, model, users, seconds, words))
                     for users in concurrency]

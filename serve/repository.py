@@ -108,6 +108,15 @@ def load_serving_settings(version_dir: Path) -> ServingSettings:
     return from_dict(ServingSettings, document.get("settings", {}), where=str(path))
 
 
+def update_triton_model(model_dir: Path, **changes: Any) -> ServingSettings:
+    """Change some settings of an exported model (config.pbtxt + serving.json), keeping its export info."""
+    version_dir = Path(model_dir) / VERSION
+    settings = dataclasses.replace(load_serving_settings(version_dir), **changes)
+    info = json.loads((version_dir / SERVING_FILE).read_text()).get("info", {})
+    write_triton_model(Path(model_dir), settings, info)
+    return settings
+
+
 def render_config_pbtxt(settings: ServingSettings) -> str:
     """The Triton model configuration for `settings`, as protobuf text."""
     if settings.task == "fill_mask":

@@ -12,7 +12,21 @@ def served_repo(tmp_path_factory, tiny_bert_dir) -> Path:
     """fill_mask + embed (fp32) from the session's tiny BERT."""
     from tests.serve.onnx_helper import build_test_repository
 
-    return build_test_repository(tiny_bert_dir, tmp_path_factory.mktemp("repo_fp32"))
+    repo = build_test_repository(tiny_bert_dir, tmp_path_factory.mktemp("repo_fp32"))
+    return with_queue_delay(repo, TEST_QUEUE_DELAY_US)
+
+
+# The tiny model runs in ~1 ms, faster than a busy test machine sends requests; with the CPU default delay
+# (0 µs) concurrent requests then rarely meet in the queue. A short delay makes batching observable.
+TEST_QUEUE_DELAY_US = 2000
+
+
+def with_queue_delay(repo: Path, delay_us: int) -> Path:
+    from serve.repository import update_triton_model
+
+    for config in sorted(repo.glob("*/config.pbtxt")):
+        update_triton_model(config.parent, max_queue_delay_microseconds=delay_us)
+    return repo
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +42,18 @@ def triton_server(served_repo):
 @pytest.fixture(scope="session")
 def grpc_url(triton_server) -> str:
     return triton_server.endpoints.grpc_url
+
+
+@pytest.fixture(scope="session")
+def served_repo_int8(tmp_path_factory, tiny_bert_dir) -> Path:
+    from tests.serve.onnx_helper import build_test_repository
+
+    return build_test_repository(tiny_bert_dir, tmp_path_factory.mktemp("repo_int8"), precision="int8")
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_bert_dir):
+    """(HF tokenizer, BertForMaskedLM) in PyTorch fp32: the slow reference every served answer is checked against."""
+    from transformers import AutoTokenizer, BertForMaskedLM
+
+    return AutoTokenizer.from_pretrained(tiny_bert_dir), BertForMaskedLM.from_pretrained(tiny_bert_dir).eval()

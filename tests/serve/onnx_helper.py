@@ -9,7 +9,7 @@ from bertforge import contract
 from serve.repository import ServingSettings, write_triton_model
 
 
-def build_test_repository(model_dir: Path, repo: Path, max_top_k: int = 20, **overrides) -> Path:
+def build_test_repository(model_dir: Path, repo: Path, max_top_k: int = 20, precision: str = "fp32", **overrides) -> Path:
     import torch
     from transformers import BertForMaskedLM
 
@@ -45,7 +45,7 @@ def build_test_repository(model_dir: Path, repo: Path, max_top_k: int = 20, **ov
          [*contract.ONNX_ENCODER_INPUTS, contract.ONNX_MASK_POSITIONS], [contract.ONNX_TOP_IDS, contract.ONNX_TOP_PROBS]),
         ("embed", Embed(), encoder_args, list(contract.ONNX_ENCODER_INPUTS), [contract.ONNX_SENTENCE_EMBEDDING]),
     ]:
-        settings = ServingSettings(task=task, max_length=max_length, max_top_k=max_top_k, **overrides)
+        settings = ServingSettings(task=task, max_length=max_length, max_top_k=max_top_k, precision=precision, **overrides)
         target = repo / settings.model_name
         write_triton_model(target, settings)
         axes = {name: batch_axes for name in contract.ONNX_ENCODER_INPUTS}
@@ -54,5 +54,10 @@ def build_test_repository(model_dir: Path, repo: Path, max_top_k: int = 20, **ov
         with torch.no_grad():
             torch.onnx.export(module, args, str(target / "1" / "model.onnx"), input_names=inputs, output_names=outputs,
                               dynamic_axes={name: axes[name] for name in inputs + outputs}, opset_version=17, dynamo=False)
+        if precision == "int8":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            onnx_path = target / "1" / "model.onnx"
+            quantize_dynamic(onnx_path, onnx_path, weight_type=QuantType.QInt8)
         shutil.copytree(model_dir, target / "1" / "tokenizer", ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
     return repo

@@ -14,6 +14,7 @@ from serve.repository import (
     ServingSettings,
     load_serving_settings,
     render_config_pbtxt,
+    update_triton_model,
     write_triton_model,
 )
 
@@ -35,6 +36,11 @@ def test_write_triton_model_round_trips_settings(tmp_path):
         assert f'name: "{name}"' in config
     assert (model_dir / "1" / "model.py").read_text() == MODEL_TEMPLATE.read_text()
     assert load_serving_settings(model_dir / "1") == settings
+    assert json.loads((model_dir / "1" / "serving.json").read_text())["info"] == {"source": "tiny"}
+
+    updated = update_triton_model(model_dir, max_queue_delay_microseconds=2000)
+    assert load_serving_settings(model_dir / "1") == updated and updated.precision == "int8"
+    assert "max_queue_delay_microseconds: 2000" in (model_dir / "config.pbtxt").read_text()
     assert json.loads((model_dir / "1" / "serving.json").read_text())["info"] == {"source": "tiny"}
 
 
