@@ -9,13 +9,15 @@ import pytest
 
 @pytest.fixture(scope="session")
 def served_repo(tmp_path_factory, tiny_bert_dir) -> Path:
-    """fill_mask + embed (fp32) from the session's tiny BERT."""
-    from tests.serve.onnx_helper import build_test_repository
+    """fill_mask + embed (fp32) exported from the session's tiny BERT by the real exporter."""
+    from export import export_to_repository
 
-    repo = build_test_repository(tiny_bert_dir, tmp_path_factory.mktemp("repo_fp32"))
+    repo = tmp_path_factory.mktemp("repo_fp32")
+    export_to_repository(tiny_bert_dir, repo, precision="fp32", max_top_k=TEST_MAX_TOP_K, progress=False)
     return with_queue_delay(repo, TEST_QUEUE_DELAY_US)
 
 
+TEST_MAX_TOP_K = 20
 # The tiny model runs in ~1 ms, faster than a busy test machine sends requests; with the CPU default delay
 # (0 µs) concurrent requests then rarely meet in the queue. A short delay makes batching observable.
 TEST_QUEUE_DELAY_US = 2000
@@ -46,9 +48,12 @@ def grpc_url(triton_server) -> str:
 
 @pytest.fixture(scope="session")
 def served_repo_int8(tmp_path_factory, tiny_bert_dir) -> Path:
-    from tests.serve.onnx_helper import build_test_repository
+    """The same models, dynamically quantized to int8 by the exporter."""
+    from export import export_to_repository
 
-    return build_test_repository(tiny_bert_dir, tmp_path_factory.mktemp("repo_int8"), precision="int8")
+    repo = tmp_path_factory.mktemp("repo_int8")
+    export_to_repository(tiny_bert_dir, repo, precision="int8", max_top_k=TEST_MAX_TOP_K, progress=False)
+    return repo
 
 
 @pytest.fixture(scope="session")
