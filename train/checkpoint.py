@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import random
 import shutil
 import warnings
@@ -77,13 +78,24 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scaler) -> di
 
     verify_checkpoint(path)
     load_model(model, str(path / "model.safetensors"))
-    optimizer_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+    optimizer_state = _load_plain(path / "optimizer.pt")
     optimizer.load_state_dict(optimizer_state["optimizer"])
     if scaler is not None and optimizer_state["scaler"]:
         scaler.load_state_dict(optimizer_state["scaler"])
-    trainer_state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
+    trainer_state = _load_plain(path / "trainer_state.pt")
     restore_rng_state(trainer_state.pop("rng"))
     return trainer_state
+
+
+def _load_plain(file: Path) -> dict:
+    """torch.load restricted to tensors and plain containers: a pickle that would run code is refused."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"{file}: refused to load: it holds objects other than tensors and plain data "
+            f"(torch.load weights_only=True). Do not resume from checkpoints you did not write. ({error})"
+        ) from error
 
 
 def verify_checkpoint(path: Path) -> None:

@@ -62,3 +62,13 @@ def bertforge_command(*args: str) -> list[str]:
 def run_cli(*args: str, env_extra: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "2", **(env_extra or {})}
     return subprocess.run(bertforge_command(*args), capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_config_file, tmp_path_factory) -> Path:
+    """One uninterrupted 80-step run through the real CLI; other tests compare against it."""
+    run_dir = tmp_path_factory.mktemp("runs") / "reference"
+    result = run_cli("train", "--config", str(tiny_config_file), "--run-dir", str(run_dir),
+                     env_extra={"BERTFORGE_CACHE": str(tmp_path_factory.getbasetemp() / "bertforge-cache")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir

@@ -24,16 +24,6 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "model" / "model.safetensors")
 
 
-@pytest.fixture(scope="module")
-def trained_run(tiny_config_file, tmp_path_factory) -> Path:
-    """One uninterrupted 40-step run through the real CLI; other tests compare against it."""
-    run_dir = tmp_path_factory.mktemp("runs") / "reference"
-    result = run_cli("train", "--config", str(tiny_config_file), "--run-dir", str(run_dir),
-                     env_extra={"BERTFORGE_CACHE": str(tmp_path_factory.getbasetemp() / "bertforge-cache")})
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir
-
-
 def test_run_folder_layout_and_learning(trained_run):
     assert (trained_run / "config.toml").is_file() and (trained_run / "tokenizer" / "tokenizer.json").is_file()
     assert [p.name for p in checkpoint_folders(trained_run / "checkpoints")] == ["step-60", "step-80"]  # keep = 2
