@@ -1,16 +1,94 @@
-"""`bertforge export` (not built yet: see issue 3)."""
+"""`bertforge export`: a BERT folder -> verified ONNX variants and a Triton model repository.
+
+    bertforge export --model runs/demo/model [--repo model_repository] [--precision int8]
+    bertforge export --model DIR --output DIR --precision all      # plain ONNX variants + report
+"""
+
+from __future__ import annotations
 
 import argparse
 
+PRECISION_HELP = "fp32 | int8 (dynamic, CPU) | int8-static (calibrated) | fp16 (GPU); with --output also a comma list or 'all'"
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("export", help="export a BERT checkpoint to ONNX and a Triton repository (not built yet)")
-    parser.add_argument("--model", required=True, help="HF BERT folder")
-    parser.add_argument("--repo", default="model_repository", help="Triton model repository to write")
-    parser.set_defaults(run=_not_built)
+    parser = subparsers.add_parser(
+        "export", help="export a BERT checkpoint to verified ONNX and a Triton model repository",
+        description="Export a Hugging Face BERT folder with Optimum, fuse and quantize it, check every variant "
+                    "against PyTorch fp32 (a variant that misses its gate is not written), and write the Triton "
+                    "model repository (fill_mask, embed) or, with --output, plain ONNX variants.")
+    parser.add_argument("--model", default=None, help="Hugging Face BERT folder, e.g. runs/demo/model")
+    parser.add_argument("--repo", default=None, help="Triton model repository to write (default: model_repository)")
+    parser.add_argument("--output", default=None, help="write only ONNX variants + export_report.json here (no Triton files)")
+    parser.add_argument("--precision", default=None, help=PRECISION_HELP + " (default: int8)")
+    parser.add_argument("--tasks", default=None, help="comma list of fill_mask,embed (default: both)")
+    parser.add_argument("--pooling", choices=["mean", "cls"], default=None, help="embedding pooling (default: mean)")
+    parser.add_argument("--normalize", action="store_true", default=None, help="L2-normalise embeddings")
+    parser.add_argument("--no-optimize", dest="optimize", action="store_false", default=None,
+                        help="skip ONNX Runtime fusions (Attention, SkipLayerNorm, Gelu)")
+    parser.add_argument("--calibration-file", default=None, help="text for int8-static calibration (.txt or .jsonl)")
+    parser.add_argument("--parity-file", default=None, help="held-out text for the parity gate (.txt or .jsonl)")
+    parser.add_argument("--config", default=None, help="export config TOML (see docs/export.md)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set serving.instance_count=2 (repeatable)")
+    parser.add_argument("--quiet", action="store_true", help="no progress display")
+    parser.set_defaults(run=run)
 
 
-def _not_built(args: argparse.Namespace) -> int:
-    from bertforge.cli import UserError
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+    from pathlib import Path
 
-    raise UserError("export is not built yet")
+    from export.config import load_export_config
+
+    config = load_export_config(args.config, args.overrides)
+    # Flags given on the command line win over the file (replace() re-validates)
+    flags: dict = {name: getattr(args, name) for name in ("precision", "pooling", "normalize", "optimize")
+                   if getattr(args, name) is not None}
+    for name in ("model", "calibration_file", "parity_file", "repo"):
+        if getattr(args, name) is not None:
+            flags[name] = Path(getattr(args, name))
+    if args.output is not None:
+        flags["output"], flags["repo"] = Path(args.output), None
+    if args.tasks is not None:
+        flags["tasks"] = tuple(task.strip() for task in args.tasks.split(",") if task.strip())
+    config = dataclasses.replace(config, **flags)
+    return _run_with_progress(config, quiet=args.quiet)
+
+
+def _run_with_progress(config, quiet: bool) -> int:
+    from rich.console import Console
+
+    from export import run_export
+
+    console = Console(stderr=True, quiet=quiet)
+    with console.status("[bold]exporting…") as status:
+        def log(message: str) -> None:
+            status.update(message)
+            if "PASS" in message or "FAIL" in message or "no MLM head" in message or "wrote" in message:
+                console.print(message, highlight=False, markup=False)
+
+        report = run_export(config, log=log)
+    _print_summary(report)
+    return 0
+
+
+def _print_summary(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"bertforge export -> {report['destination']}")
+    for column in ("model", "precision", "fused ops", "parity", "size MB"):
+        table.add_column(column)
+    for name, target in report["tasks"].items():
+        for precision, variant in target["variants"].items():
+            parity = variant["parity"]
+            if "top1_agreement" in parity:
+                summary = f"top-1 {parity['top1_agreement']:.4f}, max|dp| {parity['max_abs_diff']:.1e}"
+            else:
+                summary = f"cos≥{parity['min_cosine']:.5f}, max|d| {parity['max_abs_diff']:.1e}"
+            fused = ",".join(f"{op}×{count}" for op, count in variant["fused_ops"].items()) or "-"
+            table.add_row(name, precision, fused, summary, f"{variant['bytes'] / 1e6:.1f}")
+    Console().print(table)
+    for note in report.get("notes", []):
+        print(f"note: {note}")

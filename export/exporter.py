@@ -13,10 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from bertforge import contract
+from bertforge.config import save_config, to_dict
 from export.checkpoint import CheckpointInfo, ExportError, inspect_checkpoint
 from export.config import ExportConfig, ParityGates
 
 REPORT_FILE = "export_report.json"
+FAILED_REPORT_FILE = "export_report.failed.json"  # when an earlier, good export is still in place
+CONFIG_FILE = "export_config.toml"  # the resolved config, saved next to what it produced
+# --output mode: folders loadable by optimum.onnxruntime.ORTModelForMaskedLM / ORTModelForFeatureExtraction
+PLAIN_FOLDERS = {"fill_mask": "masked-lm", "embed": "feature-extraction"}
 
 
 class ParityError(ExportError):
@@ -45,6 +50,8 @@ def run_export(config: ExportConfig, log=print) -> dict:
     if config.model is None:
         raise ExportError("no model folder given; pass --model DIR (a Hugging Face BERT folder)")
     started = time.perf_counter()
+    if not config.progress:
+        log = _silent
     # Check the checkpoint and the destination before any heavy work
     info = inspect_checkpoint(config.model)
     destination = Path(config.output or config.repo)
@@ -52,7 +59,7 @@ def run_export(config: ExportConfig, log=print) -> dict:
     tasks, notes = _tasks(config, info)
     for note in notes:
         log(f"[export] {note}")
-    report: dict[str, Any] = {"model": str(config.model), "destination": str(destination),
+    report: dict[str, Any] = {"model": str(config.model), "destination": str(destination), "config": to_dict(config),
                               "mode": "output" if config.output else "repository", "notes": notes, "tasks": {}}
     with tempfile.TemporaryDirectory(prefix="bertforge-export-") as scratch:
         scratch = Path(scratch)
@@ -74,6 +81,7 @@ def run_export(config: ExportConfig, log=print) -> dict:
             from export.writer import write_repository
 
             write_repository(destination, built, info, config, report)
+        save_config(config, destination / CONFIG_FILE)
     log(f"[export] wrote {destination} in {report['seconds']} s")
     return report
 
@@ -84,7 +92,7 @@ def _build_and_check(config: ExportConfig, info: CheckpointInfo, tasks: list[str
     import onnxruntime as ort
     from transformers import AutoTokenizer
 
-    from export.graphs import add_fill_mask_head, add_pooling, mlm_head_weights
+    from export.graphs import add_fill_mask_head, add_logits_head, add_pooling, encoder_only, mlm_head_weights
     from export.parity import compare, gate, make_parity_batches, reference_outputs
     from export.texts import calibration_texts, parity_texts
     from export.variants import build_variant, session_providers
@@ -103,35 +111,47 @@ def _build_and_check(config: ExportConfig, info: CheckpointInfo, tasks: list[str
     calibration = make_parity_batches(tokenizer, calibration_texts(config), max_length, seed=config.seed + 1)
     calibration_feeds = [batch.feeds for batch in calibration if batch.source == "text"]
     built: dict[str, dict[str, Path]] = {}
-    for task in tasks:
-        # 3. fp32 task graph: gather + MLM head + top-k, or pooling
+    references: dict[tuple, list] = {}
+    for name, task, kind in _targets(tasks, plain=config.output is not None):
+        # 3. fp32 graph: gather + MLM head + top-k, pooling, or (plain) logits / last_hidden_state
+        pooling, normalize = (config.pooling, config.normalize) if kind == "served" else ("mean", False)
         if task == "fill_mask":
-            graph = add_fill_mask_head(encoder, mlm_head_weights(torch_model), top_k)
+            head = mlm_head_weights(torch_model)
+            graph = add_fill_mask_head(encoder, head, top_k) if kind == "served" else add_logits_head(encoder, head)
         else:
-            graph = add_pooling(encoder, config.pooling, config.normalize)
-        fp32_path = scratch / task / "model.fp32.onnx"
+            graph = add_pooling(encoder, pooling, normalize) if kind == "served" else encoder_only(encoder)
+        fp32_path = scratch / name / "model.fp32.onnx"
         fp32_path.parent.mkdir(parents=True)
         onnx.save(graph, str(fp32_path))
-        references = reference_outputs(torch_model, batches, task, config.pooling, config.normalize, top_k)
-        feeds = calibration_feeds if task == "fill_mask" else [_encoder_only(f) for f in calibration_feeds]
-        report["tasks"][task] = {"variants": {}}
+        key = (task, pooling, normalize)
+        if key not in references:
+            references[key] = reference_outputs(torch_model, batches, task, pooling, normalize, top_k)
+        feeds = calibration_feeds if task == "fill_mask" and kind == "served" else [_encoder_only(f) for f in calibration_feeds]
+        report["tasks"][name] = {"task": task, "graph": kind, "variants": {}}
         # 4. each precision: build, run on fresh inputs, gate
         for precision in config.precisions:
-            log(f"[export] {task} {precision}: building")
-            target = scratch / task / precision / "model.onnx"
+            log(f"[export] {name} {precision}: building")
+            target = scratch / name / precision / "model.onnx"
             details = build_variant(fp32_path, precision, target, num_heads=info.num_heads, hidden_size=info.hidden_size,
                                     optimize=config.optimize, calibration_feeds=feeds)
-            providers = session_providers(precision)
-            session = ort.InferenceSession(str(target), providers=providers)
-            metrics = compare(session, batches, references, task)
-            failures = gate(metrics, task, precision, config.gates)
-            report["tasks"][task]["variants"][precision] = {**details, "providers": session.get_providers(),
+            session = ort.InferenceSession(str(target), providers=session_providers(precision))
+            metrics = compare(session, batches, references[key], task, graph=kind)
+            failures = gate(metrics, name, precision, config.gates, task=task)
+            report["tasks"][name]["variants"][precision] = {**details, "providers": session.get_providers(),
                                                              "parity": metrics, "failures": failures,
                                                              "passed": not failures}
-            log(f"[export] {task} {precision}: " + ("PASS " if not failures else "FAIL ") + _summary(metrics, task))
+            log(f"[export] {name} {precision}: " + ("PASS " if not failures else "FAIL ") + _summary(metrics, task))
             if not failures:
-                built.setdefault(task, {})[precision] = target
+                built.setdefault(name, {})[precision] = target
     return built
+
+
+def _targets(tasks: list[str], plain: bool) -> list[tuple[str, str, str]]:
+    """(folder name, task, graph kind): the served graphs, plus Optimum-loadable ones in --output mode."""
+    targets = [(task, task, "served") for task in tasks]
+    if plain:
+        targets += [(PLAIN_FOLDERS[task], task, "plain") for task in tasks]
+    return targets
 
 
 def _tasks(config: ExportConfig, info: CheckpointInfo) -> tuple[list[str], list[str]]:
@@ -178,6 +198,10 @@ def _load_torch(info: CheckpointInfo):
     return BertModel.from_pretrained(info.folder, use_safetensors=True, add_pooling_layer=False).eval()
 
 
+def _silent(message: str) -> None:
+    pass
+
+
 def _encoder_only(feeds: dict) -> dict:
     return {name: feeds[name] for name in contract.ONNX_ENCODER_INPUTS}
 
@@ -190,8 +214,11 @@ def _summary(metrics: dict, task: str) -> str:
 
 
 def _write_report(destination: Path, report: dict) -> None:
+    """A failed export's report; it does not clobber the report of the export that is still in place."""
     destination.mkdir(parents=True, exist_ok=True)
     path = destination / REPORT_FILE
+    if path.exists():
+        path = destination / FAILED_REPORT_FILE
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)

@@ -77,6 +77,16 @@ def add_logits_head(encoder, head: dict):
     return _finish(encoder, graph, "bertforge masked-lm logits")
 
 
+def encoder_only(encoder):
+    """encoder graph with only `last_hidden_state` (what ORTModelForFeatureExtraction expects)."""
+    from onnx import TensorProto, helper
+
+    graph = _start(encoder)
+    hidden_size = _hidden_size(encoder)
+    graph.output.append(helper.make_tensor_value_info(HIDDEN, TensorProto.FLOAT, ["batch_size", "sequence_length", hidden_size]))
+    return _finish(encoder, graph, "bertforge feature-extraction")
+
+
 def add_pooling(encoder, pooling: Literal["mean", "cls"] = "mean", normalize: bool = False):
     """encoder graph -> one vector per text: mean over real tokens or the [CLS] state, optionally L2-normalised."""
     from onnx import TensorProto, helper

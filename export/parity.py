@@ -72,22 +72,34 @@ def reference_outputs(torch_model, batches: list[ParityBatch], task: str, poolin
     return results
 
 
-def compare(session, batches: list[ParityBatch], references: list[dict], task: str) -> dict:
-    """Run the variant on every batch and summarise how far it is from the reference."""
+def compare(session, batches: list[ParityBatch], references: list[dict], task: str, graph: str = "served") -> dict:
+    """Run the variant on every batch and summarise how far it is from the reference.
+
+    graph="served": the contract graphs (top_ids/top_probs, sentence_embedding); graph="plain": Optimum-style
+    graphs (`logits` [B, T, V] or `last_hidden_state`), reduced here to the same top-k / mean-pooled form."""
     top1_hits, masks, max_abs, cosines = 0, 0, 0.0, []
     by_source: dict[str, list[float]] = {}
     input_names = {i.name for i in session.get_inputs()}
     for batch, reference in zip(batches, references):
         feeds = {name: value for name, value in batch.feeds.items() if name in input_names}
         if task == "fill_mask":
-            top_ids, top_probs = session.run([contract.ONNX_TOP_IDS, contract.ONNX_TOP_PROBS], feeds)
+            if graph == "plain":
+                top_ids, top_probs = _top_k_from_logits(session.run(["logits"], feeds)[0], batch.feeds,
+                                                        reference[contract.ONNX_TOP_IDS].shape[1])
+            else:
+                top_ids, top_probs = session.run([contract.ONNX_TOP_IDS, contract.ONNX_TOP_PROBS], feeds)
             hits = top_ids[:, 0] == reference[contract.ONNX_TOP_IDS][:, 0]
             top1_hits += int(hits.sum())
             masks += len(hits)
             by_source.setdefault(batch.source, []).extend(hits.astype(float).tolist())
             max_abs = max(max_abs, float(np.abs(top_probs - reference[contract.ONNX_TOP_PROBS]).max(initial=0.0)))
         else:
-            (embedding,) = session.run([contract.ONNX_SENTENCE_EMBEDDING], feeds)
+            if graph == "plain":
+                hidden = session.run(["last_hidden_state"], feeds)[0]  # (B, T, H)
+                weights = batch.feeds["attention_mask"][..., None].astype(np.float32)
+                embedding = (hidden * weights).sum(1) / np.maximum(weights.sum(1), 1e-9)
+            else:
+                (embedding,) = session.run([contract.ONNX_SENTENCE_EMBEDDING], feeds)
             expected = reference[contract.ONNX_SENTENCE_EMBEDDING]
             max_abs = max(max_abs, float(np.abs(embedding - expected).max()))
             cosine = (embedding * expected).sum(-1) / (np.linalg.norm(embedding, axis=-1) * np.linalg.norm(expected, axis=-1) + 1e-12)
@@ -103,8 +115,9 @@ def compare(session, batches: list[ParityBatch], references: list[dict], task: s
     return metrics
 
 
-def gate(metrics: dict, task: str, precision: str, gates) -> list[str]:
+def gate(metrics: dict, name: str, precision: str, gates, task: str | None = None) -> list[str]:
     """The gate's verdict: an empty list when the variant passes, else one line per missed threshold."""
+    task = task or name
     checks: list[tuple[str, float, float, bool]] = []  # (name, value, threshold, higher_is_better)
     if precision == "fp32":
         checks.append(("max_abs_diff", metrics["max_abs_diff"], gates.fp32_max_abs_diff, False))
@@ -117,13 +130,22 @@ def gate(metrics: dict, task: str, precision: str, gates) -> list[str]:
         else:
             checks.append(("min_cosine", metrics["min_cosine"], getattr(gates, f"{family}_cosine"), True))
     failures = []
-    for name, value, threshold, higher_is_better in checks:
+    label = name
+    for metric, value, threshold, higher_is_better in checks:
         passed = value >= threshold if higher_is_better else value <= threshold
         if not passed:
             relation = ">=" if higher_is_better else "<="
-            failures.append(f"{task} {precision}: {name} = {value:.6g}, needs {relation} {threshold:g} "
+            failures.append(f"{label} {precision}: {metric} = {value:.6g}, needs {relation} {threshold:g} "
                             f"(missed by {abs(value - threshold):.3g})")
     return failures
+
+
+def _top_k_from_logits(logits: np.ndarray, feeds: dict, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    picked = logits.reshape(-1, logits.shape[-1])[feeds[contract.ONNX_MASK_POSITIONS]].astype(np.float64)  # (M, V)
+    probs = np.exp(picked - picked.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    ids = np.argsort(-probs, axis=-1, kind="stable")[:, :top_k]
+    return ids, np.take_along_axis(probs, ids, -1).astype(np.float32)
 
 
 def _pad_and_mask(rows: list[list[int]], pad_id: int, mask_id: int, rng: np.random.Generator) -> dict[str, np.ndarray]:

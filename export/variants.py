@@ -7,6 +7,8 @@ int64/float32 whatever the precision, so the served model never sees another dty
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -15,7 +17,8 @@ from pathlib import Path
 # and the pooling/top-k tail is cheap.
 FP16_KEEP_FLOAT32 = ["LayerNormalization", "SkipLayerNormalization", "EmbedLayerNormalization", "Softmax", "TopK",
                      "ReduceSum", "Sqrt", "Div", "Max"]
-FUSED_OPS = ("Attention", "SkipLayerNormalization", "EmbedLayerNormalization", "BiasGelu", "Gelu", "FastGelu")
+FUSED_OPS = ("Attention", "QAttention", "SkipLayerNormalization", "EmbedLayerNormalization", "QEmbedLayerNormalization",
+             "BiasGelu", "Gelu", "FastGelu")
 
 
 def build_variant(fp32_path: Path, precision: str, target: Path, *, num_heads: int, hidden_size: int,
@@ -40,11 +43,13 @@ def build_variant(fp32_path: Path, precision: str, target: Path, *, num_heads: i
         if precision == "fp32":
             onnx.save(onnx.load(str(fused)), str(target))
         elif precision == "int8":
-            _quantize_dynamic(fused, target)
+            with _quiet_root_logger():
+                _quantize_dynamic(fused, target)
         elif precision == "int8-static":
             if calibration_feeds is None:
                 raise ValueError("int8-static needs calibration data")
-            _quantize_static(fused, target, calibration_feeds)
+            with _quiet_root_logger():
+                _quantize_static(fused, target, calibration_feeds)
         elif precision == "fp16":
             from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -56,6 +61,18 @@ def build_variant(fp32_path: Path, precision: str, target: Path, *, num_heads: i
         if fused != fp32_path:
             fused.unlink(missing_ok=True)
     return _describe(target, precision)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """The quantizer logs advice through the root logger on every call; keep the export output readable."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def _optimizer(path: Path, num_heads: int, hidden_size: int):

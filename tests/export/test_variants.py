@@ -1,0 +1,89 @@
+"""Precision variants (int8 dynamic/static, fp16), a BERT of another shape without MLM head, and --output mode."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from bertforge import contract
+
+
+def _ops(path) -> dict[str, int]:
+    from collections import Counter
+
+    import onnx
+
+    return Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+
+
+def test_int8_repository_is_fused_quantized_and_within_gates(tmp_path, tiny_bert_dir):
+    from export import export_to_repository
+
+    repo = tmp_path / "repo"
+    report = export_to_repository(tiny_bert_dir, repo, progress=False)  # default precision: int8
+    fill = report["tasks"]["fill_mask"]["variants"]["int8"]
+    assert fill["passed"] and fill["parity"]["top1_agreement"] >= 0.97 and fill["parity"]["masked_tokens"] >= 100
+    assert report["tasks"]["embed"]["variants"]["int8"]["parity"]["min_cosine"] >= 0.99
+    ops = _ops(repo / contract.FILL_MASK_MODEL / "1" / "model.onnx")
+    assert ops["QAttention"] == 2 and ops["MatMulInteger"] > 0 and ops["SkipLayerNormalization"] == 4
+    assert "Attention" not in ops  # the fused attention itself was quantized
+    serving = json.loads((repo / contract.EMBED_MODEL / "1" / "serving.json").read_text())["settings"]
+    assert serving["precision"] == "int8"
+    assert serving["max_batch_size"] == 4096 // 64  # a full batch of 64-token texts fits one run
+
+
+def test_other_config_without_mlm_head(tmp_path, tiny_corpus_dir):
+    """Another vocabulary, other sizes, BertModel only: embed is exported and verified, fill_mask is skipped."""
+    from export import export_to_repository
+    from serve.runtime import TextRequest, load_runtime
+    from tests.conftest import build_tiny_bert, make_sentences
+    from train.tokenizer import train_wordpiece_tokenizer
+
+    tokenizer_dir = tmp_path / "tokenizer"
+    train_wordpiece_tokenizer(make_sentences(400, seed=7), tokenizer_dir, vocab_size=150, model_max_length=40)
+    model = build_tiny_bert(tmp_path / "model", tokenizer_dir, with_mlm_head=False, hidden_size=48,
+                            num_attention_heads=3, num_hidden_layers=3, intermediate_size=96, max_position_embeddings=40)
+    repo = tmp_path / "repo"
+    report = export_to_repository(model, repo, precision="int8", pooling="cls", normalize=True, progress=False)
+    assert list(report["tasks"]) == ["embed"] and "no MLM head" in report["notes"][0]
+    assert not (repo / contract.FILL_MASK_MODEL).exists()
+    assert report["max_length"] == 40
+    runtime = load_runtime(repo / contract.EMBED_MODEL / "1")
+    requests = [TextRequest(text=text, top_k=1, truncation="truncate") for text in make_sentences(3, seed=9)]
+    runtime.tokenize(requests)
+    embeddings = runtime.embed(requests)
+    assert embeddings.shape == (3, 48) and embeddings.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=-1), 1.0, atol=1e-5)
+
+
+def test_output_mode_all_variants_load_in_optimum(tmp_path, tiny_bert_dir):
+    """--output: every precision of the served graphs and of Optimum-loadable graphs, each gated."""
+    import onnx
+    from optimum.onnxruntime import ORTModelForFeatureExtraction, ORTModelForMaskedLM
+    from transformers import AutoTokenizer, pipeline
+
+    from export import export_onnx
+
+    output = tmp_path / "onnx"
+    report = export_onnx(tiny_bert_dir, output, precision="all", progress=False)
+    assert set(report["tasks"]) == {"fill_mask", "embed", "masked-lm", "feature-extraction"}
+    for target in report["tasks"].values():
+        assert set(target["variants"]) == {"fp32", "int8", "int8-static", "fp16"}
+        assert all(variant["passed"] for variant in target["variants"].values())
+    assert json.loads((output / "export_report.json").read_text())["passed"] is True
+    # static int8 has calibrated QDQ MatMuls; fp16 keeps float32 outputs with fp16 weights inside
+    static_ops = _ops(output / "fill_mask" / "model_int8_static.onnx")
+    assert static_ops["QuantizeLinear"] > 0 and static_ops["DequantizeLinear"] > 0
+    fp16 = onnx.load(str(output / "embed" / "model_fp16.onnx"))
+    assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in fp16.graph.initializer)
+    assert fp16.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert report["tasks"]["fill_mask"]["variants"]["fp16"]["parity"]["top1_agreement"] >= 0.99
+    # Optimum loads the plain folders, and a transformers pipeline runs on them
+    tokenizer = AutoTokenizer.from_pretrained(output / "masked-lm")
+    masked_lm = ORTModelForMaskedLM.from_pretrained(output / "masked-lm", file_name="model_int8.onnx")
+    predictions = pipeline("fill-mask", model=masked_lm, tokenizer=tokenizer)("the minister [MASK] the report .")
+    assert len(predictions) == 5 and all(0.0 <= p["score"] <= 1.0 for p in predictions)
+    features = ORTModelForFeatureExtraction.from_pretrained(output / "feature-extraction")
+    vectors = np.asarray(pipeline("feature-extraction", model=features, tokenizer=tokenizer)("the bank ."))
+    assert vectors.shape[-1] == 32
