@@ -1,14 +1,199 @@
-"""`bertforge bench` (not built yet: see issue 5)."""
+"""`bertforge bench`: one entry point for every benchmark (serving, tuning, comparing, training, export).
+
+    bertforge bench serve --repo model_repository --quick          # the demo's short run (<= 60 s)
+    bertforge bench serve --model runs/demo/model --preset full     # the full sweep with every baseline
+    bertforge bench tune --repo model_repository                     # best batching setting under a p99 bound
+    bertforge bench compare old.json new.json                        # exit 1 on a regression
+    bertforge bench train ...                                        # bench/train_throughput.py
+    bertforge bench export ...                                       # bench/export_latency.py
+
+Imports nothing heavy here; torch is imported only by the PyTorch baseline, inside its function.
+"""
+
+from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+# subcommands that hand their arguments to another benchmark's own main(argv)
+DISPATCHED = {"train": ("bench.train_throughput", "training throughput: bertforge's trainer vs HF Trainer"),
+              "export": ("bench.export_latency", "export: latency of the exported variants vs PyTorch")}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("bench", help="benchmarks (not built yet)")
-    parser.set_defaults(run=_not_built)
+    parser = subparsers.add_parser("bench", help="benchmarks: serving load, tuning, comparisons, training, export",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
+
+    serve = commands.add_parser("serve", help="load-test the served model next to its baselines")
+    _add_common(serve)
+    serve.add_argument("--url", help="measure a running server (HOST:PORT, gRPC) instead of starting one; "
+                                     "--repo must be the repository it serves")
+    serve.add_argument("--concurrency", help="comma-separated concurrent clients, e.g. 1,4,16,64")
+    serve.add_argument("--rate", type=float, help="open loop at this many requests/s instead of the sweep")
+    serve.add_argument("--length", choices=["mix", "fixed"], help="text lengths: realistic mix or fixed")
+    serve.add_argument("--words", type=int, help="words per text with --length fixed")
+    serve.add_argument("--rounds", type=int, help="alternating repetitions (figures = median round)")
+    serve.add_argument("--seconds", type=float, help="bound per load point (seconds)")
+    serve.add_argument("--requests", type=int, help="bound per load point (requests)")
+    serve.add_argument("--no-baselines", action="store_true", help="only the served model")
+    serve.set_defaults(run=_run_serve)
+
+    tune = commands.add_parser("tune", help="sweep Triton batching settings on a repository copy")
+    _add_common(tune)
+    tune.add_argument("--bound-ms", type=float, help="p99 latency bound for the pick (tune.p99_bound_ms)")
+    tune.set_defaults(run=_run_tune)
+
+    compare = commands.add_parser("compare", help="compare two result JSON files; exit 1 on a regression")
+    compare.add_argument("first", help="baseline result JSON")
+    compare.add_argument("second", help="candidate result JSON")
+    compare.add_argument("--max-throughput-drop", type=float, default=0.10, help="allowed fractional drop (0.10)")
+    compare.add_argument("--max-latency-rise", type=float, default=0.20, help="allowed fractional p99 rise (0.20)")
+    compare.set_defaults(run=_run_compare)
+
+    for name, (module, help_text) in DISPATCHED.items():
+        if importlib.util.find_spec(module) is None:
+            continue  # that benchmark is not in this checkout
+        # every argument goes to the module's own parser (its --help included)
+        dispatched = commands.add_parser(name, help=f"{help_text} (`{name} --help` for its flags)", add_help=False,
+                                         prefix_chars="\0")
+        dispatched.add_argument("arguments", nargs="*")
+        dispatched.set_defaults(run=_dispatch(module))
 
 
-def _not_built(args: argparse.Namespace) -> int:
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repo", help="exported model repository (bertforge export)")
+    parser.add_argument("--model", help="HF BERT folder: exported to a temporary repository when --repo is not "
+                                        "given; feeds the PyTorch baseline")
+    parser.add_argument("--task", choices=["fill_mask", "embed"], help="served model (default fill_mask)")
+    parser.add_argument("--precision", help="precision when --model is exported on the fly (default int8)")
+    parser.add_argument("--quick", action="store_true", help="short run (preset 'quick', <= 60 s)")
+    parser.add_argument("--preset", help="bench/configs/<name>.toml (quick, full)")
+    parser.add_argument("--config", help="BenchConfig TOML file")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a BenchConfig key, e.g. load.max_seconds=5 (repeatable)")
+    parser.add_argument("--output", help="result JSON (plots next to it); default bench/results/<benchmark>.json")
+    parser.add_argument("--no-plots", action="store_true")
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from bench.report import print_serve_table, provenance, write_results
+    from bench.serving import run_serve_benchmark
+    from bertforge.config import to_dict
+
+    config = _config(args, "serve", {
+        "load.concurrency": args.concurrency and f"[{args.concurrency}]", "load.request_rate": args.rate,
+        "texts.length": args.length and f'"{args.length}"', "texts.fixed_words": args.words, "rounds": args.rounds,
+        "load.max_seconds": args.seconds, "load.max_requests": args.requests,
+    })
+    if args.no_baselines:
+        config.baselines.pipeline = config.baselines.onnxruntime = config.baselines.batching_off = False
+    if args.url and not args.repo:
+        from bertforge.cli import UserError
+
+        raise UserError("--url needs --repo: the repository that server serves (its tokenizer cuts the texts)")
+    results = provenance(to_dict(config)) | run_serve_benchmark(
+        config, repo=_path(args.repo), model_dir=_path(args.model), url=args.url)
+    print_serve_table(results)
+    for path in write_results(results, config.output, plots=config.plots):
+        print(f"written: {path}")
+    return 0
+
+
+def _run_tune(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from bench.report import provenance, write_results
+    from bench.serving import resolve_repository
+    from bench.tune import print_tune_table, run_tuner
+    from bertforge.config import to_dict
+
+    config = _config(args, "tune", {"tune.p99_bound_ms": args.bound_ms})
+    with tempfile.TemporaryDirectory(prefix="bertforge-tune-export-") as scratch:
+        repo = resolve_repository(_path(args.repo), _path(args.model), Path(scratch), config.task, print,
+                                  config.precision)
+        results = provenance(to_dict(config)) | run_tuner(config, repo)
+    print_tune_table(results)
+    for path in write_results(results, config.output, plots=False):
+        print(f"written: {path}")
+    return 0
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from bench.report import print_compare_table
+    from bench.stats import compare_results
     from bertforge.cli import UserError
 
-    raise UserError("bench is not built yet")
+    documents = []
+    for name in (args.first, args.second):
+        path = Path(name)
+        if not path.is_file():
+            raise UserError(f"result file not found: {path}")
+        try:
+            documents.append(json.loads(path.read_text()))
+        except json.JSONDecodeError as error:
+            raise UserError(f"{path} is not JSON ({error}); pass files written by `bertforge bench`") from None
+    if documents[0].get("benchmark") != documents[1].get("benchmark"):
+        raise UserError(f"cannot compare a {documents[0].get('benchmark')!r} result with a "
+                        f"{documents[1].get('benchmark')!r} result")
+    rows = compare_results(*documents, max_throughput_drop=args.max_throughput_drop,
+                           max_latency_rise=args.max_latency_rise)
+    if not rows:
+        raise UserError("the two files share no (contender, load) point; nothing to compare")
+    print_compare_table(rows, args.first, args.second)
+    regressions = [row for row in rows if row["regression"]]
+    print(f"{len(regressions)} regression(s) in {len(rows)} compared point(s)")
+    return 1 if regressions else 0
+
+
+def _dispatch(module: str):
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        try:
+            return int(importlib.import_module(module).main(list(args.arguments)) or 0)
+        except SystemExit as exit_:  # argparse's --help / usage errors inside the module
+            return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
+
+    return run
+
+
+def _config(args: argparse.Namespace, benchmark: str, flags: dict):
+    """Preset/--config file, then --set, then explicit flags (flags win)."""
+    from bench.config import BenchConfig, preset_path
+    from bertforge.config import load_config
+
+    path = args.config or (preset_path(args.preset) if args.preset else None)
+    if args.quick:
+        if path is not None:
+            from bertforge.cli import UserError
+
+            raise UserError("--quick is the 'quick' preset; do not combine it with --preset or --config")
+        path = preset_path("quick")
+    overrides = list(args.set)
+    if args.task:
+        overrides.append(f'task="{args.task}"')
+    if args.precision:
+        overrides.append(f'precision="{args.precision}"')
+    overrides += [f"{key}={value}" for key, value in flags.items() if value is not None]
+    if args.no_plots:
+        overrides.append("plots=false")
+    if args.output:
+        overrides.append(f'output="{args.output}"')
+    config = load_config(BenchConfig, path, overrides)
+    if config.output == BenchConfig().output and benchmark != "serve":
+        config.output = config.output.with_name(f"{benchmark}.json")
+    return config
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+if __name__ == "__main__":
+    from bertforge.cli import main
+
+    sys.exit(main(["bench", *sys.argv[1:]]))

@@ -1,0 +1,117 @@
+"""Load generator on `tritonclient.grpc.aio` (perf_analyzer cannot run here): one measured point.
+
+Closed loop: `concurrency` users, each sending its next text as soon as its answer is back. Open loop:
+requests start on a fixed schedule (`request_rate` per second) whatever the answers do, and latency is
+counted from the scheduled start, so a server that falls behind shows it (no coordinated omission).
+Every point runs a warm-up first (excluded), then stops at `max_requests` or `max_seconds`, whichever
+comes first. Triton's statistics are read before and after, giving the executed batch sizes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from bench.stats import point_figures
+from bench.texts import RequestTexts
+
+
+def measure_served_point(url: str, task: str, texts: RequestTexts, *, concurrency: int = 1, request_rate: float = 0.0,
+                         max_requests: int, max_seconds: float, warmup_seconds: float, timeout_s: float,
+                         top_k: int) -> dict:
+    """Throughput, latency percentiles, errors and Triton's average batch size for one load level."""
+    return asyncio.run(_measure(url, task, texts, concurrency, request_rate, max_requests, max_seconds,
+                                warmup_seconds, timeout_s, top_k))
+
+
+async def _measure(url: str, task: str, texts: RequestTexts, concurrency: int, request_rate: float,
+                   max_requests: int, max_seconds: float, warmup_seconds: float, timeout_s: float,
+                   top_k: int) -> dict:
+    import tritonclient.grpc.aio as aioclient
+
+    from serve.client import AsyncBertforgeClient
+
+    statistics = aioclient.InferenceServerClient(url)
+    async with AsyncBertforgeClient(url, timeout_s=timeout_s, retries=0) as client:
+        send = (lambda text: client.fill_mask(text, top_k=top_k)) if task == "fill_mask" else client.embed
+        run = _open_loop if request_rate > 0 else _closed_loop
+        load = request_rate if request_rate > 0 else concurrency
+        # Warm-up (connections, ONNX Runtime's first runs, the batcher), from the other half of the texts
+        if warmup_seconds > 0:
+            await run(send, texts, load, max_requests, warmup_seconds, offset=len(texts.texts) // 2)
+        before = await _model_statistics(statistics, task)
+        latencies, tokens, errors, elapsed = await run(send, texts, load, max_requests, max_seconds, offset=0)
+        after = await _model_statistics(statistics, task)
+    await statistics.close()
+    executions = after["executions"] - before["executions"]
+    batches = {size: after["batches"].get(size, 0) - before["batches"].get(size, 0) for size in after["batches"]}
+    return point_figures(latencies, tokens, errors, elapsed) | {
+        "concurrency": concurrency if request_rate <= 0 else None,
+        "request_rate": request_rate if request_rate > 0 else None,
+        "avg_batch_size": (after["inferences"] - before["inferences"]) / executions if executions else None,
+        "executions": executions,
+        "batch_size_counts": {str(size): count for size, count in sorted(batches.items()) if count},
+    }
+
+
+async def _closed_loop(send: Any, texts: RequestTexts, concurrency: int, max_requests: int, max_seconds: float,
+                       offset: int) -> tuple[list[float], int, int, float]:
+    from serve.client import ServingError
+
+    latencies: list[float] = []
+    counters = {"issued": 0, "tokens": 0, "errors": 0}
+    started = time.perf_counter()
+    deadline = started + max_seconds
+
+    async def user() -> None:
+        while counters["issued"] < max_requests and time.perf_counter() < deadline:
+            index = (offset + counters["issued"]) % len(texts.texts)
+            counters["issued"] += 1
+            begin = time.perf_counter()
+            try:
+                await send(texts.texts[index])
+            except ServingError:
+                counters["errors"] += 1
+                continue
+            latencies.append(time.perf_counter() - begin)
+            counters["tokens"] += texts.tokens[index]
+
+    await asyncio.gather(*(user() for _ in range(int(concurrency))))
+    return latencies, counters["tokens"], counters["errors"], time.perf_counter() - started
+
+
+async def _open_loop(send: Any, texts: RequestTexts, rate: float, max_requests: int, max_seconds: float,
+                     offset: int) -> tuple[list[float], int, int, float]:
+    from serve.client import ServingError
+
+    latencies: list[float] = []
+    counters = {"tokens": 0, "errors": 0}
+    started = time.perf_counter()
+
+    async def request(index: int, scheduled: float) -> None:
+        try:
+            await send(texts.texts[index])
+        except ServingError:
+            counters["errors"] += 1
+            return
+        latencies.append(time.perf_counter() - scheduled)  # from the scheduled start: queueing counts
+        counters["tokens"] += texts.tokens[index]
+
+    tasks = []
+    for number in range(max_requests):
+        scheduled = started + number / rate
+        if scheduled - started >= max_seconds:
+            break
+        await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+        tasks.append(asyncio.ensure_future(request((offset + number) % len(texts.texts), scheduled)))
+    await asyncio.gather(*tasks)
+    return latencies, counters["tokens"], counters["errors"], time.perf_counter() - started
+
+
+async def _model_statistics(client: Any, model: str) -> dict:
+    """Cumulative counters of one model: requests, executions, and executions per batch size."""
+    await asyncio.sleep(0.05)  # responses go out before Triton books the execution: let the last one land
+    stats = (await client.get_inference_statistics(model_name=model)).model_stats[0]
+    return {"inferences": stats.inference_count, "executions": stats.execution_count,
+            "batches": {entry.batch_size: entry.compute_infer.count for entry in stats.batch_stats}}

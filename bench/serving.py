@@ -1,0 +1,203 @@
+"""`bertforge bench serve`: the served model under load, next to its baselines, side by side in one run.
+
+Contenders, all on the same texts, alternating within each round so machine noise hits all of them:
+  - `triton`: our repository as exported (dynamic batching on), a concurrency sweep (or a fixed rate);
+  - `triton_no_batching`: a copy of the repository with dynamic batching off, the same sweep;
+  - `onnxruntime_b1` / `_b16`: the exported graph in this process (no Triton), one text at a time / batched;
+  - `pipeline_fill_mask_b1` / `_b16` (embed: `pytorch_mean_pooling_*`): PyTorch fp32 eager in this process.
+Figures per contender are the round with the median throughput; the goals are medians of per-round ratios.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from bench.baselines import measure_onnxruntime, measure_pipeline
+from bench.config import BenchConfig
+from bench.load import measure_served_point
+from bench.stats import median_round
+from bench.texts import RequestTexts, build_request_texts
+
+SERVED = "triton"
+SERVED_NO_BATCHING = "triton_no_batching"
+GOAL_CONCURRENCY = 16
+
+
+def run_serve_benchmark(config: BenchConfig, repo: Path | None = None, model_dir: Path | None = None,
+                        url: str | None = None, log: Callable[[str], None] = print) -> dict:
+    """Measure every contender `config.rounds` times; returns the result document (see docs/bench.md)."""
+    with contextlib.ExitStack() as stack:
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bertforge-bench-")))
+        # The repository: given, or exported from the HF folder; the HF folder feeds the PyTorch baseline
+        repo = resolve_repository(repo, model_dir, scratch, config.task, log, config.precision)
+        settings = serving_document(repo, config.task)
+        model_dir = model_dir or _source_model(settings)
+        texts = request_texts(config, repo)
+        log(f"[bench] {len(texts.texts)} texts from {texts.source} (median {texts.summary()['tokens_median']} tokens)")
+
+        # Servers: ours (or the one at --url) and, on a repository copy, the same with batching off
+        servers = {SERVED: url or stack.enter_context(start_server(repo, log, "dynamic batching on"))}
+        if config.baselines.batching_off and url is None:
+            variant = variant_repository(repo, scratch / "no_batching", config.task, dynamic_batching=False)
+            servers[SERVED_NO_BATCHING] = stack.enter_context(start_server(variant, log, "dynamic batching off"))
+
+        rounds = []
+        for number in range(config.rounds):
+            log(f"[bench] round {number + 1}/{config.rounds}")
+            rounds.append(measure_round(config, servers, repo, model_dir, texts, settings, number, log))
+    points = summarize_rounds(rounds)
+    return {"benchmark": "serve", "task": config.task, "repo": str(repo), "url": url,
+            "hf_model": str(model_dir) if model_dir else None, "serving": settings, "texts": texts.summary(),
+            "points": points, "rounds": rounds, "goals": goals(rounds, config.task)}
+
+
+def measure_round(config: BenchConfig, servers: dict[str, str], repo: Path, model_dir: Path | None,
+                  texts: RequestTexts, settings: dict, number: int, log: Callable[[str], None]) -> list[dict]:
+    """One of each: served points (the variants alternate per load level), then the in-process baselines."""
+    load = config.load
+    points: list[dict] = []
+    levels = [None] if load.request_rate > 0 else list(load.concurrency)
+    order = list(servers.items()) if number % 2 == 0 else list(reversed(servers.items()))
+    for users in levels:
+        for contender, grpc_url in order:
+            point = measure_served_point(grpc_url, config.task, texts, concurrency=users or 1,
+                                         request_rate=load.request_rate, max_requests=load.max_requests,
+                                         max_seconds=load.max_seconds, warmup_seconds=load.warmup_seconds,
+                                         timeout_s=load.timeout_s, top_k=load.top_k)
+            points.append({"contender": contender} | point)
+            log(_point_line(points[-1]))
+    baselines = config.baselines
+    limits = dict(batch_size=baselines.batch_size, max_requests=baselines.max_requests,
+                  max_seconds=baselines.max_seconds, top_k=load.top_k)
+    if baselines.onnxruntime:
+        points += _logged(measure_onnxruntime(repo, config.task, texts, **limits), log)
+    if baselines.pipeline:
+        if model_dir is None:
+            log("[bench] PyTorch baseline skipped: no HF model folder (pass --model DIR)")
+        else:
+            points += _logged(measure_pipeline(model_dir, config.task, texts, max_length=settings["max_length"],
+                                               **limits), log)
+    return [point | {"round": number} for point in points]
+
+
+def summarize_rounds(rounds: list[list[dict]]) -> list[dict]:
+    """Per (contender, load level): the median-throughput round."""
+    groups: dict[tuple, list[dict]] = {}
+    for point in (point for round_points in rounds for point in round_points):
+        groups.setdefault((point["contender"], point.get("concurrency"), point.get("request_rate")), []).append(point)
+    return [median_round(group) for group in groups.values()]
+
+
+def goals(rounds: list[list[dict]], task: str) -> dict:
+    """The issue's three targets, each the median over rounds of a ratio measured within one round."""
+    def find(points: list[dict], contender: str, concurrency: int | None = None) -> dict | None:
+        return next((p for p in points if p["contender"] == contender and p.get("concurrency") == concurrency), None)
+
+    pipeline_name = "pipeline_fill_mask_b1" if task == "fill_mask" else "pytorch_mean_pooling_b1"
+    values: dict[str, list[float]] = {"served_vs_pipeline": [], "batching_on_vs_off": [], "c1_p50_overhead_ms": []}
+    for points in rounds:
+        served16, off16 = find(points, SERVED, GOAL_CONCURRENCY), find(points, SERVED_NO_BATCHING, GOAL_CONCURRENCY)
+        served1, pipeline, runtime = find(points, SERVED, 1), find(points, pipeline_name), find(points, "onnxruntime_b1")
+        if served16 and pipeline:
+            values["served_vs_pipeline"].append(served16["requests_per_s"] / pipeline["requests_per_s"])
+        if served16 and off16:
+            values["batching_on_vs_off"].append(served16["requests_per_s"] / off16["requests_per_s"])
+        if served1 and runtime and served1["p50_ms"] is not None:
+            values["c1_p50_overhead_ms"].append(served1["p50_ms"] - runtime["p50_ms"])
+    targets = {"served_vs_pipeline": (f"{SERVED} c16 req/s / {pipeline_name} req/s", ">=", 4.0),
+               "batching_on_vs_off": (f"{SERVED} c16 req/s / {SERVED_NO_BATCHING} c16 req/s", ">=", 2.0),
+               "c1_p50_overhead_ms": (f"{SERVED} c1 p50 - onnxruntime_b1 p50 (ms)", "<=", 1.0)}
+    result = {}
+    for name, (meaning, sense, target) in targets.items():
+        measured = sorted(values[name])
+        value = measured[(len(measured) - 1) // 2] if measured else None
+        met = None if value is None else (value >= target if sense == ">=" else value <= target)
+        result[name] = {"meaning": meaning, "value": value, "per_round": values[name], "target": f"{sense} {target}",
+                        "met": met}
+    return result
+
+
+def resolve_repository(repo: Path | None, model_dir: Path | None, scratch: Path, task: str,
+                       log: Callable[[str], None], precision: str = "int8") -> Path:
+    """The repository to serve: `repo` as given, else `model_dir` exported into `scratch`."""
+    if repo is not None:
+        if not (Path(repo) / task / "1" / "serving.json").is_file():
+            raise FileNotFoundError(f"{repo}/{task}/1/serving.json not found; run `bertforge export --model DIR "
+                                    f"--repo {repo}` first")
+        return Path(repo)
+    if model_dir is None:
+        raise ValueError("give --repo DIR (an exported model repository) or --model DIR (an HF BERT folder)")
+    from export import export_to_repository
+
+    log(f"[bench] exporting {model_dir} ({precision}) into a temporary repository")
+    export_to_repository(model_dir, scratch / "repo", precision=precision, progress=False)
+    return scratch / "repo"
+
+
+def variant_repository(repo: Path, target: Path, task: str, **changes) -> Path:
+    """A copy of one model of `repo` (weights linked, not copied) with changed ServingSettings."""
+    from serve.repository import load_serving_settings, write_triton_model
+
+    source = Path(repo) / task
+    shutil.copytree(source, target / task, symlinks=True, copy_function=_link_or_copy)
+    # The rewritten files are hard links to the originals: unlink them so writing never goes through
+    for name in ("config.pbtxt", "1/model.py", "1/serving.json"):
+        (target / task / name).unlink()
+    settings = dataclasses.replace(load_serving_settings(source / "1"), **changes)
+    info = json.loads((source / "1" / "serving.json").read_text()).get("info", {})
+    write_triton_model(target / task, settings, info)
+    return target
+
+
+def serving_document(repo: Path, task: str) -> dict:
+    document = json.loads((Path(repo) / task / "1" / "serving.json").read_text())
+    return document["settings"] | {"info": document.get("info", {})}
+
+
+def request_texts(config: BenchConfig, repo: Path) -> RequestTexts:
+    settings = serving_document(repo, config.task)
+    tokenizer_file = Path(repo) / config.task / "1" / "tokenizer" / "tokenizer.json"
+    return build_request_texts(config.texts, config.task, tokenizer_file, settings["max_length"])
+
+
+@contextlib.contextmanager
+def start_server(repo: Path, log: Callable[[str], None], what: str) -> Iterator[str]:
+    """A tritonserver on free loopback ports; yields its gRPC URL."""
+    from serve.launcher import running_server
+
+    with running_server(repo, grpc_port=0, http_port=0, metrics_port=0) as server:
+        log(f"[bench] tritonserver ({what}) on {server.endpoints.grpc_url}, pid {server.pid}")
+        yield server.endpoints.grpc_url
+
+
+def _source_model(settings: dict) -> Path | None:
+    source = settings.get("info", {}).get("source")
+    return Path(source) if source and (Path(source) / "config.json").is_file() else None
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        Path(target).hardlink_to(source)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _logged(points: list[dict], log: Callable[[str], None]) -> list[dict]:
+    for point in points:
+        log(_point_line(point))
+    return points
+
+
+def _point_line(point: dict) -> str:
+    level = f"c={point['concurrency']}" if point.get("concurrency") else (
+        f"rate={point['request_rate']}/s" if point.get("request_rate") else f"batch={point.get('batch_size', 1)}")
+    batch = f", avg batch {point['avg_batch_size']:.1f}" if point.get("avg_batch_size") else ""
+    p50 = f"{point['p50_ms']:.1f}" if point.get("p50_ms") is not None else "-"
+    return (f"  {point['contender']:<28} {level:<10} {point['requests_per_s']:8.1f} req/s  p50 {p50} ms  "
+            f"errors {point['errors']}{batch}")

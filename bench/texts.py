@@ -1,0 +1,122 @@
+"""Request texts for the load generator, cut from held-out text with a realistic length mix.
+
+Held-out text = the demo corpus' House of Commons speeches (never seen in training). Each request is
+a run of whole sentences whose word count is drawn from a log-normal around `median_words`, clipped to
+[min_words, max_words] (a sentence longer than its draw is cut); `length = "fixed"` gives exactly
+`fixed_words` words instead. For fill_mask, `masks_per_text` words become [MASK], always within the
+model's maximum length so no request is rejected for a truncated-away mask.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.config import TextsConfig
+from bertforge import contract
+
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(A-Z0-9])")
+MASKABLE = re.compile(r"^([A-Za-z]{2,})([.,;:!?]*)$")
+
+
+@dataclass(frozen=True)
+class RequestTexts:
+    texts: list[str]
+    tokens: list[int]  # tokens per text as the server sees them ([CLS] ... [SEP], truncated at max_length)
+    source: str
+
+    def summary(self) -> dict:
+        words = sorted(len(text.split()) for text in self.texts)
+        tokens = sorted(self.tokens)
+        middle = len(words) // 2
+        return {"count": len(self.texts), "source": self.source, "words_min": words[0], "words_median": words[middle],
+                "words_max": words[-1], "tokens_median": tokens[middle], "tokens_max": tokens[-1],
+                "tokens_mean": sum(tokens) / len(tokens)}
+
+
+def build_request_texts(config: TextsConfig, task: str, tokenizer_file: Path, max_length: int) -> RequestTexts:
+    """`config.count` texts for `task` plus their token counts under the served tokenizer."""
+    from tokenizers import Tokenizer
+
+    source, documents = load_documents(config.source)
+    rng = random.Random(config.seed)
+    sentences = [sentence for document in documents for sentence in split_sentences(document)]
+    if not sentences:
+        raise ValueError(f"{source} holds no text; point texts.source at a .jsonl or .txt file with prose")
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    tokenizer.enable_truncation(max_length=max_length)
+    mask_id = tokenizer.token_to_id(contract.MASK_TOKEN)
+    texts: list[str] = []
+    tokens: list[int] = []
+    start = 0
+    # Walk the sentence stream; each text starts where the previous one ended (wrapping around)
+    for _ in range(config.count * 20):
+        if len(texts) == config.count:
+            break
+        words, start = _take_words(sentences, start, _draw_length(config, rng))
+        if task == "fill_mask":
+            words = mask_words(words, config.masks_per_text, rng, max_position=max_length // 2)
+            if words is None:
+                continue
+        text = " ".join(words)
+        encoding = tokenizer.encode(text)
+        if task == "fill_mask" and mask_id not in encoding.ids:
+            continue  # the mask was truncated away (very long words); draw another text
+        texts.append(text)
+        tokens.append(len(encoding.ids))
+    if len(texts) < config.count:
+        raise ValueError(f"could only cut {len(texts)} of {config.count} texts from {source}; lower texts.count")
+    return RequestTexts(texts, tokens, source)
+
+
+def load_documents(source: str) -> tuple[str, list[str]]:
+    """("where from", documents): the demo held-out file, or a user .jsonl/.txt file."""
+    if source == "demo":
+        from train.corpus import build_demo_corpus
+
+        path = build_demo_corpus().eval
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"texts.source {source} not found; use 'demo' or a .jsonl/.txt file")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if path.suffix == ".jsonl":
+        return str(path), [json.loads(line)["text"] for line in lines if line.strip()]
+    return str(path), [line for line in lines if line.strip()]
+
+
+def split_sentences(document: str) -> list[str]:
+    return [sentence.strip() for sentence in SENTENCE_END.split(document) if sentence.strip()]
+
+
+def mask_words(words: list[str], count: int, rng: random.Random, max_position: int) -> list[str] | None:
+    """Replace `count` alphabetic words (keeping their punctuation) by [MASK]; None if there are too few."""
+    candidates = [index for index, word in enumerate(words[:max_position]) if MASKABLE.match(word)]
+    if len(candidates) < count:
+        return None
+    masked = list(words)
+    for index in rng.sample(candidates, count):
+        masked[index] = MASKABLE.sub(contract.MASK_TOKEN + r"\2", words[index])
+    return masked
+
+
+def _draw_length(config: TextsConfig, rng: random.Random) -> int:
+    if config.length == "fixed":
+        return config.fixed_words
+    # log-normal around the median (sigma 0.8: most texts are a sentence or two, a tail of paragraphs)
+    words = round(math.exp(rng.gauss(math.log(config.median_words), 0.8)))
+    return min(max(words, config.min_words), config.max_words)
+
+
+def _take_words(sentences: list[str], start: int, target: int) -> tuple[list[str], int]:
+    """Whole sentences from `start` until `target` words; cut the last one to hit the target exactly."""
+    words: list[str] = []
+    index = start
+    while len(words) < target:
+        words += sentences[index % len(sentences)].split()
+        index += 1
+    return words[:target], index % len(sentences)

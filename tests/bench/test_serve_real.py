@@ -1,0 +1,93 @@
+"""Real short runs against real tritonservers: the JSON schema, the variants, the tuner, --url and --rate."""
+
+import json
+
+import pytest
+
+from bertforge.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def _text_settings(held_out_file):
+    # the tiny model has 64 positions: keep texts short
+    return ["--set", f'texts.source="{held_out_file}"', "--set", "texts.count=40", "--set", "texts.median_words=10",
+            "--set", "texts.max_words=30", "--set", "load.warmup_seconds=0.2"]
+
+
+def test_serve_sweep_with_every_baseline(served_repo, tiny_bert_dir, held_out_file, tmp_path):
+    config_before = (served_repo / "fill_mask" / "config.pbtxt").read_text()
+    output = tmp_path / "serve.json"
+    code = main(["bench", "serve", "--repo", str(served_repo), "--model", str(tiny_bert_dir), "--concurrency", "1,4",
+                 "--requests", "40", "--seconds", "5", "--rounds", "1", "--output", str(output),
+                 "--set", "baselines.batch_size=4", "--set", "baselines.max_requests=16", *_text_settings(held_out_file)])
+    assert code == 0
+    results = json.loads(output.read_text())
+
+    # Provenance and config travel with the figures
+    assert results["benchmark"] == "serve" and results["task"] == "fill_mask" and results["schema_version"] == 1
+    assert len(results["git"]["commit"]) == 40 and results["versions"]["tritonclient"]
+    assert results["machine"]["cpus"] >= 1 and results["config"]["load"]["concurrency"] == [1, 4]
+    assert results["serving"]["precision"] == "fp32" and results["texts"]["count"] == 40
+
+    # Every contender measured once per load level, on the same texts
+    points = {(point["contender"], point["concurrency"]): point for point in results["points"]}
+    assert set(points) == {("triton", 1), ("triton", 4), ("triton_no_batching", 1), ("triton_no_batching", 4),
+                           ("onnxruntime_b1", None), ("onnxruntime_b4", None),
+                           ("pipeline_fill_mask_b1", None), ("pipeline_fill_mask_b4", None)}
+    texts = results["texts"]
+    for point in points.values():
+        assert point["errors"] == 0 and point["requests"] > 0
+        assert point["p50_ms"] <= point["p90_ms"] <= point["p99_ms"] <= point["max_ms"]
+        tokens_per_request = point["tokens_per_s"] / point["requests_per_s"]
+        assert 3 <= tokens_per_request <= texts["tokens_max"]
+    for contender in ("triton", "triton_no_batching"):
+        assert 0 < points[(contender, 4)]["requests"] <= 40  # bounded in requests
+    # Triton's statistics: one client never batches; the batching-off variant never batches either
+    assert points[("triton", 1)]["avg_batch_size"] == pytest.approx(1.0)
+    assert points[("triton_no_batching", 4)]["batch_size_counts"] == {"1": points[("triton_no_batching", 4)]["executions"]}
+    assert isinstance(results["goals"]["c1_p50_overhead_ms"]["value"], float)
+
+    # Plots next to the JSON; the benchmarked repository is left as it was
+    for suffix in ("throughput", "latency"):
+        assert (tmp_path / f"serve_{suffix}.png").read_bytes()[:4] == b"\x89PNG"
+    assert (served_repo / "fill_mask" / "config.pbtxt").read_text() == config_before
+    assert "dynamic_batching" in config_before
+
+    # Comparing a run with itself finds no regression
+    assert main(["bench", "compare", str(output), str(output)]) == 0
+
+
+def test_open_loop_rate_against_a_running_server(served_repo, grpc_url, held_out_file, tmp_path):
+    output = tmp_path / "rate.json"
+    code = main(["bench", "serve", "--repo", str(served_repo), "--url", grpc_url, "--task", "embed", "--rate", "40",
+                 "--seconds", "1", "--rounds", "1", "--no-baselines", "--output", str(output),
+                 *_text_settings(held_out_file)])
+    assert code == 0
+    (point,) = json.loads(output.read_text())["points"]
+    assert point["contender"] == "triton" and point["request_rate"] == 40 and point["concurrency"] is None
+    assert 30 <= point["requests"] <= 41 and point["errors"] == 0  # ~40 scheduled in 1 s
+    assert not (tmp_path / "rate_throughput.png").exists()  # no sweep, no sweep plot
+
+
+def test_tuner_tries_each_setting_on_a_copy_and_picks_the_fastest_within_the_bound(served_repo, held_out_file,
+                                                                                    tmp_path):
+    config_before = (served_repo / "embed" / "config.pbtxt").read_text()
+    output = tmp_path / "tune.json"
+    code = main(["bench", "tune", "--repo", str(served_repo), "--task", "embed", "--output", str(output),
+                 "--set", "tune.delays_us=[0, 3000]", "--set", "tune.preferred_batch_sizes=[[], [4]]",
+                 "--set", "tune.instance_counts=[1]", "--set", "tune.concurrency=4", "--set", "tune.max_seconds=1",
+                 "--set", "tune.max_requests=60", "--bound-ms", "10000", *_text_settings(held_out_file)])
+    assert code == 0
+    results = json.loads(output.read_text())
+    settings = [(t["setting"]["max_queue_delay_microseconds"], t["setting"]["preferred_batch_sizes"])
+                for t in results["points"]]
+    assert settings == [(0, []), (0, [4]), (3000, []), (3000, [4])]
+    assert all(trial["errors"] == 0 and trial["requests"] > 0 for trial in results["points"])
+    fastest = max(results["points"], key=lambda trial: trial["requests_per_s"])
+    assert results["best"]["contender"] == fastest["contender"]
+    # preferred batch size 4 caps what Triton executes at once
+    for trial in results["points"]:
+        if trial["setting"]["preferred_batch_sizes"] == [4]:
+            assert max(int(size) for size in trial["batch_size_counts"]) <= 4
+    assert (served_repo / "embed" / "config.pbtxt").read_text() == config_before

@@ -1,0 +1,88 @@
+"""Percentiles, median rounds, regression flags, the tuner's pick and the goals, on synthetic measurements."""
+
+import pytest
+
+from bench.serving import goals, summarize_rounds
+from bench.stats import compare_results, latency_summary, median_round, pick_best, point_figures
+
+
+def test_latency_percentiles_on_known_samples():
+    # 1..100 ms in shuffled order: linear interpolation gives p50 = 50.5, p90 = 90.1, p99 = 99.01
+    latencies = [value / 1000 for value in (list(range(100, 0, -2)) + list(range(1, 100, 2)))]
+    summary = latency_summary(latencies)
+    assert summary["p50_ms"] == pytest.approx(50.5)
+    assert summary["p90_ms"] == pytest.approx(90.1)
+    assert summary["p99_ms"] == pytest.approx(99.01)
+    assert summary["max_ms"] == pytest.approx(100.0)
+    assert summary["mean_ms"] == pytest.approx(50.5)
+
+
+def test_single_sample_and_empty_run():
+    assert latency_summary([0.004])["p99_ms"] == pytest.approx(4.0)
+    assert latency_summary([])["p50_ms"] is None
+
+
+def test_point_figures_count_only_successful_requests():
+    figures = point_figures([0.01] * 30, tokens=600, errors=3, elapsed_s=2.0)
+    assert figures["requests"] == 30 and figures["errors"] == 3
+    assert figures["requests_per_s"] == pytest.approx(15.0)
+    assert figures["tokens_per_s"] == pytest.approx(300.0)
+
+
+def test_median_round_is_a_real_round():
+    rounds = [{"requests_per_s": value, "id": index} for index, value in enumerate((30.0, 10.0, 20.0))]
+    assert median_round(rounds)["id"] == 2
+    assert median_round(rounds[:2])["id"] == 1  # two rounds: the slower one (conservative)
+
+
+def _point(contender, concurrency, rps, p99, errors=0):
+    return {"contender": contender, "concurrency": concurrency, "requests_per_s": rps, "p99_ms": p99, "errors": errors}
+
+
+def test_compare_flags_throughput_drop_latency_rise_and_new_errors():
+    before = {"points": [_point("triton", 1, 100, 10), _point("triton", 16, 200, 80), _point("triton", 64, 210, 300),
+                         _point("onnxruntime_b1", None, 90, 12)]}
+    after = {"points": [_point("triton", 1, 95, 11), _point("triton", 16, 150, 82), _point("triton", 64, 215, 400),
+                        _point("onnxruntime_b1", None, 91, 12, errors=2), _point("triton", 4, 1, 1)]}
+    rows = {(row["contender"], row["concurrency"]): row for row in compare_results(before, after)}
+    assert len(rows) == 4  # c=4 has no counterpart
+    assert not rows[("triton", 1)]["regression"]  # -5 % throughput, +10 % p99: within thresholds
+    assert rows[("triton", 16)]["regression"] and rows[("triton", 16)]["reasons"] == ["throughput -25%"]
+    assert rows[("triton", 64)]["reasons"] == ["p99 +33%"]
+    assert rows[("onnxruntime_b1", None)]["reasons"] == ["errors 0 -> 2"]
+    assert rows[("triton", 16)]["throughput_ratio"] == pytest.approx(0.75)
+
+
+def test_compare_thresholds_are_configurable():
+    before, after = {"points": [_point("triton", 16, 200, 80)]}, {"points": [_point("triton", 16, 150, 80)]}
+    assert compare_results(before, after, max_throughput_drop=0.30)[0]["regression"] is False
+
+
+def test_tuner_picks_fastest_trial_within_the_p99_bound():
+    trials = [_point("a", 16, 300, 250), _point("b", 16, 220, 90), _point("c", 16, 260, 140),
+              _point("d", 16, 400, 100, errors=1), _point("e", 16, 150, 40)]
+    assert pick_best(trials, p99_bound_ms=150)["contender"] == "c"
+    assert pick_best(trials, p99_bound_ms=100)["contender"] == "b"  # "d" is faster but had errors
+    assert pick_best(trials, p99_bound_ms=300)["contender"] == "a"
+    assert pick_best(trials, p99_bound_ms=10) is None
+
+
+def test_goals_are_median_of_per_round_ratios():
+    def round_points(on16, off16, pipeline, served_p50, runtime_p50):
+        return [_point("triton", 16, on16, 0), _point("triton_no_batching", 16, off16, 0),
+                {"contender": "pipeline_fill_mask_b1", "concurrency": None, "requests_per_s": pipeline},
+                {"contender": "triton", "concurrency": 1, "requests_per_s": 1, "p50_ms": served_p50},
+                {"contender": "onnxruntime_b1", "concurrency": None, "requests_per_s": 1, "p50_ms": runtime_p50}]
+
+    rounds = [round_points(100, 40, 20, 5.0, 4.5), round_points(90, 60, 30, 6.0, 4.0), round_points(120, 50, 20, 5.2, 4.5)]
+    result = goals(rounds, "fill_mask")
+    assert result["served_vs_pipeline"]["value"] == pytest.approx(5.0)  # ratios 5, 3, 6 -> 5
+    assert result["served_vs_pipeline"]["met"] is True
+    assert result["batching_on_vs_off"]["value"] == pytest.approx(2.4)  # 2.5, 1.5, 2.4 -> 2.4
+    assert result["c1_p50_overhead_ms"]["value"] == pytest.approx(0.7)  # 0.5, 2.0, 0.7 -> 0.7
+    assert len(summarize_rounds(rounds)) == 5
+
+
+def test_goals_without_contenders_are_unknown_not_met():
+    result = goals([[_point("triton", 16, 100, 1)]], "embed")
+    assert all(goal["value"] is None and goal["met"] is None for goal in result.values())

@@ -1,0 +1,79 @@
+"""Request texts (length mix, fixed length, masks) and BenchConfig presets/validation."""
+
+import json
+
+import pytest
+
+from bench.config import BenchConfig, TextsConfig, preset_path
+from bertforge import contract
+from bertforge.config import ConfigError, load_config
+from tests.conftest import make_documents
+
+
+@pytest.fixture(scope="module")
+def source_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("texts") / "held_out.jsonl"
+    path.write_text("".join(json.dumps({"text": document}) + "\n" for document in make_documents(30, seed=5)))
+    return path
+
+
+def _build(source_file, tokenizer_dir, task="fill_mask", max_length=64, **options):
+    from bench.texts import build_request_texts
+
+    config = TextsConfig(source=str(source_file), count=60, **options)
+    return build_request_texts(config, task, tokenizer_dir / "tokenizer.json", max_length)
+
+
+def test_length_mix_stays_within_bounds_and_varies(source_file, tiny_tokenizer_dir):
+    texts = _build(source_file, tiny_tokenizer_dir, task="embed", min_words=5, median_words=12, max_words=30)
+    words = [len(text.split()) for text in texts.texts]
+    assert len(words) == 60 and min(words) >= 5 and max(words) <= 30
+    assert len(set(words)) > 5  # a mix, not one length
+    assert all(0 < tokens <= 64 for tokens in texts.tokens)
+
+
+def test_fixed_length_mode(source_file, tiny_tokenizer_dir):
+    texts = _build(source_file, tiny_tokenizer_dir, task="embed", length="fixed", fixed_words=9)
+    assert {len(text.split()) for text in texts.texts} == {9}
+
+
+def test_fill_mask_texts_have_masks_within_the_model_length(source_file, tiny_tokenizer_dir):
+    from tokenizers import Tokenizer
+
+    texts = _build(source_file, tiny_tokenizer_dir, masks_per_text=2, max_words=80, median_words=40)
+    tokenizer = Tokenizer.from_file(str(tiny_tokenizer_dir / "tokenizer.json"))
+    tokenizer.enable_truncation(max_length=64)
+    mask_id = tokenizer.token_to_id(contract.MASK_TOKEN)
+    for text in texts.texts:
+        assert text.count(contract.MASK_TOKEN) == 2
+        assert mask_id in tokenizer.encode(text).ids
+
+
+def test_texts_are_deterministic_for_a_seed(source_file, tiny_tokenizer_dir):
+    assert _build(source_file, tiny_tokenizer_dir).texts == _build(source_file, tiny_tokenizer_dir).texts
+    assert _build(source_file, tiny_tokenizer_dir).texts != _build(source_file, tiny_tokenizer_dir, seed=1).texts
+
+
+def test_missing_source_file_says_what_to_do(tiny_tokenizer_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="use 'demo' or a .jsonl"):
+        _build(tmp_path / "none.jsonl", tiny_tokenizer_dir)
+
+
+@pytest.mark.parametrize("name", ["quick", "full"])
+def test_presets_load(name):
+    config = load_config(BenchConfig, preset_path(name))
+    assert config.load.concurrency and config.rounds >= 1
+
+
+def test_overrides_and_validation_errors():
+    config = load_config(BenchConfig, None, ["load.concurrency=[2, 8]", 'task="embed"', "tune.preferred_batch_sizes=[[], [4, 8]]"])
+    assert config.load.concurrency == (2, 8) and config.task == "embed"
+    assert config.tune.preferred_batch_sizes == ((), (4, 8))
+    with pytest.raises(ConfigError, match="load.concurrency"):
+        load_config(BenchConfig, None, ["load.concurrency=[0]"])
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(BenchConfig, None, ["load.users=4"])
+    with pytest.raises(ConfigError, match="must end in .json"):
+        load_config(BenchConfig, None, ['output="results.txt"'])
+    with pytest.raises(ConfigError, match="available"):
+        preset_path("nope")
