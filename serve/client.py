@@ -89,7 +89,8 @@ class BertforgeClient:
             pending = sorted(errors)
             if not pending:
                 return results
-            time.sleep(self.backoff_s * 2**attempt)
+            if attempt < self.retries:
+                time.sleep(self.backoff_s * 2**attempt)
         index = pending[0]
         raise ServingError(f"server at {self.url} unavailable after {self.retries} retries: {errors[index]}",
                            "UNAVAILABLE", index)
