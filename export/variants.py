@@ -117,7 +117,8 @@ def _quantize_static(source: Path, target: Path, calibration_feeds: Iterable[dic
     onnx.save(SymbolicShapeInference.infer_shapes(onnx.load(str(source)), auto_merge=True), str(inferred))
     try:
         quantize_static(str(inferred), str(target), Reader(calibration_feeds), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=["MatMul"], nodes_to_exclude=_head_nodes(source), calibrate_method=CalibrationMethod.MinMax,
+                        op_types_to_quantize=["MatMul"], nodes_to_exclude=_head_nodes(source), per_channel=True,
+                        calibrate_method=CalibrationMethod.MinMax,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     finally:

@@ -66,7 +66,9 @@ def test_output_mode_all_variants_load_in_optimum(tmp_path, tiny_bert_dir):
     from export import export_onnx
 
     output = tmp_path / "onnx"
-    report = export_onnx(tiny_bert_dir, output, precision="all", progress=False)
+    # A random tiny model predicts near-uniformly (top-1 margins ~1e-4 in probability), so int8-static flips
+    # a few near-ties (0.96-0.98 measured); the 0.97 gate is held on trained/mini models (docs/export.md).
+    report = export_onnx(tiny_bert_dir, output, precision="all", progress=False, int8_top1=0.9)
     assert set(report["tasks"]) == {"fill_mask", "embed", "masked-lm", "feature-extraction"}
     for target in report["tasks"].values():
         assert set(target["variants"]) == {"fp32", "int8", "int8-static", "fp16"}
