@@ -9,6 +9,7 @@ the server by its PID (SIGTERM, then SIGKILL).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.metadata
 import os
 import signal
@@ -28,7 +29,8 @@ from bertforge import contract
 MIN_GLIBC = (2, 35)
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 20.0
-EXIT_TIMEOUT_SECS = 10  # Triton's own grace period for in-flight requests at shutdown
+EXIT_TIMEOUT_SECS = 10
+PR_SET_PDEATHSIG = 1  # linux/prctl.h  # Triton's own grace period for in-flight requests at shutdown
 
 
 class LaunchError(RuntimeError):
@@ -44,15 +46,19 @@ class Endpoints:
 
     @property
     def grpc_url(self) -> str:
-        return f"{self.host}:{self.grpc_port}"
+        return f"{self._address}:{self.grpc_port}"
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.host}:{self.http_port}"
+        return f"http://{self._address}:{self.http_port}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://{self.host}:{self.metrics_port}/metrics"
+        return f"http://{self._address}:{self.metrics_port}/metrics"
+
+    @property
+    def _address(self) -> str:
+        return f"[{self.host}]" if ":" in self.host else self.host  # IPv6 literals need brackets in URLs
 
 
 @contextlib.contextmanager
@@ -102,7 +108,8 @@ class TritonServer:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.log_path, "wb") as log:
                 self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                env=server_environment(), start_new_session=True)
+                                                env=server_environment(), start_new_session=True,
+                                                preexec_fn=_stop_with_parent)
             try:
                 self._wait_ready(ready_timeout_s)
                 return self.endpoints
@@ -196,7 +203,10 @@ def prepare_backend_dir(folder: Path) -> Path:
 
 def check_platform() -> None:
     """Raise LaunchError naming the missing requirement (glibc, shared libpython, numpy<2, the wheel)."""
-    libc = os.confstr("CS_GNU_LIBC_VERSION") if hasattr(os, "confstr") else None
+    try:
+        libc = os.confstr("CS_GNU_LIBC_VERSION")
+    except (AttributeError, ValueError, OSError):  # not Linux/glibc (macOS, Windows, musl)
+        libc = None
     version = tuple(int(part) for part in libc.split()[-1].split(".")[:2]) if libc and libc.startswith("glibc") else None
     if version is None or version < MIN_GLIBC:
         raise LaunchError(f"tritonserver from nvidia-pytriton needs glibc >= 2.35 (found {libc or 'no glibc'}); "
@@ -230,13 +240,25 @@ def check_repository(repo: Path) -> None:
 
 
 def free_port(host: str = contract.DEFAULT_HOST) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]
 
 
 def tritonserver_root() -> Path:
     return _site_packages() / "pytriton" / "tritonserver"
+
+
+def _stop_with_parent() -> None:
+    """In the child before exec: SIGTERM tritonserver if its launcher dies (even by SIGKILL).
+
+    Linux ties this to the launching *thread*: start the server from a thread that outlives it (tests,
+    the CLI and bench start it from the main thread)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: rely on stop()
+        pass
 
 
 def _choose_ports(host: str, grpc_port: int, http_port: int, metrics_port: int) -> Endpoints:

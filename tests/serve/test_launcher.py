@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import sysconfig
+import time
 
+import psutil
 import pytest
 
 from serve import launcher
@@ -48,3 +52,22 @@ def test_failed_start_reports_the_log_tail_and_leaves_no_process(served_repo, tm
         server.start(ready_timeout_s=60)
     assert f"log: {server.log_path}" in str(caught.value)
     assert server.process.poll() is not None
+
+
+@pytest.mark.slow
+def test_server_dies_with_a_launcher_that_is_killed(served_repo):
+    code = (f"import os; from serve.launcher import TritonServer; s = TritonServer({str(served_repo)!r}, '127.0.0.1', 0, 0, 0); "
+            "s.start(); print(s.pid, flush=True); os._exit(0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    server_pid = int(result.stdout.split()[-1])
+    deadline = time.monotonic() + 30
+    while _alive(server_pid):
+        assert time.monotonic() < deadline, "tritonserver outlived its launcher"
+        time.sleep(0.2)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
