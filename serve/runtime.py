@@ -151,7 +151,8 @@ class ModelRuntime:
 
     def decode(self, token_id: int) -> str:
         if token_id not in self._decoded:
-            self._decoded[token_id] = self.tokenizer.decode([token_id], skip_special_tokens=False)
+            text = self.tokenizer.decode([token_id], skip_special_tokens=False)
+            self._decoded[token_id] = text or self.tokenizer.id_to_token(token_id) or ""
         return self._decoded[token_id]
 
     def _encoder_feeds(self, requests: list[TextRequest]) -> dict[str, np.ndarray]:
