@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bertforge.cli import UserError
-    from bertforge.config import load_config
+    from bertforge.config import load_config, save_config
     from serve.config import ServeConfig
     from serve.launcher import LaunchError, running_server
 
@@ -43,11 +43,12 @@ def run(args: argparse.Namespace) -> int:
         with running_server(config.repo, config.host, config.grpc_port, config.http_port, config.metrics_port,
                             log_path=config.log_file, ready_timeout_s=config.ready_timeout_s) as server:
             endpoints = server.endpoints
+            save_config(config, server.workdir / "serve.toml")  # the resolved config, next to the log
             print(f"tritonserver ready (pid {server.pid}), models from {config.repo}", flush=True)
             print(f"  gRPC     {endpoints.grpc_url}    (bertforge client fill-mask ... --url {endpoints.grpc_url})")
             print(f"  HTTP     {endpoints.http_url}    ({endpoints.http_url}/v2/health/ready)")
             print(f"  metrics  {endpoints.metrics_url}")
-            print(f"  log      {server.log_path}")
+            print(f"  log      {server.log_path}  (config: {server.workdir / 'serve.toml'})")
             print("Ctrl-C to stop.", flush=True)
             server.process.wait()
             raise UserError(f"tritonserver exited with code {server.process.returncode}:\n{server.log_tail()}")
