@@ -86,7 +86,18 @@ def run_export(config: ExportConfig, log=print) -> dict:
     return report
 
 
-def _build_and_check(config: ExportConfig, info: CheckpointInfo, tasks: list[str], scratch: Path, report: dict, log) -> dict:
+def build_checked_variants(config: ExportConfig, scratch: Path, log=print, plain: bool = False) -> tuple[dict, dict]:
+    """For benchmarks: build and parity-check every variant in `scratch`, keeping those that miss the gate too
+    (their numbers are in the report). Returns ({target: {precision: path}}, report). Writes nothing else."""
+    info = inspect_checkpoint(config.model)
+    tasks, notes = _tasks(config, info)
+    report: dict[str, Any] = {"model": str(config.model), "notes": notes, "tasks": {}}
+    built = _build_and_check(config, info, tasks, Path(scratch), report, log, keep_failed=True, plain=plain)
+    return built, report
+
+
+def _build_and_check(config: ExportConfig, info: CheckpointInfo, tasks: list[str], scratch: Path, report: dict, log,
+                     keep_failed: bool = False, plain: bool | None = None) -> dict:
     """Build every (task, precision) variant in `scratch` and gate it; returns {task: {precision: path}}."""
     import onnx
     import onnxruntime as ort
@@ -112,7 +123,8 @@ def _build_and_check(config: ExportConfig, info: CheckpointInfo, tasks: list[str
     calibration_feeds = [batch.feeds for batch in calibration if batch.source == "text"]
     built: dict[str, dict[str, Path]] = {}
     references: dict[tuple, list] = {}
-    for name, task, kind in _targets(tasks, plain=config.output is not None):
+    plain = config.output is not None if plain is None else plain
+    for name, task, kind in _targets(tasks, plain=plain):
         # 3. fp32 graph: gather + MLM head + top-k, pooling, or (plain) logits / last_hidden_state
         pooling, normalize = (config.pooling, config.normalize) if kind == "served" else ("mean", False)
         if task == "fill_mask":
@@ -141,7 +153,7 @@ def _build_and_check(config: ExportConfig, info: CheckpointInfo, tasks: list[str
                                                              "parity": metrics, "failures": failures,
                                                              "passed": not failures}
             log(f"[export] {name} {precision}: " + ("PASS " if not failures else "FAIL ") + _summary(metrics, task))
-            if not failures:
+            if keep_failed or not failures:
                 built.setdefault(name, {})[precision] = target
     return built
 
