@@ -87,3 +87,16 @@ def test_output_mode_all_variants_load_in_optimum(tmp_path, tiny_bert_dir):
     features = ORTModelForFeatureExtraction.from_pretrained(output / "feature-extraction")
     vectors = np.asarray(pipeline("feature-extraction", model=features, tokenizer=tokenizer)("the bank ."))
     assert vectors.shape[-1] == 32
+
+
+def test_folder_with_only_vocab_txt(tmp_path, tiny_bert_dir):
+    """A user folder with a slow-tokenizer vocab.txt only: the repository still gets tokenizer.json (the server's)."""
+    import shutil
+
+    from export import export_to_repository
+
+    model = shutil.copytree(tiny_bert_dir, tmp_path / "model")
+    (model / "tokenizer.json").unlink()
+    repo = tmp_path / "repo"
+    export_to_repository(model, repo, precision="fp32", tasks=("embed",), progress=False)
+    assert (repo / contract.EMBED_MODEL / "1" / "tokenizer" / "tokenizer.json").is_file()
