@@ -53,3 +53,9 @@ def test_resolved_config_round_trips(tmp_path):
     save_config(config, tmp_path / "config.toml")
     again = load_config(TrainConfig, tmp_path / "config.toml")
     assert again == config
+
+
+def test_shipped_run_configs_load():
+    for name, preset in (("demo", "mini"), ("base", "base"), ("large", "large")):
+        config = load_train_config(f"train/configs/{name}.toml")
+        assert config.name == name and config.model.preset == preset

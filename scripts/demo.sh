@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The whole product on this machine: set up -> demo corpus -> train -> export (fused + int8 on CPU)
+# -> real Triton server -> fill-mask and embedding answers over gRPC -> a short benchmark -> stop.
+# A second run reuses what exists (venv, corpus cache, trained run, exported repository).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN_DIR=${RUN_DIR:-runs/demo}
+REPO=${REPO:-model_repository}
+step() { printf '\n\033[1m== %s ==\033[0m\n' "$*"; }
+
+step "1/6 setup (.venv, pinned dependencies)"
+bash scripts/setup.sh
+export PATH="$PWD/.venv/bin:$PATH"
+
+step "2/6 demo corpus (news articles for training, House of Commons speeches held out)"
+bertforge data demo
+
+step "3/6 train the demo model (mini BERT, CPU or CUDA; resumes or reuses $RUN_DIR), then export to $REPO"
+bertforge pipeline --config train/configs/demo.toml --run-dir "$RUN_DIR" --repo "$REPO"
+
+step "4/6 start Triton (127.0.0.1, free ports)"
+SERVER_LOG=$(mktemp -t bertforge-demo-serve.XXXXXX)
+bertforge serve --repo "$REPO" --grpc-port 0 --http-port 0 --metrics-port 0 >"$SERVER_LOG" 2>&1 &
+SERVER_PID=$!
+trap 'kill -TERM $SERVER_PID 2>/dev/null; wait $SERVER_PID 2>/dev/null || true' EXIT
+for _ in $(seq 1 240); do
+    grep -q "tritonserver ready" "$SERVER_LOG" && break
+    kill -0 $SERVER_PID 2>/dev/null || { cat "$SERVER_LOG"; exit 1; }
+    sleep 0.5
+done
+grep -q "tritonserver ready" "$SERVER_LOG" || { echo "server not ready in 120 s"; cat "$SERVER_LOG"; exit 1; }
+cat "$SERVER_LOG"
+URL=$(awk '$1 == "gRPC" {print $2; exit}' "$SERVER_LOG")
+
+step "5/6 ask the served models (gRPC client)"
+bertforge client fill-mask --url "$URL" \
+    "The White [MASK] said the president would sign the bill." \
+    "The prime [MASK] spoke to parliament on Tuesday." \
+    "Shares of the company [MASK] sharply after the report."
+bertforge client embed --url "$URL" "The committee approved the budget." "Parliament rejected the new law."
+
+step "6/6 short serving benchmark (served model vs in-process baselines)"
+bertforge bench serve --repo "$REPO" --url "$URL" --quick --output bench/results/demo_serve.json
+
+printf '\nEverything is in place:\n'
+printf '  run folder      %s  (config.toml, tokenizer/, checkpoints/, model/, metrics.jsonl, loss_curve.png)\n' "$RUN_DIR"
+printf '  repository      %s  (fill_mask, embed, export_report.json)\n' "$REPO"
+printf '  benchmark       bench/results/demo_serve.json (+ PNG plots)\n'
+printf '  serve it again  bertforge serve --repo %s   (then: bertforge client fill-mask "... [MASK] ...")\n' "$REPO"
