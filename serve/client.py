@@ -165,8 +165,11 @@ class AsyncBertforgeClient:
                 return await self._client.infer(model, [_text_input(self._grpc, text)], parameters=parameters,
                                                 client_timeout=self.timeout_s)
             except self._grpc.InferenceServerException as error:
-                if not _is_retryable(error) or attempt == self.retries:
+                if not _is_retryable(error):
                     raise ServingError(error.message(), error.status(), index) from None
+                if attempt == self.retries:
+                    raise ServingError(f"server at {self.url} unavailable after {self.retries} retries: "
+                                       f"{error.message()}", "UNAVAILABLE", index) from None
                 await asyncio.sleep(self.backoff_s * 2**attempt)
         raise AssertionError("unreachable")
 

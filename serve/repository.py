@@ -32,7 +32,8 @@ class ServingSettings:
     task: Task
     # Tokenization / model limits
     max_length: int = contract.DEFAULT_MAX_LENGTH  # tokens incl. [CLS]/[SEP]; the model's max positions
-    max_text_bytes: int = 65536  # longer UTF-8 texts are rejected before tokenization
+    max_text_bytes: int = 65536  # longer UTF-8 texts are rejected before decoding and tokenization
+    max_text_chars: int = 32768  # longer texts (in characters) are rejected before tokenization
     truncation: Literal["truncate", "error"] = "truncate"  # default policy; requests may override
     # fill_mask
     max_top_k: int = contract.MAX_TOP_K  # k of the top-k inside the ONNX graph
@@ -57,7 +58,7 @@ class ServingSettings:
     def __post_init__(self) -> None:
         if self.task not in TASK_TO_MODEL:
             raise ConfigError(f"serving task {self.task!r} is not one of {sorted(TASK_TO_MODEL)}")
-        for name in ("max_length", "max_text_bytes", "max_top_k", "default_top_k", "max_batch_size",
+        for name in ("max_length", "max_text_bytes", "max_text_chars", "max_top_k", "default_top_k", "max_batch_size",
                      "max_batch_tokens", "instance_count"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"serving.{name} must be >= 1, got {getattr(self, name)}")

@@ -83,6 +83,9 @@ class ModelRuntime:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as error:
             raise RequestError(f"text is not valid UTF-8 ({error.reason} at byte {error.start})") from None
+        if len(text) > self.settings.max_text_chars:
+            raise RequestError(f"text is {len(text)} characters; the limit is {self.settings.max_text_chars} characters "
+                               "(split it or raise serving.max_text_chars)")
         if not text.strip():
             raise RequestError("text is empty")
         top_k, truncation = self._parse_parameters(parameters)

@@ -1,0 +1,44 @@
+"""Reliability fixtures: a repository exported from the tiny BERT, one shared real tritonserver, ORT references."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+MAX_TOP_K = 20
+
+
+@pytest.fixture(scope="session")
+def reliability_repo(tmp_path_factory, tiny_bert_dir) -> Path:
+    """fill_mask + embed (fp32) exported by the real exporter; tests that rewrite it take a copy."""
+    from export import export_to_repository
+
+    repo = tmp_path_factory.mktemp("reliability") / "repo"
+    export_to_repository(tiny_bert_dir, repo, precision="fp32", max_top_k=MAX_TOP_K, progress=False)
+    return repo
+
+
+@pytest.fixture
+def repo_copy(reliability_repo, tmp_path) -> Path:
+    copy = tmp_path / "repo"
+    shutil.copytree(reliability_repo, copy)
+    return copy
+
+
+@pytest.fixture(scope="session")
+def reliability_server(reliability_repo):
+    """One real tritonserver on free loopback ports; stopped by PID even when tests fail."""
+    from serve.launcher import running_server
+
+    with running_server(reliability_repo, grpc_port=0, http_port=0, metrics_port=0) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def references(reliability_repo):
+    from bertforge import contract
+    from tests.reliability.reference import OrtReference
+
+    return {model: OrtReference(reliability_repo, model) for model in (contract.FILL_MASK_MODEL, contract.EMBED_MODEL)}
