@@ -44,9 +44,12 @@ def measure_onnxruntime(repo: Path, task: str, texts: RequestTexts, batch_size: 
 
 
 def measure_pipeline(model_dir: Path, task: str, texts: RequestTexts, batch_size: int, max_requests: int,
-                     max_seconds: float, top_k: int, max_length: int) -> list[dict]:
+                     max_seconds: float, top_k: int, max_length: int, torch_threads: int = 0) -> list[dict]:
     """PyTorch fp32 eager in this process: [one-at-a-time point, batched point]."""
     import torch
+
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
 
     if task == "fill_mask":
         from transformers import pipeline

@@ -69,12 +69,15 @@ class BaselinesConfig:
     onnxruntime: bool = True  # the exported graph in this process, no Triton
     batching_off: bool = True  # the same repository served with dynamic batching off
     batch_size: int = 16  # the "batched" in-process variants
+    # PyTorch intra-op threads for the pipeline baseline (0 = torch's default, one per core). 1 because on the
+    # shared 2-core host torch's default made one forward 50x slower (660 ms vs 12 ms, docs/bench.md)
+    torch_threads: int = 1
     max_requests: int = 400  # per in-process contender
     max_seconds: float = 6.0
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.max_requests < 1 or self.max_seconds <= 0:
-            raise ConfigError("baselines: batch_size and max_requests must be >= 1, max_seconds > 0")
+        if self.batch_size < 1 or self.max_requests < 1 or self.max_seconds <= 0 or self.torch_threads < 0:
+            raise ConfigError("baselines: batch_size and max_requests must be >= 1, max_seconds > 0, torch_threads >= 0")
 
 
 @dataclass(kw_only=True)
@@ -84,8 +87,9 @@ class TuneConfig:
     delays_us: tuple[int, ...] = (0, 500, 2000)
     preferred_batch_sizes: tuple[tuple[int, ...], ...] = ((), (4, 8), (8, 16))
     instance_counts: tuple[int, ...] = (1, 2)
+    intra_op_threads: tuple[int, ...] = (0, 1)  # ONNX Runtime threads per instance; 0 = its default (one per core)
     concurrency: int = 16
-    p99_bound_ms: float = 150.0
+    p99_bound_ms: float = 300.0
     max_seconds: float = 4.0  # per setting
     max_requests: int = 2000
 
@@ -96,6 +100,8 @@ class TuneConfig:
             raise ConfigError("tune.preferred_batch_sizes must hold at least one entry ([] = no preference)")
         if not self.instance_counts or any(count < 1 for count in self.instance_counts):
             raise ConfigError("tune.instance_counts must be a non-empty list of integers >= 1")
+        if not self.intra_op_threads or any(threads < 0 for threads in self.intra_op_threads):
+            raise ConfigError("tune.intra_op_threads must be a non-empty list of integers >= 0 (0 = ORT default)")
         if self.concurrency < 1 or self.p99_bound_ms <= 0 or self.max_seconds <= 0 or self.max_requests < 1:
             raise ConfigError("tune: concurrency and max_requests >= 1, p99_bound_ms and max_seconds > 0")
 
@@ -104,7 +110,7 @@ class TuneConfig:
 class BenchConfig:
     task: Literal["fill_mask", "embed"] = "fill_mask"
     precision: str = "int8"  # only when --model is exported on the fly (no --repo): the exporter's default
-    rounds: int = 2  # alternating repetitions of every contender; figures are the median round
+    rounds: int = 2  # alternating repetitions; figures = fastest round, goals = median of per-round ratios
     output: Path = Path("bench/results/serve.json")  # PNG plots are written next to it
     plots: bool = True
     texts: TextsConfig = field(default_factory=TextsConfig)

@@ -5,7 +5,8 @@ Contenders, all on the same texts, alternating within each round so machine nois
   - `triton_no_batching`: a copy of the repository with dynamic batching off, the same sweep;
   - `onnxruntime_b1` / `_b16`: the exported graph in this process (no Triton), one text at a time / batched;
   - `pipeline_fill_mask_b1` / `_b16` (embed: `pytorch_mean_pooling_*`): PyTorch fp32 eager in this process.
-Figures per contender are the round with the median throughput; the goals are medians of per-round ratios.
+Figures per contender are its fastest round (noise only slows runs down); the goals are medians of
+ratios measured side by side within each round.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from bench.baselines import measure_onnxruntime, measure_pipeline
 from bench.config import BenchConfig
 from bench.load import measure_served_point
-from bench.stats import median_round
+from bench.stats import best_round, median
 from bench.texts import RequestTexts, build_request_texts
 
 SERVED = "triton"
@@ -82,16 +83,16 @@ def measure_round(config: BenchConfig, servers: dict[str, str], repo: Path, mode
             log("[bench] PyTorch baseline skipped: no HF model folder (pass --model DIR)")
         else:
             points += _logged(measure_pipeline(model_dir, config.task, texts, max_length=settings["max_length"],
-                                               **limits), log)
+                                               torch_threads=baselines.torch_threads, **limits), log)
     return [point | {"round": number} for point in points]
 
 
 def summarize_rounds(rounds: list[list[dict]]) -> list[dict]:
-    """Per (contender, load level): the median-throughput round."""
+    """Per (contender, load level): the fastest round (see stats.best_round)."""
     groups: dict[tuple, list[dict]] = {}
     for point in (point for round_points in rounds for point in round_points):
         groups.setdefault((point["contender"], point.get("concurrency"), point.get("request_rate")), []).append(point)
-    return [median_round(group) for group in groups.values()]
+    return [best_round(group) for group in groups.values()]
 
 
 def goals(rounds: list[list[dict]], task: str) -> dict:
@@ -115,8 +116,7 @@ def goals(rounds: list[list[dict]], task: str) -> dict:
                "c1_p50_overhead_ms": (f"{SERVED} c1 p50 - onnxruntime_b1 p50 (ms)", "<=", 1.0)}
     result = {}
     for name, (meaning, sense, target) in targets.items():
-        measured = sorted(values[name])
-        value = measured[(len(measured) - 1) // 2] if measured else None
+        value = median(values[name])
         met = None if value is None else (value >= target if sense == ">=" else value <= target)
         result[name] = {"meaning": meaning, "value": value, "per_round": values[name], "target": f"{sense} {target}",
                         "met": met}

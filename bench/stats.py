@@ -1,4 +1,4 @@
-"""Numbers from measurements: latency percentiles, median rounds, regressions between runs, the tuner's pick.
+"""Numbers from measurements: latency percentiles, best rounds, regressions between runs, the tuner's pick.
 
 Pure functions on plain dicts (the JSON schema of docs/bench.md), so each is unit-tested on synthetic data.
 """
@@ -27,10 +27,18 @@ def point_figures(latencies_s: list[float], tokens: int, errors: int, elapsed_s:
             "tokens_per_s": tokens / elapsed_s if elapsed_s > 0 else 0.0} | latency_summary(latencies_s)
 
 
-def median_round(rounds: list[dict]) -> dict:
-    """The round with the median throughput (a real measurement, not a mix of rounds)."""
-    ordered = sorted(rounds, key=lambda point: point["requests_per_s"])
-    return ordered[(len(ordered) - 1) // 2]
+def best_round(rounds: list[dict]) -> dict:
+    """The round with the highest throughput: on a shared machine noise only ever slows a run down, so the
+    fastest round is the least disturbed one (a real measurement, not a mix of rounds)."""
+    return max(rounds, key=lambda point: point["requests_per_s"])
+
+
+def median(values: list[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def compare_results(baseline: dict, candidate: dict, max_throughput_drop: float = 0.10,

@@ -76,14 +76,16 @@ def test_tuner_tries_each_setting_on_a_copy_and_picks_the_fastest_within_the_bou
     output = tmp_path / "tune.json"
     code = main(["bench", "tune", "--repo", str(served_repo), "--task", "embed", "--output", str(output),
                  "--set", "tune.delays_us=[0, 3000]", "--set", "tune.preferred_batch_sizes=[[], [4]]",
-                 "--set", "tune.instance_counts=[1]", "--set", "tune.concurrency=4", "--set", "tune.max_seconds=1",
+                 "--set", "tune.instance_counts=[1]", "--set", "tune.intra_op_threads=[1]", "--set", "tune.concurrency=4",
+                 "--set", "tune.max_seconds=1",
                  "--set", "tune.max_requests=60", "--bound-ms", "10000", *_text_settings(held_out_file)])
     assert code == 0
     results = json.loads(output.read_text())
     settings = [(t["setting"]["max_queue_delay_microseconds"], t["setting"]["preferred_batch_sizes"])
                 for t in results["points"]]
     assert settings == [(0, []), (0, [4]), (3000, []), (3000, [4])]
-    assert all(trial["errors"] == 0 and trial["requests"] > 0 for trial in results["points"])
+    assert all(trial["errors"] == 0 and trial["requests"] > 0 and trial["setting"]["intra_op_threads"] == 1
+               for trial in results["points"])
     fastest = max(results["points"], key=lambda trial: trial["requests_per_s"])
     assert results["best"]["contender"] == fastest["contender"]
     # preferred batch size 4 caps what Triton executes at once

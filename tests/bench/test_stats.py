@@ -3,7 +3,7 @@
 import pytest
 
 from bench.serving import goals, summarize_rounds
-from bench.stats import compare_results, latency_summary, median_round, pick_best, point_figures
+from bench.stats import best_round, compare_results, latency_summary, median, pick_best, point_figures
 
 
 def test_latency_percentiles_on_known_samples():
@@ -29,10 +29,10 @@ def test_point_figures_count_only_successful_requests():
     assert figures["tokens_per_s"] == pytest.approx(300.0)
 
 
-def test_median_round_is_a_real_round():
+def test_best_round_is_a_real_round_and_median_is_the_middle():
     rounds = [{"requests_per_s": value, "id": index} for index, value in enumerate((30.0, 10.0, 20.0))]
-    assert median_round(rounds)["id"] == 2
-    assert median_round(rounds[:2])["id"] == 1  # two rounds: the slower one (conservative)
+    assert best_round(rounds)["id"] == 0
+    assert median([3.0, 1.0, 2.0]) == 2.0 and median([1.0, 4.0]) == 2.5 and median([]) is None
 
 
 def _point(contender, concurrency, rps, p99, errors=0):
@@ -79,6 +79,7 @@ def test_goals_are_median_of_per_round_ratios():
     assert result["served_vs_pipeline"]["value"] == pytest.approx(5.0)  # ratios 5, 3, 6 -> 5
     assert result["served_vs_pipeline"]["met"] is True
     assert result["batching_on_vs_off"]["value"] == pytest.approx(2.4)  # 2.5, 1.5, 2.4 -> 2.4
+    assert result["batching_on_vs_off"]["met"] is True
     assert result["c1_p50_overhead_ms"]["value"] == pytest.approx(0.7)  # 0.5, 2.0, 0.7 -> 0.7
     assert len(summarize_rounds(rounds)) == 5
 
