@@ -5,7 +5,8 @@
 - `pipeline`: fill_mask = `transformers.pipeline("fill-mask")`; embed = `AutoModel` + attention-mask mean
   pooling; one text at a time, and in batches. Needs the HF model folder.
 
-Each runs a short warm-up, then stops at max_requests texts or max_seconds. Latency is per call (per text
+Each warms up first (at least WARMUP_CALLS calls and `warmup_seconds`: PyTorch's first calls per new
+sequence length are slow), then stops at max_requests texts or max_seconds. Latency is per call (per text
 one at a time, per batch when batched). torch and transformers are imported only in here, inside functions.
 """
 
@@ -22,7 +23,7 @@ WARMUP_CALLS = 3
 
 
 def measure_onnxruntime(repo: Path, task: str, texts: RequestTexts, batch_size: int, max_requests: int,
-                        max_seconds: float, top_k: int) -> list[dict]:
+                        max_seconds: float, top_k: int, warmup_seconds: float = 0.0) -> list[dict]:
     """The served model's runtime in this process: [one-at-a-time point, batched point]."""
     from serve.runtime import load_runtime
 
@@ -39,12 +40,13 @@ def measure_onnxruntime(repo: Path, task: str, texts: RequestTexts, batch_size: 
             runtime.fill_mask(chunk) if task == "fill_mask" else runtime.embed(chunk)
 
     details = {"providers": list(runtime.providers), "threads": runtime.settings.intra_op_threads or "default"}
-    return [_measure(f"onnxruntime_b{size}", run, texts, size, max_requests, max_seconds) | details
+    return [_measure(f"onnxruntime_b{size}", run, texts, size, max_requests, max_seconds, warmup_seconds) | details
             for size in (1, batch_size)]
 
 
 def measure_pipeline(model_dir: Path, task: str, texts: RequestTexts, batch_size: int, max_requests: int,
-                     max_seconds: float, top_k: int, max_length: int, torch_threads: int = 0) -> list[dict]:
+                     max_seconds: float, top_k: int, max_length: int, torch_threads: int = 0,
+                     warmup_seconds: float = 0.0) -> list[dict]:
     """PyTorch fp32 eager in this process: [one-at-a-time point, batched point]."""
     import torch
 
@@ -76,16 +78,19 @@ def measure_pipeline(model_dir: Path, task: str, texts: RequestTexts, batch_size
 
         name = "pytorch_mean_pooling"
     details = {"torch": torch.__version__, "threads": torch.get_num_threads()}
-    return [_measure(f"{name}_b{size}", run, texts, size, max_requests, max_seconds) | details
+    return [_measure(f"{name}_b{size}", run, texts, size, max_requests, max_seconds, warmup_seconds) | details
             for size in (1, batch_size)]
 
 
 def _measure(contender: str, run: Callable[[list[str]], None], texts: RequestTexts, batch_size: int,
-             max_requests: int, max_seconds: float) -> dict:
+             max_requests: int, max_seconds: float, warmup_seconds: float) -> dict:
     """Call `run` on consecutive batches of the texts; figures count texts, latency is per call."""
-    for call in range(WARMUP_CALLS):
+    # Warm-up on the other half of the texts (excluded)
+    call, warmup_end = 0, time.perf_counter() + warmup_seconds
+    while call < WARMUP_CALLS or time.perf_counter() < warmup_end:
         start = len(texts.texts) // 2 + call * batch_size
         run([texts.texts[(start + offset) % len(texts.texts)] for offset in range(batch_size)])
+        call += 1
     latencies: list[float] = []
     tokens = done = 0
     started = time.perf_counter()

@@ -75,7 +75,7 @@ def measure_round(config: BenchConfig, servers: dict[str, str], repo: Path, mode
             log(_point_line(points[-1]))
     baselines = config.baselines
     limits = dict(batch_size=baselines.batch_size, max_requests=baselines.max_requests,
-                  max_seconds=baselines.max_seconds, top_k=load.top_k)
+                  max_seconds=baselines.max_seconds, top_k=load.top_k, warmup_seconds=load.warmup_seconds)
     if baselines.onnxruntime:
         points += _logged(measure_onnxruntime(repo, config.task, texts, **limits), log)
     if baselines.pipeline:
