@@ -21,6 +21,8 @@ from bertforge import contract
 
 DEFAULT_URL = f"{contract.DEFAULT_HOST}:{contract.DEFAULT_GRPC_PORT}"
 RETRYABLE = ("StatusCode.UNAVAILABLE", "UNAVAILABLE")
+# gRPC's reconnect backoff grows to 120 s by default: a restarted server would look unavailable that long
+MAX_RECONNECT_BACKOFF_MS = 1000
 
 
 class ServingError(RuntimeError):
@@ -46,7 +48,7 @@ class BertforgeClient:
 
         self._grpc = grpcclient
         self.url, self.timeout_s, self.retries, self.backoff_s = url, timeout_s, retries, backoff_s
-        self._client = grpcclient.InferenceServerClient(url)
+        self._client = grpcclient.InferenceServerClient(url, channel_args=channel_args())
 
     def fill_mask(self, texts: str | list[str], top_k: int = contract.DEFAULT_TOP_K,
                   truncation: str | None = None) -> list[list[list[MaskPrediction]]]:
@@ -126,7 +128,7 @@ class AsyncBertforgeClient:
 
         self._grpc = grpcclient
         self.url, self.timeout_s, self.retries, self.backoff_s = url, timeout_s, retries, backoff_s
-        self._client = aioclient.InferenceServerClient(url)
+        self._client = aioclient.InferenceServerClient(url, channel_args=channel_args())
 
     async def fill_mask(self, texts: str | list[str], top_k: int = contract.DEFAULT_TOP_K,
                         truncation: str | None = None) -> list[list[list[MaskPrediction]]]:
@@ -182,6 +184,23 @@ def parse_fill_mask(result: Any) -> list[list[MaskPrediction]]:
     return [
         [MaskPrediction(_to_str(token), int(token_id), float(score)) for token, token_id, score in zip(*row)]
         for row in zip(tokens, token_ids, scores)
+    ]
+
+
+def channel_args() -> list[tuple[str, int]]:
+    """tritonclient's default channel options plus a short reconnect backoff (recovery within ~1 s of a restart)."""
+    from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
+
+    keepalive = KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
     ]
 
 

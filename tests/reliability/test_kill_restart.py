@@ -1,0 +1,121 @@
+"""SIGKILL tritonserver under load: the client says UNAVAILABLE (naming the server), and the same client
+object recovers once a server is back on the same ports, without restarting the client process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import psutil
+import pytest
+
+from bertforge import contract
+from tests.conftest import make_sentences
+from tests.reliability.reference import assert_embedding_matches, assert_fill_mask_matches
+
+pytestmark = pytest.mark.slow  # starts tritonserver twice
+
+RETRIES = 2
+
+
+def test_killed_server_gives_unavailable_and_the_same_client_recovers_after_restart(reliability_repo, references):
+    from serve.client import AsyncBertforgeClient, ServingError
+    from serve.launcher import TritonServer
+
+    texts = make_sentences(64, seed=11)
+    server = TritonServer(reliability_repo, contract.DEFAULT_HOST, 0, 0, 0)
+    restarted = None
+    loop = asyncio.new_event_loop()  # one loop for the whole test: the client lives across the restart
+    try:
+        endpoints = server.start()
+        client = loop.run_until_complete(make_client(AsyncBertforgeClient, endpoints.grpc_url))
+        stubs = [child.pid for child in psutil.Process(server.pid).children(recursive=True)]
+
+        # Load, then SIGKILL the server while requests are in flight
+        load = loop.create_task(keep_sending(client, texts))
+        loop.run_until_complete(asyncio.sleep(1.5))
+        os.kill(server.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        loop.run_until_complete(asyncio.sleep(2.0))  # long enough for every retry (0.1 + 0.2 s) to be spent
+        load.cancel()
+        outcomes = loop.run_until_complete(load_outcomes(load))
+        assert server.process.wait(10) == -signal.SIGKILL
+
+        before = [outcome for when, outcome in outcomes if when < killed_at and not isinstance(outcome, Exception)]
+        failures = [outcome for when, outcome in outcomes if isinstance(outcome, Exception)]
+        assert len(before) >= 10, "no load reached the server before the kill"
+        assert failures, "no request failed after the kill"
+        for error in failures:
+            assert isinstance(error, ServingError), repr(error)
+            assert error.status == "UNAVAILABLE", (error.status, str(error))
+            assert f"server at {endpoints.grpc_url} unavailable after {RETRIES} retries" in str(error), str(error)
+        late = [outcome for when, outcome in outcomes if when > killed_at + 1.0]
+        assert late and all(isinstance(outcome, ServingError) for outcome in late), "answers came from a dead server"
+        # the python-backend stubs do not outlive their server
+        wait_until(lambda: not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+                                   for pid in stubs), 30, f"python stubs {stubs} outlived the killed server")
+
+        # Restart on the SAME ports; the same client object answers correctly again
+        restarted = TritonServer(reliability_repo, endpoints.host, endpoints.grpc_port, endpoints.http_port,
+                                 endpoints.metrics_port)
+        assert restarted.start() == endpoints
+        embeddings = loop.run_until_complete(client.embed(texts[:8]))
+        (masks,) = loop.run_until_complete(client.fill_mask("the minister [MASK] the report.", top_k=3))
+        for text, embedding in zip(texts[:8], embeddings):
+            assert_embedding_matches(embedding, references[contract.EMBED_MODEL].embed(text), text)
+        assert_fill_mask_matches(masks, references[contract.FILL_MASK_MODEL].fill_mask("the minister [MASK] the report."),
+                                 3, "after restart")
+        loop.run_until_complete(client.close())
+    finally:
+        server.stop()
+        if restarted:
+            restarted.stop()
+        loop.close()
+
+
+async def make_client(client_class, url: str):
+    """The gRPC aio channel must be created inside the loop that will use it."""
+    return client_class(url, timeout_s=30, retries=RETRIES, backoff_s=0.1)
+
+
+async def keep_sending(client, texts: list[str], concurrency: int = 16) -> list:
+    """Closed-loop embed requests until cancelled; returns [(time, result or exception)]."""
+    outcomes: list = []
+
+    async def worker(offset: int) -> None:
+        index = offset
+        while True:
+            try:
+                outcome = await client.embed(texts[index % len(texts)])
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - every failure is recorded and checked by the test
+                outcome = error
+                await asyncio.sleep(0.05)
+            outcomes.append((time.monotonic(), outcome))
+            index += concurrency
+
+    workers = [asyncio.ensure_future(worker(offset)) for offset in range(concurrency)]
+    try:
+        await asyncio.gather(*workers)
+    except asyncio.CancelledError:
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+    return outcomes
+
+
+async def load_outcomes(task: asyncio.Task) -> list:
+    try:
+        return await task
+    except asyncio.CancelledError:
+        raise AssertionError("load task did not return its outcomes") from None
+
+
+def wait_until(condition, timeout_s: float, message: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.2)
