@@ -9,7 +9,7 @@ import pytest
 from bertforge.cli import main
 
 
-@pytest.mark.parametrize("benchmark", ["serve", "tune", "compare", "train"])
+@pytest.mark.parametrize("benchmark", ["serve", "tune", "compare", "train", "export"])
 def test_every_bench_subcommand_has_help(benchmark):
     result = subprocess.run([sys.executable, "-m", "bertforge.cli", "bench", benchmark, "--help"],
                             capture_output=True, text=True, timeout=120)
