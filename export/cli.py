@@ -66,7 +66,7 @@ def _run_with_progress(config, quiet: bool) -> int:
         def log(message: str) -> None:
             status.update(message)
             if "PASS" in message or "FAIL" in message or "no MLM head" in message or "wrote" in message:
-                console.print(message, highlight=False, markup=False)
+                console.print(message, highlight=False, markup=False, soft_wrap=True)
 
         report = run_export(config, log=log)
     _print_summary(report)
