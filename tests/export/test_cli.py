@@ -41,3 +41,17 @@ def test_errors_exit_non_zero_with_message(tmp_path, capsys):
     assert main(["export", "--model", str(tmp_path), "--precision", "int4"]) == 2
     assert "'int4' is not one of" in capsys.readouterr().err
     assert not (tmp_path / "repo").exists()
+
+
+def test_presets_load():
+    from pathlib import Path
+
+    from export.config import load_export_config
+    from serve.repository import ServingSettings
+
+    presets = sorted((Path(__file__).resolve().parents[2] / "export" / "configs").glob("*.toml"))
+    assert presets
+    for preset in presets:
+        config = load_export_config(preset)
+        ServingSettings(task="embed", **config.serving)  # every serving key is a real ServingSettings field
+        assert len(config.precisions) == 1
