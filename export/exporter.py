@@ -55,7 +55,7 @@ def run_export(config: ExportConfig, log=print) -> dict:
     # Check the checkpoint and the destination before any heavy work
     info = inspect_checkpoint(config.model)
     destination = Path(config.output or config.repo)
-    prepare_destination(destination)
+    prepare_destination(destination, replaces_whole_folder=config.output is not None)
     tasks, notes = _tasks(config, info)
     for note in notes:
         log(f"[export] {note}")

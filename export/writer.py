@@ -17,11 +17,17 @@ from export.checkpoint import CheckpointInfo, ExportError
 RENAME_EXCHANGE = 2  # linux/fs.h
 
 
-def prepare_destination(destination: Path) -> None:
-    """Fail early (before any export work) when `destination` cannot be written; creates nothing."""
+def prepare_destination(destination: Path, replaces_whole_folder: bool = False) -> None:
+    """Fail early (before any export work) when `destination` cannot be written; creates nothing.
+    `replaces_whole_folder` (--output mode swaps the whole folder): refuse a non-empty folder that is not an
+    earlier export, so `--output .` can never replace someone's files."""
     destination = Path(destination)
     if destination.exists() and not destination.is_dir():
         raise ExportError(f"{destination} exists and is not a folder; choose another destination")
+    if (replaces_whole_folder and destination.is_dir() and any(destination.iterdir())
+            and not (destination / "export_report.json").is_file()):
+        raise ExportError(f"{destination} is a non-empty folder that is not an earlier export (no export_report.json); "
+                          "--output replaces the whole folder, so give a new or empty folder")
     existing = destination
     while not existing.exists():
         existing = existing.parent

@@ -123,3 +123,14 @@ def test_parity_gate_refuses_corrupted_weight(tmp_path, tiny_bert_dir, monkeypat
     assert main(["export", "--model", str(tiny_bert_dir), "--repo", str(tmp_path / "cli_repo"), "--precision", "fp32",
                  "--quiet"]) == 2
     assert not (tmp_path / "cli_repo" / contract.FILL_MASK_MODEL).exists()
+
+
+def test_output_mode_refuses_a_foreign_folder(tmp_path, tiny_bert_dir):
+    from export import export_onnx
+
+    folder = tmp_path / "my_documents"
+    folder.mkdir()
+    (folder / "thesis.txt").write_text("precious")
+    with pytest.raises(ExportError, match="not an earlier export"):
+        export_onnx(tiny_bert_dir, folder, precision="fp32", progress=False)
+    assert _leftovers(folder) == ["thesis.txt"]
