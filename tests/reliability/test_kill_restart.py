@@ -17,11 +17,11 @@ from tests.reliability.reference import assert_embedding_matches, assert_fill_ma
 
 pytestmark = pytest.mark.slow  # starts tritonserver twice
 
-RETRIES = 2
+RETRIES, BACKOFF_S = 3, 0.2  # the client defaults: a 1.4 s retry window, longer than the 0.5 s reconnect backoff
 
 
 def test_killed_server_gives_unavailable_and_the_same_client_recovers_after_restart(reliability_repo, references):
-    from serve.client import AsyncBertforgeClient, ServingError
+    from serve.client import AsyncBertforgeClient, BertforgeClient, ServingError
     from serve.launcher import TritonServer
 
     texts = make_sentences(64, seed=11)
@@ -31,6 +31,8 @@ def test_killed_server_gives_unavailable_and_the_same_client_recovers_after_rest
     try:
         endpoints = server.start()
         client = loop.run_until_complete(make_client(AsyncBertforgeClient, endpoints.grpc_url))
+        sync_client = BertforgeClient(endpoints.grpc_url, timeout_s=30, retries=RETRIES, backoff_s=BACKOFF_S)
+        assert sync_client.embed(texts[0]).shape == (1, 32)
         stubs = [child.pid for child in psutil.Process(server.pid).children(recursive=True)]
 
         # Load, then SIGKILL the server while requests are in flight
@@ -38,7 +40,7 @@ def test_killed_server_gives_unavailable_and_the_same_client_recovers_after_rest
         loop.run_until_complete(asyncio.sleep(1.5))
         os.kill(server.pid, signal.SIGKILL)
         killed_at = time.monotonic()
-        loop.run_until_complete(asyncio.sleep(2.0))  # long enough for every retry (0.1 + 0.2 s) to be spent
+        loop.run_until_complete(asyncio.sleep(3.5))  # long enough for every retry (0.2 + 0.4 + 0.8 s) to be spent
         load.cancel()
         outcomes = loop.run_until_complete(load_outcomes(load))
         assert server.process.wait(10) == -signal.SIGKILL
@@ -51,8 +53,10 @@ def test_killed_server_gives_unavailable_and_the_same_client_recovers_after_rest
             assert isinstance(error, ServingError), repr(error)
             assert error.status == "UNAVAILABLE", (error.status, str(error))
             assert f"server at {endpoints.grpc_url} unavailable after {RETRIES} retries" in str(error), str(error)
-        late = [outcome for when, outcome in outcomes if when > killed_at + 1.0]
+        late = [outcome for when, outcome in outcomes if when > killed_at + 2.0]
         assert late and all(isinstance(outcome, ServingError) for outcome in late), "answers came from a dead server"
+        with pytest.raises(ServingError, match=f"server at {endpoints.grpc_url} unavailable after {RETRIES} retries"):
+            sync_client.embed(texts[0])  # the synchronous client says the same
         # the python-backend stubs do not outlive their server
         wait_until(lambda: not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
                                    for pid in stubs), 30, f"python stubs {stubs} outlived the killed server")
@@ -67,6 +71,8 @@ def test_killed_server_gives_unavailable_and_the_same_client_recovers_after_rest
             assert_embedding_matches(embedding, references[contract.EMBED_MODEL].embed(text), text)
         assert_fill_mask_matches(masks, references[contract.FILL_MASK_MODEL].fill_mask("the minister [MASK] the report."),
                                  3, "after restart")
+        assert_embedding_matches(sync_client.embed(texts[0])[0], references[contract.EMBED_MODEL].embed(texts[0]), "sync")
+        sync_client.close()
         loop.run_until_complete(client.close())
     finally:
         server.stop()
@@ -77,7 +83,7 @@ def test_killed_server_gives_unavailable_and_the_same_client_recovers_after_rest
 
 async def make_client(client_class, url: str):
     """The gRPC aio channel must be created inside the loop that will use it."""
-    return client_class(url, timeout_s=30, retries=RETRIES, backoff_s=0.1)
+    return client_class(url, timeout_s=30, retries=RETRIES, backoff_s=BACKOFF_S)
 
 
 async def keep_sending(client, texts: list[str], concurrency: int = 16) -> list:
