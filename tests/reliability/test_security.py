@@ -25,6 +25,7 @@ def test_launch_command_binds_loopback_and_turns_model_control_off(tmp_path):
                                                              "--model-control-mode=poll", "--repository-poll"))]
 
 
+@pytest.mark.slow  # exports the tiny model
 def test_runtime_limits_apply_before_tokenization(reliability_repo, monkeypatch):
     """A text over the byte or character limit is refused without ever reaching the tokenizer."""
     from serve.runtime import RequestError, load_runtime
