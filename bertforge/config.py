@@ -25,20 +25,24 @@ class ConfigError(ValueError):
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
     """Build `cls` from a TOML file (optional) plus `key.sub=value` overrides."""
-    # Read the file (a missing file is an error, not an empty config)
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"{path}: invalid TOML: {error}") from error
-    # Apply overrides on top, then build and validate the dataclass tree
+    # Read the file, apply overrides on top, then build and validate the dataclass tree
+    data = read_toml(path)
     for override in overrides:
         apply_override(data, override)
     return from_dict(cls, data, where=str(path) if path else "config")
+
+
+def read_toml(path: str | Path | None) -> dict[str, Any]:
+    """A TOML file as a dict ({} for no file); a missing or invalid file is a ConfigError."""
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: invalid TOML: {error}") from error
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:

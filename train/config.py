@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from bertforge.config import ConfigError, apply_override, from_dict
+from bertforge.config import ConfigError, apply_override, from_dict, read_toml
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 PRESET_DIR = CONFIG_DIR / "models"
@@ -151,15 +151,7 @@ class TrainConfig:
 def load_train_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """Read a run config, fold in its model preset, apply `--set` overrides, validate."""
     # Read the run file and the overrides into one dict
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"{path}: invalid TOML: {error}") from error
+    data = read_toml(path)
     for override in overrides:
         apply_override(data, override)
     # Fold the preset's sizes under the explicit [model] keys
