@@ -34,15 +34,15 @@ def run(args: argparse.Namespace) -> int:
 
 def train_stage(config_file: str, overrides: list[str], run_dir: str | None):
     """Train, resume an interrupted run, or reuse a finished one."""
-    from train.checkpoint import checkpoint_folders
     from train.config import load_train_config
     from train.trainer import run_training
 
     config = load_train_config(config_file, overrides)
     folder = Path(run_dir or Path("runs") / config.name)
-    finished = [p for p in checkpoint_folders(folder / "checkpoints") if int(p.name.split("-")[1]) >= config.train.max_steps]
-    if (folder / "model" / "config.json").is_file() and finished:
-        print(f"[pipeline] {folder} is already trained ({finished[-1].name}); reusing {folder / 'model'}")
+    # A finished run (model/ is written last, also when the wall-clock budget ended it) is reused as is
+    if (folder / "model" / "config.json").is_file():
+        print(f"[pipeline] {folder} is already trained; reusing {folder / 'model'} "
+              f"(train further with: bertforge train --config {config_file} --run-dir {folder} --resume)")
         return config, folder
     started = (folder / "config.toml").is_file()
     print(f"[pipeline] {'resuming' if started else 'training'} {folder}")

@@ -33,11 +33,11 @@ cat "$SERVER_LOG"
 URL=$(awk '$1 == "gRPC" {print $2; exit}' "$SERVER_LOG")
 
 step "5/6 ask the served models (gRPC client)"
-bertforge client fill-mask --url "$URL" \
+bertforge client fill-mask \
     "The White [MASK] said the president would sign the bill." \
     "The prime [MASK] spoke to parliament on Tuesday." \
-    "Shares of the company [MASK] sharply after the report."
-bertforge client embed --url "$URL" "The committee approved the budget." "Parliament rejected the new law."
+    "Shares of the company [MASK] sharply after the report." --url "$URL"
+bertforge client embed "The committee approved the budget." "Parliament rejected the new law." --url "$URL"
 
 step "6/6 short serving benchmark (served model vs in-process baselines)"
 bertforge bench serve --repo "$REPO" --url "$URL" --quick --output bench/results/demo_serve.json
