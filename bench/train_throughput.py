@@ -96,7 +96,7 @@ def train_ours(config, data, tokenizer, runtime, seconds: float, folder: Path) -
     timed = [r for r in steps if r["step"] > WARMUP_STEPS]
     seconds_timed = timed[-1]["elapsed_s"] - steps[0]["elapsed_s"] if len(timed) > 1 else float("nan")
     tokens_timed = timed[-1]["tokens_seen"] - steps[0]["tokens_seen"]
-    return {"steps": steps[-1]["step"], "tokens_per_s": tokens_timed / seconds_timed, "wall_s": wall,
+    return {"steps": final["step"], "tokens_per_s": tokens_timed / seconds_timed, "wall_s": wall,
             "eval_accuracy": final["eval_accuracy"], "eval_loss": final["eval_loss"]}
 
 
