@@ -156,8 +156,6 @@ def prepare_data(config: TrainConfig, tokenizer, runtime: Runtime) -> TrainingDa
     from train.corpus import load_text_dataset
 
     data = config.data
-    if config.model.max_position_embeddings < data.seq_len:
-        raise ConfigError("data.seq_len exceeds model.max_position_embeddings")
     folder = cache_dir() / "blocks"
     results = {}
     for turn in (0, 1):  # rank 0 builds in turn 0, the others read the cache in turn 1

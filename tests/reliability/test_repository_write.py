@@ -88,14 +88,12 @@ def snapshot(model_dir: Path, dir_fd: int | None = None) -> frozenset[tuple[str,
             os.close(fd)
 
 
-class RepositoryWatcher:
-    """Polls each model folder: what is at its path right now (a snapshot taken while the path kept pointing
-    at the same folder), or that it is missing."""
+class BackgroundLoop:
+    """A daemon thread running `self._run` until `stop()`."""
 
-    def __init__(self, repo: Path):
-        self.repo = repo
-        self.states: dict[str, set] = {model: set() for model in MODELS}
-        self.missing = dict.fromkeys(MODELS, 0)
+    join_timeout_s = 30
+
+    def __init__(self):
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -104,7 +102,18 @@ class RepositoryWatcher:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(30)
+        self._thread.join(self.join_timeout_s)
+
+
+class RepositoryWatcher(BackgroundLoop):
+    """Polls each model folder: what is at its path right now (a snapshot taken while the path kept pointing
+    at the same folder), or that it is missing."""
+
+    def __init__(self, repo: Path):
+        self.repo = repo
+        self.states: dict[str, set] = {model: set() for model in MODELS}
+        self.missing = dict.fromkeys(MODELS, 0)
+        super().__init__()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -127,22 +136,16 @@ class RepositoryWatcher:
             time.sleep(0.002)
 
 
-class AnswerCollector:
+class AnswerCollector(BackgroundLoop):
     """Asks fill_mask and embed in a loop from a thread; keeps every answer and every error."""
+
+    join_timeout_s = 60
 
     def __init__(self, url: str, texts: list[str]):
         self.url, self.texts = url, texts
         self.answers: list = []
         self.errors: list = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(60)
+        super().__init__()
 
     def ask_once(self):
         from serve.client import BertforgeClient
