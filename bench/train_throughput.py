@@ -105,6 +105,7 @@ def train_hf(config, data, tokenizer, seconds: float, folder: Path) -> dict:
     import torch
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
 
+    from train.init import unigram_output_bias
     from train.model import MaskedLMObjective, build_model
     from train.setup import Runtime
     from train.trainer import evaluate
@@ -130,6 +131,8 @@ def train_hf(config, data, tokenizer, seconds: float, folder: Path) -> dict:
 
     torch.manual_seed(config.train.seed)
     model = build_model(config.model, len(tokenizer), tokenizer.pad_token_id)
+    if config.model.output_bias_init == "unigram":  # the same starting point as ours
+        unigram_output_bias(model, data.blocks, data.spec.special_ids)
     arguments = TrainingArguments(
         output_dir=str(folder), per_device_train_batch_size=config.train.batch_size, max_steps=config.train.max_steps,
         learning_rate=config.optim.lr, weight_decay=config.optim.weight_decay, adam_beta1=config.optim.betas[0],

@@ -29,8 +29,14 @@ class ModelConfig:
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
     initializer_range: float = 0.02
+    # "bert": BERT's init. "local": plus a locality prior (train/init.py) that lets small models
+    # use their context within minutes; the checkpoint is a plain BertForMaskedLM either way.
+    init: Literal["bert", "local"] = "bert"
+    output_bias_init: Literal["zero", "unigram"] = "unigram"  # unigram: log token frequencies of the corpus
 
     def __post_init__(self) -> None:
+        if self.init == "local" and self.num_attention_heads < 2:
+            raise ConfigError("model.init='local' wires two attention heads; use num_attention_heads >= 2 or init='bert'")
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
                 f"model.hidden_size={self.hidden_size} is not divisible by model.num_attention_heads="

@@ -12,10 +12,11 @@ from torch import nn
 
 from train.config import ModelConfig
 from train.data import IGNORE_INDEX
+from train.init import apply_locality_prior
 
 
 def build_model(config: ModelConfig, vocab_size: int, pad_token_id: int):
-    """A freshly initialised BertForMaskedLM with SDPA attention."""
+    """A freshly initialised BertForMaskedLM with SDPA attention (and the locality prior if asked)."""
     from transformers import BertConfig, BertForMaskedLM
 
     bert_config = BertConfig(
@@ -31,7 +32,10 @@ def build_model(config: ModelConfig, vocab_size: int, pad_token_id: int):
         pad_token_id=pad_token_id,
         attn_implementation="sdpa",
     )
-    return BertForMaskedLM(bert_config)
+    model = BertForMaskedLM(bert_config)
+    if config.init == "local":
+        apply_locality_prior(model)
+    return model
 
 
 class MaskedLMObjective(nn.Module):

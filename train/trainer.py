@@ -18,14 +18,17 @@ import torch
 from bertforge.config import ConfigError
 from train.checkpoint import latest_complete_checkpoint, load_checkpoint, save_checkpoint
 from train.config import TrainConfig
+from train.init import unigram_output_bias
 from train.logger import MetricsLogger, plot_loss_curve
 from train.model import MaskedLMObjective, build_model, flops_per_token, peak_flops
 from train.optim import build_optimizer, lr_at
 from train.setup import Runtime, prepare_data, prepare_run_dir, prepare_tokenizer, start_runtime
 
-# Config sections that must match to resume a run (step counts and logging may change)
-RESUME_INVARIANTS = ("model", "data.seq_len", "data.mask_prob", "data.whole_word_mask", "train.batch_size",
-                     "train.grad_accum", "train.seed")
+# Config keys that must match to resume a run: what the weights and the data position depend on
+# (step counts, logging, dropout and how the model was initialised may change)
+RESUME_INVARIANTS = ("model.hidden_size", "model.num_hidden_layers", "model.num_attention_heads",
+                     "model.intermediate_size", "model.max_position_embeddings", "data.seq_len", "data.mask_prob",
+                     "data.whole_word_mask", "train.batch_size", "train.grad_accum", "train.seed")
 
 
 class TrainingDiverged(RuntimeError):
@@ -51,6 +54,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime) -
     # Model, objective (sparse MLM head), DDP, optimizer, loss scaling
     torch.manual_seed(config.train.seed)
     mlm = build_model(config.model, len(tokenizer), tokenizer.pad_token_id).to(runtime.device)
+    if config.model.output_bias_init == "unigram":
+        unigram_output_bias(mlm, data.blocks, data.spec.special_ids)
     objective = MaskedLMObjective(mlm, sparse_head=config.train.sparse_head, compile_encoder=config.train.compile)
     step_module = objective
     if runtime.world_size > 1:

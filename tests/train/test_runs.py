@@ -134,7 +134,7 @@ def test_tokenizer_vocab_mismatch_is_refused(trained_run, tiny_config_file, tiny
 def test_two_process_ddp_equals_one_process(tiny_config_file, tmp_path, isolated_cache):
     """torchrun with 2 CPU processes (gloo), batch 4 each == 1 process with batch 8 (dropout off)."""
     common = ["--config", str(tiny_config_file), "--set", "train.max_steps=12", "--set", "model.hidden_dropout_prob=0.0",
-              "--set", "model.attention_probs_dropout_prob=0.0"]
+              "--set", "model.attention_probs_dropout_prob=0.0", "--set", "model.output_bias_init=unigram"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "BERTFORGE_CACHE": str(isolated_cache)}
     single = subprocess.run(bertforge_command("train", *common, "--run-dir", str(tmp_path / "one"),
                                               "--set", "train.batch_size=8"),
