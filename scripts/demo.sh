@@ -15,7 +15,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 step "2/6 demo corpus (news articles for training, House of Commons speeches held out)"
 bertforge data demo
 
-step "3/6 train the demo model (mini BERT, CPU or CUDA; resumes or reuses $RUN_DIR), then export to $REPO"
+step "3/6 train the demo model (tiny BERT, CPU or CUDA; resumes or reuses $RUN_DIR), then export to $REPO"
 bertforge pipeline --config train/configs/demo.toml --run-dir "$RUN_DIR" --repo "$REPO"
 
 step "4/6 start Triton (127.0.0.1, free ports)"

@@ -9,9 +9,9 @@ DEMO = "train/configs/demo.toml"
 
 
 def test_demo_config_folds_in_the_preset_and_overrides():
-    config = load_train_config(DEMO, ["train.max_steps=7", "model.num_hidden_layers=2", "optim.name=lamb"])
-    assert config.model.preset == "mini" and config.model.hidden_size == 256
-    assert config.model.num_hidden_layers == 2  # override beats preset
+    config = load_train_config(DEMO, ["train.max_steps=7", "model.num_hidden_layers=3", "optim.name=lamb"])
+    assert config.model.preset == "tiny" and config.model.hidden_size == 128 and config.model.init == "local"
+    assert config.model.num_hidden_layers == 3  # override beats preset
     assert config.model.max_position_embeddings == 128  # run file beats preset
     assert config.train.max_steps == 7 and config.optim.name == "lamb"
 
@@ -56,6 +56,6 @@ def test_resolved_config_round_trips(tmp_path):
 
 
 def test_shipped_run_configs_load():
-    for name, preset in (("demo", "mini"), ("base", "base"), ("large", "large")):
+    for name, preset in (("demo", "tiny"), ("base", "base"), ("large", "large")):
         config = load_train_config(f"train/configs/{name}.toml")
         assert config.name == name and config.model.preset == preset
