@@ -34,13 +34,20 @@ def run(args: argparse.Namespace) -> int:
 
 def train_stage(config_file: str, overrides: list[str], run_dir: str | None):
     """Train, resume an interrupted run, or reuse a finished one."""
+    from bertforge.config import ConfigError, read_toml
     from train.config import load_train_config
-    from train.trainer import run_training
+    from train.setup import config_differences
+    from train.trainer import RESUME_INVARIANTS, run_training
 
     config = load_train_config(config_file, overrides)
     folder = Path(run_dir or Path("runs") / config.name)
-    # A finished run (model/ is written last, also when the wall-clock budget ended it) is reused as is
+    # A finished run (model/ is written last, also when the wall-clock budget ended it) is reused as is,
+    # unless it is a different model than the config asks for
     if (folder / "model" / "config.json").is_file():
+        differing = config_differences(read_toml(folder / "config.toml"), config, RESUME_INVARIANTS)
+        if differing:
+            raise ConfigError(f"{folder} holds a finished run of a different setup ({'; '.join(differing)}); "
+                              f"pass --run-dir for a new run, or remove {folder} to retrain it")
         print(f"[pipeline] {folder} is already trained; reusing {folder / 'model'} "
               f"(train further with: bertforge train --config {config_file} --run-dir {folder} --resume)")
         return config, folder

@@ -26,3 +26,7 @@ def test_pipeline_trains_exports_and_reuses(tiny_config_file, tmp_path, tmp_path
     assert second.returncode == 0, second.stderr[-3000:]
     assert "already trained" in second.stdout
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == checkpoints_before
+    # A finished run of another model is not silently served under a config that asks for something else
+    other = run_cli(*args, "--set", "model.num_hidden_layers=3", env_extra=env, timeout=600)
+    assert other.returncode == 2 and "model.num_hidden_layers: 2 -> 3" in other.stderr, other.stderr[-2000:]
+    assert "--run-dir" in other.stderr
