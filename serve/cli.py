@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         with running_server(config.repo, config.host, config.grpc_port, config.http_port, config.metrics_port,
-                            log_path=config.log_file, ready_timeout_s=config.ready_timeout_s) as server:
+                            log_path=config.log_file, ready_timeout_s=config.ready_timeout_s,
+                            keep_workdir=True) as server:  # its log and serve.toml are printed below
             endpoints = server.endpoints
             save_config(config, server.workdir / "serve.toml")  # the resolved config, next to the log
             print(f"tritonserver ready (pid {server.pid}), models from {config.repo}", flush=True)

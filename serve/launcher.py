@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import importlib.metadata
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -71,14 +72,23 @@ def running_server(
     log_path: str | Path | None = None,
     ready_timeout_s: float = READY_TIMEOUT_S,
     extra_args: tuple[str, ...] = (),
+    keep_workdir: bool = False,
 ) -> Iterator[TritonServer]:
-    """Context manager: a ready tritonserver on `repo`; port 0 means "pick a free one"."""
+    """Context manager: a ready tritonserver on `repo`; port 0 means "pick a free one".
+
+    Its work folder (backend links, default log) is removed after a clean exit; it stays for a
+    failure, whose message names the log in it, and always with `keep_workdir`.
+    """
     server = TritonServer(repo, host, grpc_port, http_port, metrics_port, log_path, extra_args)
+    clean_exit = False
     try:
         server.start(ready_timeout_s)
         yield server
+        clean_exit = True
     finally:
         server.stop()
+        if clean_exit and not keep_workdir:
+            shutil.rmtree(server.workdir, ignore_errors=True)
 
 
 class TritonServer:

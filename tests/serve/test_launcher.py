@@ -43,6 +43,21 @@ def test_repository_without_weights_is_explained(tmp_path):
 
 
 @pytest.mark.slow
+def test_clean_exit_removes_the_work_folder_a_failed_start_keeps_it(served_repo, tmp_path):
+    with running_server(served_repo, grpc_port=0, http_port=0, metrics_port=0) as server:
+        assert (server.workdir / "tritonserver.log").is_file()
+    assert not server.workdir.exists()
+    broken = tmp_path / "broken"
+    shutil.copytree(served_repo, broken)
+    (broken / "fill_mask" / "1" / "model.onnx").write_bytes(b"not an onnx file")
+    with pytest.raises(LaunchError) as caught:
+        with running_server(broken, grpc_port=0, http_port=0, metrics_port=0, ready_timeout_s=60):
+            pass
+    log = str(caught.value).split("(log: ")[1].split(")")[0]
+    assert launcher.Path(log).is_file()  # the log a failure names is still there
+
+
+@pytest.mark.slow
 def test_failed_start_reports_the_log_tail_and_leaves_no_process(served_repo, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(served_repo, broken)
