@@ -157,7 +157,7 @@ def _print(results: dict) -> None:
 
 
 def build_mini_model(folder: Path, vocab_size: int = 16384) -> Path:
-    """A random BERT of the demo's size (4 layers, hidden 256, 16k WordPiece vocab) for benchmarking."""
+    """A random mini BERT (4 layers, hidden 256, 16k WordPiece vocab) for benchmarking."""
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
     from export.config import ExportConfig
