@@ -33,7 +33,10 @@ def test_platform_errors_say_what_is_missing(monkeypatch):
 
 
 def test_repository_without_weights_is_explained(tmp_path):
-    shutil.copytree(launcher.Path(__file__).resolve().parents[2] / "model_repository", tmp_path / "repo")
+    # The committed repository without what an export writes (the demo may have exported into it)
+    shutil.copytree(launcher.Path(__file__).resolve().parents[2] / "model_repository", tmp_path / "repo",
+                    ignore=shutil.ignore_patterns("*.onnx", "*.onnx.data", "tokenizer", "serving.json",
+                                                  "export_report*.json", "export_config.toml", "__pycache__"))
     with pytest.raises(LaunchError, match=r"missing .*fill_mask/1/model.onnx.*bertforge export"):
         with running_server(tmp_path / "repo", grpc_port=0, http_port=0, metrics_port=0):
             pass
