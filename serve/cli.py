@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 
@@ -13,12 +16,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve", help="run tritonserver on a model repository (fill_mask, embed)",
         description="Start Triton Inference Server on REPO (127.0.0.1 only unless --host), wait until it is "
-                    "ready, print the endpoints, and stop it cleanly on Ctrl-C or SIGTERM.")
+                    "ready, start the HTTP API beside it (OpenAI /v1/embeddings, TEI /embed, Hugging Face "
+                    "fill-mask, /health, /metrics, /docs), print the endpoints, and stop both cleanly on Ctrl-C "
+                    "or SIGTERM.")
     parser.add_argument("--repo", help="model repository written by `bertforge export` (default: model_repository)")
     parser.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 exposes it to the network)")
     parser.add_argument("--grpc-port", type=int, help="gRPC port (default 8001; 0 = free port)")
     parser.add_argument("--http-port", type=int, help="HTTP port (default 8000; 0 = free port)")
     parser.add_argument("--metrics-port", type=int, help="Prometheus metrics port (default 8002; 0 = free port)")
+    parser.add_argument("--api-port", type=int, help="HTTP API port (default 8080; 0 = free port)")
+    parser.add_argument("--no-api", action="store_true", help="only tritonserver, no HTTP API")
+    parser.add_argument("--api-key", help="require `Authorization: Bearer KEY` on the API (default: the "
+                                          "BERTFORGE_API_KEY environment variable; none = open, fine on loopback)")
     parser.add_argument("--log-file", help="tritonserver log (default: a temporary file)")
     parser.add_argument("--config", help="TOML file with ServeConfig keys")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
@@ -28,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from bertforge.cli import UserError
     from bertforge.config import load_config, save_config
-    from serve.config import ServeConfig
+    from serve.api.process import ApiLaunchError, running_api
+    from serve.config import API_KEY_ENV, ServeConfig
     from serve.launcher import LaunchError, running_server
 
     # Config: file < --set < explicit flags
@@ -36,24 +46,48 @@ def run(args: argparse.Namespace) -> int:
     flags = {key: getattr(args, key) for key in ("host", "grpc_port", "http_port", "metrics_port")}
     flags.update(repo=args.repo and Path(args.repo), log_file=args.log_file and Path(args.log_file))
     config = dataclasses.replace(config, **{key: value for key, value in flags.items() if value is not None})
+    if args.api_port is not None or args.no_api:
+        api = dataclasses.replace(config.api, enabled=config.api.enabled and not args.no_api,
+                                  port=config.api.port if args.api_port is None else args.api_port)
+        config = dataclasses.replace(config, api=api)  # re-validated: the ports must still differ
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    if config.host not in ("127.0.0.1", "localhost", "::1") and config.api.enabled and not api_key:
+        print(f"warning: the API on {config.host} is open to the network without a key; pass --api-key or set "
+              f"{API_KEY_ENV}", file=sys.stderr, flush=True)
 
     # SIGTERM behaves like Ctrl-C so the server is always stopped by the context manager
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        with running_server(config.repo, config.host, config.grpc_port, config.http_port, config.metrics_port,
-                            log_path=config.log_file, ready_timeout_s=config.ready_timeout_s,
-                            keep_workdir=True) as server:  # its log and serve.toml are printed below
+        with contextlib.ExitStack() as stack:
+            server = stack.enter_context(running_server(
+                config.repo, config.host, config.grpc_port, config.http_port, config.metrics_port,
+                log_path=config.log_file, ready_timeout_s=config.ready_timeout_s,
+                keep_workdir=True))  # its log and serve.toml are printed below
             endpoints = server.endpoints
+            api = None
+            if config.api.enabled:
+                api = stack.enter_context(running_api(config.repo, endpoints.grpc_url, config.host, config.api,
+                                                      api_key=api_key, log_path=server.workdir / "api.log"))
             save_config(config, server.workdir / "serve.toml")  # the resolved config, next to the log
             print(f"tritonserver ready (pid {server.pid}), models from {config.repo}", flush=True)
             print(f"  gRPC     {endpoints.grpc_url}    (bertforge client fill-mask ... --url {endpoints.grpc_url})")
             print(f"  HTTP     {endpoints.http_url}    ({endpoints.http_url}/v2/health/ready)")
             print(f"  metrics  {endpoints.metrics_url}")
+            if api is not None:
+                key_note = ", bearer key required" if api_key else ""
+                print(f"  API      {api.url}    (OpenAI {api.url}/v1, docs {api.url}/docs, health {api.url}/health"
+                      f"{key_note})")
             print(f"  log      {server.log_path}  (config: {server.workdir / 'serve.toml'})")
             print("Ctrl-C to stop.", flush=True)
-            server.process.wait()
-            raise UserError(f"tritonserver exited with code {server.process.returncode}:\n{server.log_tail()}")
-    except LaunchError as error:
+            while True:  # until Ctrl-C / SIGTERM, or one of the two processes dies
+                if server.process.poll() is not None:
+                    raise UserError(f"tritonserver exited with code {server.process.returncode}:\n"
+                                    f"{server.log_tail()}")
+                if api is not None and api.process.poll() is not None:
+                    raise UserError(f"the API process exited with code {api.process.returncode} "
+                                    f"(log {api.log_path}):\n{api.log_tail()}")
+                time.sleep(0.5)
+    except (LaunchError, ApiLaunchError) as error:
         raise UserError(str(error)) from None
     except KeyboardInterrupt:
         print("tritonserver stopped", file=sys.stderr, flush=True)

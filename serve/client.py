@@ -1,7 +1,8 @@
 """Client library for the served `fill_mask` and `embed` models, over tritonclient's gRPC (sync and asyncio).
 
 Imports neither torch nor transformers. One text = one request; the texts of one call are sent
-concurrently so Triton's dynamic batcher can merge them. Only UNAVAILABLE (server starting,
+concurrently so Triton's dynamic batcher can merge them, at most `max_in_flight` at a time per client (a
+list of 100,000 texts goes out as a sliding window, not all at once). Only UNAVAILABLE (server starting,
 restarting, overloaded connection) is retried; every other error is raised at once with the
 server's message and the index of the text that caused it.
 """
@@ -24,6 +25,9 @@ RETRYABLE = ("StatusCode.UNAVAILABLE", "UNAVAILABLE")
 # gRPC's reconnect backoff grows to 120 s by default: a restarted server would look unavailable that long.
 # Keep it below the default retry window (0.2 + 0.4 + 0.8 s) so a retried call reaches a server that is back.
 MAX_RECONNECT_BACKOFF_MS = 500
+# Requests one client keeps in flight: enough to fill Triton's batches (max_batch_size 32) twice over, few
+# enough that a long list neither floods the server's queue nor holds thousands of pending calls in memory.
+DEFAULT_MAX_IN_FLIGHT = 64
 
 
 class ServingError(RuntimeError):
@@ -44,11 +48,13 @@ class MaskPrediction:
 class BertforgeClient:
     """Synchronous client: `fill_mask(texts, top_k)`, `embed(texts)`, `health()`."""
 
-    def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 10.0, retries: int = 3, backoff_s: float = 0.2):
+    def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 10.0, retries: int = 3, backoff_s: float = 0.2,
+                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT):
         import tritonclient.grpc as grpcclient
 
         self._grpc = grpcclient
         self.url, self.timeout_s, self.retries, self.backoff_s = url, timeout_s, retries, backoff_s
+        self.max_in_flight = _check_in_flight(max_in_flight)
         self._client = grpcclient.InferenceServerClient(url, channel_args=channel_args())
 
     def fill_mask(self, texts: str | list[str], top_k: int = contract.DEFAULT_TOP_K,
@@ -100,8 +106,10 @@ class BertforgeClient:
 
     def _send_round(self, model: str, texts: list[str], pending: list[int], parameters: dict[str, Any],
                     results: list[Any]) -> dict[int, Any]:
-        """One concurrent round over `pending`; fills `results`, returns {index: error}."""
+        """One concurrent round over `pending` (at most max_in_flight at a time); fills `results`, returns
+        {index: error}."""
         errors: dict[int, Any] = {}
+        slots = threading.Semaphore(self.max_in_flight)
         finished = threading.Semaphore(0)
 
         def callback(index: int, result: Any, error: Any) -> None:
@@ -109,9 +117,11 @@ class BertforgeClient:
                 errors[index] = error
             else:
                 results[index] = result
+            slots.release()
             finished.release()
 
         for index in pending:
+            slots.acquire()  # a sliding window: the next text goes out as soon as one answer is back
             self._client.async_infer(model, [_text_input(self._grpc, texts[index])],
                                      callback=functools.partial(callback, index),
                                      parameters=parameters, client_timeout=self.timeout_s)
@@ -123,12 +133,15 @@ class BertforgeClient:
 class AsyncBertforgeClient:
     """asyncio client (tritonclient.grpc.aio) with the same methods as BertforgeClient, awaitable."""
 
-    def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 10.0, retries: int = 3, backoff_s: float = 0.2):
+    def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 10.0, retries: int = 3, backoff_s: float = 0.2,
+                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT):
         import tritonclient.grpc as grpcclient
         import tritonclient.grpc.aio as aioclient
 
         self._grpc = grpcclient
         self.url, self.timeout_s, self.retries, self.backoff_s = url, timeout_s, retries, backoff_s
+        self.max_in_flight = _check_in_flight(max_in_flight)
+        self._slots = asyncio.Semaphore(self.max_in_flight)  # shared by every call of this client
         self._client = aioclient.InferenceServerClient(url, channel_args=channel_args())
 
     async def fill_mask(self, texts: str | list[str], top_k: int = contract.DEFAULT_TOP_K,
@@ -163,6 +176,10 @@ class AsyncBertforgeClient:
         return await asyncio.gather(*(self._infer_one(model, text, index, parameters) for index, text in enumerate(texts)))
 
     async def _infer_one(self, model: str, text: str, index: int, parameters: dict[str, Any]) -> Any:
+        async with self._slots:
+            return await self._infer_with_retries(model, text, index, parameters)
+
+    async def _infer_with_retries(self, model: str, text: str, index: int, parameters: dict[str, Any]) -> Any:
         for attempt in range(self.retries + 1):
             try:
                 return await self._client.infer(model, [_text_input(self._grpc, text)], parameters=parameters,
@@ -225,6 +242,12 @@ def _as_list(texts: str | list[str]) -> list[str]:
     if not texts:
         raise ValueError("no texts given")
     return texts
+
+
+def _check_in_flight(max_in_flight: int) -> int:
+    if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
+        raise ValueError(f"max_in_flight must be an integer >= 1, got {max_in_flight!r}")
+    return max_in_flight
 
 
 def _is_retryable(error: Any) -> bool:

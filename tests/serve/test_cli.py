@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.request
 
 import psutil
 import pytest
@@ -54,7 +55,7 @@ def test_serve_cli_explains_a_missing_repository(tmp_path, capsys):
 def test_serve_cli_starts_prints_endpoints_and_stops_on_sigterm(served_repo):
     process = subprocess.Popen(
         [sys.executable, "-m", "bertforge.cli", "serve", "--repo", str(served_repo), "--grpc-port", "0",
-         "--http-port", "0", "--metrics-port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         "--http-port", "0", "--metrics-port", "0", "--api-port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lines = []
         for line in process.stdout:
@@ -67,6 +68,8 @@ def test_serve_cli_starts_prints_endpoints_and_stops_on_sigterm(served_repo):
         with BertforgeClient(grpc_url) as client:
             assert client.health()["ready"]
             assert client.fill_mask("the [MASK] said.", top_k=1)[0][0][0].token
+        api_url = re.search(r"API +(http://127\.0\.0\.1:\d+)", output).group(1)  # the HTTP API beside it
+        assert urllib.request.urlopen(f"{api_url}/health", timeout=10).status == 200
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
         assert "tritonserver stopped" in process.stderr.read()

@@ -1,0 +1,5 @@
+import sys
+
+from serve.api.process import main
+
+sys.exit(main())

@@ -1,0 +1,142 @@
+"""What the API knows about the served models and how it asks Triton: tokenizers, size checks, gRPC aio, health.
+
+The API tokenizes each text with the model's own tokenizer (from the repository) only to count tokens
+(OpenAI's `usage`), to see truncation and to rebuild fill-mask's `sequence`; the model runs in Triton.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bertforge import contract
+from serve.api.errors import APIError, from_serving_error
+from serve.client import AsyncBertforgeClient, ServingError
+from serve.config import ApiConfig
+from serve.repository import ServingSettings, load_serving_settings
+
+HEALTH_TEXTS = {contract.FILL_MASK_MODEL: f"health {contract.MASK_TOKEN} check", contract.EMBED_MODEL: "health check"}
+
+
+@dataclass
+class Encoded:
+    ids: list[int]
+    truncated: bool
+
+
+class ServedModel:
+    """One model of the repository as the API sees it: its ServingSettings and its tokenizer."""
+
+    def __init__(self, name: str, version_dir: Path):
+        from tokenizers import Tokenizer
+
+        self.name = name
+        self.settings: ServingSettings = load_serving_settings(version_dir)
+        self.tokenizer = Tokenizer.from_file(str(version_dir / "tokenizer" / "tokenizer.json"))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length=self.settings.max_length)
+        self.mask_id = self.tokenizer.token_to_id(contract.MASK_TOKEN)
+
+    def check_sizes(self, texts: list[str]) -> None:
+        """413 for a text over the model's byte or character limit (the same limits Triton's backend applies)."""
+        for index, text in enumerate(texts):
+            try:
+                size = len(text.encode("utf-8"))
+            except UnicodeEncodeError as error:  # a lone surrogate ("\ud800") is valid JSON but no UTF-8
+                raise APIError(400, f"input {index} is not valid Unicode ({error.reason} at character "
+                                    f"{error.start})", "invalid_text") from None
+            if size > self.settings.max_text_bytes:  # bytes first, as the backend checks them
+                raise APIError(413, f"input {index} is {size} bytes; the limit is {self.settings.max_text_bytes} "
+                                    "(split it)", "input_too_large")
+            if len(text) > self.settings.max_text_chars:
+                raise APIError(413, f"input {index} is {len(text)} characters; the limit is "
+                                    f"{self.settings.max_text_chars} (split it)", "input_too_large")
+
+    def encode(self, texts: list[str]) -> list[Encoded]:
+        return [Encoded(encoding.ids, bool(encoding.overflowing)) for encoding in self.tokenizer.encode_batch(texts)]
+
+
+class TritonForwarder:
+    """The API's one gRPC aio client to Triton (shared by all HTTP requests) and the models it serves."""
+
+    def __init__(self, grpc_url: str, repo: Path, config: ApiConfig):
+        self.grpc_url, self.config = grpc_url, config
+        self.models = {name: ServedModel(name, Path(repo) / name / "1")
+                       for name in (contract.FILL_MASK_MODEL, contract.EMBED_MODEL)
+                       if (Path(repo) / name / "1" / "serving.json").is_file()}
+        if not self.models:
+            raise FileNotFoundError(f"{repo} holds neither {contract.FILL_MASK_MODEL} nor {contract.EMBED_MODEL} "
+                                    "(no <model>/1/serving.json); run `bertforge export` first")
+        self.client: AsyncBertforgeClient | None = None
+        self.dimension: int | None = None  # embed's output size, learnt from the first answer
+        self._health: tuple[float, dict] | None = None
+        self._health_lock: asyncio.Lock | None = None
+
+    async def start(self) -> None:
+        # retries=0: a down Triton is answered 503 at once; the caller (or its SDK) retries
+        self.client = AsyncBertforgeClient(self.grpc_url, timeout_s=self.config.timeout_s, retries=0,
+                                           max_in_flight=self.config.triton_in_flight)
+        self._health_lock = asyncio.Lock()
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+
+    def model(self, name: str) -> ServedModel:
+        if name not in self.models:
+            raise APIError(404, f"this repository does not serve {name!r}; served: {sorted(self.models)}",
+                           "model_not_found")
+        return self.models[name]
+
+    async def embed(self, texts: list[str], truncation: str | None) -> np.ndarray:
+        try:
+            vectors = await self.client.embed(texts, truncation=truncation)
+        except ServingError as error:
+            raise from_serving_error(error) from None
+        self.dimension = int(vectors.shape[1])
+        return vectors
+
+    async def fill_mask(self, texts: list[str], top_k: int, truncation: str | None) -> list[Any]:
+        try:
+            return await self.client.fill_mask(texts, top_k=top_k, truncation=truncation)
+        except ServingError as error:
+            raise from_serving_error(error) from None
+
+    async def embedding_dimension(self) -> int:
+        if self.dimension is None:
+            await self.embed([HEALTH_TEXTS[contract.EMBED_MODEL]], None)
+        return self.dimension
+
+    async def ready(self) -> dict:
+        """Triton's own readiness (cheap: no inference). Triton keeps saying ready when a model's stub died."""
+        return await self.client.health()
+
+    async def health(self) -> dict:
+        """A real inference on each model, each within health_timeout_s; cached health_cache_s seconds."""
+        async with self._health_lock:  # concurrent /health calls share one probe
+            now = time.monotonic()
+            if self._health is not None and now - self._health[0] < self.config.health_cache_s:
+                return self._health[1]
+            results = await asyncio.gather(*(self._probe(name) for name in self.models))
+            models = dict(zip(self.models, results))
+            report = {"healthy": all(result["ok"] for result in results), "models": models,
+                      "checked_at": time.time()}
+            self._health = (time.monotonic(), report)
+            return report
+
+    async def _probe(self, name: str) -> dict:
+        started = time.perf_counter()
+        text = HEALTH_TEXTS[name]
+        call = self.client.fill_mask(text, top_k=1) if name == contract.FILL_MASK_MODEL else self.client.embed(text)
+        try:
+            await asyncio.wait_for(call, self.config.health_timeout_s)
+        except TimeoutError:
+            return {"ok": False, "reason": f"no answer within {self.config.health_timeout_s} s"}
+        except ServingError as error:
+            return {"ok": False, "reason": str(error)}
+        return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 2)}

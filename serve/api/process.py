@@ -1,0 +1,157 @@
+"""Run the API in its own process (uvicorn) next to tritonserver, and stop it by its PID.
+
+`running_api(repo, grpc_url, ...)` is what `bertforge serve`, tests and bench use; the child is
+`python -m serve.api`, which binds its socket itself (port 0 = a free one, no race) and writes the
+address it listens on to a file once it is up. The API key travels in the child's environment, never
+on its command line (which any local user can read with ps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from serve.config import API_KEY_ENV, ApiConfig
+
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 10.0
+
+
+class ApiLaunchError(RuntimeError):
+    """The API process did not come up; the message holds its log."""
+
+
+@dataclass
+class ApiProcess:
+    process: subprocess.Popen
+    url: str
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+
+@contextlib.contextmanager
+def running_api(repo: str | Path, grpc_url: str, host: str = "127.0.0.1", config: ApiConfig | None = None,
+                api_key: str | None = None, log_path: str | Path | None = None,
+                start_timeout_s: float = START_TIMEOUT_S) -> Iterator[ApiProcess]:
+    """Context manager: the API process, up and listening; stopped (SIGTERM, then SIGKILL) on exit."""
+    from serve.launcher import _stop_with_parent
+
+    config = config or ApiConfig()
+    workdir = Path(tempfile.mkdtemp(prefix="bertforge-api-"))
+    log_path = Path(log_path) if log_path else workdir / "api.log"
+    address_file = workdir / "address.json"
+    env = dict(os.environ)
+    env.pop(API_KEY_ENV, None)
+    if api_key:
+        env[API_KEY_ENV] = api_key
+    command = [sys.executable, "-m", "serve.api", "--repo", str(repo), "--grpc-url", grpc_url, "--host", host,
+               "--config-json", json.dumps(dataclasses.asdict(config)), "--address-file", str(address_file)]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                   preexec_fn=_stop_with_parent)
+    api = ApiProcess(process, "", log_path)
+    try:
+        api.url = _wait_for_address(api, address_file, start_timeout_s)
+        yield api
+    finally:
+        _stop(process)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The child: `python -m serve.api --repo R --grpc-url U [--host H] [--config-json J] [--address-file F]`."""
+    import uvicorn
+
+    from serve.api.app import create_app
+    from serve.api.forward import TritonForwarder
+
+    parser = argparse.ArgumentParser(prog="python -m serve.api", description=__doc__)
+    parser.add_argument("--repo", required=True)
+    parser.add_argument("--grpc-url", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--config-json", default="{}", help="ApiConfig fields as JSON")
+    parser.add_argument("--address-file", help="written with {'url': ...} once listening")
+    args = parser.parse_args(argv)
+    config = ApiConfig(**json.loads(args.config_json))
+    app = create_app(TritonForwarder(args.grpc_url, Path(args.repo), config), config,
+                     api_key=os.environ.get(API_KEY_ENV) or None)
+    sock = _bind(args.host, config.port)
+    bound_port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+                                           timeout_graceful_shutdown=5))
+    url = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{bound_port}"
+
+    async def serve() -> None:
+        task = asyncio.ensure_future(server.serve(sockets=[sock]))
+        while not server.started:  # lifespan done (gRPC client up): announce the address
+            if task.done():
+                return await task
+            await asyncio.sleep(0.02)
+        if args.address_file:
+            Path(args.address_file).write_text(json.dumps({"url": url}))
+        print(f"bertforge API listening on {url}", flush=True)
+        await task
+
+    asyncio.run(serve())
+    return 0
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise SystemExit(f"cannot listen on {host}:{port} ({error}); pick another --api-port (0 = any free port)") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _wait_for_address(api: ApiProcess, address_file: Path, timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if api.process.poll() is not None:
+            raise ApiLaunchError(f"the API process exited with code {api.process.returncode} before it listened "
+                                 f"(log: {api.log_path}):\n{api.log_tail()}")
+        if address_file.is_file():
+            with contextlib.suppress(json.JSONDecodeError):
+                return json.loads(address_file.read_text())["url"]
+        time.sleep(0.05)
+    raise ApiLaunchError(f"the API process did not listen within {timeout_s:.0f} s (log: {api.log_path}):\n"
+                         f"{api.log_tail()}")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(process.pid, signal.SIGTERM)
+    try:
+        process.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGKILL)
+        process.wait(5)
