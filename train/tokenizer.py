@@ -2,15 +2,20 @@
 
 The result is always a `transformers.BertTokenizerFast` saved in HF format, so
 `AutoTokenizer.from_pretrained(folder)` loads it and every stage sees the same
-special tokens (bertforge.contract).
+special tokens (bertforge.contract). The vocabulary is learnt by train/wordpiece.py, the same
+merge procedure as `tokenizers`' WordPiece trainer but a pure function of the corpus: two runs of
+one config train byte-identical tokenizers (the Rust trainer numbers, and near the size limit
+picks, pieces in an order that changes with each process's hash seed).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from bertforge.contract import CLS_TOKEN, MASK_TOKEN, PAD_TOKEN, SEP_TOKEN, SPECIAL_TOKENS, UNK_TOKEN
+from train.wordpiece import learn_wordpiece_vocabulary
 
 
 def train_wordpiece_tokenizer(
@@ -22,7 +27,7 @@ def train_wordpiece_tokenizer(
     min_frequency: int = 2,
 ):
     """Train a BERT WordPiece tokenizer on `texts` and save it (HF format) to `output_dir`."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import BertTokenizerFast
 
     # Build BERT's normalizer / pre-tokenizer / post-processor around an empty WordPiece model
@@ -33,17 +38,19 @@ def train_wordpiece_tokenizer(
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece(prefix="##")
 
-    # Learn the vocabulary; special tokens come first so their ids are 0..4
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size,
-        min_frequency=min_frequency,
-        special_tokens=list(SPECIAL_TOKENS),
-        continuing_subword_prefix="##",
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(_non_empty(texts), trainer=trainer)
-    if tokenizer.get_vocab_size() <= len(SPECIAL_TOKENS):
+    # Count the corpus's words after BERT's normalisation and pre-tokenization
+    word_counts: Counter[str] = Counter()
+    for text in _non_empty(texts):
+        normalized = tokenizer.normalizer.normalize_str(text)
+        word_counts.update(word for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(normalized))
+    if not word_counts:
         raise ValueError("tokenizer training saw no text: the corpus is empty")
+
+    # Learn the vocabulary deterministically; special tokens come first so their ids are 0..4
+    vocab = learn_wordpiece_vocabulary(word_counts, vocab_size, SPECIAL_TOKENS, min_frequency=min_frequency)
+    tokenizer.model = models.WordPiece(vocab=vocab, unk_token=UNK_TOKEN, continuing_subword_prefix="##",
+                                       max_input_chars_per_word=100)
+    tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in SPECIAL_TOKENS])
     cls_id, sep_id = tokenizer.token_to_id(CLS_TOKEN), tokenizer.token_to_id(SEP_TOKEN)
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{CLS_TOKEN}:0 $A:0 {SEP_TOKEN}:0",

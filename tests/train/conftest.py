@@ -21,7 +21,7 @@ output_bias_init = "zero"  # the learning test watches the loss fall from ln(voc
 [data]
 train = "{corpus}/train.txt"
 eval = "{corpus}/eval.txt"
-tokenizer = "{tokenizer}"  # WordPiece training is not bit-reproducible across processes
+tokenizer = "{tokenizer}"  # one tokenizer for the session: saves retraining it per run
 vocab_size = 200
 seq_len = 32
 num_proc = 1
