@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--seconds", type=float, help="bound per load point (seconds)")
     serve.add_argument("--requests", type=int, help="bound per load point (requests)")
     serve.add_argument("--no-baselines", action="store_true", help="only the served model")
+    serve.add_argument("--api", choices=["openai", "tei", "hf"],
+                       help="also load the HTTP API beside Triton (openai: /v1/embeddings, tei: /embed, hf: "
+                            "/fill-mask), side by side with direct gRPC")
     serve.set_defaults(run=_run_serve)
 
     tune = commands.add_parser("tune", help="sweep Triton batching settings on a repository copy")
@@ -84,10 +87,15 @@ def _run_serve(args: argparse.Namespace) -> int:
     from bench.serving import run_serve_benchmark
     from bertforge.config import to_dict
 
+    if args.api and not args.task:  # the API route decides the model
+        from bench.config import API_TASKS
+
+        args.task = API_TASKS[args.api]
     config = _config(args, "serve", {
         "load.concurrency": args.concurrency and f"[{args.concurrency}]", "load.request_rate": args.rate,
         "texts.length": args.length and f'"{args.length}"', "texts.fixed_words": args.words, "rounds": args.rounds,
         "load.max_seconds": args.seconds, "load.max_requests": args.requests,
+        "api": args.api and f'"{args.api}"',
     })
     if args.no_baselines:
         config.baselines.pipeline = config.baselines.onnxruntime = config.baselines.batching_off = False

@@ -106,6 +106,9 @@ class TuneConfig:
             raise ConfigError("tune: concurrency and max_requests >= 1, p99_bound_ms and max_seconds > 0")
 
 
+API_TASKS = {"openai": "embed", "tei": "embed", "hf": "fill_mask"}
+
+
 @dataclass(kw_only=True)
 class BenchConfig:
     task: Literal["fill_mask", "embed"] = "fill_mask"
@@ -117,8 +120,14 @@ class BenchConfig:
     load: LoadConfig = field(default_factory=LoadConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    # also measure the HTTP API beside Triton (serve/api/), side by side with direct gRPC:
+    # "openai" (/v1/embeddings) and "tei" (/embed) need task "embed", "hf" (/fill-mask) task "fill_mask"
+    api: Literal["", "openai", "tei", "hf"] = ""
 
     def __post_init__(self) -> None:
+        if self.api and API_TASKS[self.api] != self.task:
+            raise ConfigError(f"--api {self.api} serves {API_TASKS[self.api]}; add --task {API_TASKS[self.api]} "
+                              f"(or pick --api {'hf' if self.task == 'fill_mask' else 'openai or tei'})")
         if self.rounds < 1:
             raise ConfigError(f"bench.rounds must be >= 1, got {self.rounds}")
         if self.output.suffix != ".json":

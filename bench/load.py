@@ -10,7 +10,9 @@ comes first. Triton's statistics are read before and after, giving the executed 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from bench.stats import point_figures
@@ -19,22 +21,23 @@ from bench.texts import RequestTexts
 
 def measure_served_point(url: str, task: str, texts: RequestTexts, *, concurrency: int = 1, request_rate: float = 0.0,
                          max_requests: int, max_seconds: float, warmup_seconds: float, timeout_s: float,
-                         top_k: int) -> dict:
-    """Throughput, latency percentiles, errors and Triton's average batch size for one load level."""
+                         top_k: int, api: str = "", api_url: str | None = None) -> dict:
+    """Throughput, latency percentiles, errors and Triton's average batch size for one load level.
+
+    `url` is Triton's gRPC address (requests and statistics); with `api` ("openai", "tei", "hf") the
+    requests go to the HTTP API at `api_url` instead, one text per request, and statistics still come
+    from Triton."""
     return asyncio.run(_measure(url, task, texts, concurrency, request_rate, max_requests, max_seconds,
-                                warmup_seconds, timeout_s, top_k))
+                                warmup_seconds, timeout_s, top_k, api, api_url))
 
 
 async def _measure(url: str, task: str, texts: RequestTexts, concurrency: int, request_rate: float,
                    max_requests: int, max_seconds: float, warmup_seconds: float, timeout_s: float,
-                   top_k: int) -> dict:
+                   top_k: int, api: str = "", api_url: str | None = None) -> dict:
     import tritonclient.grpc.aio as aioclient
 
-    from serve.client import AsyncBertforgeClient
-
     statistics = aioclient.InferenceServerClient(url)
-    async with AsyncBertforgeClient(url, timeout_s=timeout_s, retries=0) as client:
-        send = (lambda text: client.fill_mask(text, top_k=top_k)) if task == "fill_mask" else client.embed
+    async with _sender(url, task, timeout_s, top_k, api, api_url) as send:
         run = _open_loop if request_rate > 0 else _closed_loop
         load = request_rate if request_rate > 0 else concurrency
         # Warm-up (connections, ONNX Runtime's first runs, the batcher), from the other half of the texts
@@ -53,6 +56,45 @@ async def _measure(url: str, task: str, texts: RequestTexts, concurrency: int, r
         "executions": executions,
         "batch_size_counts": {str(size): count for size, count in sorted(batches.items()) if count},
     }
+
+
+@contextlib.asynccontextmanager
+async def _sender(url: str, task: str, timeout_s: float, top_k: int, api: str,
+                  api_url: str | None) -> AsyncIterator[Callable[[str], Awaitable[Any]]]:
+    """`send(text)`: over gRPC with our client, or as the API's JSON over HTTP (aiohttp, kept-alive connections)."""
+    from serve.client import AsyncBertforgeClient, ServingError
+
+    if not api:
+        async with AsyncBertforgeClient(url, timeout_s=timeout_s, retries=0) as client:
+            yield (lambda text: client.fill_mask(text, top_k=top_k)) if task == "fill_mask" else client.embed
+        return
+    import aiohttp
+
+    route, body = API_REQUESTS[api]
+    # aiohttp, not httpx: the load generator's own CPU counts against the server on a small machine, and
+    # httpx took ~1.7x more of it per request here (measured against the same API at 32 users)
+    connector = aiohttp.TCPConnector(limit=0)  # one kept-alive connection per user, no pool cap
+    async with aiohttp.ClientSession(api_url, connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
+        async def send(text: str) -> Any:
+            try:
+                async with session.post(route, json=body(text, top_k)) as reply:
+                    content = await reply.read()
+            except (aiohttp.ClientError, TimeoutError) as error:
+                raise ServingError(f"{type(error).__name__}: {error}", "UNAVAILABLE") from None
+            if reply.status != 200:
+                raise ServingError(f"HTTP {reply.status}: {content[:200]!r}", str(reply.status))
+            return content
+
+        yield send
+
+
+# the HTTP API's request per --api: (route, body of one text)
+API_REQUESTS = {
+    "openai": ("/v1/embeddings", lambda text, top_k: {"model": "embed", "input": text}),
+    "tei": ("/embed", lambda text, top_k: {"inputs": text, "normalize": False}),
+    "hf": ("/fill-mask", lambda text, top_k: {"inputs": text, "parameters": {"top_k": top_k}}),
+}
 
 
 async def _closed_loop(send: Any, texts: RequestTexts, concurrency: int, max_requests: int, max_seconds: float,

@@ -4,7 +4,9 @@ Contenders, all on the same texts, alternating within each round so machine nois
   - `triton`: our repository as exported (dynamic batching on), a concurrency sweep (or a fixed rate);
   - `triton_no_batching`: a copy of the repository with dynamic batching off, the same sweep;
   - `onnxruntime_b1` / `_b16`: the exported graph in this process (no Triton), one text at a time / batched;
-  - `pipeline_fill_mask_b1` / `_b16` (embed: `pytorch_mean_pooling_*`): PyTorch fp32 eager in this process.
+  - `pipeline_fill_mask_b1` / `_b16` (embed: `pytorch_mean_pooling_*`): PyTorch fp32 eager in this process;
+  - with `--api openai|tei|hf`: `api_<kind>`, the HTTP API (serve/api/) in front of the same `triton` server,
+    one text per HTTP request, the same sweep (its cost = the difference to `triton`).
 Figures per contender are its fastest round (noise only slows runs down); the goals are medians of
 ratios measured side by side within each round.
 """
@@ -28,6 +30,7 @@ from bench.texts import RequestTexts, build_request_texts
 SERVED = "triton"
 SERVED_NO_BATCHING = "triton_no_batching"
 GOAL_CONCURRENCY = 16
+API_GOAL_CONCURRENCY = 32
 
 
 def run_serve_benchmark(config: BenchConfig, repo: Path | None = None, model_dir: Path | None = None,
@@ -44,6 +47,10 @@ def run_serve_benchmark(config: BenchConfig, repo: Path | None = None, model_dir
 
         # Servers: ours (or the one at --url) and, on a repository copy, the same with batching off
         servers = {SERVED: url or stack.enter_context(start_server(repo, log, "dynamic batching on"))}
+        apis: dict[str, tuple[str, str]] = {}  # contender -> (API kind, its URL); its Triton is SERVED
+        if config.api:
+            apis[api_contender(config.api)] = (config.api, stack.enter_context(start_api(repo, servers[SERVED], log)))
+            servers[api_contender(config.api)] = servers[SERVED]
         if config.baselines.batching_off and url is None:
             variant = variant_repository(repo, scratch / "no_batching", config.task, dynamic_batching=False)
             servers[SERVED_NO_BATCHING] = stack.enter_context(start_server(variant, log, "dynamic batching off"))
@@ -51,15 +58,16 @@ def run_serve_benchmark(config: BenchConfig, repo: Path | None = None, model_dir
         rounds = []
         for number in range(config.rounds):
             log(f"[bench] round {number + 1}/{config.rounds}")
-            rounds.append(measure_round(config, servers, repo, model_dir, texts, settings, number, log))
+            rounds.append(measure_round(config, servers, repo, model_dir, texts, settings, number, log, apis))
     points = summarize_rounds(rounds)
     return {"benchmark": "serve", "task": config.task, "repo": str(repo), "url": url,
             "hf_model": str(model_dir) if model_dir else None, "serving": settings, "texts": texts.summary(),
-            "points": points, "rounds": rounds, "goals": goals(rounds, config.task)}
+            "points": points, "rounds": rounds, "goals": goals(rounds, config.task) | api_goals(rounds, config.api)}
 
 
 def measure_round(config: BenchConfig, servers: dict[str, str], repo: Path, model_dir: Path | None,
-                  texts: RequestTexts, settings: dict, number: int, log: Callable[[str], None]) -> list[dict]:
+                  texts: RequestTexts, settings: dict, number: int, log: Callable[[str], None],
+                  apis: dict[str, tuple[str, str]] | None = None) -> list[dict]:
     """One of each: served points (the variants alternate per load level), then the in-process baselines."""
     load = config.load
     points: list[dict] = []
@@ -67,10 +75,11 @@ def measure_round(config: BenchConfig, servers: dict[str, str], repo: Path, mode
     order = list(servers.items()) if number % 2 == 0 else list(reversed(servers.items()))
     for users in levels:
         for contender, grpc_url in order:
+            api, api_url = (apis or {}).get(contender, ("", None))
             point = measure_served_point(grpc_url, config.task, texts, concurrency=users or 1,
                                          request_rate=load.request_rate, max_requests=load.max_requests,
                                          max_seconds=load.max_seconds, warmup_seconds=load.warmup_seconds,
-                                         timeout_s=load.timeout_s, top_k=load.top_k)
+                                         timeout_s=load.timeout_s, top_k=load.top_k, api=api, api_url=api_url)
             points.append({"contender": contender} | point)
             log(_point_line(points[-1]))
     baselines = config.baselines
@@ -120,6 +129,37 @@ def goals(rounds: list[list[dict]], task: str) -> dict:
         met = None if value is None else (value >= target if sense == ">=" else value <= target)
         result[name] = {"meaning": meaning, "value": value, "per_round": values[name], "target": f"{sense} {target}",
                         "met": met}
+    return result
+
+
+def api_contender(api: str) -> str:
+    return f"api_{api}"
+
+
+def api_goals(rounds: list[list[dict]], api: str) -> dict:
+    """The HTTP API's own cost, against direct gRPC to the same Triton in the same round: the c1 p50
+    difference (<= 0.5 ms) and the c32 throughput ratio (>= 0.9); the sweep must hold 1 and 32 users."""
+    if not api:
+        return {}
+    name = api_contender(api)
+    values: dict[str, list[float]] = {"api_c1_p50_overhead_ms": [], "api_c32_throughput_ratio": []}
+    for points in rounds:
+        by_key = {(point["contender"], point.get("concurrency")): point for point in points}
+        api1, grpc1 = by_key.get((name, 1)), by_key.get((SERVED, 1))
+        api32, grpc32 = by_key.get((name, API_GOAL_CONCURRENCY)), by_key.get((SERVED, API_GOAL_CONCURRENCY))
+        if api1 and grpc1 and api1["p50_ms"] is not None and grpc1["p50_ms"] is not None:
+            values["api_c1_p50_overhead_ms"].append(api1["p50_ms"] - grpc1["p50_ms"])
+        if api32 and grpc32 and grpc32["requests_per_s"]:
+            values["api_c32_throughput_ratio"].append(api32["requests_per_s"] / grpc32["requests_per_s"])
+    targets = {"api_c1_p50_overhead_ms": (f"{name} c1 p50 - {SERVED} c1 p50 (ms)", "<=", 0.5),
+               "api_c32_throughput_ratio": (f"{name} c{API_GOAL_CONCURRENCY} req/s / {SERVED} "
+                                            f"c{API_GOAL_CONCURRENCY} req/s", ">=", 0.9)}
+    result = {}
+    for key, (meaning, sense, target) in targets.items():
+        value = median(values[key])
+        met = None if value is None else (value >= target if sense == ">=" else value <= target)
+        result[key] = {"meaning": meaning, "value": value, "per_round": values[key], "target": f"{sense} {target}",
+                       "met": met}
     return result
 
 
@@ -174,6 +214,17 @@ def start_server(repo: Path, log: Callable[[str], None], what: str) -> Iterator[
     with running_server(repo, grpc_port=0, http_port=0, metrics_port=0) as server:
         log(f"[bench] tritonserver ({what}) on {server.endpoints.grpc_url}, pid {server.pid}")
         yield server.endpoints.grpc_url
+
+
+@contextlib.contextmanager
+def start_api(repo: Path, grpc_url: str, log: Callable[[str], None]) -> Iterator[str]:
+    """The HTTP API (serve/api/) on a free loopback port, forwarding to the Triton at `grpc_url`; yields its URL."""
+    from serve.api.process import running_api
+    from serve.config import ApiConfig
+
+    with running_api(repo, grpc_url, config=ApiConfig(port=0, max_in_flight=4096)) as api:
+        log(f"[bench] HTTP API on {api.url}, pid {api.pid}, forwarding to {grpc_url}")
+        yield api.url
 
 
 def _source_model(settings: dict) -> Path | None:

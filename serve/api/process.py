@@ -113,13 +113,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bertforge API listening on {url}", flush=True)
         await task
 
-    asyncio.run(serve())
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after its graceful shutdown
+        _event_loop_runner()(serve())
     return 0
+
+
+def _event_loop_runner():
+    """uvloop when installed (measured: less CPU per request than asyncio's loop), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run
 
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only then, and without it
+    # a response's headers and body (two writes) meet the client's delayed ACK: +40 ms per request
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

@@ -267,3 +267,33 @@ def test_health_sees_a_killed_backend_stub_that_triton_still_calls_ready(served_
         assert time.monotonic() - killed < 10
         assert "embed" in reply.json()["error"]["message"] and reply.json()["models"]["fill_mask"]["ok"]
         assert server.is_ready()  # what Triton itself says meanwhile
+
+
+def test_a_keep_alive_request_takes_milliseconds_not_a_delayed_ack(api):
+    """Regression: without TCP_NODELAY on the API's socket every answer waited ~40 ms for the client's delayed ACK."""
+    import time
+
+    with httpx.Client(base_url=api.url) as client:
+        durations = []
+        for _ in range(15):
+            started = time.perf_counter()
+            assert client.get("/v1/models").status_code == 200
+            durations.append(time.perf_counter() - started)
+    assert sorted(durations)[len(durations) // 2] < 0.02, durations
+
+
+def test_bench_serve_measures_the_api_beside_direct_grpc(served_repo, grpc_url, tmp_path):
+    from bertforge.cli import main
+
+    output = tmp_path / "api.json"
+    assert main(["bench", "serve", "--repo", str(served_repo), "--url", grpc_url, "--api", "tei", "--concurrency",
+                 "1,32", "--seconds", "1", "--requests", "300", "--rounds", "1", "--no-baselines", "--no-plots",
+                 "--output", str(output)]) == 0
+    results = json.loads(output.read_text())
+    assert results["task"] == "embed"  # --api tei picks the model
+    points = {(point["contender"], point["concurrency"]): point for point in results["points"]}
+    assert set(points) == {("triton", 1), ("triton", 32), ("api_tei", 1), ("api_tei", 32)}
+    assert points[("api_tei", 32)]["errors"] == 0 and points[("api_tei", 32)]["requests"] > 0
+    assert points[("api_tei", 32)]["avg_batch_size"] > 1  # Triton still merges the API's requests
+    goals = results["goals"]
+    assert goals["api_c1_p50_overhead_ms"]["value"] is not None and goals["api_c32_throughput_ratio"]["value"] > 0
