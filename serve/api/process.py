@@ -98,8 +98,9 @@ def main(argv: list[str] | None = None) -> int:
                      api_key=os.environ.get(API_KEY_ENV) or None)
     sock = _bind(args.host, config.port)
     bound_port = sock.getsockname()[1]
+    # proxy_headers off: no proxy is trusted by default (X-Forwarded-For from anyone would be believed)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                                           timeout_graceful_shutdown=5))
+                                           timeout_graceful_shutdown=5, proxy_headers=False, server_header=False))
     url = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{bound_port}"
 
     async def serve() -> None:

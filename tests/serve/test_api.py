@@ -265,8 +265,11 @@ def test_health_sees_a_killed_backend_stub_that_triton_still_calls_ready(served_
             time.sleep(0.2)
         assert reply.status_code == 503, reply.text
         assert time.monotonic() - killed < 10
-        assert "embed" in reply.json()["error"]["message"] and reply.json()["models"]["fill_mask"]["ok"]
-        assert server.is_ready()  # what Triton itself says meanwhile
+        if server.process.poll() is None:  # the usual outcome: Triton lives on, says ready, embed fails for good
+            assert "embed" in reply.json()["error"]["message"] and reply.json()["models"]["fill_mask"]["ok"]
+            assert server.is_ready()
+        else:  # seen once: the python backend aborted tritonserver (boost::interprocess::lock_exception)
+            assert "unavailable" in reply.json()["error"]["message"]
 
 
 def test_a_keep_alive_request_takes_milliseconds_not_a_delayed_ack(api):
