@@ -30,6 +30,8 @@ def from_serving_error(error: Exception) -> APIError:
     status = str(getattr(error, "status", "") or "")
     message = str(error)
     if "INVALID_ARGUMENT" in status:
+        if "longer than the model's maximum" in message:  # truncation="error" (TEI's truncate=false)
+            return APIError(413, message, "input_too_long")
         return APIError(400, message, "invalid_input")
     if "NOT_FOUND" in status:
         return APIError(404, message, "model_not_found")

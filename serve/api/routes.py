@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from typing import Any
@@ -50,8 +51,11 @@ async def openai_embeddings(body: EmbeddingsRequest, request: Request) -> Respon
             raise APIError(400, f"dimensions={body.dimensions} is not supported: this model's embeddings have "
                                 f"{dimension} dimensions (omit dimensions or send {dimension})", "invalid_dimensions")
     with request.app.state.limiter:
+        model.check_sizes(texts)
+        # send first, count tokens while Triton works: the API's tokenizing adds no latency
+        answer = asyncio.ensure_future(forwarder.embed(texts, None))
         encoded = _count_tokens(model, texts, request)
-        vectors = await forwarder.embed(texts, None)
+        vectors = await answer
     if body.encoding_format == "base64":
         embeddings: list[Any] = [base64.b64encode(vector.astype("<f4").tobytes()).decode() for vector in vectors]
     else:
@@ -75,11 +79,12 @@ async def openai_models(request: Request) -> Response:
 async def tei_embed(body: EmbedRequest, request: Request) -> Response:
     forwarder, model = _forwarder(request), _forwarder(request).model(contract.EMBED_MODEL)
     texts = _texts(body.inputs, request, "/embed")
+    truncation = {None: None, True: "truncate", False: "error"}[body.truncate]  # "error": Triton refuses, 413
     with request.app.state.limiter:
-        encoded = _count_tokens(model, texts, request)
-        if body.truncate is False:
-            _refuse_truncated(model, encoded)
-        vectors = await forwarder.embed(texts, None if body.truncate is None else "truncate")
+        model.check_sizes(texts)
+        answer = asyncio.ensure_future(forwarder.embed(texts, truncation))
+        _count_tokens(model, texts, request)
+        vectors = await answer
     if body.normalize:
         vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     return _json(vectors.astype(np.float32))
@@ -94,10 +99,12 @@ async def hf_fill_mask(body: FillMaskRequest, request: Request) -> Response:
     top_k = parameters.top_k if parameters and parameters.top_k is not None else model.settings.default_top_k
     targets = _target_ids(model, parameters.targets) if parameters and parameters.targets is not None else None
     with request.app.state.limiter:
-        encoded = _count_tokens(model, texts, request)
+        model.check_sizes(texts)
         # with targets: ask for every exported candidate, then keep the targets among them
         asked = model.settings.max_top_k if targets is not None else top_k
-        predictions = await forwarder.fill_mask(texts, asked, None)
+        answer = asyncio.ensure_future(forwarder.fill_mask(texts, asked, None))
+        encoded = _count_tokens(model, texts, request)  # while Triton works; `sequence` needs the ids
+        predictions = await answer
     answers = [_hf_masks(model, item, masks, top_k, targets) for item, masks in zip(encoded, predictions)]
     return _json(answers[0] if isinstance(body.inputs, str) else answers)
 
@@ -158,7 +165,6 @@ def _texts(inputs: str | list[str], request: Request, route: str) -> list[str]:
 
 
 def _count_tokens(model: ServedModel, texts: list[str], request: Request) -> list[Any]:
-    model.check_sizes(texts)
     encoded = model.encode(texts)
     metrics: ApiMetrics = request.app.state.metrics
     metrics.tokens.labels(model.name).inc(sum(len(item.ids) for item in encoded))
@@ -166,13 +172,6 @@ def _count_tokens(model: ServedModel, texts: list[str], request: Request) -> lis
     if truncated:
         metrics.truncations.labels(model.name).inc(truncated)
     return encoded
-
-
-def _refuse_truncated(model: ServedModel, encoded: list[Any]) -> None:
-    for index, item in enumerate(encoded):
-        if item.truncated:
-            raise APIError(413, f"input {index} is longer than the model's maximum of {model.settings.max_length} "
-                                "tokens; send truncate=true to cut it, or shorten it", "input_too_long")
 
 
 def _forwarder(request: Request) -> TritonForwarder:
