@@ -16,6 +16,7 @@ from bertforge.config import ConfigError, save_config, to_dict
 from bertforge.paths import cache_dir
 from train.config import DataConfig, LoopConfig, TrainConfig
 from train.data import BlockBatches, MaskedBlockDataset, build_blocks, masked_eval_batches, masking_spec
+from train.precision import choose_precision
 
 
 @dataclass
@@ -27,6 +28,7 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     distributed: bool = False
+    precision_reason: str = ""  # why this precision (train/precision.py), logged at start
 
     def autocast(self):
         if self.precision in ("bf16", "fp16"):
@@ -73,11 +75,7 @@ def start_runtime(loop: LoopConfig) -> Runtime:
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    # Precision: bf16 autocast on CUDA by default, fp32 on CPU
-    precision = loop.precision
-    if precision == "auto":
-        precision = "bf16" if use_cuda and torch.cuda.is_bf16_supported() else "fp32"
-    if precision == "fp16" and not use_cuda:
+    if loop.precision == "fp16" and not use_cuda:
         raise ConfigError("train.precision = 'fp16' needs CUDA (GradScaler); use 'fp32' or 'bf16' on CPU")
     # Process group: nccl on CUDA, gloo on CPU
     distributed = world_size > 1
@@ -85,7 +83,22 @@ def start_runtime(loop: LoopConfig) -> Runtime:
         torch.distributed.init_process_group(
             "nccl" if use_cuda else "gloo", rank=rank, world_size=world_size, timeout=timedelta(minutes=30)
         )
-    return Runtime(device=device, precision=precision, rank=rank, world_size=world_size, distributed=distributed)
+    # Precision: bf16 autocast where it is supported (CUDA) or measured faster (CPU), else fp32
+    precision, reason = _agreed_precision(loop.precision, use_cuda, rank, distributed, device)
+    return Runtime(device=device, precision=precision, rank=rank, world_size=world_size, distributed=distributed,
+                   precision_reason=reason)
+
+
+def _agreed_precision(requested: str, use_cuda: bool, rank: int, distributed: bool, device) -> tuple[str, str]:
+    """choose_precision, measured once on rank 0 when it is a CPU measurement: all ranks must agree."""
+    if not (distributed and requested == "auto" and not use_cuda):
+        return choose_precision(requested, use_cuda)
+    precision, reason = choose_precision(requested, use_cuda) if rank == 0 else ("", "")
+    flag = torch.tensor([1.0 if precision == "bf16" else 0.0], device=device)
+    torch.distributed.broadcast(flag, src=0)
+    if rank == 0:
+        return precision, reason
+    return ("bf16" if flag.item() > 0 else "fp32"), "auto: rank 0's measurement"
 
 
 def prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime, invariants) -> None:

@@ -65,12 +65,17 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime) -
     scaler = torch.amp.GradScaler("cuda") if runtime.precision == "fp16" else None
 
     # Resume from the newest complete checkpoint (broken ones are skipped with a warning)
-    state = {"step": 0, "tokens_seen": 0, "bad_steps": 0, "elapsed_s": 0.0}
+    state = {"step": 0, "tokens_seen": 0, "bad_steps": 0, "elapsed_s": 0.0, "precision": runtime.precision}
     resume_from = latest_complete_checkpoint(checkpoints) if resume else None
     if resume_from is not None:
         check_vocabulary(resume_from, len(tokenizer), run_dir / "tokenizer")
         state = load_checkpoint(resume_from, mlm, optimizer, scaler)
         runtime.print(f"[train] resumed from {resume_from} (step {state['step']})")
+        saved_precision = state.setdefault("precision", runtime.precision)
+        if config.train.precision == "auto" and saved_precision != runtime.precision:
+            # "auto" is decided once per run: a resumed run keeps its arithmetic even if a new measurement differs
+            runtime.precision, runtime.precision_reason = saved_precision, "auto: as the run was started"
+        state["precision"] = runtime.precision
     elif resume:
         runtime.print("[train] --resume: no complete checkpoint yet, starting from step 0")
 
@@ -82,6 +87,10 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime) -
     step_flops = flops_per_token(mlm, config.data.seq_len, config.data.mask_prob, config.train.sparse_head)
     peak = peak_flops(runtime.device)
     logger = MetricsLogger(run_dir, config.log.tensorboard) if master else None
+    runtime.print(f"[train] {runtime.device}, precision {runtime.precision} ({runtime.precision_reason})")
+    if master:
+        logger.log({"step": state["step"], "device": str(runtime.device), "precision": runtime.precision,
+                    "precision_reason": runtime.precision_reason})
     progress = _progress_bar(master and config.log.progress, state["step"], max_steps)
     consecutive_bad, window_start, window_tokens = 0, time.perf_counter(), 0
     run_start, elapsed_before = time.perf_counter(), state["elapsed_s"]
@@ -187,6 +196,7 @@ def evaluate(objective: MaskedLMObjective, batches, runtime: Runtime) -> dict[st
     """Masked-token accuracy and perplexity on held-out blocks masked with a fixed seed."""
     was_training = objective.training
     objective.eval()
+    started = time.perf_counter()
     loss_sum = count = correct = 0.0
     for inputs, labels in batches:
         with runtime.autocast():
@@ -197,7 +207,8 @@ def evaluate(objective: MaskedLMObjective, batches, runtime: Runtime) -> dict[st
     objective.train(was_training)
     mean_loss = loss_sum / max(count, 1)
     return {"eval_loss": mean_loss, "eval_accuracy": correct / max(count, 1),
-            "eval_perplexity": math.exp(min(mean_loss, 50.0)), "eval_masked_tokens": int(count)}
+            "eval_perplexity": math.exp(min(mean_loss, 50.0)), "eval_masked_tokens": int(count),
+            "eval_s": time.perf_counter() - started}
 
 
 def check_vocabulary(checkpoint: Path, vocab_size: int, tokenizer_dir: Path) -> None:

@@ -32,6 +32,7 @@ warmup_steps = 5
 [train]
 batch_size = 8
 max_steps = 80
+eval_every = 20
 [checkpoint]
 every = 20
 keep = 2

@@ -31,6 +31,8 @@ def test_run_folder_layout_and_learning(trained_run):
     metrics = read_metrics(trained_run)
     losses = [m["loss"] for m in metrics if "loss" in m]
     assert len(losses) == 16 and losses[-1] < losses[0] - 1.0, losses
+    held_out = [(m["step"], m["eval_loss"]) for m in metrics if "eval_loss" in m]  # eval_every = 20, and the end
+    assert [step for step, _ in held_out] == [20, 40, 60, 80] and held_out[-1][1] < held_out[0][1], held_out
     final_eval = [m for m in metrics if "eval_accuracy" in m][-1]
     # uniform guessing over 200 tokens: perplexity 200, accuracy 0.005
     assert final_eval["eval_accuracy"] > 0.1 and final_eval["eval_perplexity"] < 60, final_eval
