@@ -3,11 +3,15 @@
     python bench/gpu_check.py            # on a CUDA machine: finishes in a few minutes, prints a table
     python bench/gpu_check.py --dry-run  # anywhere: tiny sizes on CPU, same code paths (the test suite runs it)
 
-Rows: BERT-base (12L/768H, vocab 30522) pretraining at sequence 128 in bf16 with the sparse MLM head
-on/off, eager and torch.compile (tokens/s, MFU against the GPU's dense bf16 peak); encoder inference
+Rows: this run's own matmul peak (bf16 8192^3); BERT-base (12L/768H, vocab 30522) pretraining at
+sequence 128 in bf16 with the sparse MLM head on/off, eager and torch.compile, at --batch-size (256
+for an H200), then two levers on the compiled sparse step: twice the batch, and the vocabulary padded
+to a multiple of 64 (tokens/s, MFU against the datasheet dense bf16 peak and against the measured
+matmul peak; model FLOPs count the unpadded vocabulary); encoder inference
 latency at batch 1 x 128 and throughput at batch 64 x 128 in fp16 and bf16 through PyTorch, and through
 ONNX Runtime's CUDA execution provider when it is installed. Timing uses CUDA events after warm-up,
 median of repeats, on fresh random token ids (never zeros). Writes JSON next to the table with --output.
+A row that fails (out of memory, a compile error) is written as an error row and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes on CPU (checks the code paths only)")
     parser.add_argument("--train-steps", type=int, default=20, help="timed optimizer steps per training row")
-    parser.add_argument("--batch-size", type=int, default=128, help="training sequences per step")
+    parser.add_argument("--batch-size", type=int, default=256, help="training sequences per step (H200: 256; "
+                        "the batch lever row doubles it)")
     parser.add_argument("--skip-compile", action="store_true")
     parser.add_argument("--output", default="", help="also write the rows as JSON here")
     args = parser.parse_args(argv)
@@ -40,23 +45,33 @@ def main(argv: list[str] | None = None) -> int:
     sizes = SIZES["dry"] if args.dry_run else SIZES["base"]
     steps = 2 if args.dry_run else args.train_steps
     batch = 4 if args.dry_run else args.batch_size
-    rows = [environment_row(device)]
+    rows = [environment_row(device), matmul_peak_row(device, dry=args.dry_run)]
+    measured_peak = rows[1].get("flops_per_s")
 
     # Pretraining throughput: sparse head on/off, eager and compiled
-    for compiled in (False, True):
-        if compiled and args.skip_compile:
-            continue
-        for sparse in (True, False):
-            rows.append(train_row(sizes, device, batch, steps, sparse=sparse, compiled=compiled))
+    plans = [dict(sizes=sizes, batch=batch, sparse=sparse, compiled=compiled)
+             for compiled in ((False,) if args.skip_compile else (False, True)) for sparse in (True, False)]
+    # Levers on the best step (compiled, sparse head): a doubled batch; the vocabulary padded to a multiple of 64
+    best = plans[-2]
+    plans.append({**best, "batch": 2 * batch})
+    plans.append({**best, "sizes": {**sizes, "vocab": padded_vocab(sizes["vocab"])}})
+    for plan in plans:
+        rows.append(_guarded(f"train {plan}", lambda plan=plan: train_row(
+            plan["sizes"], device, plan["batch"], steps, sparse=plan["sparse"], compiled=plan["compiled"],
+            measured_peak=measured_peak, base_vocab=sizes["vocab"])))
     # Encoder inference: PyTorch fp16/bf16 (fp32 on CPU dry runs), then ONNX Runtime CUDA EP if present
     for dtype_name in (("fp32",) if device.type == "cpu" else ("fp16", "bf16")):
-        rows += inference_rows(sizes, device, dtype_name, dry=args.dry_run)
-    rows += onnxruntime_rows(sizes, device, dry=args.dry_run)
+        rows += _guarded(f"infer {dtype_name}", lambda name=dtype_name: inference_rows(sizes, device, name, dry=args.dry_run),
+                         many=True)
+    rows += _guarded("infer onnxruntime", lambda: onnxruntime_rows(sizes, device, dry=args.dry_run), many=True)
 
     print_table(rows)
     if args.output:
         Path(args.output).write_text(json.dumps(rows, indent=1))
-    return 0
+    failed = [row["row"] for row in rows if "error" in row]
+    if failed:
+        print(f"rows that failed (error in their JSON row): {failed}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 SIZES = {
@@ -70,6 +85,26 @@ def environment_row(device) -> dict:
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return {"row": "environment", "device": name, "torch": torch.__version__}
+
+
+def matmul_peak_row(device, dry: bool) -> dict:
+    """The machine's own dense peak, measured in this run: bf16 8192^3 matmul on a GPU (fp32 256^3 in dry runs)."""
+    import torch
+
+    size, dtype = (256, torch.float32) if dry else (8192, torch.bfloat16)
+    left = torch.randn(size, size, device=device, dtype=dtype)
+    right = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(3):
+        left @ right
+    _sync(device)
+    repeats = 3 if dry else 20
+    seconds = _time(device, lambda: [left @ right for _ in range(repeats)]) / repeats
+    return {"row": f"matmul {'fp32' if dry else 'bf16'} {size}^3", "flops_per_s": 2 * size**3 / seconds,
+            "median_ms": 1000 * seconds}
+
+
+def padded_vocab(vocab: int, multiple: int = 64) -> int:
+    return -(-vocab // multiple) * multiple
 
 
 def build(sizes: dict, device):
@@ -92,7 +127,8 @@ def random_batch(sizes: dict, batch: int, device, generator):
     return inputs, labels
 
 
-def train_row(sizes: dict, device, batch: int, steps: int, sparse: bool, compiled: bool) -> dict:
+def train_row(sizes: dict, device, batch: int, steps: int, sparse: bool, compiled: bool,
+              measured_peak: float | None = None, base_vocab: int | None = None) -> dict:
     """Tokens/s and MFU of our training step (AdamW fused on CUDA, bf16 autocast)."""
     import torch
 
@@ -101,6 +137,8 @@ def train_row(sizes: dict, device, batch: int, steps: int, sparse: bool, compile
     from train.optim import build_optimizer
 
     torch.manual_seed(0)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     model = build(sizes, device)
     objective = MaskedLMObjective(model, sparse_head=sparse, compile_encoder=compiled)
     optimizer = build_optimizer(model, OptimConfig(lr=1e-4), device)
@@ -124,10 +162,17 @@ def train_row(sizes: dict, device, batch: int, steps: int, sparse: bool, compile
     seconds = _time(device, lambda: [step(*batches[i % len(batches)]) for i in range(steps)])
     tokens_per_s = steps * batch * sizes["seq"] / seconds
     peak = peak_flops(device)
-    mfu = flops_per_token(model, sizes["seq"], 0.15, sparse) * tokens_per_s / peak if peak else None
+    # Model FLOPs of the unpadded model (padding rows are not useful work), over the datasheet and the measured peak
+    unpadded = _with_vocab(model.config, base_vocab or sizes["vocab"])
+    model_flops = flops_per_token(unpadded, sizes["seq"], 0.15, sparse) * tokens_per_s
     precision = "bf16" if device.type == "cuda" else "fp32"
-    return {"row": f"train {precision} {'compiled' if compiled else 'eager'} {'sparse' if sparse else 'dense'} head",
-            "tokens_per_s": tokens_per_s, "mfu": mfu, "step_ms": 1000 * seconds / steps, "warmup_s": warmup_s}
+    name = f"train {precision} {'compiled' if compiled else 'eager'} {'sparse' if sparse else 'dense'} head b{batch}"
+    if base_vocab and base_vocab != sizes["vocab"]:
+        name += f" vocab {sizes['vocab']}"
+    return {"row": name, "tokens_per_s": tokens_per_s, "mfu": model_flops / peak if peak else None,
+            "mfu_of_measured_peak": model_flops / measured_peak if measured_peak and device.type == "cuda" else None,
+            "step_ms": 1000 * seconds / steps, "warmup_s": warmup_s, "batch": batch, "vocab": sizes["vocab"],
+            "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
 
 
 def inference_rows(sizes: dict, device, dtype_name: str, dry: bool) -> list[dict]:
@@ -164,7 +209,7 @@ def onnxruntime_rows(sizes: dict, device, dry: bool) -> list[dict]:
     import numpy as np
     import torch
 
-    encoder = build(sizes, "cpu").bert.eval()
+    encoder = _keyword_encoder(build(sizes, "cpu").bert.eval())
     path = Path(tempfile.mkdtemp()) / "encoder.onnx"
     example = torch.randint(5, sizes["vocab"], (1, sizes["seq"]))
     torch.onnx.export(encoder, (example,), str(path), input_names=["input_ids"], output_names=["hidden"],
@@ -187,19 +232,63 @@ def onnxruntime_rows(sizes: dict, device, dry: bool) -> list[dict]:
     return rows
 
 
+def _keyword_encoder(encoder):
+    """input_ids -> last hidden state, passed by keyword: transformers 5 reorders BertModel.forward's
+    positional arguments (use_cache), which the TorchScript tracer would otherwise bind wrongly."""
+    import torch
+
+    class HiddenStates(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, input_ids):
+            return self.encoder(input_ids=input_ids, return_dict=False)[0]
+
+    return HiddenStates()
+
+
 def print_table(rows: list[dict]) -> None:
     env = rows[0]
     print(f"\nGPU check on {env['device']} (torch {env['torch']})")
     print(f"{'row':44} {'tokens/s':>12} {'MFU':>7} {'median ms':>10} {'seq/s':>10}")
     for row in rows[1:]:
-        if "skipped" in row:
-            print(f"{row['row']:44} skipped: {row['skipped']}")
+        if "skipped" in row or "error" in row:
+            print(f"{row['row']:44} {'skipped: ' + row['skipped'] if 'skipped' in row else 'ERROR: ' + row['error']}")
+            continue
+        if "flops_per_s" in row:
+            print(f"{row['row']:44} {row['flops_per_s'] / 1e12:.1f} TFLOP/s (this run's peak)")
             continue
         tokens = f"{row['tokens_per_s']:,.0f}" if "tokens_per_s" in row else ""
         mfu = f"{row['mfu']:.1%}" if row.get("mfu") is not None else ""
         median = f"{row.get('median_ms', row.get('step_ms')):.2f}"
         sequences = f"{row['sequences_per_s']:,.0f}" if "sequences_per_s" in row else ""
         print(f"{row['row']:44} {tokens:>12} {mfu:>7} {median:>10} {sequences:>10}")
+
+
+def _with_vocab(config, vocab: int):
+    """A stand-in with .config for flops_per_token at another vocabulary size."""
+    import copy
+    from types import SimpleNamespace
+
+    other = copy.copy(config)
+    other.vocab_size = vocab
+    return SimpleNamespace(config=other)
+
+
+def _guarded(name: str, work, many: bool = False):
+    """Run one row (or row group); a failure (out of memory, a compile error) becomes an error row, so one
+    unattended GPU run still reports every other row, and the exit status says something failed."""
+    import torch
+
+    try:
+        return work()
+    except Exception as error:  # noqa: BLE001 - recorded in the output and the exit status, not swallowed
+        row = {"row": name, "error": f"{type(error).__name__}: {str(error)[:500]}"}
+        print(f"[gpu_check] {name} failed: {row['error']}", file=sys.stderr)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return [row] if many else row
 
 
 def _time(device, work) -> float:

@@ -1,7 +1,8 @@
 """Training throughput: bertforge's trainer vs the Hugging Face baseline, side by side in one run.
 
 Baseline = `transformers.Trainer` + `DataCollatorForLanguageModeling` (what run_mlm.py does) on the
-same packed blocks, model config, sequence length, batch, optimizer settings and precision. Each
+same packed blocks, model config, sequence length, batch, optimizer settings and precision (resolved
+once, `--precision auto` included, and handed to both: bf16 autocast for both or fp32 for both). Each
 contender trains for the same wall-clock budget, alternating (ours, HF, ours, HF, ...) so machine
 noise hits both; then both models are scored on the same held-out blocks masked with a fixed seed.
 
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=240.0, help="wall-clock budget per contender per round")
     parser.add_argument("--rounds", type=int, default=1, help="alternating rounds (throughput = median)")
     parser.add_argument("--tokenizer", default="", help="reuse a tokenizer folder (default: train one)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="one precision for both contenders (auto: train/precision.py decides once)")
     parser.add_argument("--output", default="bench/results/train_throughput.json")
     args = parser.parse_args(argv)
     results = run_benchmark(args)
@@ -40,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_benchmark(args) -> dict:
+    import dataclasses
     import tempfile
 
     import torch
@@ -50,11 +54,14 @@ def run_benchmark(args) -> dict:
     # One config for both contenders; a long schedule so the budget, not max_steps, ends each run
     overrides = [f"model.preset={args.preset}", f"data.seq_len={args.seq_len}", f"train.batch_size={args.batch_size}",
                  "train.max_steps=100000", "train.max_minutes=0", "log.progress=false", "log.tensorboard=false",
-                 "log.every=5", "checkpoint.every=100000", "model.max_position_embeddings=512"]
+                 "log.every=5", "checkpoint.every=100000", "model.max_position_embeddings=512",
+                 f"train.precision={args.precision}"]
     if args.tokenizer:
         overrides.append(f"data.tokenizer={args.tokenizer}")
     config = load_train_config(args.config, overrides)
     runtime = start_runtime(config.train)
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, precision=runtime.precision))
+    print(f"[bench] both contenders train in {runtime.precision} ({runtime.precision_reason})")
     workdir = Path(tempfile.mkdtemp(prefix="bench-train-"))
     tokenizer = prepare_tokenizer(config.data, workdir, runtime)
     data = prepare_data(config, tokenizer, runtime)
@@ -63,12 +70,13 @@ def run_benchmark(args) -> dict:
     rounds = {"bertforge": [], "hf_trainer": []}
     for index in range(args.rounds):
         rounds["bertforge"].append(train_ours(config, data, tokenizer, runtime, args.seconds, workdir / f"ours{index}"))
-        rounds["hf_trainer"].append(train_hf(config, data, tokenizer, args.seconds, workdir / f"hf{index}"))
+        rounds["hf_trainer"].append(train_hf(config, data, tokenizer, runtime.precision, args.seconds, workdir / f"hf{index}"))
     summary = {name: _median_round(runs) for name, runs in rounds.items()}
     return {
         "benchmark": "train_throughput",
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads(),
-                    "device": str(runtime.device), "precision": runtime.precision},
+                    "device": str(runtime.device), "precision": runtime.precision,
+                    "precision_reason": runtime.precision_reason},
         "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
         "config": {"preset": args.preset, "seq_len": args.seq_len, "batch_size": args.batch_size,
                    "seconds_per_run": args.seconds, "rounds": args.rounds, "vocab_size": len(tokenizer)},
@@ -96,11 +104,12 @@ def train_ours(config, data, tokenizer, runtime, seconds: float, folder: Path) -
     timed = [r for r in steps if r["step"] > WARMUP_STEPS]
     seconds_timed = timed[-1]["elapsed_s"] - steps[0]["elapsed_s"] if len(timed) > 1 else float("nan")
     tokens_timed = timed[-1]["tokens_seen"] - steps[0]["tokens_seen"]
+    precision = next(r["precision"] for r in records if "precision" in r)
     return {"steps": final["step"], "tokens_per_s": tokens_timed / seconds_timed, "wall_s": wall,
-            "eval_accuracy": final["eval_accuracy"], "eval_loss": final["eval_loss"]}
+            "eval_accuracy": final["eval_accuracy"], "eval_loss": final["eval_loss"], "precision": precision}
 
 
-def train_hf(config, data, tokenizer, seconds: float, folder: Path) -> dict:
+def train_hf(config, data, tokenizer, precision: str, seconds: float, folder: Path) -> dict:
     """transformers.Trainer + DataCollatorForLanguageModeling on the same blocks and settings."""
     import torch
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
@@ -139,7 +148,7 @@ def train_hf(config, data, tokenizer, seconds: float, folder: Path) -> dict:
         adam_beta2=config.optim.betas[1], adam_epsilon=config.optim.eps, warmup_steps=config.optim.warmup_steps,
         lr_scheduler_type=config.optim.schedule, max_grad_norm=config.optim.grad_clip, save_strategy="no",
         report_to=[], logging_steps=10**9, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
-        bf16=torch.cuda.is_available(), disable_tqdm=True, seed=config.train.seed,
+        bf16=precision == "bf16", fp16=precision == "fp16", disable_tqdm=True, seed=config.train.seed,
     )
     budget = Budget()
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=config.data.mask_prob)
@@ -150,10 +159,10 @@ def train_hf(config, data, tokenizer, seconds: float, folder: Path) -> dict:
     steps = max(budget.times)
     timed = steps - WARMUP_STEPS
     tokens_per_s = timed * config.train.batch_size * config.data.seq_len / (budget.times[steps] - budget.times[WARMUP_STEPS])
-    runtime = Runtime(device=torch.device("cpu"), precision="fp32")
+    runtime = Runtime(device=torch.device("cpu"), precision="fp32" if precision == "fp16" else precision)  # as ours
     scores = evaluate(MaskedLMObjective(model.cpu()), data.eval_batches(), runtime)
     return {"steps": steps, "tokens_per_s": tokens_per_s, "wall_s": wall,
-            "eval_accuracy": scores["eval_accuracy"], "eval_loss": scores["eval_loss"]}
+            "eval_accuracy": scores["eval_accuracy"], "eval_loss": scores["eval_loss"], "precision": precision}
 
 
 def print_table(results: dict) -> None:

@@ -15,7 +15,8 @@ def test_training_benchmark_runs_both_contenders(tiny_corpus_dir, tiny_tokenizer
     output = tmp_path / "train.json"
     result = subprocess.run(
         [sys.executable, "-m", "bench.train_throughput", "--config", str(config), "--preset", "tiny", "--seq-len", "32",
-         "--batch-size", "8", "--seconds", "3", "--tokenizer", str(tiny_tokenizer_dir), "--output", str(output)],
+         "--batch-size", "8", "--seconds", "3", "--tokenizer", str(tiny_tokenizer_dir), "--output", str(output),
+         "--precision", "auto"],
         capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "BERTFORGE_CACHE": str(tmp_path)})
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(output.read_text())
@@ -23,4 +24,6 @@ def test_training_benchmark_runs_both_contenders(tiny_corpus_dir, tiny_tokenizer
     assert ours["tokens_per_s"] > 0 and theirs["tokens_per_s"] > 0 and ours["steps"] > 5 and theirs["steps"] > 5
     assert report["speedup_tokens_per_s"] == pytest.approx(ours["tokens_per_s"] / theirs["tokens_per_s"])
     assert 0 <= ours["eval_accuracy"] <= 1 and 0 <= theirs["eval_accuracy"] <= 1
+    # auto is resolved once (bf16 where this CPU's bf16 matmul is faster) and both contenders train in it
+    assert ours["precision"] == theirs["precision"] == report["machine"]["precision"] in ("fp32", "bf16")
     assert "speed-up (tokens/s, bertforge / HF Trainer)" in result.stdout
