@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-PRECISION_HELP = "fp32 | int8 (dynamic, CPU) | int8-static (calibrated) | fp16 (GPU); with --output also a comma list or 'all'"
+PRECISION_HELP = ("auto (the fastest variant that passes the gate: int8 recipe search, else fp32) | fp32 | int8 (recipe "
+                  "search, fails if none passes) | int8-static (calibrated) | fp16 (GPU); with --output also a comma list or 'all'")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default=None, help="Hugging Face BERT folder, e.g. runs/demo/model")
     parser.add_argument("--repo", default=None, help="Triton model repository to write (default: model_repository)")
     parser.add_argument("--output", default=None, help="write only ONNX variants + export_report.json here (no Triton files)")
-    parser.add_argument("--precision", default=None, help=PRECISION_HELP + " (default: int8)")
+    parser.add_argument("--precision", default=None, help=PRECISION_HELP + " (default: auto)")
     parser.add_argument("--tasks", default=None, help="comma list of fill_mask,embed (default: both)")
     parser.add_argument("--pooling", choices=["mean", "cls"], default=None, help="embedding pooling (default: mean)")
     parser.add_argument("--normalize", action="store_true", default=None, help="L2-normalise embeddings")
@@ -65,7 +66,7 @@ def _run_with_progress(config, quiet: bool) -> int:
     with console.status("[bold]exporting…") as status:
         def log(message: str) -> None:
             status.update(message)
-            if "PASS" in message or "FAIL" in message or "no MLM head" in message or "wrote" in message:
+            if any(word in message for word in ("PASS", "FAIL", "no MLM head", "wrote", "chose", "search time")):
                 console.print(message, highlight=False, markup=False, soft_wrap=True)
 
         report = run_export(config, log=log)
@@ -77,18 +78,28 @@ def _print_summary(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from export.parity import judged_figures
+
     table = Table(title=f"bertforge export -> {report['destination']}")
     for column in ("model", "precision", "fused ops", "parity", "size MB"):
         table.add_column(column)
     for name, target in report["tasks"].items():
         for precision, variant in target["variants"].items():
-            parity = variant["parity"]
-            if "top1_agreement" in parity:
-                summary = f"top-1 {parity['top1_agreement']:.4f}, max|dp| {parity['max_abs_diff']:.1e}"
+            source, parity = judged_figures(variant["parity"], precision)
+            if "masked_tokens" in parity and precision == "fp32":
+                summary = f"top-1 {parity['top1_agreement']:.4f}, max|dp| {parity['max_abs_diff']:.1e} ({source})"
+            elif "masked_tokens" in parity:
+                summary = (f"tie-aware {parity['tie_aware_agreement']:.4f}, top-5 {parity['top5_containment']:.4f}, "
+                           f"TV {parity.get('mean_total_variation', float('nan')):.4f} ({parity['masked_tokens']} masks)")
             else:
-                summary = f"cos≥{parity['min_cosine']:.5f}, max|d| {parity['max_abs_diff']:.1e}"
+                summary = f"cos min {parity['min_cosine']:.5f} mean {parity['mean_cosine']:.5f} ({parity['texts']} texts)"
+            recipe = variant.get("recipe", {}).get("name")
+            precision = f"{precision} ({recipe})" if recipe else precision
             fused = ",".join(f"{op}×{count}" for op, count in variant["fused_ops"].items()) or "-"
             table.add_row(name, precision, fused, summary, f"{variant['bytes'] / 1e6:.1f}")
     Console().print(table)
+    for name, target in report["tasks"].items():
+        if "chosen" in target:
+            print(f"{name}: precision auto chose {target['chosen']['precision']}: {target['chosen']['reason']}")
     for note in report.get("notes", []):
         print(f"note: {note}")

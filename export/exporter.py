@@ -1,6 +1,6 @@
 """Export a BERT folder: Optimum ONNX export -> served graphs -> fused/quantized variants -> parity gate -> write.
 
-    export_to_repository(model_dir, repo_dir, precision="int8")   # Triton model repository
+    export_to_repository(model_dir, repo_dir)                      # Triton model repository (precision "auto")
     export_onnx(model_dir, output_dir, precision="all")            # plain ONNX variants + report
 """
 
@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bertforge import contract
 from bertforge.config import save_config, to_dict
 from export.checkpoint import CheckpointInfo, ExportError, inspect_checkpoint
-from export.config import ExportConfig, ParityGates
+from export.config import AUTO, DEFAULT_PRECISION, ExportConfig, ParityGates
 
 REPORT_FILE = "export_report.json"
 FAILED_REPORT_FILE = "export_report.failed.json"  # when an earlier, good export is still in place
@@ -33,7 +34,8 @@ class ParityError(ExportError):
         self.report = report
 
 
-def export_to_repository(model_dir: str | Path, repo_dir: str | Path, precision: str = "int8", **options: Any) -> dict:
+def export_to_repository(model_dir: str | Path, repo_dir: str | Path, precision: str = DEFAULT_PRECISION,
+                         **options: Any) -> dict:
     """Export `model_dir` into the Triton repository `repo_dir` (fill_mask + embed); returns the report."""
     return run_export(_config(model=Path(model_dir), repo=Path(repo_dir), output=None, precision=precision, **options))
 
@@ -100,13 +102,12 @@ def _build_and_check(config: ExportConfig, info: CheckpointInfo, tasks: list[str
                      keep_failed: bool = False, plain: bool | None = None) -> dict:
     """Build every (task, precision) variant in `scratch` and gate it; returns {task: {precision: path}}."""
     import onnx
-    import onnxruntime as ort
     from transformers import AutoTokenizer
 
     from export.graphs import add_fill_mask_head, add_logits_head, add_pooling, encoder_only, mlm_head_weights
-    from export.parity import compare, gate, make_parity_batches, reference_outputs
+    from export.parity import make_parity_inputs, reference_outputs
     from export.texts import calibration_texts, parity_texts
-    from export.variants import build_variant, session_providers
+    from export.variants import fuse
 
     tokenizer = AutoTokenizer.from_pretrained(info.folder)
     max_length = _max_length(config, info, tokenizer)
@@ -117,15 +118,18 @@ def _build_and_check(config: ExportConfig, info: CheckpointInfo, tasks: list[str
     log(f"[export] optimum export of {info.folder} (opset {config.opset})")
     encoder = onnx.load(str(_optimum_encoder(info.folder, scratch / "optimum", config.opset)))
     torch_model = _load_torch(info)
-    # 2. Parity and calibration data: fresh random ids + held-out text
-    batches = make_parity_batches(tokenizer, parity_texts(config), max_length, seed=config.seed)
-    calibration = make_parity_batches(tokenizer, calibration_texts(config), max_length, seed=config.seed + 1)
-    calibration_feeds = [batch.feeds for batch in calibration if batch.source == "text"]
+    # 2. Parity and calibration data: fresh random ids + windows of held-out text (masked in rounds)
+    texts = parity_texts(config)
+    inputs = make_parity_inputs(tokenizer, texts, max_length, seed=config.seed, min_masks=config.gates.min_masks)
+    calibration = make_parity_inputs(tokenizer, calibration_texts(config), max_length, seed=config.seed + 1, min_masks=1)
+    calibration_feeds = [batch.feeds for batch in calibration.fill_mask if batch.source == "text"]
+    report["gate_inputs"] = {"texts": len(texts), "source": _text_source(config),
+                             "fill_mask_batches": len(inputs.fill_mask), "embed_batches": len(inputs.embed)}
     built: dict[str, dict[str, Path]] = {}
     references: dict[tuple, list] = {}
     plain = config.output is not None if plain is None else plain
     for name, task, kind in _targets(tasks, plain=plain):
-        # 3. fp32 graph: gather + MLM head + top-k, pooling, or (plain) logits / last_hidden_state
+        # 3. fp32 graph: gather + MLM head + top-k, pooling, or (plain) logits / last_hidden_state; then fused
         pooling, normalize = (config.pooling, config.normalize) if kind == "served" else ("mean", False)
         if task == "fill_mask":
             head = mlm_head_weights(torch_model)
@@ -135,27 +139,158 @@ def _build_and_check(config: ExportConfig, info: CheckpointInfo, tasks: list[str
         fp32_path = scratch / name / "model.fp32.onnx"
         fp32_path.parent.mkdir(parents=True)
         onnx.save(graph, str(fp32_path))
+        fused = fuse(fp32_path, scratch / name / "model.fused.onnx", num_heads=info.num_heads,
+                     hidden_size=info.hidden_size, optimize=config.optimize)
+        batches = inputs.for_task(task)
         key = (task, pooling, normalize)
         if key not in references:
             references[key] = reference_outputs(torch_model, batches, task, pooling, normalize, top_k)
         feeds = calibration_feeds if task == "fill_mask" and kind == "served" else [_encoder_only(f) for f in calibration_feeds]
+        target = _Target(name=name, task=task, kind=kind, fused=fused, folder=scratch / name, batches=batches,
+                         references=references[key], calibration_feeds=feeds, config=config,
+                         timing_feeds=_timing_feeds(tokenizer, max_length, task, kind))
         report["tasks"][name] = {"task": task, "graph": kind, "variants": {}}
-        # 4. each precision: build, run on fresh inputs, gate
+        # 4. each precision: build (auto and int8 search recipes), run on fresh inputs, gate
         for precision in config.precisions:
-            log(f"[export] {name} {precision}: building")
-            target = scratch / name / precision / "model.onnx"
-            details = build_variant(fp32_path, precision, target, num_heads=info.num_heads, hidden_size=info.hidden_size,
-                                    optimize=config.optimize, calibration_feeds=feeds)
-            session = ort.InferenceSession(str(target), providers=session_providers(precision))
-            metrics = compare(session, batches, references[key], task, graph=kind)
-            failures = gate(metrics, name, precision, config.gates, task=task)
-            report["tasks"][name]["variants"][precision] = {**details, "providers": session.get_providers(),
-                                                             "parity": metrics, "failures": failures,
-                                                             "passed": not failures}
-            log(f"[export] {name} {precision}: " + ("PASS " if not failures else "FAIL ") + _summary(metrics, task))
-            if keep_failed or not failures:
-                built.setdefault(name, {})[precision] = target
+            if precision == AUTO:
+                chosen, path, entry = _choose_auto(target, log)
+                report["tasks"][name]["chosen"] = entry.pop("chosen")
+            elif precision == "int8":
+                chosen, path, entry = _search_int8(target, log)
+            else:
+                chosen, (path, entry) = precision, _build_and_gate(target, precision, log)
+            report["tasks"][name]["variants"][chosen] = entry
+            if entry["passed"] or (keep_failed and path.exists()):
+                built.setdefault(name, {})[chosen] = path
     return built
+
+
+@dataclass
+class _Target:
+    """One graph to build variants of, with what its gate needs."""
+
+    name: str
+    task: str
+    kind: str
+    fused: Path
+    folder: Path
+    batches: list
+    references: list
+    calibration_feeds: list
+    config: ExportConfig
+    timing_feeds: dict
+
+    def evaluate(self, path: Path, precision: str, quick: bool = False) -> tuple[dict, list[str], float, list[str]]:
+        """(metrics, failures, error, providers) of the variant at `path` against PyTorch."""
+        from export.parity import compare, gate, task_error
+        from export.variants import gate_session
+
+        session = gate_session(path, precision)
+        pairs = list(zip(self.batches, self.references))
+        if quick:  # a quarter of the text: enough to rank recipes, not to judge them
+            pairs = [pair for pair in pairs if pair[0].source == "text"][::4]
+        batches, references = zip(*pairs)
+        metrics = compare(session, list(batches), list(references), self.task, graph=self.kind,
+                          tie_margin=self.config.gates.tie_margin)
+        failures = gate(metrics, self.name, precision, self.config.gates, task=self.task)
+        return metrics, failures, task_error(metrics, self.task), session.get_providers()
+
+
+def _build_and_gate(target: _Target, precision: str, log, recipe=None) -> tuple[Path, dict]:
+    from export.variants import build_variant
+
+    log(f"[export] {target.name} {precision}: building")
+    path = target.folder / precision / "model.onnx"
+    details = build_variant(target.fused, precision, path, calibration_feeds=target.calibration_feeds, recipe=recipe)
+    metrics, failures, _, providers = target.evaluate(path, precision)
+    log(f"[export] {target.name} {precision}: " + ("PASS " if not failures else "FAIL ") + _summary(metrics, target.task,
+                                                                                                  precision))
+    return path, {**details, "providers": providers, "parity": metrics, "failures": failures, "passed": not failures}
+
+
+def _search_int8(target: _Target, log) -> tuple[str, Path, dict]:
+    """`--precision int8`: the recipe search; the winner is gated and described like any variant."""
+    from export.int8_search import search_int8
+    from export.variants import describe
+
+    log(f"[export] {target.name} int8: searching recipes (at most {target.config.search_seconds:.0f} s)")
+    result = search_int8(target.fused, target.folder / "int8-search",
+                         lambda path, quick: target.evaluate(path, "int8", quick)[:3], target.calibration_feeds,
+                         target.timing_feeds, seconds=target.config.search_seconds, log=log, label=f"{target.name} int8")
+    if result.path is None:
+        failures = [f"{target.name} int8: no recipe passed the gate ({len(result.candidates)} tried in "
+                    f"{result.seconds:.0f} s); closest: {_closest(result)}"]
+        entry = {"precision": "int8", "passed": False, "failures": failures, "search": result.summary(),
+                 "parity": _best_parity(result)}
+        log("[export] " + failures[0])
+        return "int8", target.folder / "int8-search" / "none.onnx", entry
+    metrics, failures, _, providers = target.evaluate(result.path, "int8")
+    entry = {**describe(result.path, "int8"), "recipe": result.recipe.summary(), "providers": providers,
+             "parity": metrics, "failures": failures, "passed": not failures, "search": result.summary()}
+    log(f"[export] {target.name} int8: PASS with recipe {result.recipe.name} " + _summary(metrics, target.task, "int8"))
+    return "int8", result.path, entry
+
+
+def _choose_auto(target: _Target, log) -> tuple[str, Path, dict]:
+    """`--precision auto`: the int8 search, then fused fp32; the fastest that passes is served."""
+    from export.int8_search import measure_latency
+
+    fp32_path, fp32_entry = _build_and_gate(target, "fp32", log)
+    if not fp32_entry["passed"]:  # a graph bug, not a precision question: stop here
+        return "fp32", fp32_path, {**fp32_entry, "chosen": {"requested": AUTO, "precision": "fp32",
+                                                            "reason": "fp32 itself missed the gate"}}
+    fp32_entry["latency_ms"] = measure_latency(fp32_path, target.timing_feeds)
+    _, int8_path, int8_entry = _search_int8(target, log)
+    batch = "x".join(str(n) for n in target.timing_feeds["input_ids"].shape)
+    if int8_entry["passed"]:
+        int8_ms = min(c["latency_ms"] for c in int8_entry["search"]["candidates"] if c.get("passed"))
+        int8_entry["latency_ms"] = int8_ms
+        if int8_ms < fp32_entry["latency_ms"]:
+            reason = (f"int8 recipe {int8_entry['recipe']['name']} passed the gate and runs a {batch} batch in "
+                      f"{int8_ms:.2f} ms vs fp32 {fp32_entry['latency_ms']:.2f} ms")
+            log(f"[export] {target.name} auto: chose int8 ({reason})")
+            return "int8", int8_path, {**int8_entry, "chosen": {"requested": AUTO, "precision": "int8", "reason": reason}}
+        reason = (f"int8 passed but is not faster on this CPU ({int8_ms:.2f} ms vs fp32 "
+                  f"{fp32_entry['latency_ms']:.2f} ms per {batch} batch)")
+    else:
+        reason = f"no int8 recipe passed the gate ({int8_entry['failures'][0]})"
+    log(f"[export] {target.name} auto: chose fp32 ({reason})")
+    return "fp32", fp32_path, {**fp32_entry, "int8_search": int8_entry.get("search"),
+                               "chosen": {"requested": AUTO, "precision": "fp32", "reason": reason}}
+
+
+def _closest(result) -> str:
+    tried = [c for c in result.candidates if "error" in c]
+    if not tried:
+        return "none tried"
+    best = min(tried, key=lambda c: c["error"])
+    return f"{best['name']}: " + "; ".join(line.split(": ", 1)[-1] for line in best["failures"])
+
+
+def _best_parity(result) -> dict:
+    tried = [c for c in result.candidates if "error" in c]
+    return min(tried, key=lambda c: c["error"])["parity"] if tried else {}
+
+
+def _timing_feeds(tokenizer, max_length: int, task: str, kind: str) -> dict:
+    """A batch of 8 texts of min(128, max_length) tokens (15% masked for fill-mask) to time candidates on."""
+    import numpy as np
+
+    from export.parity import _pad, _special_ids
+
+    rng = np.random.default_rng(0)
+    ids = _special_ids(tokenizer)
+    length = min(128, max_length)
+    rows = [[ids["cls"], *rng.integers(5, len(tokenizer), size=length - 2).tolist(), ids["sep"]] for _ in range(8)]
+    positions = [sorted(rng.choice(np.arange(1, length - 1), size=max(1, length * 15 // 100), replace=False).tolist())
+                 for _ in rows] if task == "fill_mask" and kind == "served" else None
+    return _pad(rows, ids["pad"], positions, ids["mask"])
+
+
+def _text_source(config: ExportConfig) -> str:
+    from export.texts import text_source
+
+    return text_source(config.parity_file, "eval.jsonl")
 
 
 def _targets(tasks: list[str], plain: bool) -> list[tuple[str, str, str]]:
@@ -218,11 +353,19 @@ def _encoder_only(feeds: dict) -> dict:
     return {name: feeds[name] for name in contract.ONNX_ENCODER_INPUTS}
 
 
-def _summary(metrics: dict, task: str) -> str:
+def _summary(metrics: dict, task: str, precision: str) -> str:
+    from export.parity import judged_figures
+
+    source, figures = judged_figures(metrics, precision)
     if task == "fill_mask":
-        return (f"top-1 agreement {metrics['top1_agreement']:.4f} on {metrics['masked_tokens']} masks, "
-                f"max |dp| {metrics['max_abs_diff']:.2e}")
-    return f"min cosine {metrics['min_cosine']:.6f}, max |d| {metrics['max_abs_diff']:.2e}"
+        if precision == "fp32":
+            return (f"top-1 agreement {figures['top1_agreement']:.4f} on {figures['masked_tokens']} masks, "
+                    f"max |dp| {figures['max_abs_diff']:.2e}")
+        return (f"tie-aware agreement {figures['tie_aware_agreement']:.4f}, top-5 {figures['top5_containment']:.4f}, "
+                f"mean TV {figures.get('mean_total_variation', float('nan')):.4f} on {figures['masked_tokens']} masks "
+                f"of {source}")
+    return (f"cosine min {figures['min_cosine']:.6f} / mean {figures['mean_cosine']:.6f} on {figures['texts']} texts "
+            f"of {source}, max |d| {figures['max_abs_diff']:.2e}")
 
 
 def _write_report(destination: Path, report: dict) -> None:

@@ -1,12 +1,22 @@
 """The parity gate: every exported variant against the PyTorch fp32 model, on fresh inputs.
 
-Inputs are random token ids (several batch sizes and lengths, ragged rows so padding is exercised)
-and real held-out text (tokenized, ~15% of tokens replaced by [MASK]). The reference is computed
-by PyTorch from the checkpoint, pooled/softmaxed by independent PyTorch code, never by the graph.
+Two sources of inputs, reported separately (`export_report.json` keeps every figure per source):
+- "random": random token ids in several batch sizes and lengths, ragged rows so padding is exercised.
+  They catch graph bugs, so fp32 is judged on them; lossy variants (int8, fp16) only report them,
+  since no user sends random ids and a quantized model may legitimately differ there.
+- "text": real held-out text cut into windows; fill-mask windows get [MASK]s in rounds until the gate
+  holds at least `min_masks` masks, so one near-tie cannot decide a verdict. Lossy variants are judged here.
+
+Fill-mask figures (all over masks): exact top-1 agreement; tie-aware agreement (a different top-1 counts
+only when PyTorch rates the variant's choice more than `tie_margin` (relative) below its own top-1);
+top-5 containment (PyTorch's top-1 is in the variant's top 5); total variation distance between the two
+full distributions. Embedding figures: cosine to PyTorch's pooled vector, min and mean.
+The reference is computed by PyTorch from the checkpoint, pooled/softmaxed by independent PyTorch code.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,38 +25,87 @@ from bertforge import contract
 
 RANDOM_SHAPES = ((1, 8), (3, 17), (8, 48))  # (batch, longest length); other rows are shorter (padding)
 MASK_RATE = 0.15
+TEXT_WINDOW = 128  # tokens per text window (incl. [CLS]/[SEP]); long documents give several windows
+MAX_TEXT_WINDOWS = 256  # bounds the gate's cost on large corpora
+MAX_MASK_ROUNDS = 8  # each round masks other positions of the same windows
+PROBS_OUTPUT = "head/probs"  # the fill_mask graph's full softmax at the masks (export.graphs)
+GATE_PROBS_OUTPUT = "gate/probs"  # the same, as float32, in the gate's copy of a variant (export.variants)
+TOP_CONTAINMENT_K = 5
 
 
 @dataclass
 class ParityBatch:
     source: str  # "random" or "text"
-    feeds: dict[str, np.ndarray]  # encoder inputs + mask_positions
+    feeds: dict[str, np.ndarray]  # encoder inputs (+ mask_positions for fill-mask batches)
 
 
-def make_parity_batches(tokenizer, texts: list[str], max_length: int, seed: int, batch_size: int = 8) -> list[ParityBatch]:
-    """Random-id batches of several shapes plus batches of real text, all with padding and [MASK]s."""
+@dataclass
+class ParityInputs:
+    """The gate's inputs for one model: fill-mask batches (with [MASK]s) and embedding batches (plain text)."""
+
+    fill_mask: list[ParityBatch]
+    embed: list[ParityBatch]
+
+    def for_task(self, task: str) -> list[ParityBatch]:
+        return self.fill_mask if task == "fill_mask" else self.embed
+
+
+def make_parity_inputs(tokenizer, texts: list[str], max_length: int, seed: int, min_masks: int,
+                       batch_size: int = 8) -> ParityInputs:
+    """Random-id batches plus windows of real text: masked (>= min_masks masks where the text allows) and plain."""
     rng = np.random.default_rng(seed)
-    special = {tokenizer.convert_tokens_to_ids(token) for token in contract.SPECIAL_TOKENS}
-    ordinary = np.array([i for i in range(len(tokenizer)) if i not in special], dtype=np.int64)
-    cls_id, sep_id, pad_id = (tokenizer.convert_tokens_to_ids(t) for t in (contract.CLS_TOKEN, contract.SEP_TOKEN,
-                                                                           contract.PAD_TOKEN))
-    batches = []
+    ids = _special_ids(tokenizer)
+    window = min(max_length, TEXT_WINDOW)
+    windows = text_windows(tokenizer, texts, window)
     # Random ids: [CLS] random... [SEP] [PAD]..., ragged lengths
+    random_rows = []
+    special = set(ids.values())
+    ordinary = np.array([i for i in range(len(tokenizer)) if i not in special], dtype=np.int64)
     for batch, longest in RANDOM_SHAPES:
         longest = min(longest, max_length)
         lengths = [longest] + list(rng.integers(3, longest + 1, size=batch - 1))
-        rows = [[cls_id, *rng.choice(ordinary, size=length - 2), sep_id] for length in lengths]
-        batches.append(ParityBatch("random", _pad_and_mask(rows, pad_id, tokenizer.mask_token_id, rng)))
-    # Real held-out text, batched as the server would (pad to the longest of the batch)
-    for start in range(0, len(texts), batch_size):
-        encoded = tokenizer(texts[start : start + batch_size], truncation=True, max_length=max_length)["input_ids"]
-        batches.append(ParityBatch("text", _pad_and_mask(encoded, pad_id, tokenizer.mask_token_id, rng)))
-    return batches
+        random_rows.append([[ids["cls"], *rng.choice(ordinary, size=length - 2), ids["sep"]] for length in lengths])
+    random_batches = [ParityBatch("random", _pad(rows, ids["pad"], [_mask_rate_positions(row, rng) for row in rows],
+                                                 ids["mask"]))
+                      for rows in random_rows]
+    # Text, masked in rounds: each round masks ~15% of the positions not masked before, until enough masks
+    fill_batches, masks, used = [], 0, [set() for _ in windows]
+    for _ in range(MAX_MASK_ROUNDS):
+        if masks >= min_masks or not windows:
+            break
+        chosen = [_fresh_positions(row, done, rng) for row, done in zip(windows, used)]
+        for done, positions in zip(used, chosen):
+            done.update(positions)
+        for start in range(0, len(windows), batch_size):
+            rows, positions = windows[start:start + batch_size], chosen[start:start + batch_size]
+            if any(positions):
+                batch = _pad(rows, ids["pad"], positions, ids["mask"])
+                masks += len(batch[contract.ONNX_MASK_POSITIONS])
+                fill_batches.append(ParityBatch("text", batch))
+    embed_batches = [ParityBatch("text", _pad(windows[start:start + batch_size], ids["pad"], None, ids["mask"]))
+                     for start in range(0, len(windows), batch_size)]
+    return ParityInputs(fill_mask=random_batches + fill_batches, embed=random_batches + embed_batches)
+
+
+def text_windows(tokenizer, texts: list[str], window: int, limit: int = MAX_TEXT_WINDOWS) -> list[list[int]]:
+    """`[CLS] tokens [SEP]` rows of at most `window` tokens: long texts are cut into consecutive windows."""
+    ids = _special_ids(tokenizer)
+    rows: list[list[int]] = []
+    for text in texts:
+        tokens = tokenizer(text, add_special_tokens=False)["input_ids"]
+        for start in range(0, len(tokens), window - 2):
+            piece = tokens[start:start + window - 2]
+            if len(piece) >= 2 or (piece and start == 0):
+                rows.append([ids["cls"], *piece, ids["sep"]])
+            if len(rows) >= limit:
+                return rows
+    return rows
 
 
 def reference_outputs(torch_model, batches: list[ParityBatch], task: str, pooling: str, normalize: bool,
                       top_k: int) -> list[dict[str, np.ndarray]]:
-    """PyTorch fp32 outputs for each batch: top-k probabilities/ids at the masks, or pooled embeddings."""
+    """PyTorch fp32 outputs for each batch: the full distribution at the masks (float16 to bound memory) and
+    its top-k, or pooled embeddings."""
     import torch
 
     results = []
@@ -54,10 +113,13 @@ def reference_outputs(torch_model, batches: list[ParityBatch], task: str, poolin
         for batch in batches:
             inputs = {name: torch.from_numpy(batch.feeds[name]) for name in contract.ONNX_ENCODER_INPUTS}
             if task == "fill_mask":
-                logits = torch_model(**inputs).logits  # (B, T, V)
-                picked = logits.reshape(-1, logits.shape[-1])[torch.from_numpy(batch.feeds[contract.ONNX_MASK_POSITIONS])]
-                probs, ids = torch.softmax(picked, dim=-1).topk(top_k, dim=-1)  # (M, K)
-                results.append({contract.ONNX_TOP_IDS: ids.numpy(), contract.ONNX_TOP_PROBS: probs.numpy()})
+                # transformers' own modules: the encoder, then its MLM head on the masked rows only
+                hidden = torch_model.bert(**inputs).last_hidden_state  # (B, T, H)
+                masked = hidden.reshape(-1, hidden.shape[-1])[torch.from_numpy(batch.feeds[contract.ONNX_MASK_POSITIONS])]
+                probs = torch.softmax(torch_model.cls(masked).double(), dim=-1)  # (M, V)
+                top_probs, top_ids = probs.topk(top_k, dim=-1)  # (M, K)
+                results.append({contract.ONNX_TOP_IDS: top_ids.numpy(), contract.ONNX_TOP_PROBS: top_probs.float().numpy(),
+                                PROBS_OUTPUT: probs.to(torch.float16).numpy()})
             else:
                 encoder = getattr(torch_model, "bert", torch_model)
                 hidden = encoder(**inputs).last_hidden_state  # (B, T, H)
@@ -72,96 +134,193 @@ def reference_outputs(torch_model, batches: list[ParityBatch], task: str, poolin
     return results
 
 
-def compare(session, batches: list[ParityBatch], references: list[dict], task: str, graph: str = "served") -> dict:
-    """Run the variant on every batch and summarise how far it is from the reference.
+def compare(session, batches: list[ParityBatch], references: list[dict], task: str, graph: str = "served",
+            tie_margin: float = 0.05) -> dict:
+    """Run the variant on every batch; figures over all inputs at the top level and per source in `by_source`.
 
-    graph="served": the contract graphs (top_ids/top_probs, sentence_embedding); graph="plain": Optimum-style
-    graphs (`logits` [B, T, V] or `last_hidden_state`), reduced here to the same top-k / mean-pooled form."""
-    top1_hits, masks, max_abs, cosines = 0, 0, 0.0, []
-    by_source: dict[str, list[float]] = {}
+    graph="served": the contract graphs (top_ids/top_probs [+ head/probs], sentence_embedding); graph="plain":
+    Optimum-style graphs (`logits` [B, T, V] or `last_hidden_state`), reduced here to the same form."""
+    rows: dict[str, list[dict[str, np.ndarray]]] = {}
+    max_abs: dict[str, float] = {}
     input_names = {i.name for i in session.get_inputs()}
+    output_names = {o.name for o in session.get_outputs()}
     for batch, reference in zip(batches, references):
         feeds = {name: value for name, value in batch.feeds.items() if name in input_names}
         if task == "fill_mask":
-            if graph == "plain":
-                top_ids, top_probs = _top_k_from_logits(session.run(["logits"], feeds)[0], batch.feeds,
-                                                        reference[contract.ONNX_TOP_IDS].shape[1])
-            else:
-                top_ids, top_probs = session.run([contract.ONNX_TOP_IDS, contract.ONNX_TOP_PROBS], feeds)
-            hits = top_ids[:, 0] == reference[contract.ONNX_TOP_IDS][:, 0]
-            top1_hits += int(hits.sum())
-            masks += len(hits)
-            by_source.setdefault(batch.source, []).extend(hits.astype(float).tolist())
-            max_abs = max(max_abs, float(np.abs(top_probs - reference[contract.ONNX_TOP_PROBS]).max(initial=0.0)))
+            top_ids, top_probs, probs = _fill_mask_outputs(session, feeds, batch, reference, graph, output_names)
+            figures = _fill_mask_figures(top_ids, probs, reference, tie_margin)
+            difference = float(np.abs(top_probs - reference[contract.ONNX_TOP_PROBS]).max(initial=0.0))
         else:
-            if graph == "plain":
-                hidden = session.run(["last_hidden_state"], feeds)[0]  # (B, T, H)
-                weights = batch.feeds["attention_mask"][..., None].astype(np.float32)
-                embedding = (hidden * weights).sum(1) / np.maximum(weights.sum(1), 1e-9)
-            else:
-                (embedding,) = session.run([contract.ONNX_SENTENCE_EMBEDDING], feeds)
+            embedding = _embedding_output(session, feeds, batch, graph)
             expected = reference[contract.ONNX_SENTENCE_EMBEDDING]
-            max_abs = max(max_abs, float(np.abs(embedding - expected).max()))
-            cosine = (embedding * expected).sum(-1) / (np.linalg.norm(embedding, axis=-1) * np.linalg.norm(expected, axis=-1) + 1e-12)
-            cosines.extend(cosine.tolist())
-            by_source.setdefault(batch.source, []).extend(cosine.tolist())
-    metrics: dict = {"max_abs_diff": max_abs, "batches": len(batches)}
-    if task == "fill_mask":
-        metrics.update(top1_agreement=top1_hits / max(masks, 1), masked_tokens=masks,
-                       top1_by_source={source: float(np.mean(v)) for source, v in by_source.items()})
-    else:
-        metrics.update(min_cosine=float(min(cosines)), mean_cosine=float(np.mean(cosines)), texts=len(cosines),
-                       min_cosine_by_source={source: float(min(v)) for source, v in by_source.items()})
+            difference = float(np.abs(embedding - expected).max(initial=0.0))
+            norms = np.linalg.norm(embedding, axis=-1) * np.linalg.norm(expected, axis=-1)
+            figures = {"cosine": (embedding * expected).sum(-1) / (norms + 1e-12)}
+        rows.setdefault(batch.source, []).append(figures)
+        max_abs[batch.source] = max(max_abs.get(batch.source, 0.0), difference)
+    by_source = {source: _summarise(parts, task, max_abs[source]) for source, parts in rows.items()}
+    metrics = _summarise([part for parts in rows.values() for part in parts], task, max(max_abs.values(), default=0.0))
+    metrics.update(batches=len(batches), by_source=by_source, tie_margin=tie_margin)
     return metrics
+
+
+def judged_figures(metrics: dict, precision: str) -> tuple[str, dict]:
+    """Which inputs decide the verdict: everything for fp32, real text for lossy variants."""
+    if precision == "fp32" or "text" not in metrics.get("by_source", {}):
+        return "all", metrics
+    return "text", metrics["by_source"]["text"]
 
 
 def gate(metrics: dict, name: str, precision: str, gates, task: str | None = None) -> list[str]:
     """The gate's verdict: an empty list when the variant passes, else one line per missed threshold."""
     task = task or name
+    source, figures = judged_figures(metrics, precision)
     checks: list[tuple[str, float, float, bool]] = []  # (name, value, threshold, higher_is_better)
     if precision == "fp32":
-        checks.append(("max_abs_diff", metrics["max_abs_diff"], gates.fp32_max_abs_diff, False))
+        checks.append(("max_abs_diff", figures["max_abs_diff"], gates.fp32_max_abs_diff, False))
         if task == "fill_mask":
-            checks.append(("top1_agreement", metrics["top1_agreement"], 1.0, True))
+            checks.append(("top1_agreement", figures["top1_agreement"], 1.0, True))
     else:
         family = "int8" if precision.startswith("int8") else "fp16"
         if task == "fill_mask":
-            checks.append(("top1_agreement", metrics["top1_agreement"], getattr(gates, f"{family}_top1"), True))
+            checks += [("tie_aware_agreement", figures["tie_aware_agreement"], getattr(gates, f"{family}_tie_aware"), True),
+                       ("top5_containment", figures["top5_containment"], getattr(gates, f"{family}_top5"), True),
+                       ("mean_total_variation", figures.get("mean_total_variation", float("inf")),
+                        getattr(gates, f"{family}_total_variation"), False)]
         else:
-            checks.append(("min_cosine", metrics["min_cosine"], getattr(gates, f"{family}_cosine"), True))
+            checks += [("min_cosine", figures["min_cosine"], getattr(gates, f"{family}_cosine"), True),
+                       ("mean_cosine", figures["mean_cosine"], getattr(gates, f"{family}_mean_cosine"), True)]
     failures = []
-    label = name
+    count = f"{figures['masked_tokens']} masks" if task == "fill_mask" else f"{figures['texts']} texts"
     for metric, value, threshold, higher_is_better in checks:
         passed = value >= threshold if higher_is_better else value <= threshold
         if not passed:
             relation = ">=" if higher_is_better else "<="
-            failures.append(f"{label} {precision}: {metric} = {value:.6g}, needs {relation} {threshold:g} "
-                            f"(missed by {abs(value - threshold):.3g})")
+            failures.append(f"{name} {precision}: {metric} = {value:.6g} on {count} of {source} inputs, needs "
+                            f"{relation} {threshold:g} (missed by {abs(value - threshold):.3g})")
     return failures
 
 
-def _top_k_from_logits(logits: np.ndarray, feeds: dict, top_k: int) -> tuple[np.ndarray, np.ndarray]:
-    picked = logits.reshape(-1, logits.shape[-1])[feeds[contract.ONNX_MASK_POSITIONS]].astype(np.float64)  # (M, V)
-    probs = np.exp(picked - picked.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
-    ids = np.argsort(-probs, axis=-1, kind="stable")[:, :top_k]
-    return ids, np.take_along_axis(probs, ids, -1).astype(np.float32)
+def task_error(metrics: dict, task: str) -> float:
+    """One number to rank candidates by (lower is closer to PyTorch), on the judged (text) inputs."""
+    _, figures = judged_figures(metrics, "int8")
+    if task == "fill_mask":
+        return float(figures["mean_total_variation"])
+    return float(1.0 - figures["mean_cosine"])
 
 
-def _pad_and_mask(rows: list[list[int]], pad_id: int, mask_id: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Pad rows to the longest, replace ~15% of the inner tokens of every row by [MASK] (at least one)."""
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (stays inside 0..1 near 1.0, unlike the normal one)."""
+    if trials == 0:
+        return 0.0, 1.0
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _fill_mask_outputs(session, feeds, batch, reference, graph, output_names):
+    """(top_ids, top_probs, full probabilities or None) of the variant at the masks."""
+    top_k = reference[contract.ONNX_TOP_IDS].shape[1]
+    if graph == "plain":
+        logits = session.run(["logits"], feeds)[0]
+        picked = logits.reshape(-1, logits.shape[-1])[batch.feeds[contract.ONNX_MASK_POSITIONS]].astype(np.float64)
+        probs = np.exp(picked - picked.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        ids = np.argsort(-probs, axis=-1, kind="stable")[:, :top_k]
+        return ids, np.take_along_axis(probs, ids, -1).astype(np.float32), probs
+    if GATE_PROBS_OUTPUT in output_names:
+        top_ids, top_probs, probs = session.run([contract.ONNX_TOP_IDS, contract.ONNX_TOP_PROBS, GATE_PROBS_OUTPUT], feeds)
+        return top_ids, top_probs, probs
+    top_ids, top_probs = session.run([contract.ONNX_TOP_IDS, contract.ONNX_TOP_PROBS], feeds)
+    return top_ids, top_probs, None
+
+
+def _fill_mask_figures(top_ids: np.ndarray, probs: np.ndarray | None, reference: dict, tie_margin: float) -> dict:
+    reference_probs = reference[PROBS_OUTPUT].astype(np.float32)  # (M, V)
+    reference_top1 = reference[contract.ONNX_TOP_IDS][:, 0]
+    rows = np.arange(len(top_ids))
+    chosen = top_ids[:, 0]
+    # how much less likely (to PyTorch, relative to its own top-1) the variant's choice is: 0 = a perfect tie
+    best = reference_probs[rows, reference_top1]
+    gap = (best - reference_probs[rows, chosen]) / np.maximum(best, 1e-12)
+    figures = {"top1": chosen == reference_top1, "tie_aware": (chosen == reference_top1) | (gap <= tie_margin),
+               "top5": (top_ids[:, :TOP_CONTAINMENT_K] == reference_top1[:, None]).any(-1),
+               "gap": np.where(chosen == reference_top1, 0.0, gap)}
+    if probs is not None:
+        figures["total_variation"] = 0.5 * np.abs(probs.astype(np.float32) - reference_probs).sum(-1)
+    return figures
+
+
+def _embedding_output(session, feeds, batch, graph) -> np.ndarray:
+    if graph == "plain":
+        hidden = session.run(["last_hidden_state"], feeds)[0]  # (B, T, H)
+        weights = batch.feeds["attention_mask"][..., None].astype(np.float32)
+        return (hidden * weights).sum(1) / np.maximum(weights.sum(1), 1e-9)
+    (embedding,) = session.run([contract.ONNX_SENTENCE_EMBEDDING], feeds)
+    return embedding
+
+
+def _summarise(parts: list[dict], task: str, max_abs_diff: float) -> dict:
+    joined = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]} if parts else {}
+    if task != "fill_mask":
+        cosines = joined.get("cosine", np.ones(0))
+        return {"max_abs_diff": max_abs_diff, "texts": int(len(cosines)),
+                "min_cosine": float(cosines.min(initial=1.0)), "mean_cosine": float(cosines.mean()) if len(cosines) else 1.0}
+    masks = int(len(joined.get("top1", [])))
+    tie_aware_hits = int(joined["tie_aware"].sum()) if masks else 0
+    disagreements = joined["gap"][~joined["top1"]] if masks else np.zeros(0)
+    figures = {"max_abs_diff": max_abs_diff, "masked_tokens": masks,
+               "top1_agreement": float(joined["top1"].mean()) if masks else 1.0,
+               "tie_aware_agreement": tie_aware_hits / masks if masks else 1.0,
+               "tie_aware_interval": list(wilson_interval(tie_aware_hits, masks)),
+               "top5_containment": float(joined["top5"].mean()) if masks else 1.0,
+               "disagreement_gaps": {"count": int(len(disagreements)),
+                                     "median": float(np.median(disagreements)) if len(disagreements) else 0.0,
+                                     "max": float(disagreements.max(initial=0.0))}}
+    if "total_variation" in joined:
+        variation = joined["total_variation"]
+        figures.update(mean_total_variation=float(variation.mean()) if masks else 0.0,
+                       p99_total_variation=float(np.quantile(variation, 0.99)) if masks else 0.0)
+    return figures
+
+
+def _special_ids(tokenizer) -> dict[str, int]:
+    names = {"cls": contract.CLS_TOKEN, "sep": contract.SEP_TOKEN, "pad": contract.PAD_TOKEN, "mask": contract.MASK_TOKEN}
+    return {key: tokenizer.convert_tokens_to_ids(token) for key, token in names.items()}
+
+
+def _mask_rate_positions(row: list[int], rng: np.random.Generator) -> list[int]:
+    """~15% of the inner positions of a row (at least one)."""
+    inner = np.arange(1, len(row) - 1)
+    if not len(inner):
+        return []
+    count = max(1, int(round(MASK_RATE * len(inner))))
+    return sorted(int(p) for p in rng.choice(inner, size=count, replace=False))
+
+
+def _fresh_positions(row: list[int], done: set[int], rng: np.random.Generator) -> list[int]:
+    """~15% of the inner positions not masked in an earlier round (at least one while any is left)."""
+    inner = np.array([p for p in range(1, len(row) - 1) if p not in done])
+    if not len(inner):
+        return []
+    count = min(len(inner), max(1, int(round(MASK_RATE * (len(row) - 2)))))
+    return sorted(int(p) for p in rng.choice(inner, size=count, replace=False))
+
+
+def _pad(rows: list[list[int]], pad_id: int, mask_positions: list[list[int]] | None, mask_id: int) -> dict[str, np.ndarray]:
+    """Pad rows to the longest; put [MASK] at the given positions of each row (fill-mask batches)."""
     longest = max(len(row) for row in rows)
     input_ids = np.full((len(rows), longest), pad_id, dtype=np.int64)  # (B, T)
     attention_mask = np.zeros_like(input_ids)
     for index, row in enumerate(rows):
-        row = list(row)
-        inner = np.arange(1, len(row) - 1)
-        if len(inner):
-            count = max(1, int(round(MASK_RATE * len(inner))))
-            for position in rng.choice(inner, size=count, replace=False):
-                row[position] = mask_id
         input_ids[index, : len(row)] = row
         attention_mask[index, : len(row)] = 1
-    positions = np.flatnonzero(input_ids == mask_id).astype(np.int64)  # (M,) flat b*T+t
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": np.zeros_like(input_ids),
-            contract.ONNX_MASK_POSITIONS: positions}
+    feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": np.zeros_like(input_ids)}
+    if mask_positions is not None:
+        flat = []
+        for index, positions in enumerate(mask_positions):
+            input_ids[index, positions] = mask_id
+            flat += [index * longest + position for position in positions]
+        feeds[contract.ONNX_MASK_POSITIONS] = np.array(flat, dtype=np.int64)  # (M,) flat b*T+t
+    return feeds

@@ -1,7 +1,8 @@
-"""Real text for the parity gate (held-out) and for int8-static calibration (training corpus).
+"""Real text for the parity gate (held-out) and for int8 calibration (training corpus).
 
-A file given in the config wins; else the demo corpus cache (`bertforge data`), else a few built-in
-sentences, so export works offline on any machine.
+A file given in the config wins; else the demo corpus cache (`bertforge data`), else the built-in
+English texts shipped with the package (`export/data/gate_texts.txt`: varied sentences, long
+paragraphs and odd Unicode), so export works offline on any machine.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ BUILT_IN_TEXTS = [
 ]
 
 
+GATE_TEXTS_FILE = Path(__file__).with_name("data") / "gate_texts.txt"
+
+
 def parity_texts(config) -> list[str]:
     return _texts(config.parity_file, "eval.jsonl", config.parity_samples)
 
@@ -50,7 +54,24 @@ def _texts(path: Path | None, demo_file: str, count: int) -> list[str]:
     demo = cache_dir() / "demo_corpus" / demo_file
     if demo.is_file():
         return read_texts(demo, count)
-    return (BUILT_IN_TEXTS * (count // len(BUILT_IN_TEXTS) + 1))[:count]
+    return built_in_texts()[:count]
+
+
+def built_in_texts() -> list[str]:
+    """The texts shipped with the package (the short list below if the data file is missing)."""
+    if GATE_TEXTS_FILE.is_file():
+        return read_texts(GATE_TEXTS_FILE, 100_000)
+    return list(BUILT_IN_TEXTS)
+
+
+def text_source(path: Path | None, demo_file: str) -> str:
+    """Where `_texts` takes its text from, for the report."""
+    from bertforge.paths import cache_dir
+
+    if path is not None:
+        return str(path)
+    demo = cache_dir() / "demo_corpus" / demo_file
+    return str(demo) if demo.is_file() else f"built-in ({GATE_TEXTS_FILE.name})"
 
 
 def read_texts(path: Path, count: int) -> list[str]:

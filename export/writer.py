@@ -57,7 +57,9 @@ def write_repository(repo: Path, built: dict[str, dict[str, Path]], info: Checkp
             shutil.copyfile(onnx_path, version / "model.onnx")
             _save_tokenizer(info.folder, version / "tokenizer")
             variant = report["tasks"][task]["variants"][precision]
+            chosen = report["tasks"][task].get("chosen")
             write_triton_model(model_dir, settings, info={"source": str(info.folder), "precision": precision,
+                                                          "recipe": variant.get("recipe"), "chosen": chosen,
                                                           "parity": variant["parity"], "fused_ops": variant["fused_ops"]})
             report["tasks"][task]["model_dir"] = str(repo / settings.model_name)
             report["tasks"][task]["serving"] = {"max_batch_size": settings.max_batch_size,

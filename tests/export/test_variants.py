@@ -21,13 +21,15 @@ def test_int8_repository_is_fused_quantized_and_within_gates(tmp_path, tiny_bert
     from export import export_to_repository
 
     repo = tmp_path / "repo"
-    report = export_to_repository(tiny_bert_dir, repo, progress=False)  # default precision: int8
+    report = export_to_repository(tiny_bert_dir, repo, precision="int8", progress=False)
     fill = report["tasks"]["fill_mask"]["variants"]["int8"]
-    assert fill["passed"] and fill["parity"]["top1_agreement"] >= 0.97 and fill["parity"]["masked_tokens"] >= 100
-    assert report["tasks"]["embed"]["variants"]["int8"]["parity"]["min_cosine"] >= 0.99
+    text = fill["parity"]["by_source"]["text"]
+    assert fill["passed"] and text["tie_aware_agreement"] >= 0.98 and text["masked_tokens"] >= 2000
+    assert report["tasks"]["embed"]["variants"]["int8"]["parity"]["by_source"]["text"]["min_cosine"] >= 0.99
+    assert fill["recipe"]["name"] == fill["search"]["winner"]
     ops = _ops(repo / contract.FILL_MASK_MODEL / "1" / "model.onnx")
-    assert ops["QAttention"] == 2 and ops["MatMulInteger"] > 0 and ops["SkipLayerNormalization"] == 4
-    assert "Attention" not in ops  # the fused attention itself was quantized
+    assert ops["SkipLayerNormalization"] == 4
+    assert ops["QAttention"] + ops["MatMulInteger"] + ops["QLinearMatMul"] > 0  # quantized, whichever recipe won
     serving = json.loads((repo / contract.EMBED_MODEL / "1" / "serving.json").read_text())["settings"]
     assert serving["precision"] == "int8"
     assert serving["max_batch_size"] == 4096 // 64  # a full batch of 64-token texts fits one run

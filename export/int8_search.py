@@ -1,0 +1,119 @@
+"""Accuracy-driven int8: try a small, ordered set of recipes and keep the fastest that passes the gate.
+
+    result = search_int8(fused, workdir, evaluate, calibration_feeds, timing_feeds, seconds=180)
+
+1. Every recipe of `export.quantize.SEARCH_RECIPES` is built, gated and, when it passes, timed.
+2. If none passes: sensitivity. Each quantizable node's output error under int8 is measured on calibration
+   activations (`quantize.local_quantization_error`); the most sensitive nodes are kept fp32 (per-channel
+   dynamic for the rest), the smallest count that passes found by doubling and bisection, within the time.
+3. The fastest passing candidate wins. Every candidate's figures, speed and kept-fp32 nodes go to the report.
+
+Needs nothing from the user: the gate's own text and the reference model are the evaluation (Intel Neural
+Compressor's accuracy-aware tuning needs a user-written eval function).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from export import quantize
+from export.quantize import Recipe
+
+# evaluate(path, quick) -> (metrics, failures, error); quick=True may use part of the gate's inputs
+Evaluate = Callable[[Path, bool], tuple[dict, list[str], float]]
+MAX_KEPT_FRACTION = 0.5  # never keep more than half of the quantizable nodes in fp32: it would not pay
+
+
+@dataclass
+class SearchResult:
+    path: Path | None  # the winning graph, None when no recipe passed
+    recipe: Recipe | None
+    candidates: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> dict:
+        return {"winner": self.recipe.name if self.recipe else None, "seconds": round(self.seconds, 1),
+                "candidates": self.candidates}
+
+
+def search_int8(fused: Path, workdir: Path, evaluate: Evaluate, calibration_feeds: list[dict], timing_feeds: dict,
+                seconds: float = 180.0, log: Callable[[str], None] = print, label: str = "int8") -> SearchResult:
+    """Build and gate int8 recipes of `fused`; return the fastest passing one (or none, with every attempt)."""
+    started = time.perf_counter()
+    deadline = started + seconds
+    workdir.mkdir(parents=True, exist_ok=True)
+    passed: list[tuple[float, Path, Recipe]] = []
+
+    def attempt(recipe: Recipe) -> tuple[list[str], float]:
+        target = workdir / f"{recipe.name}.onnx"
+        quantize.quantize(fused, target, recipe, calibration_feeds)
+        metrics, failures, error = evaluate(target, False)
+        entry = {**recipe.summary(), "passed": not failures, "failures": failures, "error": error, "parity": metrics}
+        if not failures:
+            entry["latency_ms"] = measure_latency(target, timing_feeds)
+            passed.append((entry["latency_ms"], target, recipe))
+        result.candidates.append(entry)
+        speed = f", {entry['latency_ms']:.2f} ms/batch" if "latency_ms" in entry else ""
+        log(f"[export] {label} recipe {recipe.name}: {'PASS' if not failures else 'FAIL'} (error {error:.2e}{speed})")
+        return failures, error
+
+    result = SearchResult(path=None, recipe=None)
+    # 1. the fixed recipes, expected fastest first
+    for recipe in quantize.SEARCH_RECIPES:
+        if time.perf_counter() > deadline:
+            log(f"[export] {label}: search time ({seconds:.0f} s) is up before {recipe.name}")
+            break
+        attempt(recipe)
+    # 2. none passed: keep the nodes whose quantization hurts most in fp32; the smallest count that passes
+    #    is found by doubling, then bisection (the error falls as more nodes stay fp32)
+    if not passed and time.perf_counter() < deadline:
+        errors = quantize.local_quantization_error(fused, calibration_feeds[:4])
+        ranked = sorted(errors, key=errors.get, reverse=True)
+        result.candidates.append({"name": "sensitivity", "local_error": {node: errors[node] for node in ranked}})
+        log(f"[export] {label}: no recipe passed; keeping the most sensitive of {len(ranked)} nodes in fp32")
+        limit = max(1, int(len(ranked) * MAX_KEPT_FRACTION))
+        failing, passing, count = 0, None, 1
+        while time.perf_counter() < deadline:
+            failures, _ = attempt(quantize.SENSITIVITY_BASE.keeping(ranked[:count]))
+            if failures:
+                failing = count
+            else:
+                passing = count
+            if passing is None:
+                if count >= limit:
+                    break
+                count = min(limit, count * 2)
+            elif passing - failing <= 1:
+                break
+            else:
+                count = (failing + passing) // 2
+        else:
+            log(f"[export] {label}: search time ({seconds:.0f} s) is up")
+    # 3. the fastest that passed
+    if passed:
+        _, result.path, result.recipe = min(passed, key=lambda item: item[0])
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def measure_latency(path: Path, feeds: dict, seconds: float = 1.0, warmup: int = 3, max_runs: int = 100) -> float:
+    """Milliseconds of one run of `feeds` on a fresh CPU session (ONNX Runtime's default threads): the fastest of
+    the runs made in `seconds` or `max_runs` runs (at least 5). The minimum, not the median: on a shared machine
+    other processes only ever add time, so the fastest run is the best estimate of the graph's own cost."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inputs = {i.name for i in session.get_inputs()}
+    feeds = {name: value for name, value in feeds.items() if name in inputs}
+    for _ in range(warmup):
+        session.run(None, feeds)
+    times = []
+    end = time.perf_counter() + seconds
+    while (time.perf_counter() < end and len(times) < max_runs) or len(times) < 5:
+        start = time.perf_counter()
+        session.run(None, feeds)
+        times.append(time.perf_counter() - start)
+    return 1000 * min(times)
