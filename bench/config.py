@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from bertforge.config import ConfigError
+from export.config import DEFAULT_PRECISION
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 
@@ -112,7 +113,7 @@ API_TASKS = {"openai": "embed", "tei": "embed", "hf": "fill_mask"}
 @dataclass(kw_only=True)
 class BenchConfig:
     task: Literal["fill_mask", "embed"] = "fill_mask"
-    precision: str = "int8"  # only when --model is exported on the fly (no --repo): the exporter's default
+    precision: str = DEFAULT_PRECISION  # only when --model is exported on the fly (no --repo): the exporter's default
     rounds: int = 2  # alternating repetitions; figures = fastest round, goals = median of per-round ratios
     output: Path = Path("bench/results/serve.json")  # PNG plots are written next to it
     plots: bool = True

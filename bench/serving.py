@@ -26,6 +26,7 @@ from bench.config import BenchConfig
 from bench.load import measure_served_point
 from bench.stats import best_round, median
 from bench.texts import RequestTexts, build_request_texts
+from export.config import DEFAULT_PRECISION
 
 SERVED = "triton"
 SERVED_NO_BATCHING = "triton_no_batching"
@@ -164,7 +165,7 @@ def api_goals(rounds: list[list[dict]], api: str) -> dict:
 
 
 def resolve_repository(repo: Path | None, model_dir: Path | None, scratch: Path, task: str,
-                       log: Callable[[str], None], precision: str = "int8") -> Path:
+                       log: Callable[[str], None], precision: str = DEFAULT_PRECISION) -> Path:
     """The repository to serve: `repo` as given, else `model_dir` exported into `scratch`."""
     if repo is not None:
         if not (Path(repo) / task / "1" / "serving.json").is_file():

@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="override a training config value (repeatable)")
     parser.add_argument("--repo", default="model_repository", help="Triton model repository to write")
     parser.add_argument("--precision", default=None,
-                        help="export precision (default: the exporter's choice for this device)")
+                        help="export precision (default: auto, the fastest variant that passes the parity gate: "
+                             "the int8 recipe search, else fp32)")
     parser.add_argument("--skip-export", action="store_true", help="train only")
     parser.set_defaults(run=run)
 
@@ -62,4 +63,10 @@ def export_stage(model_dir: Path, repo: Path, precision: str | None) -> dict:
 
     print(f"[pipeline] exporting {model_dir} -> {repo}")
     options = {} if precision is None else {"precision": precision}
-    return export_to_repository(model_dir, repo, **options)
+    report = export_to_repository(model_dir, repo, **options)
+    for name, target in report["tasks"].items():
+        (served, variant), = target["variants"].items()
+        why = target.get("chosen", {}).get("reason", f"--precision {served}")
+        recipe = f" ({variant['recipe']['name']})" if variant.get("recipe") else ""
+        print(f"[pipeline] {name}: serving {served}{recipe}: {why}")
+    return report

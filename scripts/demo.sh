@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN_DIR=${RUN_DIR:-runs/demo}
 REPO=${REPO:-model_repository}
+PRECISION=${PRECISION:-auto}  # auto: the fastest variant that passes the parity gate (int8 recipe search, else fp32)
 step() { printf '\n\033[1m== %s ==\033[0m\n' "$*"; }
 
 step "1/6 setup (.venv, pinned dependencies)"
@@ -15,12 +16,12 @@ export PATH="$PWD/.venv/bin:$PATH"
 step "2/6 demo corpus (news articles for training, House of Commons speeches held out)"
 bertforge data demo
 
-step "3/6 train the demo model (tiny BERT, CPU or CUDA; resumes or reuses $RUN_DIR), then export to $REPO"
-bertforge pipeline --config train/configs/demo.toml --run-dir "$RUN_DIR" --repo "$REPO"
+step "3/6 train the demo model (tiny BERT, CPU or CUDA; resumes or reuses $RUN_DIR), then export ($PRECISION) to $REPO"
+bertforge pipeline --config train/configs/demo.toml --run-dir "$RUN_DIR" --repo "$REPO" --precision "$PRECISION"
 
 step "4/6 start Triton (127.0.0.1, free ports)"
 SERVER_LOG=$(mktemp -t bertforge-demo-serve.XXXXXX)
-bertforge serve --repo "$REPO" --grpc-port 0 --http-port 0 --metrics-port 0 >"$SERVER_LOG" 2>&1 &
+bertforge serve --repo "$REPO" --grpc-port 0 --http-port 0 --metrics-port 0 --api-port 0 >"$SERVER_LOG" 2>&1 &
 SERVER_PID=$!
 trap 'kill -TERM $SERVER_PID 2>/dev/null; wait $SERVER_PID 2>/dev/null || true' EXIT
 for _ in $(seq 1 240); do
