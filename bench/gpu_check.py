@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = SIZES["dry"] if args.dry_run else SIZES["base"]
     steps = 2 if args.dry_run else args.train_steps
     batch = 4 if args.dry_run else args.batch_size
-    rows = [environment_row(device), matmul_peak_row(device, dry=args.dry_run)]
+    rows = _Rows(args.output)  # written after every row: a run cut short by its time limit keeps what it measured
+    rows += [environment_row(device), matmul_peak_row(device, dry=args.dry_run)]
     measured_peak = rows[1].get("flops_per_s")
 
     # Pretraining throughput: sparse head on/off, eager and compiled
@@ -66,8 +67,6 @@ def main(argv: list[str] | None = None) -> int:
     rows += _guarded("infer onnxruntime", lambda: onnxruntime_rows(sizes, device, dry=args.dry_run), many=True)
 
     print_table(rows)
-    if args.output:
-        Path(args.output).write_text(json.dumps(rows, indent=1))
     failed = [row["row"] for row in rows if "error" in row]
     if failed:
         print(f"rows that failed (error in their JSON row): {failed}", file=sys.stderr)
@@ -264,6 +263,27 @@ def print_table(rows: list[dict]) -> None:
         median = f"{row.get('median_ms', row.get('step_ms')):.2f}"
         sequences = f"{row['sequences_per_s']:,.0f}" if "sequences_per_s" in row else ""
         print(f"{row['row']:44} {tokens:>12} {mfu:>7} {median:>10} {sequences:>10}")
+
+
+class _Rows(list):
+    """A list of rows that rewrites the --output JSON whenever rows are added."""
+
+    def __init__(self, output: str):
+        super().__init__()
+        self.output = output
+
+    def append(self, row) -> None:
+        super().append(row)
+        self._write()
+
+    def __iadd__(self, rows):
+        super().__iadd__(rows)
+        self._write()
+        return self
+
+    def _write(self) -> None:
+        if self.output:
+            Path(self.output).write_text(json.dumps(list(self), indent=1))
 
 
 def _with_vocab(config, vocab: int):

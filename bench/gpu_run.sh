@@ -56,88 +56,11 @@ step() {
   return $rc
 }
 
-# 1. Carried wheels into private folders (never into the device's own environment)
-SITE=$WORK/site
-EXPORT_SITE=$WORK/export-site
-for group in run export; do
-  target=$SITE
-  [ $group = export ] && target=$EXPORT_SITE
-  mkdir -p "$target"
-  if compgen -G "$WHEELS/$group/*.whl" >/dev/null; then
-    step "install $group wheels" 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-      --upgrade --target "$target" "$WHEELS/$group"/*.whl
-  fi
-done
-export PYTHONPATH=$SITE:$REPO${PYTHONPATH:+:$PYTHONPATH}
-EXPORT_PYTHONPATH=$EXPORT_SITE:$PYTHONPATH
-step environment 120 "$PY" - "$WORK/environment.json" <<'PY'
-import json, platform, sys
-import torch, transformers
-info = {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
-        "cuda": torch.version.cuda, "platform": platform.platform(), "cpus": __import__("os").cpu_count(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-print(info)
-json.dump(info, open(sys.argv[1], "w"))
-PY
-
-# 2. bench/gpu_check.py: matmul peak, pretraining rows (sparse/dense, eager/compiled, batch and vocab levers), inference
-if [ $DRY = 1 ]; then
-  step gpu_check 240 "$PY" bench/gpu_check.py --dry-run --skip-compile --output "$WORK/gpu_check.json"
-else
-  step gpu_check 240 "$PY" bench/gpu_check.py --batch-size 256 --output "$WORK/gpu_check.json"
-fi
-
-# 3. The real CLI: base.toml on the demo corpus for a fixed wall-clock budget (MFU in metrics.jsonl), checkpointed
-RUN=$WORK/run
-TRAIN=("$PY" -m bertforge.cli train --config train/configs/base.toml --run-dir "$RUN"
-       --set "data.train=$TRAIN_SOURCE" --set "data.eval=$EVAL_SOURCE" --set log.progress=false)
-if [ $DRY = 1 ]; then
-  TRAIN+=(--set model.preset=tiny --set model.hidden_size=32 --set model.num_hidden_layers=2
-          --set model.num_attention_heads=2 --set model.intermediate_size=64 --set model.max_position_embeddings=64
-          --set data.vocab_size=200 --set data.seq_len=32 --set data.num_proc=1 --set data.num_workers=0
-          --set data.max_eval_blocks=16 --set train.batch_size=8 --set train.compile=false
-          --set train.max_steps=6 --set train.eval_every=3 --set optim.warmup_steps=2
-          --set checkpoint.every=3 --set log.every=1)
-  RESUME_EXTRA=3
-else
-  TRAIN+=(--set train.max_minutes=1.5 --set train.eval_every=500 --set checkpoint.every=1000 --set log.every=50)
-  RESUME_EXTRA=100
-fi
-step train 170 "${TRAIN[@]}"
-
-# 4. Resume from the newest checkpoint for a few more steps (eager: compile is no resume invariant)
-LAST=$(ls -d "$RUN"/checkpoints/step-* 2>/dev/null | sed 's/.*step-//' | sort -n | tail -1)
-if [ -n "$LAST" ]; then
-  echo "$LAST" >"$WORK/resumed_from_step"
-  step resume 60 "${TRAIN[@]}" --resume --set train.compile=false --set train.max_minutes=0 \
-    --set "train.max_steps=$((LAST + RESUME_EXTRA))"
-else
-  echo "== resume skipped: no checkpoint"; FAILED=1
-fi
-
-# 5. fp16 ONNX export with its parity gate against PyTorch. The gate runs on onnxruntime's CUDA EP where
-#    that build has it; the device's onnxruntime is CPU-only, where fp16 kernels may be missing: then the
-#    outcome is recorded (rc and report in the JSON) without failing the run.
-if [ -d "$RUN/model" ]; then
-  if env "PYTHONPATH=$EXPORT_PYTHONPATH" "$PY" -c \
-      "import onnxruntime, sys; sys.exit('CUDAExecutionProvider' not in onnxruntime.get_available_providers())"; then
-    step export_fp16 80 env "PYTHONPATH=$EXPORT_PYTHONPATH" "$PY" -m bertforge.cli export --model "$RUN/model" \
-      --output "$WORK/onnx" --precision fp16 --quiet
-  else
-    echo "== onnxruntime has no CUDA EP here: the fp16 gate runs on the CPU EP and does not decide the exit status"
-    before=$FAILED
-    step export_fp16_cpu_ep 80 env "PYTHONPATH=$EXPORT_PYTHONPATH" "$PY" -m bertforge.cli export --model "$RUN/model" \
-      --output "$WORK/onnx" --precision fp16 --quiet
-    FAILED=$before
-  fi
-else
-  echo "== export skipped: no trained model"; FAILED=1
-fi
-
-# 6. One JSON with every figure (and the run's metrics and loss curve beside it)
-cp "$RUN/metrics.jsonl" "$OUT_DIR/metrics.jsonl" 2>/dev/null
-cp "$RUN/loss_curve.png" "$OUT_DIR/loss_curve.png" 2>/dev/null
-"$PY" - "$WORK" "$OUT_DIR/gpu_run.json" "$DRY" <<'PY'
+# write_report: every figure so far into $OUT/gpu_run.json (after each step: a cut-short run keeps its figures)
+write_report() {
+  cp "$WORK/run/metrics.jsonl" "$OUT_DIR/metrics.jsonl" 2>/dev/null
+  cp "$WORK/run/loss_curve.png" "$OUT_DIR/loss_curve.png" 2>/dev/null
+  "$PY" - "$WORK" "$OUT_DIR/gpu_run.json" "$DRY" <<'PY'
 import datetime, json, statistics, sys
 from pathlib import Path
 
@@ -179,5 +102,90 @@ report = {
 output.write_text(json.dumps(report, indent=1, default=str))
 print(json.dumps({k: report[k] for k in ("environment", "steps", "train")}, indent=1, default=str)[:4000])
 PY
+}
+
+# 1. Carried wheels into private folders (never into the device's own environment)
+SITE=$WORK/site
+EXPORT_SITE=$WORK/export-site
+for group in run export; do
+  target=$SITE
+  [ $group = export ] && target=$EXPORT_SITE
+  mkdir -p "$target"
+  if compgen -G "$WHEELS/$group/*.whl" >/dev/null; then
+    step "install $group wheels" 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+      --upgrade --target "$target" "$WHEELS/$group"/*.whl
+  fi
+done
+export PYTHONPATH=$SITE:$REPO${PYTHONPATH:+:$PYTHONPATH}
+EXPORT_PYTHONPATH=$EXPORT_SITE:$PYTHONPATH
+step environment 120 "$PY" - "$WORK/environment.json" <<'PY'
+import json, platform, sys
+import torch, transformers
+info = {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
+        "cuda": torch.version.cuda, "platform": platform.platform(), "cpus": __import__("os").cpu_count(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+print(info)
+json.dump(info, open(sys.argv[1], "w"))
+PY
+
+# 2. bench/gpu_check.py: matmul peak, pretraining rows (sparse/dense, eager/compiled, batch and vocab levers), inference
+if [ $DRY = 1 ]; then
+  step gpu_check 240 "$PY" bench/gpu_check.py --dry-run --skip-compile --output "$WORK/gpu_check.json"
+else
+  step gpu_check 240 "$PY" bench/gpu_check.py --batch-size 256 --output "$WORK/gpu_check.json"
+fi
+write_report >/dev/null
+
+# 3. The real CLI: base.toml on the demo corpus for a fixed wall-clock budget (MFU in metrics.jsonl), checkpointed
+RUN=$WORK/run
+TRAIN=("$PY" -m bertforge.cli train --config train/configs/base.toml --run-dir "$RUN"
+       --set "data.train=$TRAIN_SOURCE" --set "data.eval=$EVAL_SOURCE" --set log.progress=false)
+if [ $DRY = 1 ]; then
+  TRAIN+=(--set model.preset=tiny --set model.hidden_size=32 --set model.num_hidden_layers=2
+          --set model.num_attention_heads=2 --set model.intermediate_size=64 --set model.max_position_embeddings=64
+          --set data.vocab_size=200 --set data.seq_len=32 --set data.num_proc=1 --set data.num_workers=0
+          --set data.max_eval_blocks=16 --set train.batch_size=8 --set train.compile=false
+          --set train.max_steps=6 --set train.eval_every=3 --set optim.warmup_steps=2
+          --set checkpoint.every=3 --set log.every=1)
+  RESUME_EXTRA=3
+else
+  TRAIN+=(--set train.max_minutes=1.5 --set train.eval_every=500 --set checkpoint.every=1000 --set log.every=50)
+  RESUME_EXTRA=100
+fi
+step train 170 "${TRAIN[@]}"
+write_report >/dev/null
+
+# 4. Resume from the newest checkpoint for a few more steps (eager: compile is no resume invariant)
+LAST=$(ls -d "$RUN"/checkpoints/step-* 2>/dev/null | sed 's/.*step-//' | sort -n | tail -1)
+if [ -n "$LAST" ]; then
+  echo "$LAST" >"$WORK/resumed_from_step"
+  step resume 60 "${TRAIN[@]}" --resume --set train.compile=false --set train.max_minutes=0 \
+    --set "train.max_steps=$((LAST + RESUME_EXTRA))"
+  write_report >/dev/null
+else
+  echo "== resume skipped: no checkpoint"; FAILED=1
+fi
+
+# 5. fp16 ONNX export with its parity gate against PyTorch. The gate runs on onnxruntime's CUDA EP where
+#    that build has it; the device's onnxruntime is CPU-only, where fp16 kernels may be missing: then the
+#    outcome is recorded (rc and report in the JSON) without failing the run.
+if [ -d "$RUN/model" ]; then
+  if env "PYTHONPATH=$EXPORT_PYTHONPATH" "$PY" -c \
+      "import onnxruntime, sys; sys.exit('CUDAExecutionProvider' not in onnxruntime.get_available_providers())"; then
+    step export_fp16 80 env "PYTHONPATH=$EXPORT_PYTHONPATH" "$PY" -m bertforge.cli export --model "$RUN/model" \
+      --output "$WORK/onnx" --precision fp16 --quiet
+  else
+    echo "== onnxruntime has no CUDA EP here: the fp16 gate runs on the CPU EP and does not decide the exit status"
+    before=$FAILED
+    step export_fp16_cpu_ep 80 env "PYTHONPATH=$EXPORT_PYTHONPATH" "$PY" -m bertforge.cli export --model "$RUN/model" \
+      --output "$WORK/onnx" --precision fp16 --quiet
+    FAILED=$before
+  fi
+else
+  echo "== export skipped: no trained model"; FAILED=1
+fi
+
+# 6. The final JSON (with the run's metrics and loss curve beside it)
+write_report
 echo "== done: $OUT_DIR/gpu_run.json (failed steps: $FAILED)"
 exit $FAILED

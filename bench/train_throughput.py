@@ -102,6 +102,9 @@ def train_ours(config, data, tokenizer, runtime, seconds: float, folder: Path) -
     steps = [r for r in records if "loss" in r]
     final = [r for r in records if "eval_accuracy" in r][-1]
     timed = [r for r in steps if r["step"] > WARMUP_STEPS]
+    if len(timed) < 2:
+        raise RuntimeError(f"our run logged {len(steps)} step records in {seconds} s, too few to time after "
+                           f"{WARMUP_STEPS} warm-up steps; raise --seconds")
     seconds_timed = timed[-1]["elapsed_s"] - steps[0]["elapsed_s"] if len(timed) > 1 else float("nan")
     tokens_timed = timed[-1]["tokens_seen"] - steps[0]["tokens_seen"]
     precision = next(r["precision"] for r in records if "precision" in r)

@@ -15,7 +15,7 @@ def test_training_benchmark_runs_both_contenders(tiny_corpus_dir, tiny_tokenizer
     output = tmp_path / "train.json"
     result = subprocess.run(
         [sys.executable, "-m", "bench.train_throughput", "--config", str(config), "--preset", "tiny", "--seq-len", "32",
-         "--batch-size", "8", "--seconds", "3", "--tokenizer", str(tiny_tokenizer_dir), "--output", str(output),
+         "--batch-size", "8", "--seconds", "5", "--tokenizer", str(tiny_tokenizer_dir), "--output", str(output),
          "--precision", "auto"],
         capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "BERTFORGE_CACHE": str(tmp_path)})
     assert result.returncode == 0, result.stderr[-3000:]

@@ -110,7 +110,7 @@ def test_non_finite_steps_are_skipped_then_training_stops(tiny_config_file, tmp_
     with pytest.raises(TrainingDiverged, match="3 consecutive non-finite steps.*Last good checkpoint: .*step-"):
         run_training(config, tmp_path / "diverged")
     records = read_metrics(tmp_path / "diverged")
-    assert records == [] or all("loss" in r for r in records)
+    assert all("loss" in r or "precision" in r for r in records)  # step records and the run's precision line only
 
 
 def test_lamb_and_whole_word_masking_train(tiny_config_file, tmp_path):
