@@ -243,7 +243,7 @@ def _choose_auto(target: _Target, log) -> tuple[str, Path, dict]:
     _, int8_path, int8_entry = _search_int8(target, log)
     batch = "x".join(str(n) for n in target.timing_feeds["input_ids"].shape)
     if int8_entry["passed"]:
-        int8_ms = min(c["latency_ms"] for c in int8_entry["search"]["candidates"] if c.get("passed"))
+        int8_ms = int8_entry["search"]["winner_latency_ms"]
         int8_entry["latency_ms"] = int8_ms
         if int8_ms < fp32_entry["latency_ms"]:
             reason = (f"int8 recipe {int8_entry['recipe']['name']} passed the gate and runs a {batch} batch in "

@@ -33,10 +33,11 @@ class SearchResult:
     recipe: Recipe | None
     candidates: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    latency_ms: float | None = None  # the winner's
 
     def summary(self) -> dict:
-        return {"winner": self.recipe.name if self.recipe else None, "seconds": round(self.seconds, 1),
-                "candidates": self.candidates}
+        return {"winner": self.recipe.name if self.recipe else None, "winner_latency_ms": self.latency_ms,
+                "seconds": round(self.seconds, 1), "candidates": self.candidates}
 
 
 def search_int8(fused: Path, workdir: Path, evaluate: Evaluate, calibration_feeds: list[dict], timing_feeds: dict,
@@ -92,9 +93,12 @@ def search_int8(fused: Path, workdir: Path, evaluate: Evaluate, calibration_feed
                 count = (failing + passing) // 2
         else:
             log(f"[export] {label}: search time ({seconds:.0f} s) is up")
+        # fewer fp32 nodes is faster by construction: keep only the smallest passing count (timings are noisy)
+        kept_counts = [len(recipe.keep_fp32) for _, _, recipe in passed]
+        passed = [entry for entry, count in zip(passed, kept_counts) if count == min(kept_counts, default=0)]
     # 3. the fastest that passed
     if passed:
-        _, result.path, result.recipe = min(passed, key=lambda item: item[0])
+        result.latency_ms, result.path, result.recipe = min(passed, key=lambda item: item[0])
     result.seconds = time.perf_counter() - started
     return result
 
