@@ -103,6 +103,27 @@ def search_int8(fused: Path, workdir: Path, evaluate: Evaluate, calibration_feed
     return result
 
 
+def paired_latency(paths: dict[str, Path], feeds: dict, seconds: float = 2.0, warmup: int = 3,
+                   max_rounds: int = 200) -> dict[str, float]:
+    """Milliseconds per run of each graph, measured in alternation (one run each per round, fastest run kept),
+    so a change of load on a shared machine hits every contestant alike: for the final fp32-vs-int8 choice."""
+    import onnxruntime as ort
+
+    sessions = {name: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]) for name, path in paths.items()}
+    inputs = {name: {i.name for i in session.get_inputs()} for name, session in sessions.items()}
+    fastest = {name: float("inf") for name in sessions}
+    end, rounds = time.perf_counter() + seconds, 0
+    while (time.perf_counter() < end and rounds < max_rounds) or rounds < warmup + 5:
+        for name, session in sessions.items():
+            run_feeds = {key: value for key, value in feeds.items() if key in inputs[name]}
+            start = time.perf_counter()
+            session.run(None, run_feeds)
+            if rounds >= warmup:
+                fastest[name] = min(fastest[name], time.perf_counter() - start)
+        rounds += 1
+    return {name: 1000 * value for name, value in fastest.items()}
+
+
 def measure_latency(path: Path, feeds: dict, seconds: float = 1.0, warmup: int = 3, max_runs: int = 100) -> float:
     """Milliseconds of one run of `feeds` on a fresh CPU session (ONNX Runtime's default threads): the fastest of
     the runs made in `seconds` or `max_runs` runs (at least 5). The minimum, not the median: on a shared machine
