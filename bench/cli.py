@@ -72,7 +72,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="HF BERT folder: exported to a temporary repository when --repo is not "
                                         "given; feeds the PyTorch baseline")
     parser.add_argument("--task", choices=["fill_mask", "embed"], help="served model (default fill_mask)")
-    parser.add_argument("--precision", help="precision when --model is exported on the fly (default int8)")
+    parser.add_argument("--precision", help="precision when --model is exported on the fly (default auto, as bertforge export)")
     parser.add_argument("--quick", action="store_true", help="short run (preset 'quick', <= 60 s)")
     parser.add_argument("--preset", help="bench/configs/<name>.toml (quick, full)")
     parser.add_argument("--config", help="BenchConfig TOML file")
