@@ -124,13 +124,7 @@ def goals(rounds: list[list[dict]], task: str) -> dict:
     targets = {"served_vs_pipeline": (f"{SERVED} c16 req/s / {pipeline_name} req/s", ">=", 4.0),
                "batching_on_vs_off": (f"{SERVED} c16 req/s / {SERVED_NO_BATCHING} c16 req/s", ">=", 2.0),
                "c1_p50_overhead_ms": (f"{SERVED} c1 p50 - onnxruntime_b1 p50 (ms)", "<=", 1.0)}
-    result = {}
-    for name, (meaning, sense, target) in targets.items():
-        value = median(values[name])
-        met = None if value is None else (value >= target if sense == ">=" else value <= target)
-        result[name] = {"meaning": meaning, "value": value, "per_round": values[name], "target": f"{sense} {target}",
-                        "met": met}
-    return result
+    return _judge(values, targets)
 
 
 def api_contender(api: str) -> str:
@@ -155,12 +149,17 @@ def api_goals(rounds: list[list[dict]], api: str) -> dict:
     targets = {"api_c1_p50_overhead_ms": (f"{name} c1 p50 - {SERVED} c1 p50 (ms)", "<=", 0.5),
                "api_c32_throughput_ratio": (f"{name} c{API_GOAL_CONCURRENCY} req/s / {SERVED} "
                                             f"c{API_GOAL_CONCURRENCY} req/s", ">=", 0.9)}
+    return _judge(values, targets)
+
+
+def _judge(values: dict[str, list[float]], targets: dict[str, tuple[str, str, float]]) -> dict:
+    """Each goal's median over rounds against its target: {goal: {meaning, value, per_round, target, met}}."""
     result = {}
-    for key, (meaning, sense, target) in targets.items():
-        value = median(values[key])
+    for name, (meaning, sense, target) in targets.items():
+        value = median(values[name])
         met = None if value is None else (value >= target if sense == ">=" else value <= target)
-        result[key] = {"meaning": meaning, "value": value, "per_round": values[key], "target": f"{sense} {target}",
-                       "met": met}
+        result[name] = {"meaning": meaning, "value": value, "per_round": values[name], "target": f"{sense} {target}",
+                        "met": met}
     return result
 
 

@@ -180,28 +180,24 @@ class _Target:
     config: ExportConfig
     timing_feeds: dict
 
-    def evaluate(self, path: Path, precision: str, quick: bool = False) -> tuple[dict, list[str], float, list[str]]:
+    def evaluate(self, path: Path, precision: str) -> tuple[dict, list[str], float, list[str]]:
         """(metrics, failures, error, providers) of the variant at `path` against PyTorch."""
         from export.parity import compare, gate, task_error
         from export.variants import gate_session
 
         session = gate_session(path, precision)
-        pairs = list(zip(self.batches, self.references))
-        if quick:  # a quarter of the text: enough to rank recipes, not to judge them
-            pairs = [pair for pair in pairs if pair[0].source == "text"][::4]
-        batches, references = zip(*pairs)
-        metrics = compare(session, list(batches), list(references), self.task, graph=self.kind,
+        metrics = compare(session, self.batches, self.references, self.task, graph=self.kind,
                           tie_margin=self.config.gates.tie_margin)
         failures = gate(metrics, self.name, precision, self.config.gates, task=self.task)
         return metrics, failures, task_error(metrics, self.task), session.get_providers()
 
 
-def _build_and_gate(target: _Target, precision: str, log, recipe=None) -> tuple[Path, dict]:
+def _build_and_gate(target: _Target, precision: str, log) -> tuple[Path, dict]:
     from export.variants import build_variant
 
     log(f"[export] {target.name} {precision}: building")
     path = target.folder / precision / "model.onnx"
-    details = build_variant(target.fused, precision, path, calibration_feeds=target.calibration_feeds, recipe=recipe)
+    details = build_variant(target.fused, precision, path, calibration_feeds=target.calibration_feeds)
     metrics, failures, _, providers = target.evaluate(path, precision)
     log(f"[export] {target.name} {precision}: " + ("PASS " if not failures else "FAIL ") + _summary(metrics, target.task,
                                                                                                   precision))
@@ -209,13 +205,13 @@ def _build_and_gate(target: _Target, precision: str, log, recipe=None) -> tuple[
 
 
 def _search_int8(target: _Target, log) -> tuple[str, Path, dict]:
-    """`--precision int8`: the recipe search; the winner is gated and described like any variant."""
+    """`--precision int8`: the recipe search; the winner is described like any variant."""
     from export.int8_search import search_int8
-    from export.variants import describe
+    from export.variants import describe, session_providers
 
     log(f"[export] {target.name} int8: searching recipes (at most {target.config.search_seconds:.0f} s)")
     result = search_int8(target.fused, target.folder / "int8-search",
-                         lambda path, quick: target.evaluate(path, "int8", quick)[:3], target.calibration_feeds,
+                         lambda path: target.evaluate(path, "int8")[:3], target.calibration_feeds,
                          target.timing_feeds, seconds=target.config.search_seconds, log=log, label=f"{target.name} int8")
     if result.path is None:
         failures = [f"{target.name} int8: no recipe passed the gate ({len(result.candidates)} tried in "
@@ -224,9 +220,11 @@ def _search_int8(target: _Target, log) -> tuple[str, Path, dict]:
                  "parity": _best_parity(result)}
         log("[export] " + failures[0])
         return "int8", target.folder / "int8-search" / "none.onnx", entry
-    metrics, failures, _, providers = target.evaluate(result.path, "int8")
-    entry = {**describe(result.path, "int8"), "recipe": result.recipe.summary(), "providers": providers,
-             "parity": metrics, "failures": failures, "passed": not failures, "search": result.summary()}
+    # the winner was gated in the search already: its figures are the candidate's
+    winner = next(c for c in result.candidates if c.get("name") == result.recipe.name and c.get("passed"))
+    metrics = winner["parity"]
+    entry = {**describe(result.path, "int8"), "recipe": result.recipe.summary(), "providers": session_providers("int8"),
+             "parity": metrics, "failures": [], "passed": True, "search": result.summary()}
     log(f"[export] {target.name} int8: PASS with recipe {result.recipe.name} " + _summary(metrics, target.task, "int8"))
     return "int8", result.path, entry
 
@@ -277,15 +275,15 @@ def _timing_feeds(tokenizer, max_length: int, task: str, kind: str) -> dict:
     """A batch of 8 texts of min(128, max_length) tokens (15% masked for fill-mask) to time candidates on."""
     import numpy as np
 
-    from export.parity import _pad, _special_ids
+    from export.parity import pad_rows, special_ids
 
     rng = np.random.default_rng(0)
-    ids = _special_ids(tokenizer)
+    ids = special_ids(tokenizer)
     length = min(128, max_length)
     rows = [[ids["cls"], *rng.integers(5, len(tokenizer), size=length - 2).tolist(), ids["sep"]] for _ in range(8)]
     positions = [sorted(rng.choice(np.arange(1, length - 1), size=max(1, length * 15 // 100), replace=False).tolist())
                  for _ in rows] if task == "fill_mask" and kind == "served" else None
-    return _pad(rows, ids["pad"], positions, ids["mask"])
+    return pad_rows(rows, ids["pad"], positions, ids["mask"])
 
 
 def _text_source(config: ExportConfig) -> str:

@@ -22,8 +22,8 @@ from pathlib import Path
 from export import quantize
 from export.quantize import Recipe
 
-# evaluate(path, quick) -> (metrics, failures, error); quick=True may use part of the gate's inputs
-Evaluate = Callable[[Path, bool], tuple[dict, list[str], float]]
+# evaluate(path) -> (metrics, failures, error): the full gate on the variant at `path`
+Evaluate = Callable[[Path], tuple[dict, list[str], float]]
 MAX_KEPT_FRACTION = 0.5  # never keep more than half of the quantizable nodes in fp32: it would not pay
 
 
@@ -51,7 +51,7 @@ def search_int8(fused: Path, workdir: Path, evaluate: Evaluate, calibration_feed
     def attempt(recipe: Recipe) -> tuple[list[str], float]:
         target = workdir / f"{recipe.name}.onnx"
         quantize.quantize(fused, target, recipe, calibration_feeds)
-        metrics, failures, error = evaluate(target, False)
+        metrics, failures, error = evaluate(target)
         entry = {**recipe.summary(), "passed": not failures, "failures": failures, "error": error, "parity": metrics}
         if not failures:
             entry["latency_ms"] = measure_latency(target, timing_feeds)

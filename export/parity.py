@@ -54,7 +54,7 @@ def make_parity_inputs(tokenizer, texts: list[str], max_length: int, seed: int, 
                        batch_size: int = 8) -> ParityInputs:
     """Random-id batches plus windows of real text: masked (>= min_masks masks where the text allows) and plain."""
     rng = np.random.default_rng(seed)
-    ids = _special_ids(tokenizer)
+    ids = special_ids(tokenizer)
     window = min(max_length, TEXT_WINDOW)
     windows = text_windows(tokenizer, texts, window)
     # Random ids: [CLS] random... [SEP] [PAD]..., ragged lengths
@@ -65,7 +65,7 @@ def make_parity_inputs(tokenizer, texts: list[str], max_length: int, seed: int, 
         longest = min(longest, max_length)
         lengths = [longest] + list(rng.integers(3, longest + 1, size=batch - 1))
         random_rows.append([[ids["cls"], *rng.choice(ordinary, size=length - 2), ids["sep"]] for length in lengths])
-    random_batches = [ParityBatch("random", _pad(rows, ids["pad"], [_mask_rate_positions(row, rng) for row in rows],
+    random_batches = [ParityBatch("random", pad_rows(rows, ids["pad"], [_mask_rate_positions(row, rng) for row in rows],
                                                  ids["mask"]))
                       for rows in random_rows]
     # Text, masked in rounds: each round masks ~15% of the positions not masked before, until enough masks
@@ -79,17 +79,17 @@ def make_parity_inputs(tokenizer, texts: list[str], max_length: int, seed: int, 
         for start in range(0, len(windows), batch_size):
             rows, positions = windows[start:start + batch_size], chosen[start:start + batch_size]
             if any(positions):
-                batch = _pad(rows, ids["pad"], positions, ids["mask"])
+                batch = pad_rows(rows, ids["pad"], positions, ids["mask"])
                 masks += len(batch[contract.ONNX_MASK_POSITIONS])
                 fill_batches.append(ParityBatch("text", batch))
-    embed_batches = [ParityBatch("text", _pad(windows[start:start + batch_size], ids["pad"], None, ids["mask"]))
+    embed_batches = [ParityBatch("text", pad_rows(windows[start:start + batch_size], ids["pad"], None, ids["mask"]))
                      for start in range(0, len(windows), batch_size)]
     return ParityInputs(fill_mask=random_batches + fill_batches, embed=random_batches + embed_batches)
 
 
 def text_windows(tokenizer, texts: list[str], window: int, limit: int = MAX_TEXT_WINDOWS) -> list[list[int]]:
     """`[CLS] tokens [SEP]` rows of at most `window` tokens: long texts are cut into consecutive windows."""
-    ids = _special_ids(tokenizer)
+    ids = special_ids(tokenizer)
     rows: list[list[int]] = []
     for text in texts:
         tokens = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -285,7 +285,7 @@ def _summarise(parts: list[dict], task: str, max_abs_diff: float) -> dict:
     return figures
 
 
-def _special_ids(tokenizer) -> dict[str, int]:
+def special_ids(tokenizer) -> dict[str, int]:
     names = {"cls": contract.CLS_TOKEN, "sep": contract.SEP_TOKEN, "pad": contract.PAD_TOKEN, "mask": contract.MASK_TOKEN}
     return {key: tokenizer.convert_tokens_to_ids(token) for key, token in names.items()}
 
@@ -308,7 +308,7 @@ def _fresh_positions(row: list[int], done: set[int], rng: np.random.Generator) -
     return sorted(int(p) for p in rng.choice(inner, size=count, replace=False))
 
 
-def _pad(rows: list[list[int]], pad_id: int, mask_positions: list[list[int]] | None, mask_id: int) -> dict[str, np.ndarray]:
+def pad_rows(rows: list[list[int]], pad_id: int, mask_positions: list[list[int]] | None, mask_id: int) -> dict[str, np.ndarray]:
     """Pad rows to the longest; put [MASK] at the given positions of each row (fill-mask batches)."""
     longest = max(len(row) for row in rows)
     input_ids = np.full((len(rows), longest), pad_id, dtype=np.int64)  # (B, T)

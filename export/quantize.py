@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -111,27 +111,32 @@ def head_nodes(path: Path) -> list[str]:
 
 def activation_absmax(path: Path, feeds: Iterable[dict]) -> dict[str, np.ndarray]:
     """Per-channel max |x| of every quantizable node's input over real (unpadded) tokens of `feeds`."""
-    return {name: np.abs(rows).max(0, initial=0.0) for name, rows in node_inputs(path, feeds).items()}
+    maxima: dict[str, np.ndarray] = {}
+    for batch in node_input_batches(path, feeds):  # one batch at a time: calibration activations can be large
+        for name, rows in batch.items():
+            maxima[name] = np.maximum(maxima.get(name, 0.0), np.abs(rows).max(0, initial=0.0))
+    return maxima
 
 
-def node_inputs(path: Path, feeds: Iterable[dict]) -> dict[str, np.ndarray]:
-    """The rows (real tokens only) that reach each quantizable node's input over `feeds`: {tensor: (N, C)}."""
+def node_input_batches(path: Path, feeds: Iterable[dict]) -> Iterator[dict[str, np.ndarray]]:
+    """Per feed, the rows (real tokens only) that reach each quantizable node's input: {tensor: (N, C)}."""
     import onnx
     import onnxruntime as ort
 
     model = onnx.load(str(path))
-    names = sorted({node.input[0] for node in model.graph.node if node.name in set(quantizable_nodes(path))})
+    quantizable = set(quantizable_nodes(path))
+    names = sorted({node.input[0] for node in model.graph.node if node.name in quantizable})
     present = {output.name for output in model.graph.output}
     model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in names if name not in present)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     inputs = {i.name for i in session.get_inputs()}
-    collected: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for feed in feeds:
         real = feed["attention_mask"].reshape(-1).astype(bool)  # (B*T,)
+        batch = {}
         for name, value in zip(names, session.run(names, {k: v for k, v in feed.items() if k in inputs})):
             rows = value.reshape(-1, value.shape[-1])  # (B*T, C)
-            collected[name].append(rows[real] if rows.shape[0] == real.shape[0] else rows)
-    return {name: np.concatenate(parts) for name, parts in collected.items()}
+            batch[name] = rows[real] if rows.shape[0] == real.shape[0] else rows
+        yield batch
 
 
 def local_quantization_error(path: Path, feeds: Iterable[dict]) -> dict[str, float]:
@@ -143,10 +148,12 @@ def local_quantization_error(path: Path, feeds: Iterable[dict]) -> dict[str, flo
 
     model = onnx.load(str(path))
     weights = {init.name: init for init in model.graph.initializer}
-    rows = node_inputs(path, feeds)
+    batches = list(node_input_batches(path, feeds))
+    rows = {name: np.concatenate([batch[name] for batch in batches]) for name in (batches[0] if batches else {})}
+    quantizable = set(quantizable_nodes(path))
     errors = {}
     for node in model.graph.node:
-        if node.name not in set(quantizable_nodes(path)):
+        if node.name not in quantizable:
             continue
         x = rows[node.input[0]].astype(np.float32)  # (N, C_in)
         w = numpy_helper.to_array(weights[node.input[1]]).astype(np.float32)  # (C_in, C_out)
