@@ -18,7 +18,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Start Triton Inference Server on REPO (127.0.0.1 only unless --host), wait until it is "
                     "ready, start the HTTP API beside it (OpenAI /v1/embeddings, TEI /embed, Hugging Face "
                     "fill-mask, /health, /metrics, /docs), print the endpoints, and stop both cleanly on Ctrl-C "
-                    "or SIGTERM.")
+                    "or SIGTERM. Every flag can also be set as BERTFORGE_SERVE_<FLAG> (e.g. "
+                    "BERTFORGE_SERVE_GRPC_PORT=0, BERTFORGE_SERVE_API_PORT, BERTFORGE_SERVE_NO_API=1; any config "
+                    "key too: BERTFORGE_SERVE_API_TIMEOUT_S); precedence: defaults < --config < environment < "
+                    "--set < flags.")
     parser.add_argument("--repo", help="model repository written by `bertforge export` (default: model_repository)")
     parser.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 exposes it to the network)")
     parser.add_argument("--grpc-port", type=int, help="gRPC port (default 8001; 0 = free port)")
@@ -38,11 +41,11 @@ def run(args: argparse.Namespace) -> int:
     from bertforge.cli import UserError
     from bertforge.config import load_config, save_config
     from serve.api.process import ApiLaunchError, running_api
-    from serve.config import API_KEY_ENV, ServeConfig
+    from serve.config import API_KEY_ENV, ServeConfig, env_overrides
     from serve.launcher import LaunchError, running_server
 
-    # Config: file < --set < explicit flags
-    config = load_config(ServeConfig, args.config, args.set)
+    # Config: defaults < file < BERTFORGE_SERVE_* environment < --set < explicit flags
+    config = load_config(ServeConfig, args.config, env_overrides() + list(args.set))
     flags = {key: getattr(args, key) for key in ("host", "grpc_port", "http_port", "metrics_port")}
     flags.update(repo=args.repo and Path(args.repo), log_file=args.log_file and Path(args.log_file))
     config = dataclasses.replace(config, **{key: value for key, value in flags.items() if value is not None})

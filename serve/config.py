@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,3 +66,89 @@ class ServeConfig:
             raise ConfigError("serve: the gRPC, HTTP, metrics and API ports must differ")
         if self.ready_timeout_s <= 0:
             raise ConfigError("serve.ready_timeout_s must be > 0")
+
+
+ENV_PREFIX = "BERTFORGE_SERVE_"  # BERTFORGE_SERVE_GRPC_PORT=0, BERTFORGE_SERVE_API_TIMEOUT_S=10, ...
+_ENV_ALIASES = {"NO_API": ("api.enabled", "invert")}  # the `--no-api` flag as a variable
+
+
+def env_variables() -> dict[str, str]:
+    """Every `BERTFORGE_SERVE_*` variable and the config key it sets (`GRPC_PORT` -> `grpc_port`, `API_PORT` -> `api.port`)."""
+    table = {}
+    for field in dataclasses.fields(ServeConfig):
+        if field.name == "api":
+            for api_field in dataclasses.fields(ApiConfig):
+                table[f"{ENV_PREFIX}API_{api_field.name.upper()}"] = f"api.{api_field.name}"
+        else:
+            table[f"{ENV_PREFIX}{field.name.upper()}"] = field.name
+    for alias, (key, _) in _ENV_ALIASES.items():
+        table[f"{ENV_PREFIX}{alias}"] = key
+    return table
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The `BERTFORGE_SERVE_*` variables as `--set`-style `key=value` overrides (file < env < --set < flags).
+
+    Values are checked here, so a bad one is an error naming the variable; an unknown `BERTFORGE_SERVE_*` name
+    (a typo) is an error too, listing the valid ones. `BERTFORGE_API_KEY` is read separately (a secret).
+    """
+    environ = os.environ if environ is None else environ
+    table = env_variables()
+    overrides = []
+    for variable in sorted(name for name in environ if name.startswith(ENV_PREFIX)):
+        if variable not in table:
+            raise ConfigError(f"unknown environment variable {variable}; valid: {', '.join(sorted(table))}")
+        key, raw = table[variable], environ[variable].strip()
+        alias = _ENV_ALIASES.get(variable[len(ENV_PREFIX):])
+        value = _parse_env_value(variable, _field_type(key), raw)
+        if alias is not None:
+            value = not value
+        override = f"{key}={_as_toml(value)}"
+        _check_alone(variable, key, override)
+        overrides.append(override)
+    return overrides
+
+
+def _field_type(key: str) -> type:
+    cls, name = (ApiConfig, key.split(".", 1)[1]) if key.startswith("api.") else (ServeConfig, key)
+    hint = typing.get_type_hints(cls)[name]
+    args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    return args[0] if args else hint
+
+
+def _parse_env_value(variable: str, kind: type, raw: str) -> object:
+    try:
+        if kind is bool:
+            lowered = raw.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind in (int, float):
+            return kind(raw)
+    except ValueError:
+        expected = {bool: "true/false (or 1/0)", int: "an integer", float: "a number"}[kind]
+        raise ConfigError(f"environment variable {variable}={raw!r}: expected {expected}") from None
+    if not raw:
+        raise ConfigError(f"environment variable {variable} is empty; unset it to use the default")
+    return raw
+
+
+def _as_toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def _check_alone(variable: str, key: str, override: str) -> None:
+    """Range checks of this one key (e.g. a port > 65535) reported with the variable's name."""
+    from bertforge.config import load_config
+
+    try:
+        load_config(ServeConfig, None, [override])
+    except ConfigError as error:
+        if f"serve.{key} " in str(error) or f".{key}:" in str(error):
+            raise ConfigError(f"environment variable {variable}: {error}") from None

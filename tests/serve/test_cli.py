@@ -77,3 +77,39 @@ def test_serve_cli_starts_prints_endpoints_and_stops_on_sigterm(served_repo):
     finally:
         if process.poll() is None:
             os.kill(process.pid, signal.SIGKILL)
+
+
+def test_serve_environment_variables_precedence_and_errors(tmp_path, monkeypatch, capsys):
+    from bertforge.config import ConfigError, load_config
+    from serve.config import ServeConfig, env_overrides
+
+    config_file = tmp_path / "serve.toml"
+    config_file.write_text('grpc_port = 9101\nhttp_port = 9102\nhost = "127.0.0.1"\n[api]\ntimeout_s = 7.0\n')
+    environ = {"BERTFORGE_SERVE_GRPC_PORT": "9201", "BERTFORGE_SERVE_HTTP_PORT": "9202",
+               "BERTFORGE_SERVE_API_TIMEOUT_S": "3.5", "BERTFORGE_SERVE_NO_API": "1", "OTHER": "x"}
+    # file < environment < --set
+    config = load_config(ServeConfig, config_file, env_overrides(environ) + ["http_port=9302"])
+    assert (config.grpc_port, config.http_port, config.api.timeout_s, config.api.enabled) == (9201, 9302, 3.5, False)
+    assert load_config(ServeConfig, config_file, env_overrides({})).grpc_port == 9101
+    for environ, message in [({"BERTFORGE_SERVE_GRPC_PORT": "eighty"}, "BERTFORGE_SERVE_GRPC_PORT='eighty': expected an integer"),
+                             ({"BERTFORGE_SERVE_API_PORT": "70000"}, "BERTFORGE_SERVE_API_PORT: serve.api.port must be in"),
+                             ({"BERTFORGE_SERVE_NO_API": "maybe"}, "BERTFORGE_SERVE_NO_API='maybe': expected true/false"),
+                             ({"BERTFORGE_SERVE_GRPCPORT": "1"}, "unknown environment variable BERTFORGE_SERVE_GRPCPORT")]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            env_overrides(environ)
+    # through the real CLI: the variable is used (the repository it names is looked for) and a bad one exits 2
+    monkeypatch.setenv("BERTFORGE_SERVE_REPO", str(tmp_path / "from-env"))
+    assert main(["serve", "--grpc-port", "0"]) == 2
+    assert f"model repository not found: {tmp_path / 'from-env'}" in capsys.readouterr().err
+    monkeypatch.setenv("BERTFORGE_SERVE_GRPC_PORT", "x")
+    assert main(["serve", "--grpc-port", "0"]) == 2
+    assert "BERTFORGE_SERVE_GRPC_PORT='x'" in capsys.readouterr().err
+
+
+def test_docs_serve_lists_every_environment_variable():
+    from pathlib import Path
+
+    from serve.config import env_variables
+
+    documented = set(re.findall(r"`(BERTFORGE_SERVE_[A-Z_]+)`", (Path(__file__).parents[2] / "docs/serve.md").read_text()))
+    assert documented == set(env_variables())
