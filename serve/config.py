@@ -73,14 +73,14 @@ _ENV_ALIASES = {"NO_API": ("api.enabled", "invert")}  # the `--no-api` flag as a
 
 
 def env_variables() -> dict[str, str]:
-    """Every `BERTFORGE_SERVE_*` variable and the config key it sets (`GRPC_PORT` -> `grpc_port`, `API_PORT` -> `api.port`)."""
+    """Every `BERTFORGE_SERVE_*` variable and the key it sets (`GRPC_PORT` -> `grpc_port`, `API_PORT` -> `api.port`)."""
     table = {}
-    for field in dataclasses.fields(ServeConfig):
-        if field.name == "api":
+    for serve_field in dataclasses.fields(ServeConfig):
+        if serve_field.name == "api":
             for api_field in dataclasses.fields(ApiConfig):
                 table[f"{ENV_PREFIX}API_{api_field.name.upper()}"] = f"api.{api_field.name}"
         else:
-            table[f"{ENV_PREFIX}{field.name.upper()}"] = field.name
+            table[f"{ENV_PREFIX}{serve_field.name.upper()}"] = serve_field.name
     for alias, (key, _) in _ENV_ALIASES.items():
         table[f"{ENV_PREFIX}{alias}"] = key
     return table
