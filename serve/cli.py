@@ -34,6 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--log-file", help="tritonserver log (default: a temporary file)")
     parser.add_argument("--config", help="TOML file with ServeConfig keys")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    parser.add_argument("triton_args", nargs="*", metavar="-- TRITONSERVER_FLAG",
+                        help="after `--`: flags passed to tritonserver as they are (--log-verbose=1, --grpc-use-ssl=true "
+                             "--grpc-server-cert=..., --trace-config ...); ports, addresses, the repository, model "
+                             "control and the backend folder are refused (use bertforge's flags)")
     parser.set_defaults(run=run)
 
 
@@ -42,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from bertforge.config import load_config, save_config
     from serve.api.process import ApiLaunchError, running_api
     from serve.config import API_KEY_ENV, ServeConfig, env_overrides
-    from serve.launcher import LaunchError, running_server
+    from serve.launcher import LaunchError, check_passthrough, running_server
 
     # Config: defaults < file < BERTFORGE_SERVE_* environment < --set < explicit flags
     config = load_config(ServeConfig, args.config, env_overrides() + list(args.set))
@@ -58,13 +62,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: the API on {config.host} is open to the network without a key; pass --api-key or set "
               f"{API_KEY_ENV}", file=sys.stderr, flush=True)
 
+    try:
+        triton_args = check_passthrough(args.triton_args)
+    except LaunchError as error:
+        raise UserError(str(error)) from None
+
     # SIGTERM behaves like Ctrl-C so the server is always stopped by the context manager
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         with contextlib.ExitStack() as stack:
             server = stack.enter_context(running_server(
                 config.repo, config.host, config.grpc_port, config.http_port, config.metrics_port,
-                log_path=config.log_file, ready_timeout_s=config.ready_timeout_s,
+                log_path=config.log_file, ready_timeout_s=config.ready_timeout_s, extra_args=triton_args,
                 keep_workdir=True))  # its log and serve.toml are printed below
             endpoints = server.endpoints
             api = None

@@ -184,6 +184,41 @@ def server_command(repo: Path, backend_dir: Path, endpoints: Endpoints, extra_ar
     ]
 
 
+# tritonserver flags that would break what bertforge manages, and what to use instead
+_MANAGED_FLAGS = {
+    "--model-repository": "--repo", "--model-store": "--repo",
+    "--grpc-port": "--grpc-port", "--http-port": "--http-port", "--metrics-port": "--metrics-port",
+    "--grpc-address": "--host", "--http-address": "--host", "--metrics-address": "--host",
+    "--backend-directory": "nothing (bertforge builds the python backend folder)",
+    "--allow-grpc": "nothing (the API and bertforge's readiness check need gRPC and HTTP)",
+    "--allow-http": "nothing (the API and bertforge's readiness check need gRPC and HTTP)",
+    "--load-model": "--repo (every model of the repository is served)",
+}
+
+
+def check_passthrough(args: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """The tritonserver flags given after `--`, refused (LaunchError naming the bertforge flag) where they
+    would break what bertforge manages: ports, addresses, the repository, model control, the backend folder."""
+    args = list(args)
+    for index, arg in enumerate(args):
+        if not arg.startswith("--"):
+            if index == 0:
+                raise LaunchError(f"pass-through argument {arg!r}: give tritonserver flags, e.g. "
+                                  "`bertforge serve -- --log-verbose=1`")
+            continue  # the value of the flag before it (`--trace-config mode=triton`)
+        name, equals, value = arg.partition("=")
+        if not equals and index + 1 < len(args) and not args[index + 1].startswith("--"):
+            value = args[index + 1]
+        if name == "--model-control-mode":
+            if value != "none":
+                raise LaunchError(f"pass-through {name} {value}: bertforge serves a fixed repository "
+                                  "(--model-control-mode=none); restart `bertforge serve` to change models")
+            continue
+        if name in _MANAGED_FLAGS:
+            raise LaunchError(f"pass-through {name} is managed by bertforge; use {_MANAGED_FLAGS[name]} instead")
+    return tuple(args)
+
+
 def server_environment() -> dict[str, str]:
     """LD_LIBRARY_PATH: this Python's libpython + the wheel's bundled libs; PATH: this venv's bin first."""
     env = dict(os.environ)

@@ -55,7 +55,8 @@ def test_serve_cli_explains_a_missing_repository(tmp_path, capsys):
 def test_serve_cli_starts_prints_endpoints_and_stops_on_sigterm(served_repo):
     process = subprocess.Popen(
         [sys.executable, "-m", "bertforge.cli", "serve", "--repo", str(served_repo), "--grpc-port", "0",
-         "--http-port", "0", "--metrics-port", "0", "--api-port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         "--http-port", "0", "--metrics-port", "0", "--api-port", "0", "--", "--log-verbose=1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lines = []
         for line in process.stdout:
@@ -70,6 +71,9 @@ def test_serve_cli_starts_prints_endpoints_and_stops_on_sigterm(served_repo):
             assert client.fill_mask("the [MASK] said.", top_k=1)[0][0][0].token
         api_url = re.search(r"API +(http://127\.0\.0\.1:\d+)", output).group(1)  # the HTTP API beside it
         assert urllib.request.urlopen(f"{api_url}/health", timeout=10).status == 200
+        # the flag after `--` reached tritonserver: its verbose log shows the request handling
+        log_text = open(re.search(r"log +(\S+)", output).group(1)).read()
+        assert "ModelInferHandler::InferResponseComplete" in log_text, log_text[-2000:]
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
         assert "tritonserver stopped" in process.stderr.read()
@@ -104,6 +108,27 @@ def test_serve_environment_variables_precedence_and_errors(tmp_path, monkeypatch
     monkeypatch.setenv("BERTFORGE_SERVE_GRPC_PORT", "x")
     assert main(["serve", "--grpc-port", "0"]) == 2
     assert "BERTFORGE_SERVE_GRPC_PORT='x'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("passed, message", [
+    (["--grpc-port=9000"], "pass-through --grpc-port is managed by bertforge; use --grpc-port instead"),
+    (["--log-verbose=1", "--model-repository", "/x"], "pass-through --model-repository is managed by bertforge; use --repo"),
+    (["--http-address=0.0.0.0"], "use --host instead"),
+    (["--model-control-mode=explicit"], "pass-through --model-control-mode explicit: bertforge serves a fixed"),
+    (["--model-control-mode", "poll"], "pass-through --model-control-mode poll"),
+    (["--backend-directory=/b"], "pass-through --backend-directory is managed by bertforge"),
+    (["verbose"], "pass-through argument 'verbose': give tritonserver flags"),
+])
+def test_serve_refuses_pass_through_flags_that_bertforge_manages(tmp_path, passed, message, capsys):
+    assert main(["serve", "--repo", str(tmp_path), "--", *passed]) == 2  # refused before any start
+    assert message in capsys.readouterr().err
+
+
+def test_serve_pass_through_accepts_other_tritonserver_flags():
+    from serve.launcher import check_passthrough
+
+    passed = ["--log-verbose=1", "--trace-config", "mode=triton", "--model-control-mode=none", "--grpc-use-ssl=true"]
+    assert check_passthrough(passed) == tuple(passed)
 
 
 def test_docs_serve_lists_every_environment_variable():
