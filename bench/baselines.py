@@ -23,7 +23,8 @@ WARMUP_CALLS = 3
 
 
 def measure_onnxruntime(repo: Path, task: str, texts: RequestTexts, batch_size: int, max_requests: int,
-                        max_seconds: float, top_k: int, warmup_seconds: float = 0.0) -> list[dict]:
+                        max_seconds: float, top_k: int, warmup_seconds: float = 0.0,
+                        flops: list[float] | None = None) -> list[dict]:
     """The served model's runtime in this process: [one-at-a-time point, batched point]."""
     from serve.runtime import load_runtime
 
@@ -40,13 +41,13 @@ def measure_onnxruntime(repo: Path, task: str, texts: RequestTexts, batch_size: 
             runtime.fill_mask(chunk) if task == "fill_mask" else runtime.embed(chunk)
 
     details = {"providers": list(runtime.providers), "threads": runtime.settings.intra_op_threads or "default"}
-    return [_measure(f"onnxruntime_b{size}", run, texts, size, max_requests, max_seconds, warmup_seconds) | details
-            for size in (1, batch_size)]
+    return [_measure(f"onnxruntime_b{size}", run, texts, size, max_requests, max_seconds, warmup_seconds, flops)
+            | details for size in (1, batch_size)]
 
 
 def measure_pipeline(model_dir: Path, task: str, texts: RequestTexts, batch_size: int, max_requests: int,
                      max_seconds: float, top_k: int, max_length: int, torch_threads: int = 0,
-                     warmup_seconds: float = 0.0) -> list[dict]:
+                     warmup_seconds: float = 0.0, flops: list[float] | None = None) -> list[dict]:
     """PyTorch fp32 eager in this process: [one-at-a-time point, batched point]."""
     import torch
 
@@ -78,12 +79,12 @@ def measure_pipeline(model_dir: Path, task: str, texts: RequestTexts, batch_size
 
         name = "pytorch_mean_pooling"
     details = {"torch": torch.__version__, "threads": torch.get_num_threads()}
-    return [_measure(f"{name}_b{size}", run, texts, size, max_requests, max_seconds, warmup_seconds) | details
+    return [_measure(f"{name}_b{size}", run, texts, size, max_requests, max_seconds, warmup_seconds, flops) | details
             for size in (1, batch_size)]
 
 
 def _measure(contender: str, run: Callable[[list[str]], None], texts: RequestTexts, batch_size: int,
-             max_requests: int, max_seconds: float, warmup_seconds: float) -> dict:
+             max_requests: int, max_seconds: float, warmup_seconds: float, flops: list[float] | None = None) -> dict:
     """Call `run` on consecutive batches of the texts; figures count texts, latency is per call."""
     # Warm-up on the other half of the texts (excluded)
     call, warmup_end = 0, time.perf_counter() + warmup_seconds
@@ -93,6 +94,7 @@ def _measure(contender: str, run: Callable[[list[str]], None], texts: RequestTex
         call += 1
     latencies: list[float] = []
     tokens = done = 0
+    work = 0.0
     started = time.perf_counter()
     while done < max_requests and time.perf_counter() - started < max_seconds:
         indices = [(done + offset) % len(texts.texts) for offset in range(batch_size)]
@@ -100,10 +102,80 @@ def _measure(contender: str, run: Callable[[list[str]], None], texts: RequestTex
         run([texts.texts[index] for index in indices])
         latencies.append(time.perf_counter() - begin)
         tokens += sum(texts.tokens[index] for index in indices)
+        work += sum(flops[index] for index in indices) if flops else 0.0
         done += batch_size
     elapsed = time.perf_counter() - started
-    figures = point_figures(latencies, tokens, 0, elapsed)
+    figures = point_figures(latencies, tokens, 0, elapsed, work)
     figures["requests"] = done  # texts, not calls
     figures["requests_per_s"] = done / elapsed
     return figures | {"contender": contender, "concurrency": None, "batch_size": batch_size, "in_process": True,
                       "latency_unit": "text" if batch_size == 1 else f"batch of {batch_size}"}
+
+
+GEMM_SIZE = 1024
+
+
+def measure_gemm_peak(threads: int | None = None, seconds: float = 0.4) -> dict:
+    """This machine's dense matrix-multiply rate now, on `threads` threads (default: every core), in G(FL)OP/s:
+    `fp32` and `bf16` through PyTorch (oneDNN: AVX-512/AMX where the CPU has them), `int8` the faster of
+    PyTorch's int8 GEMM and ONNX Runtime's MatMulInteger (MLAS: VNNI/AMX where present), the kernel family that
+    ORT's int8 graphs run. A square 1024 product, repeated for `seconds`; the best of three windows."""
+    import os
+
+    import torch
+
+    threads = threads or os.cpu_count() or 1
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        size = GEMM_SIZE
+        ops = 2.0 * size ** 3
+        peaks = {}
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+            peaks[name] = ops / _best_call_time(lambda a=a, b=b: a @ b, seconds) / 1e9
+        a8, b8 = (torch.randint(-128, 128, (size, size), dtype=torch.int8) for _ in range(2))
+        int8 = {"torch": ops / _best_call_time(lambda: torch._int_mm(a8, b8), seconds) / 1e9}
+    finally:
+        torch.set_num_threads(previous)
+    int8["onnxruntime"] = ops / _best_call_time(_ort_int8_matmul(size, threads), seconds) / 1e9
+    peaks["int8"] = max(int8.values())
+    return {"threads": threads, "size": size, "gflops_per_s": peaks, "int8_by_library": int8}
+
+
+def peak_for_precision(peak: dict, precision: str) -> tuple[str, float]:
+    """(kind, G(FL)OP/s) the served graph's arithmetic compares to: int8 graphs the int8 rate, fp16 the bf16
+    rate (the CPU's 16-bit path), everything else fp32."""
+    kind = "int8" if precision.startswith("int8") else ("bf16" if precision in ("fp16", "bf16") else "fp32")
+    return kind, peak["gflops_per_s"][kind]
+
+
+def _best_call_time(call: Callable[[], object], seconds: float) -> float:
+    call()
+    best = float("inf")
+    for _ in range(3):
+        calls, started = 0, time.perf_counter()
+        while calls < 2 or time.perf_counter() - started < seconds / 3:
+            call()
+            calls += 1
+        best = min(best, (time.perf_counter() - started) / calls)
+    return best
+
+
+def _ort_int8_matmul(size: int, threads: int) -> Callable[[], object]:
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["c"])], "int8_gemm",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [size, size])],
+        [helper.make_tensor_value_info("c", TensorProto.INT32, [size, size])],
+        [onnx.numpy_helper.from_array(np.random.default_rng(0).integers(-128, 128, (size, size), dtype=np.int8), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    feed = {"a": np.random.default_rng(1).integers(0, 256, (size, size), dtype=np.uint8)}
+    return lambda: session.run(None, feed)

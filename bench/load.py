@@ -4,7 +4,9 @@ Closed loop: `concurrency` users, each sending its next text as soon as its answ
 requests start on a fixed schedule (`request_rate` per second) whatever the answers do, and latency is
 counted from the scheduled start, so a server that falls behind shows it (no coordinated omission).
 Every point runs a warm-up first (excluded), then stops at `max_requests` or `max_seconds`, whichever
-comes first. Triton's statistics are read before and after, giving the executed batch sizes.
+comes first. Triton's statistics are read before and after, giving the executed batch sizes. The load
+generator's own CPU time over the measured part is reported (`client_cpu_cores`: CPU seconds per wall
+second of this process, all its threads) because on a small machine it competes with the server it measures.
 """
 
 from __future__ import annotations
@@ -21,19 +23,21 @@ from bench.texts import RequestTexts
 
 def measure_served_point(url: str, task: str, texts: RequestTexts, *, concurrency: int = 1, request_rate: float = 0.0,
                          max_requests: int, max_seconds: float, warmup_seconds: float, timeout_s: float,
-                         top_k: int, api: str = "", api_url: str | None = None) -> dict:
+                         top_k: int, api: str = "", api_url: str | None = None,
+                         flops: list[float] | None = None) -> dict:
     """Throughput, latency percentiles, errors and Triton's average batch size for one load level.
 
     `url` is Triton's gRPC address (requests and statistics); with `api` ("openai", "tei", "hf") the
     requests go to the HTTP API at `api_url` instead, one text per request, and statistics still come
-    from Triton."""
+    from Triton. `flops[i]`: model FLOPs of text i (summed over the answered requests into `gflops_per_s`)."""
     return asyncio.run(_measure(url, task, texts, concurrency, request_rate, max_requests, max_seconds,
-                                warmup_seconds, timeout_s, top_k, api, api_url))
+                                warmup_seconds, timeout_s, top_k, api, api_url, flops))
 
 
 async def _measure(url: str, task: str, texts: RequestTexts, concurrency: int, request_rate: float,
                    max_requests: int, max_seconds: float, warmup_seconds: float, timeout_s: float,
-                   top_k: int, api: str = "", api_url: str | None = None) -> dict:
+                   top_k: int, api: str = "", api_url: str | None = None,
+                   flops: list[float] | None = None) -> dict:
     import tritonclient.grpc.aio as aioclient
 
     statistics = aioclient.InferenceServerClient(url)
@@ -42,14 +46,18 @@ async def _measure(url: str, task: str, texts: RequestTexts, concurrency: int, r
         load = request_rate if request_rate > 0 else concurrency
         # Warm-up (connections, ONNX Runtime's first runs, the batcher), from the other half of the texts
         if warmup_seconds > 0:
-            await run(send, texts, load, max_requests, warmup_seconds, offset=len(texts.texts) // 2)
+            await run(send, texts, load, max_requests, warmup_seconds, offset=len(texts.texts) // 2, flops=flops)
         before = await _model_statistics(statistics, task)
-        latencies, tokens, errors, elapsed = await run(send, texts, load, max_requests, max_seconds, offset=0)
+        cpu_before = time.process_time()
+        latencies, tokens, work, errors, elapsed = await run(send, texts, load, max_requests, max_seconds, offset=0,
+                                                             flops=flops)
+        client_cpu_s = time.process_time() - cpu_before
         after = await _model_statistics(statistics, task)
     await statistics.close()
     executions = after["executions"] - before["executions"]
     batches = {size: after["batches"].get(size, 0) - before["batches"].get(size, 0) for size in after["batches"]}
-    return point_figures(latencies, tokens, errors, elapsed) | {
+    return point_figures(latencies, tokens, errors, elapsed, work) | {
+        "client_cpu_cores": client_cpu_s / elapsed if elapsed > 0 else None,
         "concurrency": concurrency if request_rate <= 0 else None,
         "request_rate": request_rate if request_rate > 0 else None,
         "avg_batch_size": (after["inferences"] - before["inferences"]) / executions if executions else None,
@@ -98,11 +106,11 @@ API_REQUESTS = {
 
 
 async def _closed_loop(send: Any, texts: RequestTexts, concurrency: int, max_requests: int, max_seconds: float,
-                       offset: int) -> tuple[list[float], int, int, float]:
+                       offset: int, flops: list[float] | None = None) -> tuple[list[float], int, float, int, float]:
     from serve.client import ServingError
 
     latencies: list[float] = []
-    counters = {"issued": 0, "tokens": 0, "errors": 0}
+    counters = {"issued": 0, "tokens": 0, "flops": 0.0, "errors": 0}
     started = time.perf_counter()
     deadline = started + max_seconds
 
@@ -118,17 +126,18 @@ async def _closed_loop(send: Any, texts: RequestTexts, concurrency: int, max_req
                 continue
             latencies.append(time.perf_counter() - begin)
             counters["tokens"] += texts.tokens[index]
+            counters["flops"] += flops[index] if flops else 0.0
 
     await asyncio.gather(*(user() for _ in range(int(concurrency))))
-    return latencies, counters["tokens"], counters["errors"], time.perf_counter() - started
+    return latencies, counters["tokens"], counters["flops"], counters["errors"], time.perf_counter() - started
 
 
 async def _open_loop(send: Any, texts: RequestTexts, rate: float, max_requests: int, max_seconds: float,
-                     offset: int) -> tuple[list[float], int, int, float]:
+                     offset: int, flops: list[float] | None = None) -> tuple[list[float], int, float, int, float]:
     from serve.client import ServingError
 
     latencies: list[float] = []
-    counters = {"tokens": 0, "errors": 0}
+    counters = {"tokens": 0, "flops": 0.0, "errors": 0}
     started = time.perf_counter()
 
     async def request(index: int, scheduled: float) -> None:
@@ -139,6 +148,7 @@ async def _open_loop(send: Any, texts: RequestTexts, rate: float, max_requests: 
             return
         latencies.append(time.perf_counter() - scheduled)  # from the scheduled start: queueing counts
         counters["tokens"] += texts.tokens[index]
+        counters["flops"] += flops[index] if flops else 0.0
 
     tasks = []
     for number in range(max_requests):
@@ -148,7 +158,7 @@ async def _open_loop(send: Any, texts: RequestTexts, rate: float, max_requests: 
         await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
         tasks.append(asyncio.ensure_future(request((offset + number) % len(texts.texts), scheduled)))
     await asyncio.gather(*tasks)
-    return latencies, counters["tokens"], counters["errors"], time.perf_counter() - started
+    return latencies, counters["tokens"], counters["flops"], counters["errors"], time.perf_counter() - started
 
 
 async def _model_statistics(client: Any, model: str) -> dict:

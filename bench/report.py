@@ -109,18 +109,28 @@ def plot_sweep(results: dict, stem: Path) -> list[Path]:
 def print_serve_table(results: dict) -> None:
     from rich.table import Table
 
+    peak = results.get("gemm_peak") or {}
+    kind = peak.get("compared_with", "fp32")
+    unit = "GOP/s" if kind == "int8" else "GFLOP/s"
     table = Table(title=f"bertforge bench serve: {results['task']}, texts: {results['texts']['count']} "
                         f"(median {results['texts']['tokens_median']} tokens), {results['serving'].get('precision')}")
-    for column in ("contender", "load", "req/s", "tokens/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors",
-                   "avg batch"):
+    for column in ("contender", "load", "req/s", "tokens/s", unit, f"% {kind} peak", "p50 ms", "p90 ms", "p99 ms",
+                   "max ms", "errors", "avg batch", "client CPU"):
         table.add_column(column, justify="left" if column == "contender" else "right")
     for point in results["points"]:
+        fraction = point.get("peak_fraction")
         table.add_row(point["contender"], _load_label(point), f"{point['requests_per_s']:,.1f}",
-                      f"{point['tokens_per_s']:,.0f}", *(_ms(point.get(key)) for key in ("p50_ms", "p90_ms", "p99_ms",
-                                                                                          "max_ms")),
-                      str(point["errors"]), f"{point['avg_batch_size']:.1f}" if point.get("avg_batch_size") else "")
+                      f"{point['tokens_per_s']:,.0f}", f"{point.get('gflops_per_s', 0.0):,.1f}",
+                      "-" if fraction is None else f"{100 * fraction:.1f}",
+                      *(_ms(point.get(key)) for key in ("p50_ms", "p90_ms", "p99_ms", "max_ms")),
+                      str(point["errors"]), f"{point['avg_batch_size']:.1f}" if point.get("avg_batch_size") else "",
+                      "" if point.get("client_cpu_cores") is None else f"{point['client_cpu_cores']:.2f} cores")
     console = wide_console()
     console.print(table)
+    if peak:
+        rates = ", ".join(f"{name} {rate:,.0f}" for name, rate in peak["gflops_per_s"].items())
+        console.print(f"GEMM peak measured in this run ({peak['threads']} threads, {peak['size']}² products): {rates} "
+                      f"G(FL)OP/s; {unit} = model arithmetic of the answered texts' real tokens per second", style="dim")
     for name, goal in results.get("goals", {}).items():
         if goal["value"] is not None:
             verdict = "met" if goal["met"] else "NOT met"

@@ -8,7 +8,10 @@ Contenders, all on the same texts, alternating within each round so machine nois
   - with `--api openai|tei|hf`: `api_<kind>`, the HTTP API (serve/api/) in front of the same `triton` server,
     one text per HTTP request, the same sweep (its cost = the difference to `triton`).
 Figures per contender are its fastest round (noise only slows runs down); the goals are medians of
-ratios measured side by side within each round.
+ratios measured side by side within each round. Every point also carries its useful arithmetic: model FLOPs
+counted from each answered text's real token count (no padding; `bench.stats.encoder_flops`) per second,
+against this machine's dense GEMM rate measured at the start of the same run (`gemm_peak`; int8 graphs
+against the int8 rate, so GOP/s).
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from bench.baselines import measure_onnxruntime, measure_pipeline
+from bench.baselines import measure_gemm_peak, measure_onnxruntime, measure_pipeline, peak_for_precision
 from bench.config import BenchConfig
 from bench.load import measure_served_point
-from bench.stats import best_round, median
+from bench.stats import best_round, encoder_flops, median
 from bench.texts import RequestTexts, build_request_texts
 from export.config import DEFAULT_PRECISION
 
@@ -45,6 +48,10 @@ def run_serve_benchmark(config: BenchConfig, repo: Path | None = None, model_dir
         model_dir = model_dir or _source_model(settings)
         texts = request_texts(config, repo)
         log(f"[bench] {len(texts.texts)} texts from {texts.source} (median {texts.summary()['tokens_median']} tokens)")
+        flops = text_flops(repo, config.task, texts)
+        peak = measure_gemm_peak()
+        log("[bench] GEMM peak now, {} threads: ".format(peak["threads"]) +
+            ", ".join(f"{kind} {rate:,.0f}" for kind, rate in peak["gflops_per_s"].items()) + " G(FL)OP/s")
 
         # Servers: ours (or the one at --url) and, on a repository copy, the same with batching off
         servers = {SERVED: url or stack.enter_context(start_server(repo, log, "dynamic batching on"))}
@@ -59,16 +66,19 @@ def run_serve_benchmark(config: BenchConfig, repo: Path | None = None, model_dir
         rounds = []
         for number in range(config.rounds):
             log(f"[bench] round {number + 1}/{config.rounds}")
-            rounds.append(measure_round(config, servers, repo, model_dir, texts, settings, number, log, apis))
+            rounds.append(measure_round(config, servers, repo, model_dir, texts, settings, number, log, apis, flops))
     points = summarize_rounds(rounds)
+    kind, rate = peak_for_precision(peak, settings.get("precision", "fp32"))
+    for point in (point for round_points in rounds for point in round_points):
+        point["peak_kind"], point["peak_fraction"] = kind, point["gflops_per_s"] / rate if flops else None
     return {"benchmark": "serve", "task": config.task, "repo": str(repo), "url": url,
             "hf_model": str(model_dir) if model_dir else None, "serving": settings, "texts": texts.summary(),
-            "points": points, "rounds": rounds, "goals": goals(rounds, config.task) | api_goals(rounds, config.api)}
+            "gemm_peak": peak | {"compared_with": kind}, "points": points, "rounds": rounds, "goals": goals(rounds, config.task) | api_goals(rounds, config.api)}
 
 
 def measure_round(config: BenchConfig, servers: dict[str, str], repo: Path, model_dir: Path | None,
                   texts: RequestTexts, settings: dict, number: int, log: Callable[[str], None],
-                  apis: dict[str, tuple[str, str]] | None = None) -> list[dict]:
+                  apis: dict[str, tuple[str, str]] | None = None, flops: list[float] | None = None) -> list[dict]:
     """One of each: served points (the variants alternate per load level), then the in-process baselines."""
     load = config.load
     points: list[dict] = []
@@ -80,12 +90,13 @@ def measure_round(config: BenchConfig, servers: dict[str, str], repo: Path, mode
             point = measure_served_point(grpc_url, config.task, texts, concurrency=users or 1,
                                          request_rate=load.request_rate, max_requests=load.max_requests,
                                          max_seconds=load.max_seconds, warmup_seconds=load.warmup_seconds,
-                                         timeout_s=load.timeout_s, top_k=load.top_k, api=api, api_url=api_url)
+                                         timeout_s=load.timeout_s, top_k=load.top_k, api=api, api_url=api_url,
+                                         flops=flops)
             points.append({"contender": contender} | point)
             log(_point_line(points[-1]))
     baselines = config.baselines
     limits = dict(batch_size=baselines.batch_size, max_requests=baselines.max_requests,
-                  max_seconds=baselines.max_seconds, top_k=load.top_k, warmup_seconds=load.warmup_seconds)
+                  max_seconds=baselines.max_seconds, top_k=load.top_k, warmup_seconds=load.warmup_seconds, flops=flops)
     if baselines.onnxruntime:
         points += _logged(measure_onnxruntime(repo, config.task, texts, **limits), log)
     if baselines.pipeline:
@@ -201,9 +212,50 @@ def serving_document(repo: Path, task: str) -> dict:
 
 
 def request_texts(config: BenchConfig, repo: Path) -> RequestTexts:
+    """The benchmark texts, with each one's token count as the server tokenizes it."""
+    from serve.runtime import load_tokenizer
+
     settings = serving_document(repo, config.task)
     tokenizer_file = Path(repo) / config.task / "1" / "tokenizer" / "tokenizer.json"
-    return build_request_texts(config.texts, config.task, tokenizer_file, settings["max_length"])
+    texts = build_request_texts(config.texts, config.task, tokenizer_file, settings["max_length"])
+    # Counted again as the runtime tokenizes: sentence-transformers folders ship tokenizer.json with fixed
+    # padding to 128, which made every text "128 tokens" (the issue's tokens_median 128 for ~19-word texts)
+    served = load_tokenizer(tokenizer_file, settings["max_length"])
+    tokens = [len(encoding.ids) for encoding in served.encode_batch(texts.texts)]
+    return dataclasses.replace(texts, tokens=tokens)
+
+
+def text_flops(repo: Path, task: str, texts: RequestTexts) -> list[float] | None:
+    """Model FLOPs of each text (real tokens, its [MASK]s through the fill-mask head); None when the graph's
+    shape cannot be read (then no efficiency column)."""
+    shape = encoder_shape(Path(repo) / task / "1" / "model.onnx")
+    if shape is None:
+        return None
+    from bertforge import contract
+
+    masks = [text.count(contract.MASK_TOKEN) if task == "fill_mask" else 0 for text in texts.texts]
+    return [encoder_flops(tokens, **shape, masks=count) for tokens, count in zip(texts.tokens, masks)]
+
+
+def encoder_shape(onnx_file: Path) -> dict | None:
+    """{layers, hidden, intermediate, vocab} read from the graph's weights: the largest matrix is the word
+    embedding (vocab x hidden); the FFN size is the one dimension found both as (hidden, d) and (d, hidden)
+    (up and down projections; position embeddings only appear one way), and each up projection is a layer."""
+    import onnx
+
+    graph = onnx.load(str(onnx_file), load_external_data=False).graph
+    matrices = [tuple(tensor.dims) for tensor in graph.initializer if len(tensor.dims) == 2]
+    if not matrices:
+        return None
+    vocab, hidden = sorted(max(matrices, key=lambda dims: dims[0] * dims[1]), reverse=True)
+    ups = {dims[1] for dims in matrices if dims[0] == hidden and dims[1] != hidden}
+    downs = {dims[0] for dims in matrices if dims[1] == hidden and dims[0] != hidden}
+    both = sorted(ups & downs - {vocab})
+    if len(both) != 1:
+        return None
+    intermediate = both[0]
+    layers = sum(1 for dims in matrices if dims == (hidden, intermediate))
+    return {"layers": layers, "hidden": hidden, "intermediate": intermediate, "vocab": vocab}
 
 
 @contextlib.contextmanager

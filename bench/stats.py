@@ -19,12 +19,25 @@ def latency_summary(latencies_s: list[float]) -> dict:
     return summary | {"max_ms": float(milliseconds.max()), "mean_ms": float(milliseconds.mean())}
 
 
-def point_figures(latencies_s: list[float], tokens: int, errors: int, elapsed_s: float) -> dict:
-    """One measured point: throughput (successful requests and their tokens per second), latency, errors."""
+def point_figures(latencies_s: list[float], tokens: int, errors: int, elapsed_s: float, flops: float = 0.0) -> dict:
+    """One measured point: throughput (successful requests, their tokens and their model FLOPs per second),
+    latency, errors."""
     completed = len(latencies_s)
-    return {"requests": completed, "errors": errors, "elapsed_s": elapsed_s,
-            "requests_per_s": completed / elapsed_s if elapsed_s > 0 else 0.0,
-            "tokens_per_s": tokens / elapsed_s if elapsed_s > 0 else 0.0} | latency_summary(latencies_s)
+    rate = (lambda amount: amount / elapsed_s) if elapsed_s > 0 else (lambda amount: 0.0)
+    return {"requests": completed, "errors": errors, "elapsed_s": elapsed_s, "requests_per_s": rate(completed),
+            "tokens_per_s": rate(tokens), "gflops_per_s": rate(flops) / 1e9} | latency_summary(latencies_s)
+
+
+def encoder_flops(tokens: int, layers: int, hidden: int, intermediate: int, masks: int = 0, vocab: int = 0) -> float:
+    """Multiply-add FLOPs (2 per MAC) of one BERT forward over one text of `tokens` real tokens (no padding):
+    per layer the Q/K/V/output projections (4 H^2) and the FFN (2 H I) per token, plus attention scores and
+    their weighted sum (2 T H per token); the fill-mask head (H^2 + H V) runs on the `masks` positions only.
+    Embedding lookups, LayerNorm, softmax and GELU are not counted (memory-bound, a few % at these sizes)."""
+    if min(tokens, layers, hidden, intermediate) < 1 or masks < 0 or vocab < 0:
+        raise ValueError(f"encoder_flops needs tokens, layers, hidden, intermediate >= 1 and masks, vocab >= 0; "
+                         f"got {tokens}, {layers}, {hidden}, {intermediate}, {masks}, {vocab}")
+    per_token = layers * (4 * hidden * hidden + 2 * hidden * intermediate + 2 * tokens * hidden)
+    return 2.0 * (tokens * per_token + masks * (hidden * hidden + hidden * vocab))
 
 
 def best_round(rounds: list[dict]) -> dict:

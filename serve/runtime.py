@@ -50,16 +50,8 @@ def load_runtime(version_dir: Path, device_id: int | None = None) -> ModelRuntim
 
 class ModelRuntime:
     def __init__(self, settings: ServingSettings, tokenizer_dir: Path, onnx_path: Path, device_id: int | None = None):
-        from tokenizers import Tokenizer
-
         self.settings = settings
-        # Tokenizer: the fast (Rust) one from tokenizer.json; no padding (we pad to the batch's longest)
-        tokenizer_file = Path(tokenizer_dir) / "tokenizer.json"
-        if not tokenizer_file.is_file():
-            raise FileNotFoundError(f"{tokenizer_file} is missing; the exporter must copy the HF tokenizer folder")
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(max_length=settings.max_length)
+        self.tokenizer = load_tokenizer(Path(tokenizer_dir) / "tokenizer.json", settings.max_length)
         self.pad_id = self._special_id(contract.PAD_TOKEN)
         self.mask_id = self._special_id(contract.MASK_TOKEN)
         self._decoded: dict[int, str] = {}
@@ -177,6 +169,20 @@ class ModelRuntime:
         if token_id is None:
             raise ValueError(f"tokenizer has no {token} token; export a BERT tokenizer with bertforge's special tokens")
         return token_id
+
+
+def load_tokenizer(tokenizer_file: Path, max_length: int):
+    """The fast (Rust) tokenizer exactly as the server runs it: no padding (a batch is padded to its longest
+    text; HF folders such as sentence-transformers' ship tokenizer.json with fixed padding to 128), truncation
+    at `max_length`. Anything that counts served tokens (bench) must use this, not a bare Tokenizer.from_file."""
+    from tokenizers import Tokenizer
+
+    if not Path(tokenizer_file).is_file():
+        raise FileNotFoundError(f"{tokenizer_file} is missing; the exporter must copy the HF tokenizer folder")
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=max_length)
+    return tokenizer
 
 
 def plan_batches(lengths: list[int], max_batch_tokens: int, min_batch_fill: float = 0.0) -> list[list[int]]:

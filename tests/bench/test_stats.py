@@ -87,3 +87,20 @@ def test_goals_are_median_of_per_round_ratios():
 def test_goals_without_contenders_are_unknown_not_met():
     result = goals([[_point("triton", 16, 100, 1)]], "embed")
     assert all(goal["value"] is None and goal["met"] is None for goal in result.values())
+
+
+def test_encoder_flops_counts_real_tokens_and_the_mask_head():
+    from bench.stats import encoder_flops
+
+    # MiniLM-L6 (6 x 384, FFN 1536) at 25 tokens: 2 * 25 * 6 * (4*384^2 + 2*384*1536 + 2*25*384)
+    assert encoder_flops(25, 6, 384, 1536) == 2.0 * 25 * 6 * (4 * 384**2 + 2 * 384 * 1536 + 2 * 25 * 384)
+    assert encoder_flops(50, 6, 384, 1536) > 2 * encoder_flops(25, 6, 384, 1536)  # attention grows as T^2
+    head = encoder_flops(10, 2, 128, 512, masks=1, vocab=8192) - encoder_flops(10, 2, 128, 512)
+    assert head == 2.0 * (128 * 128 + 128 * 8192)
+    with pytest.raises(ValueError, match="tokens"):
+        encoder_flops(0, 6, 384, 1536)
+
+
+def test_point_figures_report_model_arithmetic_per_second():
+    figures = point_figures([0.01] * 10, tokens=100, errors=0, elapsed_s=2.0, flops=4e9)
+    assert figures["gflops_per_s"] == pytest.approx(2.0)
