@@ -21,9 +21,10 @@ import sysconfig
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from bertforge import contract
 
@@ -36,6 +37,25 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h  # Triton's own grace period for in-flight
 
 class LaunchError(RuntimeError):
     """tritonserver cannot run here or did not become ready; the message says why and what to do."""
+
+
+T = TypeVar("T")
+
+
+def wait_until_up(process: subprocess.Popen, probe: Callable[[], T | None], timeout_s: float, name: str,
+                  up: str, log_path: Path, log_tail: Callable[[], str], error: type[Exception] = LaunchError,
+                  poll_s: float = 0.1) -> T:
+    """Poll `probe` until it returns a value (not None); `error` naming the log if `process` exits first or
+    `timeout_s` passes. The one wait-until-up loop of tritonserver (here) and the API (serve/api/process.py)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise error(f"{name} exited with code {process.returncode} before {up} (log: {log_path}):\n{log_tail()}")
+        value = probe()
+        if value is not None:
+            return value
+        time.sleep(poll_s)
+    raise error(f"{name}: still not true that {up} after {timeout_s:.0f} s (log: {log_path}):\n{log_tail()}")
 
 
 @dataclass
@@ -157,16 +177,8 @@ class TritonServer:
             return "(no log)"
 
     def _wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise LaunchError(f"tritonserver exited with code {self.process.returncode} before it was ready "
-                                  f"(log: {self.log_path}):\n{self.log_tail()}")
-            if self.is_ready():
-                return
-            time.sleep(0.2)
-        raise LaunchError(f"tritonserver was not ready after {timeout_s:.0f} s (log: {self.log_path}):\n{self.log_tail()}")
-
+        wait_until_up(self.process, lambda: True if self.is_ready() else None, timeout_s, "tritonserver",
+                      "it was ready", self.log_path, self.log_tail, LaunchError, poll_s=0.2)
 
 def server_command(repo: Path, backend_dir: Path, endpoints: Endpoints, extra_args: tuple[str, ...] = ()) -> list[str]:
     host = endpoints.host

@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,17 +143,16 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def _wait_for_address(api: ApiProcess, address_file: Path, timeout_s: float) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if api.process.poll() is not None:
-            raise ApiLaunchError(f"the API process exited with code {api.process.returncode} before it listened "
-                                 f"(log: {api.log_path}):\n{api.log_tail()}")
+    from serve.launcher import wait_until_up
+
+    def listening_url() -> str | None:
         if address_file.is_file():
-            with contextlib.suppress(json.JSONDecodeError):
+            with contextlib.suppress(json.JSONDecodeError, KeyError):
                 return json.loads(address_file.read_text())["url"]
-        time.sleep(0.05)
-    raise ApiLaunchError(f"the API process did not listen within {timeout_s:.0f} s (log: {api.log_path}):\n"
-                         f"{api.log_tail()}")
+        return None
+
+    return wait_until_up(api.process, listening_url, timeout_s, "the API process", "it listened", api.log_path,
+                         api.log_tail, ApiLaunchError, poll_s=0.05)
 
 
 def _stop(process: subprocess.Popen) -> None:

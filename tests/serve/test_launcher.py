@@ -89,3 +89,24 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_wait_until_up_returns_the_probe_value_or_names_the_exit_and_the_timeout(tmp_path):
+    import subprocess
+    import sys
+
+    from serve.launcher import LaunchError, wait_until_up
+
+    log = tmp_path / "server.log"
+    exited = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    with pytest.raises(LaunchError, match=rf"tritonserver exited with code 3 before it was ready \(log: {log}\):\nlast"):
+        wait_until_up(exited, lambda: None, 30, "tritonserver", "it was ready", log, lambda: "last")
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        with pytest.raises(RuntimeError, match="the API process: still not true that it listened after"):
+            wait_until_up(running, lambda: None, 0.3, "the API process", "it listened", log, lambda: "", RuntimeError)
+        answers = iter([None, None, "http://127.0.0.1:1"])
+        assert wait_until_up(running, lambda: next(answers), 5, "x", "up", log, lambda: "", poll_s=0.01) == "http://127.0.0.1:1"
+    finally:
+        running.kill()
+        running.wait()
