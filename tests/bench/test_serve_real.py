@@ -41,6 +41,10 @@ def test_serve_sweep_with_every_baseline(served_repo, tiny_bert_dir, held_out_fi
         assert point["p50_ms"] <= point["p90_ms"] <= point["p99_ms"] <= point["max_ms"]
         tokens_per_request = point["tokens_per_s"] / point["requests_per_s"]
         assert 3 <= tokens_per_request <= texts["tokens_max"]
+        # the efficiency column: model arithmetic from real tokens against the GEMM peak of this run
+        assert point["gflops_per_s"] > 0 and 0 < point["peak_fraction"] < 1 and point["peak_kind"] == "fp32"
+    assert all(rate > 0 for rate in results["gemm_peak"]["gflops_per_s"].values())
+    assert all(0 <= points[("triton", users)]["client_cpu_cores"] <= results["machine"]["cpus"] for users in (1, 4))
     for contender in ("triton", "triton_no_batching"):
         assert 0 < points[(contender, 4)]["requests"] <= 40  # bounded in requests
     # Triton's statistics: one client never batches; the batching-off variant never batches either
