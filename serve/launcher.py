@@ -31,6 +31,7 @@ from bertforge import contract
 MIN_GLIBC = (2, 35)
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 20.0
+RESTART_STOP_TIMEOUT_S = 2.0  # drain before a healing restart, then SIGKILL
 EXIT_TIMEOUT_SECS = 10
 PR_SET_PDEATHSIG = 1  # linux/prctl.h  # Triton's own grace period for in-flight requests at shutdown
 
@@ -121,6 +122,7 @@ class TritonServer:
         self.log_path = Path(log_path) if log_path else self.workdir / "tritonserver.log"
         self.process: subprocess.Popen | None = None
         self.endpoints: Endpoints | None = None
+        self._restarting = False
 
     @property
     def pid(self) -> int | None:
@@ -136,7 +138,7 @@ class TritonServer:
             self.endpoints = _choose_ports(*self.requested)
             command = server_command(self.repo, backend_dir, self.endpoints, self.extra_args)
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.log_path, "wb") as log:
+            with open(self.log_path, "ab" if self._restarting else "wb") as log:  # a restart keeps the old log
                 self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                                 env=server_environment(), start_new_session=True,
                                                 preexec_fn=_stop_with_parent)
@@ -149,15 +151,25 @@ class TritonServer:
                     raise
         raise AssertionError("unreachable")
 
-    def stop(self) -> int | None:
-        """SIGTERM the server (it drains in-flight requests), SIGKILL after STOP_TIMEOUT_S. Returns its exit code."""
+    def restart(self, ready_timeout_s: float = READY_TIMEOUT_S, stop_timeout_s: float = RESTART_STOP_TIMEOUT_S) -> Endpoints:
+        """Stop (if still running) and start again on the SAME ports (serve/supervisor.py heals with this).
+
+        A short grace: a server with a dead stub waits its whole --exit-timeout-secs for that model at SIGTERM."""
+        self.stop(stop_timeout_s)
+        self.requested = (self.endpoints.host, self.endpoints.grpc_port, self.endpoints.http_port,
+                          self.endpoints.metrics_port)
+        self._restarting = True
+        return self.start(ready_timeout_s)
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
+        """SIGTERM the server (it drains in-flight requests), SIGKILL after `timeout_s`. Returns its exit code."""
         process = self.process
         if process is None or process.poll() is not None:
             return process.returncode if process else None
         with contextlib.suppress(ProcessLookupError):
             os.kill(process.pid, signal.SIGTERM)
         try:
-            return process.wait(STOP_TIMEOUT_S)
+            return process.wait(timeout_s)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)  # its own session: the server and its python stubs

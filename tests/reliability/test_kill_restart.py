@@ -125,3 +125,82 @@ def wait_until(condition, timeout_s: float, message: str) -> None:
     while not condition():
         assert time.monotonic() < deadline, message
         time.sleep(0.2)
+
+
+def test_supervisor_heals_a_killed_python_stub_under_load(reliability_repo, references):
+    """SIGKILL the embed model's python stub under load from 4 threads: the supervisor's probe sees the dead
+    stub, restarts tritonserver on the same ports, and requests succeed again within 15 s; meanwhile clients
+    get ServingErrors (never a wrong answer, never a hang past their deadline)."""
+    import threading
+
+    from serve.client import BertforgeClient, ServingError
+    from serve.launcher import TritonServer
+    from serve.supervisor import Supervisor
+
+    texts = make_sentences(32, seed=5)
+    expected = {text: references[contract.EMBED_MODEL].embed(text) for text in texts}
+    server = TritonServer(reliability_repo, contract.DEFAULT_HOST, 0, 0, 0)
+    log_lines: list[str] = []
+    outcomes: list = []  # (sent, finished, "ok" | "wrong" | ServingError)
+    stop = threading.Event()
+
+    def client_thread(offset: int) -> None:
+        with BertforgeClient(endpoints.grpc_url, timeout_s=5, retries=0) as client:
+            index = offset
+            while not stop.is_set():
+                text, sent = texts[index % len(texts)], time.monotonic()
+                try:
+                    (embedding,) = client.embed(text)
+                    try:
+                        assert_embedding_matches(embedding, expected[text], text)
+                        outcome = "ok"
+                    except AssertionError:
+                        outcome = "wrong"
+                except ServingError as error:
+                    outcome = error
+                    time.sleep(0.05)
+                outcomes.append((sent, time.monotonic(), outcome))
+                index += 4
+
+    endpoints = server.start()
+    supervisor = Supervisor(server, [contract.FILL_MASK_MODEL, contract.EMBED_MODEL], interval_s=1.0,
+                            log=log_lines.append).start()
+    threads = [threading.Thread(target=client_thread, args=(offset,)) for offset in range(4)]
+    recoveries = []
+    try:
+        for thread in threads:
+            thread.start()
+        for kill in range(2):
+            time.sleep(2.0)
+            os.kill(embed_stub(server.pid), signal.SIGKILL)
+            killed_at = time.monotonic()
+
+            def healed(killed_at=killed_at, kill=kill) -> bool:  # a correct answer to a request sent after the restart
+                return supervisor.restarts.total() > kill and any(
+                    sent > killed_at + 0.5 and outcome == "ok" for sent, _, outcome in outcomes[-50:])
+
+            wait_until(healed, 15, f"no correct answer within 15 s of killing the embed stub; supervisor log: {log_lines}")
+            recoveries.append(min(done for sent, done, outcome in outcomes if sent > killed_at + 0.5 and outcome == "ok")
+                              - killed_at)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        supervisor.stop()
+        server.stop()
+    print(f"recovery after stub SIGKILL: {[round(r, 1) for r in recoveries]} s; supervisor: {log_lines}")
+    assert not [o for o in outcomes if o[2] == "wrong"], "a wrong answer was served"
+    assert all(done - sent < 5 + 2 for sent, done, _ in outcomes), "a request ran past its deadline"
+    failures = [outcome for _, _, outcome in outcomes if isinstance(outcome, ServingError)]
+    assert failures and all(str(error) for error in failures)
+    assert supervisor.restarts["probe_failed"] >= 2, dict(supervisor.restarts)
+    assert any("reason probe_failed" in line and "embed" in line for line in log_lines), log_lines
+    assert all(recovery < 15 for recovery in recoveries), recoveries
+
+
+def embed_stub(server_pid: int) -> int:
+    """The pid of the embed model's python stub under tritonserver."""
+    for child in psutil.Process(server_pid).children(recursive=True):
+        if any("embed" in part for part in child.cmdline()):
+            return child.pid
+    raise AssertionError(f"no embed stub under tritonserver {server_pid}")
