@@ -80,6 +80,15 @@ def run(args: argparse.Namespace) -> int:
             if config.api.enabled:
                 api = stack.enter_context(running_api(config.repo, endpoints.grpc_url, config.host, config.api,
                                                       api_key=api_key, log_path=server.workdir / "api.log"))
+            supervisor = None
+            if config.supervise:
+                from serve.api.forward import HEALTH_TEXTS
+                from serve.supervisor import Supervisor
+
+                models = [path.parent.name for path in sorted(Path(config.repo).glob("*/config.pbtxt"))
+                          if path.parent.name in HEALTH_TEXTS]
+                supervisor = Supervisor(server, models, interval_s=config.supervise_interval_s).start()
+                stack.callback(supervisor.stop)  # stopped before the server (the stack unwinds in reverse)
             save_config(config, server.workdir / "serve.toml")  # the resolved config, next to the log
             print(f"tritonserver ready (pid {server.pid}), models from {config.repo}", flush=True)
             print(f"  gRPC     {endpoints.grpc_url}    (bertforge client fill-mask ... --url {endpoints.grpc_url})")
@@ -90,9 +99,12 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  API      {api.url}    (OpenAI {api.url}/v1, docs {api.url}/docs, health {api.url}/health"
                       f"{key_note})")
             print(f"  log      {server.log_path}  (config: {server.workdir / 'serve.toml'})")
+            if supervisor is not None:
+                print(f"  supervisor: a probe inference on {', '.join(supervisor.models)} every "
+                      f"{config.supervise_interval_s:g} s; restarts tritonserver on these ports when one fails")
             print("Ctrl-C to stop.", flush=True)
             while True:  # until Ctrl-C / SIGTERM, or one of the two processes dies
-                if server.process.poll() is not None:
+                if supervisor is None and server.process.poll() is not None:  # else the supervisor restarts it
                     raise UserError(f"tritonserver exited with code {server.process.returncode}:\n"
                                     f"{server.log_tail()}")
                 if api is not None and api.process.poll() is not None:

@@ -53,6 +53,8 @@ class ServeConfig:
     metrics_port: int = contract.DEFAULT_METRICS_PORT
     ready_timeout_s: float = 120.0
     log_file: Path | None = None  # default: a temporary file, printed at start
+    supervise: bool = True  # serve/supervisor.py: probe every model, restart tritonserver when one fails
+    supervise_interval_s: float = 2.0  # between probe rounds
     api: ApiConfig = field(default_factory=ApiConfig)
 
     def __post_init__(self) -> None:
@@ -66,6 +68,8 @@ class ServeConfig:
             raise ConfigError("serve: the gRPC, HTTP, metrics and API ports must differ")
         if self.ready_timeout_s <= 0:
             raise ConfigError("serve.ready_timeout_s must be > 0")
+        if self.supervise_interval_s <= 0:
+            raise ConfigError(f"serve.supervise_interval_s must be > 0, got {self.supervise_interval_s}")
 
 
 ENV_PREFIX = "BERTFORGE_SERVE_"  # BERTFORGE_SERVE_GRPC_PORT=0, BERTFORGE_SERVE_API_TIMEOUT_S=10, ...
