@@ -20,7 +20,8 @@ from pathlib import Path
 
 # subcommands that hand their arguments to another benchmark's own main(argv)
 DISPATCHED = {"train": ("bench.train_throughput", "training throughput: bertforge's trainer vs HF Trainer"),
-              "export": ("bench.export_latency", "export: latency of the exported variants vs PyTorch")}
+              "export": ("bench.export_latency", "export: latency of the exported variants vs PyTorch"),
+              "autoscale": ("bench.autoscale", "simulated HPA on the measured service time (docs/deploy.md)")}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -100,7 +101,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     if args.no_baselines:
         config.baselines.pipeline = config.baselines.onnxruntime = config.baselines.batching_off = False
     if args.url and not args.repo:
-        from bertforge.cli import UserError
+        from bertforge.errors import UserError
 
         raise UserError("--url needs --repo: the repository that server serves (its tokenizer cuts the texts)")
     results = provenance(to_dict(config)) | run_serve_benchmark(
@@ -133,7 +134,7 @@ def _run_tune(args: argparse.Namespace) -> int:
 def _run_compare(args: argparse.Namespace) -> int:
     from bench.report import print_compare_table
     from bench.stats import compare_results
-    from bertforge.cli import UserError
+    from bertforge.errors import UserError
 
     documents = []
     for name in (args.first, args.second):
@@ -177,7 +178,7 @@ def _config(args: argparse.Namespace, benchmark: str, flags: dict):
     path = args.config or (preset_path(args.preset) if args.preset else None)
     if args.quick:
         if path is not None:
-            from bertforge.cli import UserError
+            from bertforge.errors import UserError
 
             raise UserError("--quick is the 'quick' preset; do not combine it with --preset or --config")
         path = preset_path("quick")

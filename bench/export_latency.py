@@ -39,7 +39,7 @@ def run(model_dir: Path, rounds: int = 30, threads: int | None = None, json_path
     with tempfile.TemporaryDirectory(prefix="bertforge-bench-") as scratch:
         config = ExportConfig(model=Path(model_dir), repo=None, output=Path(scratch) / "unused",
                               precision="fp32,int8,int8-static", progress=False)
-        built, report = build_checked_variants(config, Path(scratch), log=lambda message: None, plain=False)
+        built, report = build_checked_variants(config, Path(scratch), plain=False)
         results["parity"] = {name: {p: {k: v for k, v in variant["parity"].items() if not k.endswith("by_source")}
                                     for p, variant in target["variants"].items()}
                              for name, target in report["tasks"].items()}

@@ -34,7 +34,7 @@ def run(models: list[Path], outliers: bool = False, json_path: Path | None = Non
             started = time.perf_counter()
             config = ExportConfig(model=model, repo=None, output=Path(scratch) / "unused", precision="fp32,int8",
                                   progress=False)
-            _, report = build_checked_variants(config, Path(scratch) / name, log=lambda message: None)
+            _, report = build_checked_variants(config, Path(scratch) / name)
             results["models"][name] = {"path": str(model), "seconds": round(time.perf_counter() - started, 1),
                                        "tasks": {task: _task_rows(target) for task, target in report["tasks"].items()}}
             _print_model(name, results["models"][name])

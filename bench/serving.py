@@ -29,6 +29,7 @@ from bench.config import BenchConfig
 from bench.load import measure_served_point
 from bench.stats import best_round, encoder_flops, median
 from bench.texts import RequestTexts, build_request_texts
+from bertforge.errors import UserError
 from export.config import DEFAULT_PRECISION
 
 SERVED = "triton"
@@ -183,7 +184,7 @@ def resolve_repository(repo: Path | None, model_dir: Path | None, scratch: Path,
                                     f"--repo {repo}` first")
         return Path(repo)
     if model_dir is None:
-        raise ValueError("give --repo DIR (an exported model repository) or --model DIR (an HF BERT folder)")
+        raise UserError("give --repo DIR (an exported model repository) or --model DIR (an HF BERT folder)")
     from export import export_to_repository
 
     log(f"[bench] exporting {model_dir} ({precision}) into a temporary repository")

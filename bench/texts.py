@@ -18,6 +18,7 @@ from pathlib import Path
 
 from bench.config import TextsConfig
 from bertforge import contract
+from bertforge.errors import UserError
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(A-Z0-9])")
 MASKABLE = re.compile(r"^([A-Za-z]{2,})([.,;:!?]*)$")
@@ -46,7 +47,7 @@ def build_request_texts(config: TextsConfig, task: str, tokenizer_file: Path, ma
     rng = random.Random(config.seed)
     sentences = [sentence for document in documents for sentence in split_sentences(document)]
     if not sentences:
-        raise ValueError(f"{source} holds no text; point texts.source at a .jsonl or .txt file with prose")
+        raise UserError(f"{source} holds no text; point texts.source at a .jsonl or .txt file with prose")
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
     tokenizer.enable_truncation(max_length=max_length)
     mask_id = tokenizer.token_to_id(contract.MASK_TOKEN)
@@ -69,7 +70,7 @@ def build_request_texts(config: TextsConfig, task: str, tokenizer_file: Path, ma
         texts.append(text)
         tokens.append(len(encoding.ids))
     if len(texts) < config.count:
-        raise ValueError(f"could only cut {len(texts)} of {config.count} texts from {source}; lower texts.count")
+        raise UserError(f"could only cut {len(texts)} of {config.count} texts from {source}; lower texts.count")
     return RequestTexts(texts, tokens, source)
 
 

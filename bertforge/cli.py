@@ -11,7 +11,9 @@ import argparse
 import importlib
 import sys
 
-from bertforge.config import ConfigError
+from bertforge.errors import BertforgeError, UserError
+
+__all__ = ["UserError", "build_parser", "main"]  # UserError's home is bertforge.errors; re-exported for stage CLIs
 
 # subcommand -> module that registers it (in the order shown by --help)
 COMMAND_MODULES = {
@@ -23,10 +25,6 @@ COMMAND_MODULES = {
     "bench": "bench.cli",
     "pipeline": "bertforge.pipeline",
 }
-
-
-class UserError(Exception):
-    """A failure caused by the user's input; printed without a traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (UserError, ConfigError, FileNotFoundError, NotADirectoryError, ValueError) as error:
+    except (BertforgeError, FileNotFoundError, NotADirectoryError) as error:  # a bug keeps its traceback
         print(f"bertforge {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

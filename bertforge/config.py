@@ -16,11 +16,12 @@ from typing import Any, TypeVar
 
 import tomli_w
 
+from bertforge.errors import ConfigError
+from bertforge.files import write_text_atomically
+
+__all__ = ["ConfigError", "load_config", "save_config", "from_dict", "to_dict", "read_toml", "apply_override"]
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message says which key and how to fix it."""
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
@@ -102,11 +103,7 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 def save_config(config: Any, path: str | Path) -> None:
     """Write the resolved config as TOML (atomically, so a crash never leaves half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(tomli_w.dumps(to_dict(config)))
-    tmp.replace(path)
+    write_text_atomically(path, tomli_w.dumps(to_dict(config)))
 
 
 def _convert(hint: Any, value: Any, where: str) -> Any:

@@ -22,10 +22,11 @@ def export_onnx(model_dir, output_dir, precision: str = "all", **options) -> dic
     return run(model_dir, output_dir, precision=precision, **options)
 
 
-def run_export(config: ExportConfig, log=print) -> dict:
+def run_export(config: ExportConfig, progress=None) -> dict:
+    """`progress`: an `export.progress.ExportProgress` (default: print every event unless config.progress is off)."""
     from export.exporter import run_export as run
 
-    return run(config, log=log)
+    return run(config, progress)
 
 
 __all__ = ["DEFAULT_PRECISION", "PRECISIONS", "ExportConfig", "ParityGates", "export_onnx", "export_to_repository", "load_export_config",

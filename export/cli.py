@@ -64,14 +64,23 @@ def _run_with_progress(config, quiet: bool) -> int:
 
     console = Console(stderr=True, quiet=quiet)
     with console.status("[bold]exporting…") as status:
-        def log(message: str) -> None:
-            status.update(message)
-            if any(word in message for word in ("PASS", "FAIL", "no MLM head", "wrote", "chose", "search time")):
-                console.print(message, highlight=False, markup=False, soft_wrap=True)
-
-        report = run_export(config, log=log)
+        report = run_export(config, progress=_StatusProgress(console, status))
     _print_summary(report)
     return 0
+
+
+class _StatusProgress:
+    """Steps on the status line, outcomes (gate verdicts, choices, notes, what was written) kept on screen."""
+
+    def __init__(self, console, status):
+        self.console, self.status = console, status
+
+    def step(self, message: str) -> None:
+        self.status.update(message)
+
+    def outcome(self, message: str) -> None:
+        self.status.update(message)
+        self.console.print(f"[export] {message}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _print_summary(report: dict) -> None:

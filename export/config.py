@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from bertforge import contract
 from bertforge.config import ConfigError, load_config
+from serve.repository import ServingOptions
 
 PRECISIONS = ("fp32", "int8", "int8-static", "fp16")  # what "all" means in --output mode
 AUTO = "auto"  # the fastest variant that passes: the int8 recipe search, else fused fp32
@@ -74,8 +75,8 @@ class ExportConfig:
     search_seconds: float = 180.0  # int8 recipe search: stop trying further recipes after this long
     seed: int = 0
     gates: ParityGates = field(default_factory=ParityGates)
-    # forwarded to serve.repository.ServingSettings (max_batch_size, instance_count, ...)
-    serving: Any = field(default_factory=dict)
+    # how the exported models are served (max_batch_size, instance_count, ...): checked when the config loads
+    serving: ServingOptions = field(default_factory=ServingOptions)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -100,8 +101,6 @@ class ExportConfig:
             raise ConfigError("calibration_samples and parity_samples must be >= 1")
         if self.search_seconds <= 0:
             raise ConfigError(f"search_seconds must be > 0 (the int8 recipe search's time budget), got {self.search_seconds}")
-        if not isinstance(self.serving, dict):
-            raise ConfigError("serving must be a table of ServingSettings fields, e.g. serving.max_batch_size=16")
 
     @property
     def precisions(self) -> tuple[str, ...]:

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from dataclasses import dataclass
@@ -15,23 +14,17 @@ from typing import Any
 
 from bertforge import contract
 from bertforge.config import save_config, to_dict
-from export.checkpoint import CheckpointInfo, ExportError, inspect_checkpoint
+from bertforge.files import write_json_atomically
 from export.config import AUTO, DEFAULT_PRECISION, ExportConfig, ParityGates
+from export.errors import ExportError, ParityError
+from export.model_folder import ModelFolderInfo, inspect_model_folder
+from export.progress import ExportProgress, PrintProgress
+from serve.repository import REPORT_FILE
 
-REPORT_FILE = "export_report.json"
 FAILED_REPORT_FILE = "export_report.failed.json"  # when an earlier, good export is still in place
 CONFIG_FILE = "export_config.toml"  # the resolved config, saved next to what it produced
 # --output mode: folders loadable by optimum.onnxruntime.ORTModelForMaskedLM / ORTModelForFeatureExtraction
 PLAIN_FOLDERS = {"fill_mask": "masked-lm", "embed": "feature-extraction"}
-
-
-class ParityError(ExportError):
-    """A variant missed its parity gate; nothing of it was written."""
-
-    def __init__(self, failures: list[str], report: dict):
-        super().__init__("parity gate failed, nothing written:\n  " + "\n  ".join(failures))
-        self.failures = failures
-        self.report = report
 
 
 def export_to_repository(model_dir: str | Path, repo_dir: str | Path, precision: str = DEFAULT_PRECISION,
@@ -45,27 +38,26 @@ def export_onnx(model_dir: str | Path, output_dir: str | Path, precision: str = 
     return run_export(_config(model=Path(model_dir), output=Path(output_dir), repo=None, precision=precision, **options))
 
 
-def run_export(config: ExportConfig, log=print) -> dict:
+def run_export(config: ExportConfig, progress: ExportProgress | None = None) -> dict:
     """Run one export as configured; raises ExportError (ParityError for a failed gate) with a clear message."""
     from export.writer import prepare_destination
 
     if config.model is None:
         raise ExportError("no model folder given; pass --model DIR (a Hugging Face BERT folder)")
     started = time.perf_counter()
-    if not config.progress:
-        log = _silent
+    progress = progress or (PrintProgress() if config.progress else ExportProgress())
     # Check the checkpoint and the destination before any heavy work
-    info = inspect_checkpoint(config.model)
+    info = inspect_model_folder(config.model)
     destination = Path(config.output or config.repo)
     prepare_destination(destination, replaces_whole_folder=config.output is not None)
     tasks, notes = _tasks(config, info)
     for note in notes:
-        log(f"[export] {note}")
+        progress.outcome(note)
     report: dict[str, Any] = {"model": str(config.model), "destination": str(destination), "config": to_dict(config),
                               "mode": "output" if config.output else "repository", "notes": notes, "tasks": {}}
     with tempfile.TemporaryDirectory(prefix="bertforge-export-") as scratch:
         scratch = Path(scratch)
-        built = _build_and_check(config, info, tasks, scratch, report, log)
+        built = _build_and_check(config, info, tasks, scratch, report, progress)
         failures = [line for task in report["tasks"].values() for v in task["variants"].values() for line in v["failures"]]
         report["passed"] = not failures
         report["seconds"] = round(time.perf_counter() - started, 1)
@@ -84,21 +76,22 @@ def run_export(config: ExportConfig, log=print) -> dict:
 
             write_repository(destination, built, info, config, report)
         save_config(config, destination / CONFIG_FILE)
-    log(f"[export] wrote {destination} in {report['seconds']} s")
+    progress.outcome(f"wrote {destination} in {report['seconds']} s")
     return report
 
 
-def build_checked_variants(config: ExportConfig, scratch: Path, log=print, plain: bool = False) -> tuple[dict, dict]:
+def build_checked_variants(config: ExportConfig, scratch: Path, progress: ExportProgress | None = None, plain: bool = False) -> tuple[dict, dict]:
     """For benchmarks: build and parity-check every variant in `scratch`, keeping those that miss the gate too
     (their numbers are in the report). Returns ({target: {precision: path}}, report). Writes nothing else."""
-    info = inspect_checkpoint(config.model)
+    progress = progress or ExportProgress()
+    info = inspect_model_folder(config.model)
     tasks, notes = _tasks(config, info)
     report: dict[str, Any] = {"model": str(config.model), "notes": notes, "tasks": {}}
-    built = _build_and_check(config, info, tasks, Path(scratch), report, log, keep_failed=True, plain=plain)
+    built = _build_and_check(config, info, tasks, Path(scratch), report, progress, keep_failed=True, plain=plain)
     return built, report
 
 
-def _build_and_check(config: ExportConfig, info: CheckpointInfo, tasks: list[str], scratch: Path, report: dict, log,
+def _build_and_check(config: ExportConfig, info: ModelFolderInfo, tasks: list[str], scratch: Path, report: dict, progress,
                      keep_failed: bool = False, plain: bool | None = None) -> dict:
     """Build every (task, precision) variant in `scratch` and gate it; returns {task: {precision: path}}."""
     import onnx
@@ -114,8 +107,9 @@ def _build_and_check(config: ExportConfig, info: CheckpointInfo, tasks: list[str
     report["max_length"] = max_length
     top_k = min(config.max_top_k, int(info.config["vocab_size"]))
     report["max_top_k"] = top_k
+    _check_serving(config, tasks, max_length, top_k)
     # 1. Optimum: the encoder (last_hidden_state), dynamic batch and sequence axes
-    log(f"[export] optimum export of {info.folder} (opset {config.opset})")
+    progress.step(f"optimum export of {info.folder} (opset {config.opset})")
     encoder = onnx.load(str(_optimum_encoder(info.folder, scratch / "optimum", config.opset)))
     torch_model = _load_torch(info)
     # 2. Parity and calibration data: fresh random ids + windows of held-out text (masked in rounds)
@@ -153,12 +147,12 @@ def _build_and_check(config: ExportConfig, info: CheckpointInfo, tasks: list[str
         # 4. each precision: build (auto and int8 search recipes), run on fresh inputs, gate
         for precision in config.precisions:
             if precision == AUTO:
-                chosen, path, entry = _choose_auto(target, log)
+                chosen, path, entry = _choose_auto(target, progress)
                 report["tasks"][name]["chosen"] = entry.pop("chosen")
             elif precision == "int8":
-                chosen, path, entry = _search_int8(target, log)
+                chosen, path, entry = _search_int8(target, progress)
             else:
-                chosen, (path, entry) = precision, _build_and_gate(target, precision, log)
+                chosen, (path, entry) = precision, _build_and_gate(target, precision, progress)
             report["tasks"][name]["variants"][chosen] = entry
             if entry["passed"] or (keep_failed and path.exists()):
                 built.setdefault(name, {})[chosen] = path
@@ -192,52 +186,52 @@ class _Target:
         return metrics, failures, task_error(metrics, self.task), session.get_providers()
 
 
-def _build_and_gate(target: _Target, precision: str, log) -> tuple[Path, dict]:
+def _build_and_gate(target: _Target, precision: str, progress) -> tuple[Path, dict]:
     from export.variants import build_variant
 
-    log(f"[export] {target.name} {precision}: building")
+    progress.step(f"{target.name} {precision}: building")
     path = target.folder / precision / "model.onnx"
     details = build_variant(target.fused, precision, path, calibration_feeds=target.calibration_feeds)
     metrics, failures, _, providers = target.evaluate(path, precision)
-    log(f"[export] {target.name} {precision}: " + ("PASS " if not failures else "FAIL ") + _summary(metrics, target.task,
+    progress.outcome(f"{target.name} {precision}: " + ("PASS " if not failures else "FAIL ") + _summary(metrics, target.task,
                                                                                                   precision))
     return path, {**details, "providers": providers, "parity": metrics, "failures": failures, "passed": not failures}
 
 
-def _search_int8(target: _Target, log) -> tuple[str, Path, dict]:
+def _search_int8(target: _Target, progress) -> tuple[str, Path, dict]:
     """`--precision int8`: the recipe search; the winner is described like any variant."""
     from export.int8_search import search_int8
     from export.variants import describe, session_providers
 
-    log(f"[export] {target.name} int8: searching recipes (at most {target.config.search_seconds:.0f} s)")
+    progress.step(f"{target.name} int8: searching recipes (at most {target.config.search_seconds:.0f} s)")
     result = search_int8(target.fused, target.folder / "int8-search",
                          lambda path: target.evaluate(path, "int8")[:3], target.calibration_feeds,
-                         target.timing_feeds, seconds=target.config.search_seconds, log=log, label=f"{target.name} int8")
+                         target.timing_feeds, seconds=target.config.search_seconds, progress=progress, label=f"{target.name} int8")
     if result.path is None:
         failures = [f"{target.name} int8: no recipe passed the gate ({len(result.candidates)} tried in "
                     f"{result.seconds:.0f} s); closest: {_closest(result)}"]
         entry = {"precision": "int8", "passed": False, "failures": failures, "search": result.summary(),
                  "parity": _best_parity(result)}
-        log("[export] " + failures[0])
+        progress.outcome(failures[0])
         return "int8", target.folder / "int8-search" / "none.onnx", entry
     # the winner was gated in the search already: its figures are the candidate's
     winner = next(c for c in result.candidates if c.get("name") == result.recipe.name and c.get("passed"))
     metrics = winner["parity"]
     entry = {**describe(result.path, "int8"), "recipe": result.recipe.summary(), "providers": session_providers("int8"),
              "parity": metrics, "failures": [], "passed": True, "search": result.summary()}
-    log(f"[export] {target.name} int8: PASS with recipe {result.recipe.name} " + _summary(metrics, target.task, "int8"))
+    progress.outcome(f"{target.name} int8: PASS with recipe {result.recipe.name} " + _summary(metrics, target.task, "int8"))
     return "int8", result.path, entry
 
 
-def _choose_auto(target: _Target, log) -> tuple[str, Path, dict]:
+def _choose_auto(target: _Target, progress) -> tuple[str, Path, dict]:
     """`--precision auto`: the int8 search, then fused fp32; the fastest that passes is served."""
     from export.int8_search import paired_latency
 
-    fp32_path, fp32_entry = _build_and_gate(target, "fp32", log)
+    fp32_path, fp32_entry = _build_and_gate(target, "fp32", progress)
     if not fp32_entry["passed"]:  # a graph bug, not a precision question: stop here
         return "fp32", fp32_path, {**fp32_entry, "chosen": {"requested": AUTO, "precision": "fp32",
                                                             "reason": "fp32 itself missed the gate"}}
-    _, int8_path, int8_entry = _search_int8(target, log)
+    _, int8_path, int8_entry = _search_int8(target, progress)
     batch = "x".join(str(n) for n in target.timing_feeds["input_ids"].shape)
     if int8_entry["passed"]:
         # the final choice is timed in alternation, so a change of load on the machine cannot decide it
@@ -247,13 +241,13 @@ def _choose_auto(target: _Target, log) -> tuple[str, Path, dict]:
         if int8_ms < fp32_entry["latency_ms"]:
             reason = (f"int8 recipe {int8_entry['recipe']['name']} passed the gate and runs a {batch} batch in "
                       f"{int8_ms:.2f} ms vs fp32 {fp32_entry['latency_ms']:.2f} ms")
-            log(f"[export] {target.name} auto: chose int8 ({reason})")
+            progress.outcome(f"{target.name} auto: chose int8 ({reason})")
             return "int8", int8_path, {**int8_entry, "chosen": {"requested": AUTO, "precision": "int8", "reason": reason}}
         reason = (f"int8 passed but is not faster on this CPU ({int8_ms:.2f} ms vs fp32 "
                   f"{fp32_entry['latency_ms']:.2f} ms per {batch} batch)")
     else:
         reason = f"no int8 recipe passed the gate ({int8_entry['failures'][0]})"
-    log(f"[export] {target.name} auto: chose fp32 ({reason})")
+    progress.outcome(f"{target.name} auto: chose fp32 ({reason})")
     return "fp32", fp32_path, {**fp32_entry, "int8_search": int8_entry.get("search"),
                                "chosen": {"requested": AUTO, "precision": "fp32", "reason": reason}}
 
@@ -300,7 +294,7 @@ def _targets(tasks: list[str], plain: bool) -> list[tuple[str, str, str]]:
     return targets
 
 
-def _tasks(config: ExportConfig, info: CheckpointInfo) -> tuple[list[str], list[str]]:
+def _tasks(config: ExportConfig, info: ModelFolderInfo) -> tuple[list[str], list[str]]:
     tasks, notes = list(config.tasks), []
     if "fill_mask" in tasks and not info.has_mlm_head:
         tasks.remove("fill_mask")
@@ -311,7 +305,7 @@ def _tasks(config: ExportConfig, info: CheckpointInfo) -> tuple[list[str], list[
     return tasks, notes
 
 
-def _max_length(config: ExportConfig, info: CheckpointInfo, tokenizer) -> int:
+def _max_length(config: ExportConfig, info: ModelFolderInfo, tokenizer) -> int:
     limit = int(info.config.get("max_position_embeddings", contract.DEFAULT_MAX_LENGTH))
     tokenizer_limit = getattr(tokenizer, "model_max_length", limit) or limit
     limit = min(limit, tokenizer_limit)
@@ -320,6 +314,19 @@ def _max_length(config: ExportConfig, info: CheckpointInfo, tokenizer) -> int:
             raise ExportError(f"max_length {config.max_length} exceeds the model's {limit} positions; lower it")
         return config.max_length
     return limit
+
+
+def _check_serving(config: ExportConfig, tasks: list[str], max_length: int, max_top_k: int) -> None:
+    """The serving settings must hold for this model (e.g. one max-length text within the token budget)
+    before the export spends minutes; the writer builds the same settings at the end."""
+    from bertforge.config import ConfigError
+    from export.writer import serving_settings
+
+    for task in tasks:
+        try:
+            serving_settings(task, "fp32", config, max_length, max_top_k)
+        except ConfigError as error:
+            raise ExportError(f"serving settings do not fit this model: {error}") from None
 
 
 def _optimum_encoder(model_dir: Path, output: Path, opset: int) -> Path:
@@ -335,17 +342,13 @@ def _optimum_encoder(model_dir: Path, output: Path, opset: int) -> Path:
     return output / "model.onnx"
 
 
-def _load_torch(info: CheckpointInfo):
+def _load_torch(info: ModelFolderInfo):
     """The PyTorch fp32 reference (safetensors only)."""
     from transformers import BertForMaskedLM, BertModel
 
     if info.has_mlm_head:
         return BertForMaskedLM.from_pretrained(info.folder, use_safetensors=True).eval()
     return BertModel.from_pretrained(info.folder, use_safetensors=True, add_pooling_layer=False).eval()
-
-
-def _silent(message: str) -> None:
-    pass
 
 
 def _encoder_only(feeds: dict) -> dict:
@@ -373,30 +376,28 @@ def _write_report(destination: Path, report: dict) -> None:
     path = destination / REPORT_FILE
     if path.exists():
         path = destination / FAILED_REPORT_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    write_json_atomically(path, report)
 
 
 def _config(**fields: Any) -> ExportConfig:
-    """ExportConfig from keyword options; ServingSettings names go to `serving`, gate names to `gates`."""
+    """ExportConfig from keyword options; ServingOptions names go to `serving`, gate names to `gates`."""
     import dataclasses
 
-    from serve.repository import settings_fields
+    from serve.repository import ServingOptions, option_fields
 
     own = {f.name for f in dataclasses.fields(ExportConfig)}
     gate_names = {f.name for f in dataclasses.fields(ParityGates)}
-    serving = dict(fields.pop("serving", {}) or {})
+    serving = fields.pop("serving", None)
     gates = fields.pop("gates", None)
     gate_values = {name: fields.pop(name) for name in list(fields) if name in gate_names}
-    for name in list(fields):
-        if name not in own and name in settings_fields():
-            serving[name] = fields.pop(name)
+    serving_values = {name: fields.pop(name) for name in list(fields) if name not in own and name in option_fields()}
     unknown = sorted(set(fields) - own)
     if unknown:
-        raise ExportError(f"unknown export option(s) {unknown}; valid: {sorted(own | gate_names | set(settings_fields()))}")
+        raise ExportError(f"unknown export option(s) {unknown}; valid: {sorted(own | gate_names | set(option_fields()))}")
     if gates is None:
         gates = ParityGates(**gate_values)
+    if serving is None:
+        serving = ServingOptions(**serving_values)
     for name in ("calibration_file", "parity_file"):
         if fields.get(name) is not None:
             fields[name] = Path(fields[name])

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from export import quantize
+from export.progress import ExportProgress
 from export.quantize import Recipe
 
 # evaluate(path) -> (metrics, failures, error): the full gate on the variant at `path`
@@ -41,8 +42,9 @@ class SearchResult:
 
 
 def search_int8(fused: Path, workdir: Path, evaluate: Evaluate, calibration_feeds: list[dict], timing_feeds: dict,
-                seconds: float = 180.0, log: Callable[[str], None] = print, label: str = "int8") -> SearchResult:
+                seconds: float = 180.0, progress: ExportProgress | None = None, label: str = "int8") -> SearchResult:
     """Build and gate int8 recipes of `fused`; return the fastest passing one (or none, with every attempt)."""
+    progress = progress or ExportProgress()
     started = time.perf_counter()
     deadline = started + seconds
     workdir.mkdir(parents=True, exist_ok=True)
@@ -58,14 +60,14 @@ def search_int8(fused: Path, workdir: Path, evaluate: Evaluate, calibration_feed
             passed.append((entry["latency_ms"], target, recipe))
         result.candidates.append(entry)
         speed = f", {entry['latency_ms']:.2f} ms/batch" if "latency_ms" in entry else ""
-        log(f"[export] {label} recipe {recipe.name}: {'PASS' if not failures else 'FAIL'} (error {error:.2e}{speed})")
+        progress.outcome(f"{label} recipe {recipe.name}: {'PASS' if not failures else 'FAIL'} (error {error:.2e}{speed})")
         return failures, error
 
     result = SearchResult(path=None, recipe=None)
     # 1. the fixed recipes, expected fastest first
     for recipe in quantize.SEARCH_RECIPES:
         if time.perf_counter() > deadline:
-            log(f"[export] {label}: search time ({seconds:.0f} s) is up before {recipe.name}")
+            progress.outcome(f"{label}: search time ({seconds:.0f} s) is up before {recipe.name}")
             break
         attempt(recipe)
     # 2. none passed: keep the nodes whose quantization hurts most in fp32; the smallest count that passes
@@ -74,7 +76,7 @@ def search_int8(fused: Path, workdir: Path, evaluate: Evaluate, calibration_feed
         errors = quantize.local_quantization_error(fused, calibration_feeds[:4])
         ranked = sorted(errors, key=errors.get, reverse=True)
         result.candidates.append({"name": "sensitivity", "local_error": {node: errors[node] for node in ranked}})
-        log(f"[export] {label}: no recipe passed; keeping the most sensitive of {len(ranked)} nodes in fp32")
+        progress.step(f"{label}: no recipe passed; keeping the most sensitive of {len(ranked)} nodes in fp32")
         limit = max(1, int(len(ranked) * MAX_KEPT_FRACTION))
         failing, passing, count = 0, None, 1
         while time.perf_counter() < deadline:
@@ -92,7 +94,7 @@ def search_int8(fused: Path, workdir: Path, evaluate: Evaluate, calibration_feed
             else:
                 count = (failing + passing) // 2
         else:
-            log(f"[export] {label}: search time ({seconds:.0f} s) is up")
+            progress.outcome(f"{label}: search time ({seconds:.0f} s) is up")
         # fewer fp32 nodes is faster by construction: keep only the smallest passing count (timings are noisy)
         kept_counts = [len(recipe.keep_fp32) for _, _, recipe in passed]
         passed = [entry for entry, count in zip(passed, kept_counts) if count == min(kept_counts, default=0)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from export.checkpoint import ExportError
+from export.errors import ExportError
 
 BUILT_IN_TEXTS = [
     "The committee will publish its report on the future of public transport next week.",

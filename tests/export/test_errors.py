@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bertforge import contract
-from export.checkpoint import ExportError
+from export.errors import ExportError
 
 
 def _export(model, repo, **options):
@@ -95,7 +95,7 @@ def test_parity_gate_refuses_corrupted_weight(tmp_path, tiny_bert_dir, monkeypat
 
     import export.variants
     from bertforge.cli import main
-    from export.exporter import ParityError
+    from export.errors import ParityError
 
     real_build = export.variants.build_variant
 

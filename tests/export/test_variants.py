@@ -7,6 +7,7 @@ import json
 import numpy as np
 
 from bertforge import contract
+from serve.repository import ServingOptions
 
 
 def _ops(path) -> dict[str, int]:
@@ -32,7 +33,8 @@ def test_int8_repository_is_fused_quantized_and_within_gates(tmp_path, tiny_bert
     assert ops["QAttention"] + ops["MatMulInteger"] + ops["QLinearMatMul"] > 0  # quantized, whichever recipe won
     serving = json.loads((repo / contract.EMBED_MODEL / "1" / "serving.json").read_text())["settings"]
     assert serving["precision"] == "int8"
-    assert serving["max_batch_size"] == 4096 // 64  # a full batch of 64-token texts fits one run
+    assert serving["max_batch_size"] == ServingOptions().max_batch_size  # the token budget splits, not a request cap
+    assert serving["max_batch_tokens"] == ServingOptions().max_batch_tokens
 
 
 def test_other_config_without_mlm_head(tmp_path, tiny_corpus_dir):

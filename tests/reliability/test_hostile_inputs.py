@@ -52,7 +52,7 @@ def infer_request(model: str, content: bytes, shape=(1, 1)) -> bytes:
 
 
 GOOD = infer_request(EMBED, struct.pack("<I", 11) + b"hello world")
-MAX_BATCH = 64  # the exporter's min(64, max_batch_tokens 4096 // max_length 64) for the tiny model (checked below)
+MAX_BATCH = 64  # ServingOptions.max_batch_size, what the exporter writes (checked below)
 
 CATALOGUE: dict[str, Case] = {
     # text content and size (checked by serve.runtime before tokenization)

@@ -24,10 +24,10 @@ TEST_QUEUE_DELAY_US = 2000
 
 
 def with_queue_delay(repo: Path, delay_us: int) -> Path:
-    from serve.repository import update_triton_model
+    from serve.repository import served_models
 
-    for config in sorted(repo.glob("*/config.pbtxt")):
-        update_triton_model(config.parent, max_queue_delay_microseconds=delay_us)
+    for model in served_models(repo):
+        model.update(max_queue_delay_microseconds=delay_us)
     return repo
 
 

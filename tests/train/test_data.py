@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from bertforge.errors import UserError
 from tests.conftest import make_documents
 from train.corpus import load_text_dataset
 from train.data import IGNORE_INDEX, BlockBatches, MaskingSpec, build_blocks, mask_tokens, masking_spec
@@ -97,16 +98,16 @@ def test_bad_data_errors(tmp_path, tokenizer):
         load_text_dataset(str(tmp_path / "missing.txt"))
     empty = tmp_path / "empty.txt"
     empty.write_text("\n  \n\n")
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(UserError, match="empty"):
         load_text_dataset(str(empty))
     table = tmp_path / "docs.jsonl"
     table.write_text("\n".join(json.dumps({"body": d}) for d in make_documents(3)))
-    with pytest.raises(ValueError, match="text column 'text' not found.*body"):
+    with pytest.raises(UserError, match="text column 'text' not found.*body"):
         load_text_dataset(str(table))
     assert len(load_text_dataset(str(table), text_column="body")) == 3
     small = tmp_path / "small.txt"
     small.write_text("just a few words\n")
-    with pytest.raises(ValueError, match="smaller than one block"):
+    with pytest.raises(UserError, match="smaller than one block"):
         build_blocks(load_text_dataset(str(small)), tokenizer, 128, tmp_path)
 
 

@@ -7,19 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bertforge import contract
-from bertforge.cli import UserError
+from export.errors import ExportError
 
 MLM_HEAD_KEYS = ("cls.predictions.transform.dense.weight", "cls.predictions.transform.LayerNorm.weight",
                  "cls.predictions.bias")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 
 
-class ExportError(UserError):
-    """The export cannot proceed; the message says why and how to fix it."""
-
-
 @dataclass(frozen=True)
-class CheckpointInfo:
+class ModelFolderInfo:
     folder: Path
     config: dict
     has_mlm_head: bool
@@ -34,7 +30,7 @@ class CheckpointInfo:
         return int(self.config["num_attention_heads"])
 
 
-def inspect_checkpoint(folder: Path) -> CheckpointInfo:
+def inspect_model_folder(folder: Path) -> ModelFolderInfo:
     """Check `folder` is an HF BERT folder with safetensors weights and a tokenizer; say what is wrong if not."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -59,7 +55,7 @@ def inspect_checkpoint(folder: Path) -> CheckpointInfo:
                           "weights with tokenizer.save_pretrained(folder)")
     _check_tokenizer(folder)
     has_head = all(key in keys for key in MLM_HEAD_KEYS)
-    return CheckpointInfo(folder=folder, config=config, has_mlm_head=has_head, weight_keys=frozenset(keys))
+    return ModelFolderInfo(folder=folder, config=config, has_mlm_head=has_head, weight_keys=frozenset(keys))
 
 
 def _weight_keys(folder: Path) -> set[str]:

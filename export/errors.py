@@ -1,0 +1,18 @@
+"""Why an export stopped: the message says what is wrong and how to fix it."""
+
+from __future__ import annotations
+
+from bertforge.errors import UserError
+
+
+class ExportError(UserError):
+    """The export cannot proceed; the message says why and how to fix it."""
+
+
+class ParityError(ExportError):
+    """A variant missed its parity gate; nothing of it was written."""
+
+    def __init__(self, failures: list[str], report: dict):
+        super().__init__("parity gate failed, nothing written:\n  " + "\n  ".join(failures))
+        self.failures = failures
+        self.report = report
