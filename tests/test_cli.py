@@ -34,3 +34,33 @@ def test_config_errors_exit_2_with_a_message(tmp_path):
     result = subprocess.run([sys.executable, "-m", "bertforge.cli", "train", "--config", str(tmp_path / "none.toml")],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "config file not found" in result.stderr
+
+
+def test_python_dash_m_bertforge_runs_the_dispatcher():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "bertforge", "--version"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith("bertforge ")
+
+
+def test_a_bug_keeps_its_traceback_while_user_errors_do_not(monkeypatch, capsys):
+    import pytest
+
+    from bertforge import cli
+    from bertforge.errors import UserError
+
+    parser = cli.build_parser()
+
+    def fail_with(error):
+        def run(args):
+            raise error
+        return run
+
+    args = parser.parse_args(["client", "embed", "x"])
+    monkeypatch.setattr(cli, "build_parser", lambda: type("P", (), {"parse_args": lambda self, argv: args})())
+    args.run = fail_with(UserError("bad flag"))
+    assert cli.main([]) == 2 and "error: bad flag" in capsys.readouterr().err
+    args.run = fail_with(TypeError("a bug"))
+    with pytest.raises(TypeError, match="a bug"):
+        cli.main([])
