@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             server = stack.enter_context(running_server(
                 config.repo, config.host, config.grpc_port, config.http_port, config.metrics_port,
                 log_path=config.log_file, ready_timeout_s=config.ready_timeout_s, extra_args=triton_args,
-                keep_workdir=True))  # its log and serve.toml are printed below
+                exit_timeout_s=config.exit_timeout_s, keep_workdir=True))  # its log and serve.toml are printed below
             endpoints = server.endpoints
             api = None
             if config.api.enabled:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from bertforge import contract
 from bertforge.config import ConfigError
+from serve.launcher import EXIT_TIMEOUT_SECS
 
 DEFAULT_API_PORT = 8080
 API_KEY_ENV = "BERTFORGE_API_KEY"  # the API key travels by environment (or --api-key), never in a config file
@@ -53,6 +54,7 @@ class ServeConfig:
     metrics_port: int = contract.DEFAULT_METRICS_PORT
     ready_timeout_s: float = 120.0
     log_file: Path | None = None  # default: a temporary file, printed at start
+    exit_timeout_s: int = EXIT_TIMEOUT_SECS  # SIGTERM: in-flight requests get this long (Triton's --exit-timeout-secs)
     supervise: bool = True  # serve/supervisor.py: probe every model, restart tritonserver when one fails
     supervise_interval_s: float = 2.0  # between probe rounds
     api: ApiConfig = field(default_factory=ApiConfig)
@@ -68,6 +70,8 @@ class ServeConfig:
             raise ConfigError("serve: the gRPC, HTTP, metrics and API ports must differ")
         if self.ready_timeout_s <= 0:
             raise ConfigError("serve.ready_timeout_s must be > 0")
+        if self.exit_timeout_s < 0:
+            raise ConfigError(f"serve.exit_timeout_s must be >= 0, got {self.exit_timeout_s}")
         if self.supervise_interval_s <= 0:
             raise ConfigError(f"serve.supervise_interval_s must be > 0, got {self.supervise_interval_s}")
 

@@ -30,7 +30,7 @@ from bertforge import contract
 
 MIN_GLIBC = (2, 35)
 READY_TIMEOUT_S = 120.0
-STOP_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 10.0  # beyond Triton's own --exit-timeout-secs, then SIGKILL
 RESTART_STOP_TIMEOUT_S = 2.0  # drain before a healing restart, then SIGKILL
 EXIT_TIMEOUT_SECS = 10
 PR_SET_PDEATHSIG = 1  # linux/prctl.h  # Triton's own grace period for in-flight requests at shutdown
@@ -94,13 +94,14 @@ def running_server(
     ready_timeout_s: float = READY_TIMEOUT_S,
     extra_args: tuple[str, ...] = (),
     keep_workdir: bool = False,
+    exit_timeout_s: int = EXIT_TIMEOUT_SECS,
 ) -> Iterator[TritonServer]:
     """Context manager: a ready tritonserver on `repo`; port 0 means "pick a free one".
 
     Its work folder (backend links, default log) is removed after a clean exit; it stays for a
     failure, whose message names the log in it, and always with `keep_workdir`.
     """
-    server = TritonServer(repo, host, grpc_port, http_port, metrics_port, log_path, extra_args)
+    server = TritonServer(repo, host, grpc_port, http_port, metrics_port, log_path, extra_args, exit_timeout_s)
     clean_exit = False
     try:
         server.start(ready_timeout_s)
@@ -114,10 +115,12 @@ def running_server(
 
 class TritonServer:
     def __init__(self, repo: str | Path, host: str, grpc_port: int, http_port: int, metrics_port: int,
-                 log_path: str | Path | None = None, extra_args: tuple[str, ...] = ()):
+                 log_path: str | Path | None = None, extra_args: tuple[str, ...] = (),
+                 exit_timeout_s: int = EXIT_TIMEOUT_SECS):
         self.repo = Path(repo).resolve()
         self.requested = (host, grpc_port, http_port, metrics_port)
         self.extra_args = tuple(extra_args)
+        self.exit_timeout_s = exit_timeout_s  # Triton's grace for in-flight requests at SIGTERM
         self.workdir = Path(tempfile.mkdtemp(prefix="bertforge-triton-"))
         self.log_path = Path(log_path) if log_path else self.workdir / "tritonserver.log"
         self.process: subprocess.Popen | None = None
@@ -136,7 +139,7 @@ class TritonServer:
         attempts = 3 if 0 in self.requested[1:] else 1
         for attempt in range(attempts):
             self.endpoints = _choose_ports(*self.requested)
-            command = server_command(self.repo, backend_dir, self.endpoints, self.extra_args)
+            command = server_command(self.repo, backend_dir, self.endpoints, self.extra_args, self.exit_timeout_s)
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.log_path, "ab" if self._restarting else "wb") as log:  # a restart keeps the old log
                 self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -161,8 +164,10 @@ class TritonServer:
         self._restarting = True
         return self.start(ready_timeout_s)
 
-    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
-        """SIGTERM the server (it drains in-flight requests), SIGKILL after `timeout_s`. Returns its exit code."""
+    def stop(self, timeout_s: float | None = None) -> int | None:
+        """SIGTERM the server (it drains in-flight requests for exit_timeout_s), SIGKILL after `timeout_s`
+        (default: exit_timeout_s + STOP_TIMEOUT_S). Returns its exit code."""
+        timeout_s = self.exit_timeout_s + STOP_TIMEOUT_S if timeout_s is None else timeout_s
         process = self.process
         if process is None or process.poll() is not None:
             return process.returncode if process else None
@@ -192,7 +197,8 @@ class TritonServer:
         wait_until_up(self.process, lambda: True if self.is_ready() else None, timeout_s, "tritonserver",
                       "it was ready", self.log_path, self.log_tail, LaunchError, poll_s=0.2)
 
-def server_command(repo: Path, backend_dir: Path, endpoints: Endpoints, extra_args: tuple[str, ...] = ()) -> list[str]:
+def server_command(repo: Path, backend_dir: Path, endpoints: Endpoints, extra_args: tuple[str, ...] = (),
+                   exit_timeout_s: int = EXIT_TIMEOUT_SECS) -> list[str]:
     host = endpoints.host
     return [
         str(tritonserver_root() / "bin" / "tritonserver"),
@@ -203,7 +209,7 @@ def server_command(repo: Path, backend_dir: Path, endpoints: Endpoints, extra_ar
         f"--http-address={host}", f"--http-port={endpoints.http_port}",
         f"--metrics-address={host}", f"--metrics-port={endpoints.metrics_port}",
         "--allow-gpu-metrics=false",
-        "--exit-on-error=true", "--strict-readiness=true", f"--exit-timeout-secs={EXIT_TIMEOUT_SECS}",
+        "--exit-on-error=true", "--strict-readiness=true", f"--exit-timeout-secs={exit_timeout_s}",
         *extra_args,
     ]
 

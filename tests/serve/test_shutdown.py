@@ -12,11 +12,12 @@ import threading
 import time
 
 import numpy as np
+import psutil
 import pytest
 
 pytestmark = pytest.mark.slow  # a real `bertforge serve` (tritonserver + API)
 
-DEADLINE_S = 30.0  # Triton's --exit-timeout-secs (10 s) + the API's graceful 5 s + start-up slack
+DEADLINE_S = 20.0  # the configured --exit-timeout-secs (6 s) + the supervisor's last probe + slack
 
 
 def test_sigterm_under_load_answers_or_fails_cleanly_and_exits_0(served_repo):
@@ -25,7 +26,7 @@ def test_sigterm_under_load_answers_or_fails_cleanly_and_exits_0(served_repo):
     process = subprocess.Popen(
         [sys.executable, "-m", "bertforge.cli", "serve", "--repo", str(served_repo), "--grpc-port", "0",
          "--http-port", "0", "--metrics-port", "0", "--no-api"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+        text=True, env={**os.environ, "BERTFORGE_SERVE_EXIT_TIMEOUT_S": "6"})
     try:
         output = ""
         for line in process.stdout:
@@ -33,6 +34,8 @@ def test_sigterm_under_load_answers_or_fails_cleanly_and_exits_0(served_repo):
             if "Ctrl-C to stop" in line:
                 break
         grpc_url = re.search(r"gRPC +(127\.0\.0\.1:\d+)", output).group(1)
+        server_pid = int(re.search(r"pid (\d+)", output).group(1))
+        assert "--exit-timeout-secs=6" in psutil.Process(server_pid).cmdline()  # the configured deadline
         with BertforgeClient(grpc_url, timeout_s=10, retries=0) as client:
             expected = client.embed("the committee approved the budget.")[0]
         outcomes: list = []
