@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -179,9 +177,12 @@ def resolve_repository(repo: Path | None, model_dir: Path | None, scratch: Path,
                        log: Callable[[str], None], precision: str = DEFAULT_PRECISION) -> Path:
     """The repository to serve: `repo` as given, else `model_dir` exported into `scratch`."""
     if repo is not None:
-        if not (Path(repo) / task / "1" / "serving.json").is_file():
-            raise FileNotFoundError(f"{repo}/{task}/1/serving.json not found; run `bertforge export --model DIR "
-                                    f"--repo {repo}` first")
+        from serve.repository import ServedModelDir
+
+        model = ServedModelDir.in_repo(repo, task)
+        if not model.is_complete():
+            raise UserError(f"{repo} holds no exported {task} model ({', '.join(model.missing_files())} missing); "
+                            f"run `bertforge export --model DIR --repo {repo}` first")
         return Path(repo)
     if model_dir is None:
         raise UserError("give --repo DIR (an exported model repository) or --model DIR (an HF BERT folder)")
@@ -194,22 +195,18 @@ def resolve_repository(repo: Path | None, model_dir: Path | None, scratch: Path,
 
 def variant_repository(repo: Path, target: Path, task: str, **changes) -> Path:
     """A copy of one model of `repo` (weights linked, not copied) with changed ServingSettings."""
-    from serve.repository import load_serving_settings, write_triton_model
+    from serve.repository import ServedModelDir
 
-    source = Path(repo) / task
-    shutil.copytree(source, target / task, symlinks=True, copy_function=_link_or_copy)
-    # The rewritten files are hard links to the originals: unlink them so writing never goes through
-    for name in ("config.pbtxt", "1/model.py", "1/serving.json"):
-        (target / task / name).unlink()
-    settings = dataclasses.replace(load_serving_settings(source / "1"), **changes)
-    info = json.loads((source / "1" / "serving.json").read_text()).get("info", {})
-    write_triton_model(target / task, settings, info)
+    ServedModelDir.in_repo(repo, task).copy_to(target, **changes)
     return target
 
 
 def serving_document(repo: Path, task: str) -> dict:
-    document = json.loads((Path(repo) / task / "1" / "serving.json").read_text())
-    return document["settings"] | {"info": document.get("info", {})}
+    from bertforge.config import to_dict
+    from serve.repository import ServedModelDir
+
+    model = ServedModelDir.in_repo(repo, task)
+    return to_dict(model.settings()) | {"info": model.info()}
 
 
 def request_texts(config: BenchConfig, repo: Path) -> RequestTexts:
@@ -283,13 +280,6 @@ def start_api(repo: Path, grpc_url: str, log: Callable[[str], None]) -> Iterator
 def _source_model(settings: dict) -> Path | None:
     source = settings.get("info", {}).get("source")
     return Path(source) if source and (Path(source) / "config.json").is_file() else None
-
-
-def _link_or_copy(source: str, target: str) -> None:
-    try:
-        Path(target).hardlink_to(source)
-    except OSError:
-        shutil.copy2(source, target)
 
 
 def _logged(points: list[dict], log: Callable[[str], None]) -> list[dict]:

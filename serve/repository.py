@@ -238,11 +238,6 @@ def load_serving_settings(version_dir: Path) -> ServingSettings:
     return ServedModelDir(Path(version_dir).parent).settings()
 
 
-def write_triton_model(model_dir: Path, settings: ServingSettings, info: dict[str, Any] | None = None) -> None:
-    """Transitional alias of `ServedModelDir(model_dir).write` (removed once bench/serving.py moved over)."""
-    ServedModelDir(model_dir).write(settings, info)
-
-
 def _link_or_copy(source: str, destination: str) -> str:
     try:
         os.link(source, destination)
