@@ -204,3 +204,29 @@ def embed_stub(server_pid: int) -> int:
         if any("embed" in part for part in child.cmdline()):
             return child.pid
     raise AssertionError(f"no embed stub under tritonserver {server_pid}")
+
+
+def test_supervisor_restarts_a_killed_tritonserver_on_the_same_ports(reliability_repo, references):
+    from serve.client import BertforgeClient
+    from serve.launcher import TritonServer
+    from serve.supervisor import Supervisor
+
+    server = TritonServer(reliability_repo, contract.DEFAULT_HOST, 0, 0, 0)
+    log_lines: list[str] = []
+    try:
+        endpoints = server.start()
+        supervisor = Supervisor(server, [contract.EMBED_MODEL], interval_s=0.5, log=log_lines.append).start()
+        first_pid = server.pid
+        os.kill(first_pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        wait_until(lambda: supervisor.restarts["exited"] == 1 and server.pid != first_pid and server.is_ready(), 30,
+                   f"tritonserver not restarted; supervisor log: {log_lines}")
+        assert server.endpoints == endpoints  # the same ports: clients and the API reconnect by themselves
+        with BertforgeClient(endpoints.grpc_url, timeout_s=10) as client:
+            assert_embedding_matches(client.embed("after the restart")[0],
+                                     references[contract.EMBED_MODEL].embed("after the restart"), "restarted")
+        print(f"tritonserver SIGKILL -> ready again in {time.monotonic() - killed_at:.1f} s")
+        assert any("reason exited" in line and "code -9" in line for line in log_lines), log_lines
+        supervisor.stop()
+    finally:
+        server.stop()
