@@ -25,20 +25,27 @@ bertforge serve --repo "$REPO" --grpc-port 0 --http-port 0 --metrics-port 0 --ap
 SERVER_PID=$!
 trap 'kill -TERM $SERVER_PID 2>/dev/null; wait $SERVER_PID 2>/dev/null || true' EXIT
 for _ in $(seq 1 240); do
-    grep -q "tritonserver ready" "$SERVER_LOG" && break
+    grep -q "^BERTFORGE_ENDPOINTS " "$SERVER_LOG" && break
     kill -0 $SERVER_PID 2>/dev/null || { cat "$SERVER_LOG"; exit 1; }
     sleep 0.5
 done
-grep -q "tritonserver ready" "$SERVER_LOG" || { echo "server not ready in 120 s"; cat "$SERVER_LOG"; exit 1; }
+grep -q "^BERTFORGE_ENDPOINTS " "$SERVER_LOG" || { echo "server not ready in 120 s"; cat "$SERVER_LOG"; exit 1; }
 cat "$SERVER_LOG"
-URL=$(awk '$1 == "gRPC" {print $2; exit}' "$SERVER_LOG")
+# the gRPC address from the line written for machines (one JSON object), not from the lines for people
+URL=$(sed -n 's/^BERTFORGE_ENDPOINTS //p' "$SERVER_LOG" | head -1 | .venv/bin/python -c 'import json, sys; print(json.load(sys.stdin)["grpc"])')
 
-step "5/6 ask the served models (gRPC client)"
-bertforge client fill-mask \
-    "The White [MASK] said the president would sign the bill." \
-    "The prime [MASK] spoke to parliament on Tuesday." \
-    "Shares of the company [MASK] sharply after the report." --url "$URL"
-bertforge client embed "The committee approved the budget." "Parliament rejected the new law." --url "$URL"
+step "5/6 ask the served models (gRPC client), then check the answers against PyTorch fp32"
+FILL_TEXTS=("The White [MASK] said the president would sign the bill."
+            "The prime [MASK] spoke to parliament on Tuesday."
+            "Shares of the company [MASK] sharply after the report.")
+EMBED_TEXTS=("The committee approved the budget." "Parliament rejected the new law.")
+bertforge client fill-mask "${FILL_TEXTS[@]}" --url "$URL"
+bertforge client embed "${EMBED_TEXTS[@]}" --url "$URL"
+ANSWERS=$(mktemp -d -t bertforge-demo-answers.XXXXXX)
+bertforge client fill-mask "${FILL_TEXTS[@]}" --url "$URL" --json >"$ANSWERS/fill.json"
+bertforge client embed "${EMBED_TEXTS[@]}" --url "$URL" --json >"$ANSWERS/embed.json"
+# PASS per answer, exit 1 on a mismatch: the demo doubles as a smoke test
+.venv/bin/python -m serve.verify --model "$RUN_DIR/model" --fill-mask "$ANSWERS/fill.json" --embed "$ANSWERS/embed.json"
 
 step "6/6 short serving benchmark (served model vs in-process baselines)"
 bertforge bench serve --repo "$REPO" --url "$URL" --quick --output bench/results/demo_serve.json

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import os
 import signal
 import sys
 import time
 from pathlib import Path
+
+ENDPOINTS_PREFIX = "BERTFORGE_ENDPOINTS "  # then one JSON object: grpc, http, metrics, api, pid
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -102,6 +105,10 @@ def run(args: argparse.Namespace) -> int:
             if supervisor is not None:
                 print(f"  supervisor: a probe inference on {', '.join(supervisor.models)} every "
                       f"{config.supervise_interval_s:g} s; restarts tritonserver on these ports when one fails")
+            # the same endpoints as one JSON line for scripts and tests (the lines above are for people)
+            machine = {"grpc": endpoints.grpc_url, "http": endpoints.http_url, "metrics": endpoints.metrics_url,
+                       "api": api.url if api is not None else None, "pid": os.getpid()}
+            print(ENDPOINTS_PREFIX + json.dumps(machine), flush=True)
             print("Ctrl-C to stop.", flush=True)
             while True:  # until Ctrl-C / SIGTERM, or one of the two processes dies
                 if supervisor is None and server.process.poll() is not None:  # else the supervisor restarts it
