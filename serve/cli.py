@@ -34,6 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-api", action="store_true", help="only tritonserver, no HTTP API")
     parser.add_argument("--api-key", help="require `Authorization: Bearer KEY` on the API (default: the "
                                           "BERTFORGE_API_KEY environment variable; none = open, fine on loopback)")
+    parser.add_argument("--instances", type=int, help="Triton instances per model (default: as exported)")
+    parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per instance (default: as exported; "
+                                                    "0 = ONNX Runtime's default, one per core)")
+    parser.add_argument("--max-batch-tokens", type=int, help="padded tokens per ONNX run; larger merged batches are "
+                                                             "split (default: as exported)")
     parser.add_argument("--log-file", help="tritonserver log (default: a temporary file)")
     parser.add_argument("--config", help="TOML file with ServeConfig keys")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
@@ -50,10 +55,12 @@ def run(args: argparse.Namespace) -> int:
     from serve.api.process import ApiLaunchError, running_api
     from serve.config import API_KEY_ENV, ServeConfig, env_overrides
     from serve.launcher import LaunchError, check_passthrough, running_server
+    from serve.repository import served_models
 
     # Config: defaults < file < BERTFORGE_SERVE_* environment < --set < explicit flags
     config = load_config(ServeConfig, args.config, env_overrides() + list(args.set))
-    flags = {key: getattr(args, key) for key in ("host", "grpc_port", "http_port", "metrics_port")}
+    flags = {key: getattr(args, key) for key in ("host", "grpc_port", "http_port", "metrics_port", "instances",
+                                                 "threads", "max_batch_tokens")}
     flags.update(repo=args.repo and Path(args.repo), log_file=args.log_file and Path(args.log_file))
     config = dataclasses.replace(config, **{key: value for key, value in flags.items() if value is not None})
     if args.api_port is not None or args.no_api:
@@ -74,22 +81,22 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         with contextlib.ExitStack() as stack:
+            served_repo = _served_repository(config, stack)
             server = stack.enter_context(running_server(
-                config.repo, config.host, config.grpc_port, config.http_port, config.metrics_port,
+                served_repo, config.host, config.grpc_port, config.http_port, config.metrics_port,
                 log_path=config.log_file, ready_timeout_s=config.ready_timeout_s, extra_args=triton_args,
                 exit_timeout_s=config.exit_timeout_s, keep_workdir=True))  # its log and serve.toml are printed below
             endpoints = server.endpoints
             api = None
             if config.api.enabled:
-                api = stack.enter_context(running_api(config.repo, endpoints.grpc_url, config.host, config.api,
+                api = stack.enter_context(running_api(served_repo, endpoints.grpc_url, config.host, config.api,
                                                       api_key=api_key, log_path=server.workdir / "api.log"))
             supervisor = None
             if config.supervise:
                 from serve.api.forward import HEALTH_TEXTS
                 from serve.supervisor import Supervisor
 
-                models = [path.parent.name for path in sorted(Path(config.repo).glob("*/config.pbtxt"))
-                          if path.parent.name in HEALTH_TEXTS]
+                models = [model.name for model in served_models(served_repo) if model.name in HEALTH_TEXTS]
                 supervisor = Supervisor(server, models, interval_s=config.supervise_interval_s).start()
                 stack.callback(supervisor.stop)  # stopped before the server (the stack unwinds in reverse)
             save_config(config, server.workdir / "serve.toml")  # the resolved config, next to the log
@@ -101,6 +108,9 @@ def run(args: argparse.Namespace) -> int:
                 key_note = ", bearer key required" if api_key else ""
                 print(f"  API      {api.url}    (OpenAI {api.url}/v1, docs {api.url}/docs, health {api.url}/health"
                       f"{key_note})")
+            for model in served_models(served_repo):
+                if model.is_complete():
+                    print(f"  model    {_describe(model.settings())}")
             print(f"  log      {server.log_path}  (config: {server.workdir / 'serve.toml'})")
             if supervisor is not None:
                 print(f"  supervisor: a probe inference on {', '.join(supervisor.models)} every "
@@ -123,6 +133,32 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("tritonserver stopped", file=sys.stderr, flush=True)
         return 0
+
+
+def _served_repository(config, stack: contextlib.ExitStack) -> Path:
+    """The repository as exported, or a linked copy with the serve-time settings applied (removed at exit)."""
+    import tempfile
+
+    from bertforge.config import ConfigError
+    from bertforge.errors import UserError
+    from serve.repository import copy_repository
+
+    changes = config.serving_changes()
+    if not changes:
+        return Path(config.repo)
+    copy = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bertforge-serve-repo-")))
+    try:
+        if not copy_repository(config.repo, copy, **changes):
+            raise UserError(f"{config.repo} holds no exported model; run `bertforge export` first")
+    except ConfigError as error:
+        raise UserError(f"serve-time settings do not fit the exported models: {error}") from None
+    return copy
+
+
+def _describe(settings) -> str:
+    threads = settings.intra_op_threads or "ORT default"
+    return (f"{settings.model_name}: {settings.precision}, {settings.instance_count} instance(s) x {threads} thread(s), "
+            f"max_batch_size {settings.max_batch_size}, max_batch_tokens {settings.max_batch_tokens}")
 
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:

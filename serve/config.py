@@ -45,6 +45,9 @@ class ApiConfig:
             raise ConfigError(f"serve.api.health_cache_s must be >= 0, got {self.health_cache_s}")
 
 
+AS_EXPORTED = None  # the default of the serve-time settings below: what `bertforge export` wrote
+
+
 @dataclass(kw_only=True)
 class ServeConfig:
     repo: Path = Path("model_repository")
@@ -57,6 +60,10 @@ class ServeConfig:
     exit_timeout_s: int = EXIT_TIMEOUT_SECS  # SIGTERM: in-flight requests get this long (Triton's --exit-timeout-secs)
     supervise: bool = True  # serve/supervisor.py: probe every model, restart tritonserver when one fails
     supervise_interval_s: float = 2.0  # between probe rounds
+    # serve-time settings: None = as exported; else every model runs from a copy with these changes
+    instances: int | None = AS_EXPORTED  # Triton instances per model
+    threads: int | None = AS_EXPORTED  # ONNX Runtime intra-op threads per instance (0 = ORT's default)
+    max_batch_tokens: int | None = AS_EXPORTED  # padded tokens per ONNX run (larger merged batches are split)
     api: ApiConfig = field(default_factory=ApiConfig)
 
     def __post_init__(self) -> None:
@@ -74,6 +81,16 @@ class ServeConfig:
             raise ConfigError(f"serve.exit_timeout_s must be >= 0, got {self.exit_timeout_s}")
         if self.supervise_interval_s <= 0:
             raise ConfigError(f"serve.supervise_interval_s must be > 0, got {self.supervise_interval_s}")
+        for name, lowest in (("instances", 1), ("threads", 0), ("max_batch_tokens", 1)):
+            value = getattr(self, name)
+            if value is not None and value < lowest:
+                raise ConfigError(f"serve.{name} must be >= {lowest}, got {value}")
+
+    def serving_changes(self) -> dict:
+        """The `ServingSettings` changes these serve-time settings make (empty: serve the models as exported)."""
+        changes = {"instance_count": self.instances, "intra_op_threads": self.threads,
+                   "max_batch_tokens": self.max_batch_tokens}
+        return {key: value for key, value in changes.items() if value is not None}
 
 
 ENV_PREFIX = "BERTFORGE_SERVE_"  # BERTFORGE_SERVE_GRPC_PORT=0, BERTFORGE_SERVE_API_TIMEOUT_S=10, ...
