@@ -12,7 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-ENDPOINTS_PREFIX = "BERTFORGE_ENDPOINTS "  # then one JSON object: grpc, http, metrics, api, pid
+ENDPOINTS_PREFIX = "BERTFORGE_ENDPOINTS "
+RESTARTS_FILE = "restarts.json"  # in the server's work folder: the supervisor writes it, the API's /metrics reads it  # then one JSON object: grpc, http, metrics, api, pid
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -90,14 +91,16 @@ def run(args: argparse.Namespace) -> int:
             api = None
             if config.api.enabled:
                 api = stack.enter_context(running_api(served_repo, endpoints.grpc_url, config.host, config.api,
-                                                      api_key=api_key, log_path=server.workdir / "api.log"))
+                                                      api_key=api_key, log_path=server.workdir / "api.log",
+                                                      restarts_file=server.workdir / RESTARTS_FILE))
             supervisor = None
             if config.supervise:
                 from serve.api.forward import HEALTH_TEXTS
                 from serve.supervisor import Supervisor
 
                 models = [model.name for model in served_models(served_repo) if model.name in HEALTH_TEXTS]
-                supervisor = Supervisor(server, models, interval_s=config.supervise_interval_s).start()
+                supervisor = Supervisor(server, models, interval_s=config.supervise_interval_s,
+                                        counts_file=server.workdir / RESTARTS_FILE).start()
                 stack.callback(supervisor.stop)  # stopped before the server (the stack unwinds in reverse)
             save_config(config, server.workdir / "serve.toml")  # the resolved config, next to the log
             print(f"tritonserver ready (pid {server.pid}), models from {config.repo}", flush=True)

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from bertforge import contract
 
@@ -24,12 +25,14 @@ BACKOFF_S, MAX_BACKOFF_S = 1.0, 30.0  # wait before the n-th restart in a row: 1
 
 class Supervisor:
     def __init__(self, server, models: list[str], interval_s: float = INTERVAL_S,
-                 probe_timeout_s: float = PROBE_TIMEOUT_S, log: Callable[[str], None] | None = None):
+                 probe_timeout_s: float = PROBE_TIMEOUT_S, log: Callable[[str], None] | None = None,
+                 counts_file: Path | None = None):
         self.server = server  # a started serve.launcher.TritonServer
         self.models = list(models)
         self.interval_s, self.probe_timeout_s = interval_s, probe_timeout_s
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.restarts: collections.Counter[str] = collections.Counter()  # reason -> count
+        self.counts_file = counts_file  # the API exports it as bertforge_triton_restarts_total{reason}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bertforge-supervisor", daemon=True)
 
@@ -61,6 +64,14 @@ class Supervisor:
                     return reason, f"{model}: {error}"
         return None
 
+    def record_restart(self, reason: str) -> None:
+        """Count one restart; the counts go to `counts_file` (atomically) for the API's /metrics."""
+        self.restarts[reason] += 1
+        if self.counts_file is not None:
+            from bertforge.files import write_json_atomically
+
+            write_json_atomically(self.counts_file, dict(self.restarts))
+
     def _run(self) -> None:
         failures_in_a_row = 0
         while not self._stop.wait(self.interval_s):
@@ -73,7 +84,7 @@ class Supervisor:
                 return
             backoff = min(BACKOFF_S * 2 ** failures_in_a_row, MAX_BACKOFF_S) if failures_in_a_row else 0.0
             failures_in_a_row += 1
-            self.restarts[reason] += 1
+            self.record_restart(reason)
             self.log(f"[supervisor] restarting tritonserver (reason {reason}, restart {sum(self.restarts.values())}, "
                      f"after {backoff:.0f} s): {detail.splitlines()[0][:300]}")
             if self._stop.wait(backoff):

@@ -27,3 +27,31 @@ class ApiMetrics:
                                registry=self.registry)
         self.rejected = Counter("bertforge_api_rejected", "requests refused with 429 at the in-flight cap",
                                 registry=self.registry)
+        self.registry.register(TritonRestarts())
+
+
+RESTARTS_FILE_ENV = "BERTFORGE_RESTARTS_FILE"  # set by `bertforge serve`: its supervisor's restart counts (JSON)
+
+
+class TritonRestarts:
+    """`bertforge_triton_restarts_total{reason}`: restarts of tritonserver by `bertforge serve`'s supervisor.
+
+    The supervisor runs in the `bertforge serve` process and writes its counts to a file; this collector reads
+    it at each scrape, so the API process needs no channel of its own to the supervisor."""
+
+    def collect(self):
+        import json
+        import os
+
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily("bertforge_triton_restarts", "tritonserver restarts by the supervisor, by reason",
+                                     labels=["reason"])
+        path = os.environ.get(RESTARTS_FILE_ENV)
+        try:
+            counts = json.loads(open(path).read()) if path else {}
+        except (OSError, ValueError):
+            counts = {}
+        for reason, count in sorted(counts.items()):
+            family.add_metric([reason], float(count))
+        yield family

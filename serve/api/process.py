@@ -53,7 +53,7 @@ class ApiProcess:
 @contextlib.contextmanager
 def running_api(repo: str | Path, grpc_url: str, host: str = "127.0.0.1", config: ApiConfig | None = None,
                 api_key: str | None = None, log_path: str | Path | None = None,
-                start_timeout_s: float = START_TIMEOUT_S) -> Iterator[ApiProcess]:
+                start_timeout_s: float = START_TIMEOUT_S, restarts_file: Path | None = None) -> Iterator[ApiProcess]:
     """Context manager: the API process, up and listening; stopped (SIGTERM, then SIGKILL) on exit."""
     from serve.launcher import _stop_with_parent
 
@@ -65,6 +65,10 @@ def running_api(repo: str | Path, grpc_url: str, host: str = "127.0.0.1", config
     env.pop(API_KEY_ENV, None)
     if api_key:
         env[API_KEY_ENV] = api_key
+    if restarts_file is not None:  # the supervisor's restart counts, exported on /metrics
+        from serve.api.metrics import RESTARTS_FILE_ENV
+
+        env[RESTARTS_FILE_ENV] = str(restarts_file)
     command = [sys.executable, "-m", "serve.api", "--repo", str(repo), "--grpc-url", grpc_url, "--host", host,
                "--config-json", json.dumps(dataclasses.asdict(config)), "--address-file", str(address_file)]
     with open(log_path, "wb") as log:
