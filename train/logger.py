@@ -32,9 +32,11 @@ class MetricsLogger:
                     self.writer.add_scalar(key, value, record["step"])
 
     def close(self) -> None:
+        """Flush and close (idempotent)."""
         self.handle.close()
         if self.writer is not None:
             self.writer.close()
+            self.writer = None
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

@@ -88,107 +88,111 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime) -
     step_flops = flops_per_token(mlm, config.data.seq_len, config.data.mask_prob, config.train.sparse_head)
     peak = peak_flops(runtime.device)
     logger = MetricsLogger(run_dir, config.log.tensorboard) if master else None
-    runtime.print(f"[train] {runtime.device}, precision {runtime.precision} ({runtime.precision_reason})")
-    if master:
-        logger.log({"step": state["step"], "device": str(runtime.device), "precision": runtime.precision,
-                    "precision_reason": runtime.precision_reason})
-    progress = _progress_bar(master and config.log.progress, state["step"], max_steps)
-    consecutive_bad, window_start, window_tokens = 0, time.perf_counter(), 0
-    run_start, elapsed_before = time.perf_counter(), state["elapsed_s"]
-    step = state["step"]
+    try:
+        runtime.print(f"[train] {runtime.device}, precision {runtime.precision} ({runtime.precision_reason})")
+        if master:
+            logger.log({"step": state["step"], "device": str(runtime.device), "precision": runtime.precision,
+                        "precision_reason": runtime.precision_reason})
+        progress = _progress_bar(master and config.log.progress, state["step"], max_steps)
+        consecutive_bad, window_start, window_tokens = 0, time.perf_counter(), 0
+        run_start, elapsed_before = time.perf_counter(), state["elapsed_s"]
+        step = state["step"]
 
-    mlm.train()
-    while step < max_steps:
-        # Set this step's learning rate
-        lr = lr_at(step, max_steps, config.optim)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        mlm.train()
+        while step < max_steps:
+            # Set this step's learning rate
+            lr = lr_at(step, max_steps, config.optim)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
 
-        # Fetch the step's micro-batches; normalise by the masked count over all of them and all ranks
-        micro_batches = [next(batch_iterator) for _ in range(accum)]
-        masked = sum((labels != -100).sum() for _, labels in micro_batches).to(runtime.device, torch.float32)
-        runtime.all_reduce_sum(masked)
+            # Fetch the step's micro-batches; normalise by the masked count over all of them and all ranks
+            micro_batches = [next(batch_iterator) for _ in range(accum)]
+            masked = sum((labels != -100).sum() for _, labels in micro_batches).to(runtime.device, torch.float32)
+            runtime.all_reduce_sum(masked)
 
-        # Forward + backward per micro-batch; DDP syncs gradients on the last one only
-        loss_total = torch.zeros((), device=runtime.device)
-        correct_total = torch.zeros((), device=runtime.device)
-        for index, (inputs, labels) in enumerate(micro_batches):
-            inputs = inputs.to(runtime.device, non_blocking=True)  # (B, T)
-            labels = labels.to(runtime.device, non_blocking=True)  # (B, T)
-            sync = nullcontext() if index == accum - 1 or runtime.world_size == 1 else step_module.no_sync()
-            with sync, runtime.autocast():
-                loss_sum, _, correct = step_module(inputs, labels)
-                scaled = loss_sum * runtime.world_size / masked  # DDP averages over ranks
-            (scaler.scale(scaled) if scaler else scaled).backward()
-            loss_total += loss_sum.detach()
-            correct_total += correct.detach()
+            # Forward + backward per micro-batch; DDP syncs gradients on the last one only
+            loss_total = torch.zeros((), device=runtime.device)
+            correct_total = torch.zeros((), device=runtime.device)
+            for index, (inputs, labels) in enumerate(micro_batches):
+                inputs = inputs.to(runtime.device, non_blocking=True)  # (B, T)
+                labels = labels.to(runtime.device, non_blocking=True)  # (B, T)
+                sync = nullcontext() if index == accum - 1 or runtime.world_size == 1 else step_module.no_sync()
+                with sync, runtime.autocast():
+                    loss_sum, _, correct = step_module(inputs, labels)
+                    scaled = loss_sum * runtime.world_size / masked  # DDP averages over ranks
+                (scaler.scale(scaled) if scaler else scaled).backward()
+                loss_total += loss_sum.detach()
+                correct_total += correct.detach()
 
-        # Unscale, clip, skip non-finite steps, step
-        if scaler:
-            scaler.unscale_(optimizer)
-        clip = config.optim.grad_clip if config.optim.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(mlm.parameters(), clip)
-        runtime.all_reduce_sum(loss_total)
-        runtime.all_reduce_sum(correct_total)
-        loss = (loss_total / masked).item()
-        if math.isfinite(loss) and torch.isfinite(grad_norm).item():
-            (scaler.step(optimizer) if scaler else optimizer.step())
-            consecutive_bad = 0
-        else:
-            state["bad_steps"] += 1
-            consecutive_bad += 1
-            runtime.print(f"[train] step {step}: non-finite loss/gradient, step skipped ({state['bad_steps']} so far)")
-            if consecutive_bad >= config.train.max_consecutive_bad_steps:
-                last = latest_complete_checkpoint(checkpoints, quiet=True)
-                raise TrainingDiverged(
-                    f"{consecutive_bad} consecutive non-finite steps at step {step}; lower optim.lr or use "
-                    f"fp32/bf16. Last good checkpoint: {last or 'none'} (resume with --resume)"
-                )
-        if scaler:
-            scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        state["step"], state["tokens_seen"] = step, state["tokens_seen"] + tokens_per_step
-        window_tokens += tokens_per_step
-        progress.update(1)
+            # Unscale, clip, skip non-finite steps, step
+            if scaler:
+                scaler.unscale_(optimizer)
+            clip = config.optim.grad_clip if config.optim.grad_clip > 0 else math.inf
+            grad_norm = torch.nn.utils.clip_grad_norm_(mlm.parameters(), clip)
+            runtime.all_reduce_sum(loss_total)
+            runtime.all_reduce_sum(correct_total)
+            loss = (loss_total / masked).item()
+            if math.isfinite(loss) and torch.isfinite(grad_norm).item():
+                (scaler.step(optimizer) if scaler else optimizer.step())
+                consecutive_bad = 0
+            else:
+                state["bad_steps"] += 1
+                consecutive_bad += 1
+                runtime.print(f"[train] step {step}: non-finite loss/gradient, step skipped ({state['bad_steps']} so far)")
+                if consecutive_bad >= config.train.max_consecutive_bad_steps:
+                    last = latest_complete_checkpoint(checkpoints, quiet=True)
+                    raise TrainingDiverged(
+                        f"{consecutive_bad} consecutive non-finite steps at step {step}; lower optim.lr or use "
+                        f"fp32/bf16. Last good checkpoint: {last or 'none'} (resume with --resume)"
+                    )
+            if scaler:
+                scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            state["step"], state["tokens_seen"] = step, state["tokens_seen"] + tokens_per_step
+            window_tokens += tokens_per_step
+            progress.update(1)
 
-        # Log every N steps (and the last): loss, LR, grad-norm, tokens/s, MFU on CUDA
-        if master and (step % config.log.every == 0 or step == max_steps):
-            seconds = time.perf_counter() - window_start
-            tokens_per_s = window_tokens / max(seconds, 1e-9)
-            record = {
-                "step": step, "loss": loss, "accuracy": (correct_total / masked).item(), "lr": lr,
-                "grad_norm": grad_norm.item(), "tokens_per_s": tokens_per_s, "tokens_seen": state["tokens_seen"],
-                "bad_steps": state["bad_steps"], "elapsed_s": elapsed_before + time.perf_counter() - run_start,
-            }
-            if peak:
-                record["mfu"] = step_flops * tokens_per_s / (peak * runtime.world_size)
-            logger.log(record)
-            progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
-            window_start, window_tokens = time.perf_counter(), 0
+            # Log every N steps (and the last): loss, LR, grad-norm, tokens/s, MFU on CUDA
+            if master and (step % config.log.every == 0 or step == max_steps):
+                seconds = time.perf_counter() - window_start
+                tokens_per_s = window_tokens / max(seconds, 1e-9)
+                record = {
+                    "step": step, "loss": loss, "accuracy": (correct_total / masked).item(), "lr": lr,
+                    "grad_norm": grad_norm.item(), "tokens_per_s": tokens_per_s, "tokens_seen": state["tokens_seen"],
+                    "bad_steps": state["bad_steps"], "elapsed_s": elapsed_before + time.perf_counter() - run_start,
+                }
+                if peak:
+                    record["mfu"] = step_flops * tokens_per_s / (peak * runtime.world_size)
+                logger.log(record)
+                progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
+                window_start, window_tokens = time.perf_counter(), 0
 
-        # Evaluate on the held-out set, checkpoint, stop on the wall-clock budget
-        if master and config.train.eval_every and step % config.train.eval_every == 0 and step < max_steps:
+            # Evaluate on the held-out set, checkpoint, stop on the wall-clock budget
+            if master and config.train.eval_every and step % config.train.eval_every == 0 and step < max_steps:
+                logger.log({"step": step, **evaluate(objective, data.eval_batches(), runtime)})
+            out_of_time = runtime.any_rank(
+                config.train.max_minutes > 0 and time.perf_counter() - run_start > config.train.max_minutes * 60
+            )
+            if master and (step % config.checkpoint.every == 0 or step == max_steps or out_of_time):
+                state["elapsed_s"] = elapsed_before + time.perf_counter() - run_start
+                save_checkpoint(checkpoints, step, mlm, optimizer, scaler, state, config, config.checkpoint.keep)
+            if out_of_time:
+                runtime.print(f"[train] wall-clock budget of {config.train.max_minutes} min reached at step {step}")
+                break
+        progress.close()
+        runtime.barrier()
+
+        # Final held-out evaluation, model/ folder for transformers.pipeline, loss curve
+        if master:
             logger.log({"step": step, **evaluate(objective, data.eval_batches(), runtime)})
-        out_of_time = runtime.any_rank(
-            config.train.max_minutes > 0 and time.perf_counter() - run_start > config.train.max_minutes * 60
-        )
-        if master and (step % config.checkpoint.every == 0 or step == max_steps or out_of_time):
-            state["elapsed_s"] = elapsed_before + time.perf_counter() - run_start
-            save_checkpoint(checkpoints, step, mlm, optimizer, scaler, state, config, config.checkpoint.keep)
-        if out_of_time:
-            runtime.print(f"[train] wall-clock budget of {config.train.max_minutes} min reached at step {step}")
-            break
-    progress.close()
-    runtime.barrier()
-
-    # Final held-out evaluation, model/ folder for transformers.pipeline, loss curve
-    if master:
-        logger.log({"step": step, **evaluate(objective, data.eval_batches(), runtime)})
-        logger.close()
-        _save_final_model(mlm, tokenizer, run_dir / "model")
-        plot_loss_curve(run_dir)
-        runtime.print(f"[train] done: {step} steps; model saved to {run_dir / 'model'}")
+            logger.close()  # before the loss curve reads metrics.jsonl
+            _save_final_model(mlm, tokenizer, run_dir / "model")
+            plot_loss_curve(run_dir)
+            runtime.print(f"[train] done: {step} steps; model saved to {run_dir / 'model'}")
+    finally:  # a failed or interrupted run still flushes and closes its metrics (and TensorBoard) files
+        if logger is not None:
+            logger.close()
     return run_dir
 
 
