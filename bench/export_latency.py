@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bertforge import contract
+
 SHAPES = ((1, 32), (8, 128))
 MASK_RATE = 0.15
 
@@ -128,12 +130,13 @@ def _time_interleaved(contestants: dict, rounds: int) -> dict:
 def _inputs(rng, batch: int, length: int, vocab: int) -> dict:
     import numpy as np
 
-    input_ids = rng.integers(5, vocab, size=(batch, length), dtype=np.int64)
-    input_ids[:, 0], input_ids[:, -1] = 2, 3
+    input_ids = rng.integers(len(contract.SPECIAL_TOKENS), vocab, size=(batch, length), dtype=np.int64)
+    ids = contract.SPECIAL_TOKEN_IDS
+    input_ids[:, 0], input_ids[:, -1] = ids[contract.CLS_TOKEN], ids[contract.SEP_TOKEN]
     masked = rng.random((batch, length)) < MASK_RATE
     masked[:, 0] = masked[:, -1] = False
     masked[:, 1] = True
-    input_ids[masked] = 4  # [MASK] (bertforge tokenizers: ids 0..4 are the special tokens)
+    input_ids[masked] = ids[contract.MASK_TOKEN]
     return {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids), "token_type_ids": np.zeros_like(input_ids),
             "mask_positions": np.flatnonzero(masked).astype(np.int64)}
 

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from bertforge import contract
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable as a plain script on the GPU host
 
 
@@ -120,7 +122,7 @@ def random_batch(sizes: dict, batch: int, device, generator):
     import torch
 
     inputs = torch.randint(5, sizes["vocab"], (batch, sizes["seq"]), generator=generator).to(device)
-    labels = torch.full_like(inputs, -100)
+    labels = torch.full_like(inputs, contract.IGNORE_INDEX)
     chosen = torch.rand(inputs.shape, generator=generator).to(device) < 0.15
     labels[chosen] = inputs[chosen]
     return inputs, labels

@@ -11,6 +11,8 @@ CLS_TOKEN = "[CLS]"
 SEP_TOKEN = "[SEP]"
 MASK_TOKEN = "[MASK]"
 SPECIAL_TOKENS = (PAD_TOKEN, UNK_TOKEN, CLS_TOKEN, SEP_TOKEN, MASK_TOKEN)
+SPECIAL_TOKEN_IDS = {token: index for index, token in enumerate(SPECIAL_TOKENS)}  # bertforge-trained tokenizers
+IGNORE_INDEX = -100  # MLM labels of positions that are not predicted (PyTorch's cross-entropy default)
 
 # --- Triton models and their tensors (see README "Serving contract") ---
 FILL_MASK_MODEL = "fill_mask"
@@ -36,3 +38,6 @@ DEFAULT_GRPC_PORT = 8001
 DEFAULT_HTTP_PORT = 8000
 DEFAULT_METRICS_PORT = 8002
 DEFAULT_HOST = "127.0.0.1"
+READY_TIMEOUT_S = 120.0  # how long `bertforge serve`, tests and bench wait for tritonserver to become ready
+TRUNCATION_POLICIES = ("truncate", "error")  # what a served model does with a text longer than max_length
+DEMO_CORPUS_FOLDER = "demo_corpus"  # under the cache folder: train.jsonl, eval.jsonl (`bertforge data demo`)

@@ -49,9 +49,9 @@ def _texts(path: Path | None, demo_file: str, count: int) -> list[str]:
         if not texts:
             raise ExportError(f"{path} holds no text; give a .txt (one text a line) or .jsonl ({{\"text\": ...}}) file")
         return texts
-    from bertforge.paths import cache_dir
+    from bertforge.paths import demo_corpus_dir
 
-    demo = cache_dir() / "demo_corpus" / demo_file
+    demo = demo_corpus_dir() / demo_file
     if demo.is_file():
         return read_texts(demo, count)
     return built_in_texts()[:count]
@@ -66,11 +66,11 @@ def built_in_texts() -> list[str]:
 
 def text_source(path: Path | None, demo_file: str) -> str:
     """Where `_texts` takes its text from, for the report."""
-    from bertforge.paths import cache_dir
+    from bertforge.paths import demo_corpus_dir
 
     if path is not None:
         return str(path)
-    demo = cache_dir() / "demo_corpus" / demo_file
+    demo = demo_corpus_dir() / demo_file
     return str(demo) if demo.is_file() else f"built-in ({GATE_TEXTS_FILE.name})"
 
 

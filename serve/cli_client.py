@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from bertforge import contract
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -14,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("texts", nargs="*", metavar="TEXT", help="texts (fill-mask: with at least one [MASK])")
     parser.add_argument("--url", default=None, help="gRPC address HOST:PORT (default 127.0.0.1:8001)")
     parser.add_argument("--top-k", type=int, default=None, help="predictions per [MASK] (default 5)")
-    parser.add_argument("--truncation", choices=["truncate", "error"], default=None,
+    parser.add_argument("--truncation", choices=contract.TRUNCATION_POLICIES, default=None,
                         help="texts longer than the model's maximum: cut them or fail (default: the model's setting)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
     parser.add_argument("--retries", type=int, default=3, help="retries when the server is UNAVAILABLE (default 3)")

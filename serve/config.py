@@ -55,7 +55,7 @@ class ServeConfig:
     grpc_port: int = contract.DEFAULT_GRPC_PORT  # 0 = pick a free port
     http_port: int = contract.DEFAULT_HTTP_PORT
     metrics_port: int = contract.DEFAULT_METRICS_PORT
-    ready_timeout_s: float = 120.0
+    ready_timeout_s: float = contract.READY_TIMEOUT_S
     log_file: Path | None = None  # default: a temporary file, printed at start
     exit_timeout_s: int = EXIT_TIMEOUT_SECS  # SIGTERM: in-flight requests get this long (Triton's --exit-timeout-secs)
     supervise: bool = True  # serve/supervisor.py: probe every model, restart tritonserver when one fails

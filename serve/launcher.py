@@ -29,7 +29,7 @@ from typing import TypeVar
 from bertforge import contract
 
 MIN_GLIBC = (2, 35)
-READY_TIMEOUT_S = 120.0
+READY_TIMEOUT_S = contract.READY_TIMEOUT_S
 STOP_TIMEOUT_S = 10.0  # beyond Triton's own --exit-timeout-secs, then SIGKILL
 RESTART_STOP_TIMEOUT_S = 2.0  # drain before a healing restart, then SIGKILL
 EXIT_TIMEOUT_SECS = 10

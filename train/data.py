@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from bertforge import contract
 from bertforge.errors import UserError
 from bertforge.files import write_bytes_atomically
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = contract.IGNORE_INDEX
 
 
 def build_blocks(dataset, tokenizer, seq_len: int, cache_folder: Path, num_proc: int = 1) -> np.ndarray:

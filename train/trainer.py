@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from bertforge import contract
 from bertforge.config import ConfigError
 from bertforge.errors import BertforgeError
 from train.checkpoint import latest_complete_checkpoint, load_checkpoint, save_checkpoint
@@ -107,7 +108,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime) -
 
             # Fetch the step's micro-batches; normalise by the masked count over all of them and all ranks
             micro_batches = [next(batch_iterator) for _ in range(accum)]
-            masked = sum((labels != -100).sum() for _, labels in micro_batches).to(runtime.device, torch.float32)
+            masked = sum((labels != contract.IGNORE_INDEX).sum() for _, labels in micro_batches).to(runtime.device, torch.float32)
             runtime.all_reduce_sum(masked)
 
             # Forward + backward per micro-batch; DDP syncs gradients on the last one only
