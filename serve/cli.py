@@ -51,8 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bertforge.cli import UserError
     from bertforge.config import load_config, save_config
+    from bertforge.errors import UserError
     from serve.api.process import ApiLaunchError, running_api
     from serve.config import API_KEY_ENV, ServeConfig, env_overrides
     from serve.launcher import LaunchError, check_passthrough, running_server

@@ -42,6 +42,7 @@ class TritonRestarts:
     def collect(self):
         import json
         import os
+        from pathlib import Path
 
         from prometheus_client.core import CounterMetricFamily
 
@@ -49,7 +50,7 @@ class TritonRestarts:
                                      labels=["reason"])
         path = os.environ.get(RESTARTS_FILE_ENV)
         try:
-            counts = json.loads(open(path).read()) if path else {}
+            counts = json.loads(Path(path).read_text()) if path else {}
         except (OSError, ValueError):
             counts = {}
         for reason, count in sorted(counts.items()):
