@@ -7,7 +7,6 @@ two files can be compared later (`bertforge bench compare A.json B.json`).
 from __future__ import annotations
 
 import datetime
-import importlib.metadata
 import json
 import os
 import platform
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from bertforge.files import write_text_atomically
 from bertforge.paths import PROJECT_ROOT
+from bertforge.versions import installed_version
 
 VERSIONED_PACKAGES = ("bertforge", "numpy", "onnxruntime", "tokenizers", "tritonclient", "nvidia-pytriton", "grpcio",
                       "torch", "transformers", "optimum", "onnx")
@@ -33,7 +33,7 @@ def provenance(config: dict | None = None) -> dict:
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count(), "python": platform.python_version(),
                     "load_average_at_start": list(load) if load else None},
-        "versions": {name: _version(name) for name in VERSIONED_PACKAGES if _version(name)},
+        "versions": {name: version for name in VERSIONED_PACKAGES if (version := installed_version(name))},
         "git": git_state(),
         "config": config or {},
     }
@@ -185,10 +185,3 @@ def _save(figure, path: Path) -> Path:
 
     plt.close(figure)
     return path
-
-
-def _version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None

@@ -11,7 +11,9 @@ import argparse
 import importlib
 import sys
 
+from bertforge import __version__
 from bertforge.errors import BertforgeError, UserError
+from bertforge.versions import installed_version
 
 __all__ = ["UserError", "build_parser", "main"]  # UserError's home is bertforge.errors; re-exported for stage CLIs
 
@@ -32,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bertforge",
         description="Pretrain BERT, export and quantize it, serve it from Triton, benchmark it.",
     )
-    parser.add_argument("--version", action="version", version=f"bertforge {_version()}")
+    # the installed distribution's version; the package's own when run from a checkout that is not installed
+    version = installed_version("bertforge") or __version__
+    parser.add_argument("--version", action="version", version=f"bertforge {version}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in COMMAND_MODULES.values():
         importlib.import_module(module_name).register(subparsers)
@@ -49,12 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"bertforge {args.command}: interrupted", file=sys.stderr)
         return 130
-
-
-def _version() -> str:
-    from bertforge import __version__
-
-    return __version__
 
 
 if __name__ == "__main__":

@@ -1,0 +1,13 @@
+"""Versions of installed distributions: what `bertforge --version` and every benchmark's provenance report."""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+
+def installed_version(distribution: str) -> str | None:
+    """The installed version of a distribution (`"numpy"`, `"nvidia-pytriton"`), or None when it is not installed."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
