@@ -34,9 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bertforge",
         description="Pretrain BERT, export and quantize it, serve it from Triton, benchmark it.",
     )
-    # the installed distribution's version; the package's own when run from a checkout that is not installed
-    version = installed_version("bertforge") or __version__
-    parser.add_argument("--version", action="version", version=f"bertforge {version}")
+    parser.add_argument("--version", action=_PrintVersion, nargs=0, help="show the version and exit")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in COMMAND_MODULES.values():
         importlib.import_module(module_name).register(subparsers)
@@ -53,6 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"bertforge {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+class _PrintVersion(argparse.Action):
+    """`--version`: the installed distribution's version (the package's own in a checkout that is not installed),
+    looked up only when asked for."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"bertforge {installed_version('bertforge') or __version__}")
+        parser.exit()
 
 
 if __name__ == "__main__":
