@@ -2,7 +2,9 @@
 
 Every stage owns one dataclass (nested dataclasses become TOML tables). Unknown keys
 and wrong types are errors that name the key; the resolved config is written back
-to TOML next to whatever it produced.
+to TOML next to whatever it produced. An override is a `key=value` string (`--set`,
+the value parsed as TOML) or a `(key, value)` pair holding a typed value (a CLI flag);
+bertforge/cli_options.py decides their order for every stage.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import dataclasses
 import tomllib
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,13 +22,15 @@ import tomli_w
 from bertforge.errors import ConfigError
 from bertforge.files import write_text_atomically
 
-__all__ = ["ConfigError", "load_config", "save_config", "from_dict", "to_dict", "read_toml", "apply_override"]
+__all__ = ["ConfigError", "Override", "load_config", "save_config", "from_dict", "to_dict", "read_toml",
+           "apply_override", "parse_override"]
 
 T = TypeVar("T")
+Override = str | tuple[str, Any]  # "a.b=<TOML value>" as --set takes it, or ("a.b", typed value) from a flag
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
-    """Build `cls` from a TOML file (optional) plus `key.sub=value` overrides."""
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[Override] = ()) -> T:
+    """Build `cls` from a TOML file (optional) plus overrides applied in order (a later one wins)."""
     # Read the file, apply overrides on top, then build and validate the dataclass tree
     data = read_toml(path)
     for override in overrides:
@@ -46,23 +51,29 @@ def read_toml(path: str | Path | None) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML: {error}") from error
 
 
-def apply_override(data: dict[str, Any], override: str) -> None:
-    """Set `a.b.c=value` in a nested dict; value is parsed as TOML, else taken as a string."""
-    if "=" not in override:
-        raise ConfigError(f"--set expects key=value, got {override!r}")
-    key, raw = override.split("=", 1)
-    key = key.strip()
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
+def apply_override(data: dict[str, Any], override: Override) -> None:
+    """Set `a.b.c` in a nested dict: from `"a.b.c=value"` (value parsed as TOML, else taken as a string)
+    or from a `("a.b.c", value)` pair, whose value is used as it is (checked when the dataclass is built)."""
+    key, value = parse_override(override) if isinstance(override, str) else override
     node = data
     *parents, leaf = key.split(".")
     for part in parents:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"--set {key}: {part!r} is a value, not a section")
+            raise ConfigError(f"cannot set {key}: {part!r} is a value, not a section")
     node[leaf] = value
+
+
+def parse_override(override: str) -> tuple[str, Any]:
+    """`"a.b=value"` -> `("a.b", value)`, the value parsed as TOML (`5`, `true`, `[1, 2]`, `"x"`), else a string."""
+    if "=" not in override:
+        raise ConfigError(f"--set expects key=value, got {override!r}")
+    key, raw = override.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip(), value
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
