@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from bertforge.cli_options import add_config_options, build_config
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -20,18 +22,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="run config TOML, e.g. train/configs/demo.toml")
+    add_config_options(parser, config_help="run config TOML, e.g. train/configs/demo.toml", config_required=True,
+                       set_example="train.max_steps=500")
     parser.add_argument("--run-dir", default=None, help="run folder (default: runs/<name>)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set train.max_steps=500 (repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
 
 
 def run(args: argparse.Namespace) -> int:
     from train.config import load_train_config
+
+    config = build_config(load_train_config, args)  # checked before torch is imported
     from train.trainer import run_training
 
-    config = load_train_config(args.config, args.overrides)
     run_training(config, args.run_dir, resume=args.resume)
     return 0
 
