@@ -33,9 +33,10 @@ Loader = Callable[[Path | None, Sequence[Override]], T]
 def add_config_options(parser: argparse.ArgumentParser, *, set_example: str, config_help: str | None = None,
                        config_required: bool = False, presets: Path | None = None,
                        quick_help: str | None = None) -> None:
-    """Declare `--config FILE` (with config_help), `--preset NAME` (with presets; `--quick` with quick_help: the
-    'quick' preset) and `--set KEY=VALUE` (repeatable, collected in `args.overrides`). File and presets exclude
-    each other: both name layer 2."""
+    """Declare `--config FILE` (with config_help), `--preset NAME` (with presets, the folder of `<NAME>.toml`;
+    `--quick` with quick_help: the 'quick' preset) and `--set KEY=VALUE` (repeatable, collected in
+    `args.overrides`). A file and a preset exclude each other: both name layer 2."""
+    parser.set_defaults(presets_folder=presets)  # where build_config looks a --preset up
     source = parser.add_mutually_exclusive_group(required=config_required) if presets else parser
     if presets is not None and quick_help is not None:
         source.add_argument("--quick", action="store_true", help=quick_help)
@@ -51,9 +52,11 @@ def add_config_options(parser: argparse.ArgumentParser, *, set_example: str, con
 
 
 def build_config(load: Loader[T], args: argparse.Namespace, *, environment: Sequence[Override] = (),
-                 flags: Sequence[tuple[str, Any]] = (), presets: Path | None = None) -> T:
-    """The stage's typed config: defaults < file or preset < environment < `--set` < flags (see the module doc)."""
-    return load(config_source(args, presets), [*environment, *args.overrides, *flags])
+                 flags: Sequence[tuple[str, Any]] = ()) -> T:
+    """The stage's typed config: defaults < file or preset < environment < `--set` < flags (see the module doc).
+
+    args come from a parser set up by add_config_options; environment and flags are overrides in their order."""
+    return load(config_source(args), [*environment, *args.overrides, *flags])
 
 
 def given(flags: Mapping[str, Any]) -> list[tuple[str, Any]]:
@@ -61,8 +64,9 @@ def given(flags: Mapping[str, Any]) -> list[tuple[str, Any]]:
     return [(key, value) for key, value in flags.items() if value is not None]
 
 
-def config_source(args: argparse.Namespace, presets: Path | None = None) -> Path | None:
-    """Layer 2: the preset (`--quick`, `--preset NAME`) when the stage has presets, else `--config FILE`, else none."""
+def config_source(args: argparse.Namespace) -> Path | None:
+    """Layer 2: the preset (`--quick`, `--preset NAME`) where the stage has presets, else `--config FILE`, else none."""
+    presets = getattr(args, "presets_folder", None)
     if presets is not None and getattr(args, "quick", False):
         return preset_file(presets, "quick")
     if presets is not None and getattr(args, "preset", None):

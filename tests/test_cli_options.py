@@ -41,10 +41,10 @@ def _parser(presets: Path | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _build(args: argparse.Namespace, presets: Path | None = None) -> Layers:
+def _build(args: argparse.Namespace) -> Layers:
     environment = [("by_environment", 3), ("by_set", 3), ("by_flag", 3)]  # as serve's env_overrides() gives them
     flags = given({"by_flag": args.flag, "section.by_flag": args.flag, "path": args.path and Path(args.path)})
-    return build_config(partial(load_config, Layers), args, environment=environment, flags=flags, presets=presets)
+    return build_config(partial(load_config, Layers), args, environment=environment, flags=flags)
 
 
 def test_precedence_defaults_file_environment_set_flags(tmp_path):
@@ -63,11 +63,11 @@ def test_precedence_defaults_file_environment_set_flags(tmp_path):
 def test_a_preset_is_the_file_layer_and_excludes_config(tmp_path, capsys):
     (tmp_path / "quick.toml").write_text("by_file = 2\nby_set = 2\n")
     (tmp_path / "full.toml").write_text("by_file = 7\n")
-    quick = _build(_parser(tmp_path).parse_args(["--quick", "--set", "by_set=4"]), tmp_path)
+    quick = _build(_parser(tmp_path).parse_args(["--quick", "--set", "by_set=4"]))
     assert (quick.by_file, quick.by_set) == (2, 4)
-    assert _build(_parser(tmp_path).parse_args(["--preset", "full"]), tmp_path).by_file == 7
+    assert _build(_parser(tmp_path).parse_args(["--preset", "full"])).by_file == 7
     with pytest.raises(ConfigError, match=r"unknown preset 'fast' \(no .*/fast.toml\); available: full, quick"):
-        _build(_parser(tmp_path).parse_args(["--preset", "fast"]), tmp_path)
+        _build(_parser(tmp_path).parse_args(["--preset", "fast"]))
     with pytest.raises(SystemExit) as exit_info:  # both name the file layer: refused, not one silently ignored
         _parser(tmp_path).parse_args(["--preset", "full", "--config", "x.toml"])
     assert exit_info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
