@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from bertforge.cli_options import add_config_options, build_config, given
+
 PRECISION_HELP = ("auto (the fastest variant that passes the gate: int8 recipe search, else fp32) | fp32 | int8 (recipe "
                   "search, fails if none passes) | int8-static (calibrated) | fp16 (GPU); with --output also a comma list or 'all'")
 
@@ -29,32 +31,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="skip ONNX Runtime fusions (Attention, SkipLayerNorm, Gelu)")
     parser.add_argument("--calibration-file", default=None, help="text for int8-static calibration (.txt or .jsonl)")
     parser.add_argument("--parity-file", default=None, help="held-out text for the parity gate (.txt or .jsonl)")
-    parser.add_argument("--config", default=None, help="export config TOML (see docs/export.md)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set serving.instance_count=2 (repeatable)")
+    add_config_options(parser, config_help="export config TOML (see docs/export.md; presets: export/configs/)",
+                       set_example="serving.instance_count=2")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import dataclasses
-    from pathlib import Path
-
     from export.config import load_export_config
 
-    config = load_export_config(args.config, args.overrides)
-    # Flags given on the command line win over the file (replace() re-validates)
-    flags: dict = {name: getattr(args, name) for name in ("precision", "pooling", "normalize", "optimize")
-                   if getattr(args, name) is not None}
-    for name in ("model", "calibration_file", "parity_file", "repo"):
-        if getattr(args, name) is not None:
-            flags[name] = Path(getattr(args, name))
-    if args.output is not None:
-        flags["output"], flags["repo"] = Path(args.output), None
-    if args.tasks is not None:
-        flags["tasks"] = tuple(task.strip() for task in args.tasks.split(",") if task.strip())
-    config = dataclasses.replace(config, **flags)
+    config = build_config(load_export_config, args, flags=_flags(args))
     return _run_with_progress(config, quiet=args.quiet)
+
+
+def _flags(args: argparse.Namespace) -> list[tuple[str, object]]:
+    """The flags given, as typed config values (they win over --config and --set)."""
+    from pathlib import Path
+
+    def path(value: str | None) -> Path | None:
+        return None if value is None else Path(value)
+
+    flags = given({"precision": args.precision, "pooling": args.pooling, "normalize": args.normalize,
+                   "optimize": args.optimize, "model": path(args.model), "calibration_file": path(args.calibration_file),
+                   "parity_file": path(args.parity_file), "repo": path(args.repo),
+                   "tasks": None if args.tasks is None else tuple(task.strip() for task in args.tasks.split(",")
+                                                                   if task.strip())})
+    if args.output is not None:  # plain ONNX variants, no repository
+        flags += [("output", Path(args.output)), ("repo", None)]
+    return flags
 
 
 def _run_with_progress(config, quiet: bool) -> int:
