@@ -4,8 +4,9 @@
 
 1. Every recipe of `export.quantize.SEARCH_RECIPES` is built, gated and, when it passes, timed.
 2. If none passes: sensitivity. Each quantizable node's output error under int8 is measured on calibration
-   activations (`quantize.local_quantization_error`); the most sensitive nodes are kept fp32 (per-channel
-   dynamic for the rest), the smallest count that passes found by doubling and bisection, within the time.
+   activations (`quantize.local_quantization_error`); the most sensitive nodes are kept fp32, the rest int8 by
+   each recipe of `quantize.SENSITIVITY_BASES` in turn (strong SmoothQuant, then plain per-channel with fewer
+   kept), the smallest count that passes found by doubling and bisection, within the time.
 3. The fastest passing candidate wins. Every candidate's figures, speed and kept-fp32 nodes go to the report.
 
 Needs nothing from the user: the gate's own text and the reference model are the evaluation (Intel Neural
@@ -70,40 +71,57 @@ def search_int8(fused: Path, workdir: Path, evaluate: Evaluate, calibration_feed
             progress.outcome(f"{label}: search time ({seconds:.0f} s) is up before {recipe.name}")
             break
         attempt(recipe)
-    # 2. none passed: keep the nodes whose quantization hurts most in fp32; the smallest count that passes
-    #    is found by doubling, then bisection (the error falls as more nodes stay fp32)
+    # 2. none passed: keep the nodes whose quantization hurts most in fp32, from each sensitivity base; per base
+    #    the smallest count that passes, found by doubling, then bisection (the error falls as more stay fp32)
     if not passed and time.perf_counter() < deadline:
-        errors = quantize.local_quantization_error(fused, calibration_feeds[:4])
-        ranked = sorted(errors, key=errors.get, reverse=True)
-        result.candidates.append({"name": "sensitivity", "local_error": {node: errors[node] for node in ranked}})
-        progress.step(f"{label}: no recipe passed; keeping the most sensitive of {len(ranked)} nodes in fp32")
-        limit = max(1, int(len(ranked) * MAX_KEPT_FRACTION))
-        failing, passing, count = 0, None, 1
-        while time.perf_counter() < deadline:
-            failures, _ = attempt(quantize.SENSITIVITY_BASE.keeping(ranked[:count]))
-            if failures:
-                failing = count
-            else:
-                passing = count
-            if passing is None:
-                if count >= limit:
-                    break
-                count = min(limit, count * 2)
-            elif passing - failing <= 1:
+        progress.step(f"{label}: no recipe passed; keeping the most sensitive nodes in fp32")
+        limit = None
+        fewest: list[tuple[float, Path, Recipe]] = []
+        for base in quantize.SENSITIVITY_BASES:
+            # the ranking under this base's own quantization (smoothing moves the error between nodes)
+            errors = quantize.local_errors_under(base, fused, workdir, calibration_feeds[:4])
+            ranked = sorted(errors, key=errors.get, reverse=True)
+            result.candidates.append({"name": "sensitivity", "base": base.name,
+                                      "local_error": {node: errors[node] for node in ranked}})
+            limit = max(1, int(len(ranked) * MAX_KEPT_FRACTION)) if limit is None else limit
+            count = fewest_passing(base, ranked, limit, deadline, attempt)
+            if count is not None:  # the next base only pays with fewer fp32 nodes than this one needed
+                fewest += [entry for entry in passed if entry[2] == base.keeping(ranked[:count])]
+                limit = count - 1
+            if limit < 1 or time.perf_counter() > deadline:
                 break
-            else:
-                count = (failing + passing) // 2
-        else:
+        if time.perf_counter() > deadline:
             progress.outcome(f"{label}: search time ({seconds:.0f} s) is up")
-        # fewer fp32 nodes is faster by construction: keep only the smallest passing count (timings are noisy)
-        kept_counts = [len(recipe.keep_fp32) for _, _, recipe in passed]
-        passed = [entry for entry, count in zip(passed, kept_counts) if count == min(kept_counts, default=0)]
+        # per base only its smallest passing count (fewer fp32 nodes is faster by construction; timings are noisy)
+        passed = fewest
     # 3. the fastest that passed
     if passed:
         result.latency_ms, result.path, result.recipe = min(passed, key=lambda item: item[0])
     result.seconds = time.perf_counter() - started
     return result
 
+
+
+def fewest_passing(base: Recipe, ranked: list[str], limit: int, deadline: float,
+                   attempt: Callable[[Recipe], tuple[list[str], float]]) -> int | None:
+    """The smallest n <= limit for which `base` with the n top-ranked nodes kept fp32 passes (None: none did
+    before the deadline): doubling from 1, then bisection between the last failing and first passing count."""
+    failing, passing, count = 0, None, 1
+    while time.perf_counter() < deadline:
+        failures, _ = attempt(base.keeping(ranked[:count]))
+        if failures:
+            failing = count
+        else:
+            passing = count
+        if passing is None:
+            if count >= limit:
+                break
+            count = min(limit, count * 2)
+        elif passing - failing <= 1:
+            break
+        else:
+            count = (failing + passing) // 2
+    return passing
 
 def paired_latency(paths: dict[str, Path], feeds: dict, seconds: float = 2.0, warmup: int = 3,
                    max_rounds: int = 200) -> dict[str, float]:
