@@ -124,11 +124,17 @@ class BenchConfig:
     # also measure the HTTP API beside Triton (serve/api/), side by side with direct gRPC:
     # "openai" (/v1/embeddings) and "tei" (/embed) need task "embed", "hf" (/fill-mask) task "fill_mask"
     api: Literal["", "openai", "tei", "hf"] = ""
+    # also measure another embedding server in the same rounds, with the same load generator and texts (contender
+    # "external"): its OpenAI-style embeddings URL, e.g. Infinity's http://127.0.0.1:7997/embeddings; task "embed"
+    compare_url: str = ""
 
     def __post_init__(self) -> None:
         if self.api and API_TASKS[self.api] != self.task:
             raise ConfigError(f"--api {self.api} serves {API_TASKS[self.api]}; add --task {API_TASKS[self.api]} "
                               f"(or pick --api {'hf' if self.task == 'fill_mask' else 'openai or tei'})")
+        if self.compare_url and (self.task != "embed" or not self.compare_url.startswith(("http://", "https://"))):
+            raise ConfigError(f"compare_url must be an http(s):// embeddings URL and needs --task embed, got "
+                              f"{self.compare_url!r} with task {self.task}")
         if self.rounds < 1:
             raise ConfigError(f"bench.rounds must be >= 1, got {self.rounds}")
         if self.output.suffix != ".json":

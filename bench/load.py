@@ -21,7 +21,7 @@ from bench.stats import point_figures
 from bench.texts import RequestTexts
 
 
-def measure_served_point(url: str, task: str, texts: RequestTexts, *, concurrency: int = 1, request_rate: float = 0.0,
+def measure_served_point(url: str | None, task: str, texts: RequestTexts, *, concurrency: int = 1, request_rate: float = 0.0,
                          max_requests: int, max_seconds: float, warmup_seconds: float, timeout_s: float,
                          top_k: int, api: str = "", api_url: str | None = None,
                          flops: list[float] | None = None) -> dict:
@@ -29,18 +29,19 @@ def measure_served_point(url: str, task: str, texts: RequestTexts, *, concurrenc
 
     `url` is Triton's gRPC address (requests and statistics); with `api` ("openai", "tei", "hf") the
     requests go to the HTTP API at `api_url` instead, one text per request, and statistics still come
-    from Triton. `flops[i]`: model FLOPs of text i (summed over the answered requests into `gflops_per_s`)."""
+    from Triton. `api="external"`: another embedding server's OpenAI-style endpoint, `api_url` its full URL
+    (e.g. Infinity's http://127.0.0.1:7997/embeddings); `url` None: no Triton behind it, no batch figures. `flops[i]`: model FLOPs of text i (summed over the answered requests into `gflops_per_s`)."""
     return asyncio.run(_measure(url, task, texts, concurrency, request_rate, max_requests, max_seconds,
                                 warmup_seconds, timeout_s, top_k, api, api_url, flops))
 
 
-async def _measure(url: str, task: str, texts: RequestTexts, concurrency: int, request_rate: float,
+async def _measure(url: str | None, task: str, texts: RequestTexts, concurrency: int, request_rate: float,
                    max_requests: int, max_seconds: float, warmup_seconds: float, timeout_s: float,
                    top_k: int, api: str = "", api_url: str | None = None,
                    flops: list[float] | None = None) -> dict:
     import tritonclient.grpc.aio as aioclient
 
-    statistics = aioclient.InferenceServerClient(url)
+    statistics = aioclient.InferenceServerClient(url) if url else None
     async with _sender(url, task, timeout_s, top_k, api, api_url) as send:
         run = _open_loop if request_rate > 0 else _closed_loop
         load = request_rate if request_rate > 0 else concurrency
@@ -53,7 +54,8 @@ async def _measure(url: str, task: str, texts: RequestTexts, concurrency: int, r
                                                              flops=flops)
         client_cpu_s = time.process_time() - cpu_before
         after = await _model_statistics(statistics, task)
-    await statistics.close()
+    if statistics is not None:
+        await statistics.close()
     executions = after["executions"] - before["executions"]
     batches = {size: after["batches"].get(size, 0) - before["batches"].get(size, 0) for size in after["batches"]}
     return point_figures(latencies, tokens, errors, elapsed, work) | {
@@ -79,6 +81,11 @@ async def _sender(url: str, task: str, timeout_s: float, top_k: int, api: str,
     import aiohttp
 
     route, body = API_REQUESTS[api]
+    if api == "external":  # the full endpoint URL: the session gets its origin, each request its path
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(api_url)
+        api_url, route = f"{parts.scheme}://{parts.netloc}", parts.path or "/"
     # aiohttp, not httpx: the load generator's own CPU counts against the server on a small machine, and
     # httpx took ~1.7x more of it per request here (measured against the same API at 32 users)
     connector = aiohttp.TCPConnector(limit=0)  # one kept-alive connection per user, no pool cap
@@ -102,6 +109,7 @@ API_REQUESTS = {
     "openai": ("/v1/embeddings", lambda text, top_k: {"model": "embed", "input": text}),
     "tei": ("/embed", lambda text, top_k: {"inputs": text, "normalize": False}),
     "hf": ("/fill-mask", lambda text, top_k: {"inputs": text, "parameters": {"top_k": top_k}}),
+    "external": ("", lambda text, top_k: {"model": "default", "input": [text]}),  # route: from its URL
 }
 
 
@@ -162,7 +170,10 @@ async def _open_loop(send: Any, texts: RequestTexts, rate: float, max_requests: 
 
 
 async def _model_statistics(client: Any, model: str) -> dict:
-    """Cumulative counters of one model: requests, executions, and executions per batch size."""
+    """Cumulative counters of one model: requests, executions, and executions per batch size (all 0 when
+    no Triton is behind the measured server)."""
+    if client is None:
+        return {"inferences": 0, "executions": 0, "batches": {}}
     await asyncio.sleep(0.05)  # responses go out before Triton books the execution: let the last one land
     stats = (await client.get_inference_statistics(model_name=model)).model_stats[0]
     return {"inferences": stats.inference_count, "executions": stats.execution_count,

@@ -134,7 +134,7 @@ def print_serve_table(results: dict) -> None:
         if goal["value"] is not None:
             verdict = "met" if goal["met"] else "NOT met"
             console.print(f"goal {name}: {goal['value']:.2f} (target {goal['target']}, {verdict}) — {goal['meaning']}")
-    console.print("in-process latency is per call (one text, or one batch for _b16 rows)", style="dim")
+    console.print("in-process latency is per call (one text for _b1 rows, one batch of N for _bN rows)", style="dim")
 
 
 def print_compare_table(rows: list[dict], first: str, second: str) -> None:

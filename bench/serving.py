@@ -32,6 +32,7 @@ from export.config import DEFAULT_PRECISION
 
 SERVED = "triton"
 SERVED_NO_BATCHING = "triton_no_batching"
+EXTERNAL = "external"  # another embedding server (config.compare_url), e.g. Infinity
 GOAL_CONCURRENCY = 16
 API_GOAL_CONCURRENCY = 32
 
@@ -58,6 +59,8 @@ def run_serve_benchmark(config: BenchConfig, repo: Path | None = None, model_dir
         if config.api:
             apis[api_contender(config.api)] = (config.api, stack.enter_context(start_api(repo, servers[SERVED], log)))
             servers[api_contender(config.api)] = servers[SERVED]
+        if config.compare_url:
+            servers[EXTERNAL], apis[EXTERNAL] = None, ("external", config.compare_url)
         if config.baselines.batching_off and url is None:
             variant = variant_repository(repo, scratch / "no_batching", config.task, dynamic_batching=False)
             servers[SERVED_NO_BATCHING] = stack.enter_context(start_server(variant, log, "dynamic batching off"))
@@ -72,10 +75,10 @@ def run_serve_benchmark(config: BenchConfig, repo: Path | None = None, model_dir
         point["peak_kind"], point["peak_fraction"] = kind, point["gflops_per_s"] / rate if flops else None
     return {"benchmark": "serve", "task": config.task, "repo": str(repo), "url": url,
             "hf_model": str(model_dir) if model_dir else None, "serving": settings, "texts": texts.summary(),
-            "gemm_peak": peak | {"compared_with": kind}, "points": points, "rounds": rounds, "goals": goals(rounds, config.task) | api_goals(rounds, config.api)}
+            "gemm_peak": peak | {"compared_with": kind}, "points": points, "rounds": rounds, "goals": goals(rounds, config.task) | api_goals(rounds, config.api) | external_goals(rounds, config.compare_url)}
 
 
-def measure_round(config: BenchConfig, servers: dict[str, str], repo: Path, model_dir: Path | None,
+def measure_round(config: BenchConfig, servers: dict[str, str | None], repo: Path, model_dir: Path | None,
                   texts: RequestTexts, settings: dict, number: int, log: Callable[[str], None],
                   apis: dict[str, tuple[str, str]] | None = None, flops: list[float] | None = None) -> list[dict]:
     """One of each: served points (the variants alternate per load level), then the in-process baselines."""
@@ -121,8 +124,14 @@ def goals(rounds: list[list[dict]], task: str) -> dict:
         return next((p for p in points if p["contender"] == contender and p.get("concurrency") == concurrency), None)
 
     pipeline_name = "pipeline_fill_mask_b1" if task == "fill_mask" else "pytorch_mean_pooling_b1"
-    values: dict[str, list[float]] = {"served_vs_pipeline": [], "batching_on_vs_off": [], "c1_p50_overhead_ms": []}
+    values: dict[str, list[float]] = {"served_vs_pipeline": [], "batching_on_vs_off": [], "c1_p50_overhead_ms": [],
+                                      "served_vs_inprocess_best": []}
     for points in rounds:
+        served_best = max((p["requests_per_s"] for p in points if p["contender"] == SERVED), default=None)
+        inprocess_best = max((p["requests_per_s"] for p in points if p["contender"].startswith("onnxruntime_")),
+                             default=None)
+        if served_best and inprocess_best:
+            values["served_vs_inprocess_best"].append(served_best / inprocess_best)
         served16, off16 = find(points, SERVED, GOAL_CONCURRENCY), find(points, SERVED_NO_BATCHING, GOAL_CONCURRENCY)
         served1, pipeline, runtime = find(points, SERVED, 1), find(points, pipeline_name), find(points, "onnxruntime_b1")
         if served16 and pipeline:
@@ -133,7 +142,27 @@ def goals(rounds: list[list[dict]], task: str) -> dict:
             values["c1_p50_overhead_ms"].append(served1["p50_ms"] - runtime["p50_ms"])
     targets = {"served_vs_pipeline": (f"{SERVED} c16 req/s / {pipeline_name} req/s", ">=", 4.0),
                "batching_on_vs_off": (f"{SERVED} c16 req/s / {SERVED_NO_BATCHING} c16 req/s", ">=", 2.0),
-               "c1_p50_overhead_ms": (f"{SERVED} c1 p50 - onnxruntime_b1 p50 (ms)", "<=", 1.0)}
+               "c1_p50_overhead_ms": (f"{SERVED} c1 p50 - onnxruntime_b1 p50 (ms)", "<=", 1.0),
+               "served_vs_inprocess_best": (f"best {SERVED} req/s of the sweep / best onnxruntime_* req/s (same "
+                                            "graph, same cores)", ">=", 0.9)}
+    return _judge(values, targets)
+
+
+def external_goals(rounds: list[list[dict]], compare_url: str) -> dict:
+    """Against the other embedding server at the same load (32 users), within each round: throughput >= 3x
+    and p99 <= half of its (issue 12's targets against Infinity's fp32 engine)."""
+    if not compare_url:
+        return {}
+    values: dict[str, list[float]] = {"vs_external_c32_throughput": [], "vs_external_c32_p99": []}
+    for points in rounds:
+        by_key = {(point["contender"], point.get("concurrency")): point for point in points}
+        ours, theirs = by_key.get((SERVED, API_GOAL_CONCURRENCY)), by_key.get((EXTERNAL, API_GOAL_CONCURRENCY))
+        if ours and theirs and theirs["requests_per_s"] and theirs["p99_ms"]:
+            values["vs_external_c32_throughput"].append(ours["requests_per_s"] / theirs["requests_per_s"])
+            values["vs_external_c32_p99"].append(ours["p99_ms"] / theirs["p99_ms"])
+    c = API_GOAL_CONCURRENCY
+    targets = {"vs_external_c32_throughput": (f"{SERVED} c{c} req/s / {EXTERNAL} c{c} req/s", ">=", 3.0),
+               "vs_external_c32_p99": (f"{SERVED} c{c} p99 / {EXTERNAL} c{c} p99", "<=", 0.5)}
     return _judge(values, targets)
 
 

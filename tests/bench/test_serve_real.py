@@ -97,3 +97,50 @@ def test_tuner_tries_each_setting_on_a_copy_and_picks_the_fastest_within_the_bou
         if trial["setting"]["preferred_batch_sizes"] == [4]:
             assert max(int(size) for size in trial["batch_size_counts"]) <= 4
     assert (served_repo / "embed" / "config.pbtxt").read_text() == config_before
+
+
+def test_another_embedding_server_is_measured_in_the_same_rounds(served_repo, grpc_url, held_out_file, tmp_path):
+    """`compare_url`: an OpenAI-style embeddings server (here a real HTTP server shaped like Infinity's
+    /embeddings) gets the same texts and load as Triton, as contender `external`, with the ratio goals."""
+    import threading
+
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    received: list = []
+
+    async def embeddings(request):
+        body = await request.json()
+        received.append(body)
+        return JSONResponse({"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.0] * 8}]})
+
+    server = uvicorn.Server(uvicorn.Config(Starlette(routes=[Route("/embeddings", embeddings, methods=["POST"])]),
+                                           host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        thread.join(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    output = tmp_path / "external.json"
+    try:
+        code = main(["bench", "serve", "--repo", str(served_repo), "--url", grpc_url, "--task", "embed",
+                     "--concurrency", "32", "--requests", "64", "--seconds", "5", "--rounds", "1", "--no-baselines",
+                     "--output", str(output), "--set", f'compare_url="http://127.0.0.1:{port}/embeddings"',
+                     *_text_settings(held_out_file)])
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    assert code == 0
+    results = json.loads(output.read_text())
+    points = {(point["contender"], point["concurrency"]): point for point in results["points"]}
+    assert set(points) == {("triton", 32), ("external", 32)}
+    external = points[("external", 32)]
+    assert external["errors"] == 0 and external["requests"] > 0 and external["avg_batch_size"] is None
+    # one text per request, as to Triton (warm-up requests included in what the server saw)
+    assert len(received) >= external["requests"]
+    assert all(len(body["input"]) == 1 and body["input"][0].strip() for body in received)
+    goal = results["goals"]["vs_external_c32_throughput"]
+    assert goal["value"] == pytest.approx(points[("triton", 32)]["requests_per_s"] / external["requests_per_s"])
+    assert isinstance(results["goals"]["vs_external_c32_p99"]["value"], float)

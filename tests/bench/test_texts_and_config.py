@@ -77,3 +77,14 @@ def test_overrides_and_validation_errors():
         load_config(BenchConfig, None, ['output="results.txt"'])
     with pytest.raises(ConfigError, match="available"):
         preset_path("nope")
+
+
+def test_compare_url_needs_an_http_url_and_the_embed_task():
+    from bench.config import BenchConfig
+    from bertforge.config import ConfigError
+
+    assert BenchConfig(task="embed", compare_url="http://127.0.0.1:7997/embeddings").compare_url
+    for bad in ({"task": "fill_mask", "compare_url": "http://127.0.0.1:7997/embeddings"},
+                {"task": "embed", "compare_url": "127.0.0.1:7997"}):
+        with pytest.raises(ConfigError, match="compare_url"):
+            BenchConfig(**bad)
