@@ -51,6 +51,9 @@ def test_serve_sweep_with_every_baseline(served_repo, tiny_bert_dir, held_out_fi
     assert points[("triton", 1)]["avg_batch_size"] == pytest.approx(1.0)
     assert points[("triton_no_batching", 4)]["batch_size_counts"] == {"1": points[("triton_no_batching", 4)]["executions"]}
     assert isinstance(results["goals"]["c1_p50_overhead_ms"]["value"], float)
+    best_served = max(points[("triton", users)]["requests_per_s"] for users in (1, 4))
+    best_in_process = max(points[(name, None)]["requests_per_s"] for name in ("onnxruntime_b1", "onnxruntime_b4"))
+    assert results["goals"]["served_vs_inprocess_best"]["value"] == pytest.approx(best_served / best_in_process)
 
     # Plots next to the JSON; the benchmarked repository is left as it was
     for suffix in ("throughput", "latency"):
