@@ -17,7 +17,6 @@ against the int8 rate, so GOP/s).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -240,16 +239,9 @@ def serving_document(repo: Path, task: str) -> dict:
 
 def request_texts(config: BenchConfig, repo: Path) -> RequestTexts:
     """The benchmark texts, with each one's token count as the server tokenizes it."""
-    from serve.runtime import load_tokenizer
-
     settings = serving_document(repo, config.task)
     tokenizer_file = Path(repo) / config.task / "1" / "tokenizer" / "tokenizer.json"
-    texts = build_request_texts(config.texts, config.task, tokenizer_file, settings["max_length"])
-    # Counted again as the runtime tokenizes: sentence-transformers folders ship tokenizer.json with fixed
-    # padding to 128, which made every text "128 tokens" (the issue's tokens_median 128 for ~19-word texts)
-    served = load_tokenizer(tokenizer_file, settings["max_length"])
-    tokens = [len(encoding.ids) for encoding in served.encode_batch(texts.texts)]
-    return dataclasses.replace(texts, tokens=tokens)
+    return build_request_texts(config.texts, config.task, tokenizer_file, settings["max_length"])
 
 
 def text_flops(repo: Path, task: str, texts: RequestTexts) -> list[float] | None:

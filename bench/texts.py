@@ -40,16 +40,17 @@ class RequestTexts:
 
 
 def build_request_texts(config: TextsConfig, task: str, tokenizer_file: Path, max_length: int) -> RequestTexts:
-    """`config.count` texts for `task` plus their token counts under the served tokenizer."""
-    from tokenizers import Tokenizer
+    """`config.count` texts for `task` plus their token counts as the server tokenizes them."""
+    from serve.runtime import load_tokenizer
 
     source, documents = load_documents(config.source)
     rng = random.Random(config.seed)
     sentences = [sentence for document in documents for sentence in split_sentences(document)]
     if not sentences:
         raise UserError(f"{source} holds no text; point texts.source at a .jsonl or .txt file with prose")
-    tokenizer = Tokenizer.from_file(str(tokenizer_file))
-    tokenizer.enable_truncation(max_length=max_length)
+    # the server's own tokenizer setup: sentence-transformers folders ship tokenizer.json with fixed padding
+    # to 128, which made every text "128 tokens" with a bare Tokenizer.from_file (issue 12)
+    tokenizer = load_tokenizer(tokenizer_file, max_length)
     mask_id = tokenizer.token_to_id(contract.MASK_TOKEN)
     texts: list[str] = []
     tokens: list[int] = []
