@@ -89,6 +89,10 @@ class TuneConfig:
     preferred_batch_sizes: tuple[tuple[int, ...], ...] = ((), (4, 8), (8, 16))
     instance_counts: tuple[int, ...] = (1, 2)
     intra_op_threads: tuple[int, ...] = (0, 1)  # ONNX Runtime threads per instance; 0 = its default (one per core)
+    # also vary these (empty = as exported): Triton's merge limit, and the length bucketing of each merged batch
+    # (its best value depends on the model: docs/performance.md)
+    max_batch_sizes: tuple[int, ...] = ()
+    min_batch_fills: tuple[float, ...] = ()
     concurrency: int = 16
     p99_bound_ms: float = 300.0
     max_seconds: float = 4.0  # per setting
@@ -103,6 +107,9 @@ class TuneConfig:
             raise ConfigError("tune.instance_counts must be a non-empty list of integers >= 1")
         if not self.intra_op_threads or any(threads < 0 for threads in self.intra_op_threads):
             raise ConfigError("tune.intra_op_threads must be a non-empty list of integers >= 0 (0 = ORT default)")
+        if any(size < 1 for size in self.max_batch_sizes) or any(not 0 <= fill <= 1 for fill in self.min_batch_fills):
+            raise ConfigError("tune.max_batch_sizes must be integers >= 1 and tune.min_batch_fills numbers in 0..1, "
+                              f"got {list(self.max_batch_sizes)} and {list(self.min_batch_fills)}")
         if self.concurrency < 1 or self.p99_bound_ms <= 0 or self.max_seconds <= 0 or self.max_requests < 1:
             raise ConfigError("tune: concurrency and max_requests >= 1, p99_bound_ms and max_seconds > 0")
 

@@ -25,16 +25,18 @@ def run_tuner(config: BenchConfig, repo: Path, log: Callable[[str], None] = prin
     texts = request_texts(config, repo)
     trials = []
     grid = list(itertools.product(tune.delays_us, tune.preferred_batch_sizes, tune.instance_counts,
-                                  tune.intra_op_threads))
+                                  tune.intra_op_threads, tune.max_batch_sizes or (None,),
+                                  tune.min_batch_fills or (None,)))
     log(f"[tune] {len(grid)} settings, {tune.concurrency} clients, {tune.max_seconds:g} s each, "
         f"p99 bound {tune.p99_bound_ms:g} ms")
-    for delay, preferred, instances, threads in grid:
+    for delay, preferred, instances, threads, max_batch, fill in grid:
         setting = {"max_queue_delay_microseconds": delay, "preferred_batch_sizes": list(preferred),
                    "instance_count": instances, "intra_op_threads": threads}
+        setting |= {key: value for key, value in (("max_batch_size", max_batch), ("min_batch_fill", fill))
+                    if value is not None}  # only the ones varied: the rest stay as exported
         with tempfile.TemporaryDirectory(prefix="bertforge-tune-") as scratch:
-            copy = variant_repository(repo, Path(scratch), config.task, max_queue_delay_microseconds=delay,
-                                      preferred_batch_sizes=tuple(preferred), instance_count=instances,
-                                      intra_op_threads=threads)
+            copy = variant_repository(repo, Path(scratch), config.task, **(setting | {
+                "preferred_batch_sizes": tuple(preferred)}))
             with start_server(copy, lambda line: None, "tuning") as url:
                 point = measure_served_point(url, config.task, texts, concurrency=tune.concurrency,
                                              max_requests=tune.max_requests, max_seconds=tune.max_seconds,
@@ -51,8 +53,10 @@ def run_tuner(config: BenchConfig, repo: Path, log: Callable[[str], None] = prin
 
 def setting_label(setting: dict) -> str:
     preferred = ",".join(str(size) for size in setting["preferred_batch_sizes"]) or "none"
+    varied = "".join(f" {name}={setting[key]}" for key, name in (("max_batch_size", "max_batch"),
+                                                                  ("min_batch_fill", "fill")) if key in setting)
     return (f"delay={setting['max_queue_delay_microseconds']}us pref={preferred} inst={setting['instance_count']} "
-            f"threads={setting['intra_op_threads'] or 'default'}")
+            f"threads={setting['intra_op_threads'] or 'default'}{varied}")
 
 
 def print_tune_table(results: dict) -> None:
@@ -63,8 +67,8 @@ def print_tune_table(results: dict) -> None:
     best = results["best"]
     table = Table(title=f"bertforge bench tune: {results['task']}, {results['concurrency']} clients, "
                         f"p99 bound {results['p99_bound_ms']:g} ms")
-    for column in ("delay µs", "preferred", "instances", "ORT threads", "req/s", "p50 ms", "p99 ms", "avg batch",
-                   "errors", ""):
+    for column in ("delay µs", "preferred", "instances", "ORT threads", "max batch", "fill", "req/s", "p50 ms",
+                   "p99 ms", "avg batch", "errors", ""):
         table.add_column(column, justify="right")
     for trial in results["points"]:
         setting = trial["setting"]
@@ -73,6 +77,7 @@ def print_tune_table(results: dict) -> None:
         table.add_row(str(setting["max_queue_delay_microseconds"]),
                       ",".join(map(str, setting["preferred_batch_sizes"])) or "none", str(setting["instance_count"]),
                       str(setting["intra_op_threads"] or "default"),
+                      str(setting.get("max_batch_size", "as exported")), str(setting.get("min_batch_fill", "as exported")),
                       f"{trial['requests_per_s']:,.1f}", f"{trial['p50_ms']:.1f}", f"{trial['p99_ms']:.1f}",
                       f"{trial['avg_batch_size'] or 0:.1f}", str(trial["errors"]), mark)
     console = wide_console()
@@ -83,4 +88,5 @@ def print_tune_table(results: dict) -> None:
     else:
         console.print(f"best under the bound: {best['contender']} ({best['requests_per_s']:.1f} req/s, "
                       f"p99 {best['p99_ms']:.1f} ms). Apply it with `bertforge export ... --set serving.<key>=...` "
-                      "(keys: max_queue_delay_microseconds, preferred_batch_sizes, instance_count, intra_op_threads)")
+                      "(keys: max_queue_delay_microseconds, preferred_batch_sizes, instance_count, intra_op_threads, "
+                      "max_batch_size, min_batch_fill)")

@@ -147,3 +147,19 @@ def test_another_embedding_server_is_measured_in_the_same_rounds(served_repo, gr
     goal = results["goals"]["vs_external_c32_throughput"]
     assert goal["value"] == pytest.approx(points[("triton", 32)]["requests_per_s"] / external["requests_per_s"])
     assert isinstance(results["goals"]["vs_external_c32_p99"]["value"], float)
+
+
+def test_tuner_varies_the_merge_limit_and_the_length_bucketing_when_asked(served_repo, held_out_file, tmp_path):
+    output = tmp_path / "tune.json"
+    code = main(["bench", "tune", "--repo", str(served_repo), "--task", "embed", "--output", str(output),
+                 "--set", "tune.delays_us=[0]", "--set", "tune.preferred_batch_sizes=[[]]",
+                 "--set", "tune.instance_counts=[1]", "--set", "tune.intra_op_threads=[0]",
+                 "--set", "tune.max_batch_sizes=[2, 8]", "--set", "tune.min_batch_fills=[0.9]",
+                 "--set", "tune.concurrency=8", "--set", "tune.max_seconds=1", "--set", "tune.max_requests=80",
+                 "--bound-ms", "10000", *_text_settings(held_out_file)])
+    assert code == 0
+    trials = json.loads(output.read_text())["points"]
+    assert [(t["setting"]["max_batch_size"], t["setting"]["min_batch_fill"]) for t in trials] == [(2, 0.9), (8, 0.9)]
+    assert all(trial["errors"] == 0 and trial["requests"] > 0 for trial in trials)
+    assert max(int(size) for size in trials[0]["batch_size_counts"]) <= 2  # Triton merged at most 2
+    assert "max_batch=2 fill=0.9" in trials[0]["contender"]

@@ -88,3 +88,12 @@ def test_compare_url_needs_an_http_url_and_the_embed_task():
                 {"task": "embed", "compare_url": "127.0.0.1:7997"}):
         with pytest.raises(ConfigError, match="compare_url"):
             BenchConfig(**bad)
+
+
+def test_tune_grid_limits_are_checked():
+    from bench.config import TuneConfig
+
+    assert TuneConfig(max_batch_sizes=(32, 64), min_batch_fills=(0.75, 0.9)).max_batch_sizes == (32, 64)
+    for bad in ({"max_batch_sizes": (0,)}, {"min_batch_fills": (1.5,)}):
+        with pytest.raises(ConfigError, match="max_batch_sizes"):
+            TuneConfig(**bad)
