@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import os
 import signal
 import sys
 import time
 from pathlib import Path
+
+from bertforge.cli_options import add_config_options, build_config, given
 
 ENDPOINTS_PREFIX = "BERTFORGE_ENDPOINTS "
 RESTARTS_FILE = "restarts.json"  # in the server's work folder: the supervisor writes it, the API's /metrics reads it  # then one JSON object: grpc, http, metrics, api, pid
@@ -41,8 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-batch-tokens", type=int, help="padded tokens per ONNX run; larger merged batches are "
                                                              "split (default: as exported)")
     parser.add_argument("--log-file", help="tritonserver log (default: a temporary file)")
-    parser.add_argument("--config", help="TOML file with ServeConfig keys")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    add_config_options(parser, config_help="TOML file with ServeConfig keys", set_example="api.timeout_s=10")
     parser.add_argument("triton_args", nargs="*", metavar="-- TRITONSERVER_FLAG",
                         help="after `--`: flags passed to tritonserver as they are (--log-verbose=1, --grpc-use-ssl=true "
                              "--grpc-server-cert=..., --trace-config ...); ports, addresses, the repository, model "
@@ -51,6 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from functools import partial
+
     from bertforge.config import load_config, save_config
     from bertforge.errors import UserError
     from serve.api.process import ApiLaunchError, running_api
@@ -58,16 +60,8 @@ def run(args: argparse.Namespace) -> int:
     from serve.launcher import LaunchError, check_passthrough, running_server
     from serve.repository import served_models
 
-    # Config: defaults < file < BERTFORGE_SERVE_* environment < --set < explicit flags
-    config = load_config(ServeConfig, args.config, env_overrides() + list(args.set))
-    flags = {key: getattr(args, key) for key in ("host", "grpc_port", "http_port", "metrics_port", "instances",
-                                                 "threads", "max_batch_tokens")}
-    flags.update(repo=args.repo and Path(args.repo), log_file=args.log_file and Path(args.log_file))
-    config = dataclasses.replace(config, **{key: value for key, value in flags.items() if value is not None})
-    if args.api_port is not None or args.no_api:
-        api = dataclasses.replace(config.api, enabled=config.api.enabled and not args.no_api,
-                                  port=config.api.port if args.api_port is None else args.api_port)
-        config = dataclasses.replace(config, api=api)  # re-validated: the ports must still differ
+    # Config: defaults < file < BERTFORGE_SERVE_* environment < --set < explicit flags (bertforge/cli_options.py)
+    config = build_config(partial(load_config, ServeConfig), args, environment=env_overrides(), flags=_flags(args))
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     if config.host not in ("127.0.0.1", "localhost", "::1") and config.api.enabled and not api_key:
         print(f"warning: the API on {config.host} is open to the network without a key; pass --api-key or set "
@@ -136,6 +130,15 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("tritonserver stopped", file=sys.stderr, flush=True)
         return 0
+
+
+def _flags(args: argparse.Namespace) -> list[tuple[str, object]]:
+    """The flags given, as typed config values."""
+    flags = {key: getattr(args, key) for key in ("host", "grpc_port", "http_port", "metrics_port", "instances",
+                                                 "threads", "max_batch_tokens")}
+    flags.update({"repo": args.repo and Path(args.repo), "log_file": args.log_file and Path(args.log_file),
+                  "api.port": args.api_port, "api.enabled": False if args.no_api else None})
+    return given(flags)
 
 
 def _served_repository(config, stack: contextlib.ExitStack) -> Path:

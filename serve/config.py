@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import typing
 from collections.abc import Mapping
@@ -111,8 +110,9 @@ def env_variables() -> dict[str, str]:
     return table
 
 
-def env_overrides(environ: Mapping[str, str] | None = None) -> list[str]:
-    """The `BERTFORGE_SERVE_*` variables as `--set`-style `key=value` overrides (file < env < --set < flags).
+def env_overrides(environ: Mapping[str, str] | None = None) -> list[tuple[str, object]]:
+    """The `BERTFORGE_SERVE_*` variables as `(key, typed value)` overrides (file < env < --set < flags:
+    bertforge/cli_options.py).
 
     Values are checked here, so a bad one is an error naming the variable; an unknown `BERTFORGE_SERVE_*` name
     (a typo) is an error too, listing the valid ones. `BERTFORGE_API_KEY` is read separately (a secret).
@@ -128,9 +128,8 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> list[str]:
         value = _parse_env_value(variable, _field_type(key), raw)
         if alias is not None:
             value = not value
-        override = f"{key}={_as_toml(value)}"
-        _check_alone(variable, key, override)
-        overrides.append(override)
+        _check_alone(variable, key, value)
+        overrides.append((key, value))
     return overrides
 
 
@@ -160,20 +159,12 @@ def _parse_env_value(variable: str, kind: type, raw: str) -> object:
     return raw
 
 
-def _as_toml(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
-
-
-def _check_alone(variable: str, key: str, override: str) -> None:
+def _check_alone(variable: str, key: str, value: object) -> None:
     """Range checks of this one key (e.g. a port > 65535) reported with the variable's name."""
     from bertforge.config import load_config
 
     try:
-        load_config(ServeConfig, None, [override])
+        load_config(ServeConfig, None, [(key, value)])
     except ConfigError as error:
         if f"serve.{key} " in str(error) or f".{key}:" in str(error):
             raise ConfigError(f"environment variable {variable}: {error}") from None
