@@ -8,16 +8,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bertforge.cli_options import add_config_options, build_config
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "pipeline", help="train (resuming an existing run) then export to a Triton repository",
         description="Train a BERT masked-LM from --config (resuming if the run folder exists), then export "
                     "runs/<name>/model to ONNX and write the Triton model repository.")
-    parser.add_argument("--config", required=True, help="training config TOML, e.g. train/configs/demo.toml")
+    add_config_options(parser, config_help="training config TOML, e.g. train/configs/demo.toml", config_required=True,
+                       set_example="train.max_steps=500")
     parser.add_argument("--run-dir", default=None, help="run folder (default: runs/<name>)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a training config value (repeatable)")
     parser.add_argument("--repo", default="model_repository", help="Triton model repository to write")
     parser.add_argument("--precision", default=None,
                         help="export precision (default: auto, the fastest variant that passes the parity gate: "
@@ -27,20 +28,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config, run_dir = train_stage(args.config, args.overrides, args.run_dir)
+    from train.config import load_train_config
+
+    config, run_dir = train_stage(build_config(load_train_config, args), args.config, args.run_dir)
     if not args.skip_export:
         export_stage(run_dir / "model", Path(args.repo), args.precision)
     return 0
 
 
-def train_stage(config_file: str, overrides: list[str], run_dir: str | None):
-    """Train, resume an interrupted run, or reuse a finished one."""
+def train_stage(config, config_file: str, run_dir: str | None):
+    """Train `config` (a TrainConfig read from config_file), resume an interrupted run, or reuse a finished one."""
     from bertforge.config import ConfigError, read_toml
-    from train.config import load_train_config
-    from train.setup import config_differences
+    from train.prepare import config_differences
     from train.trainer import RESUME_INVARIANTS, run_training
 
-    config = load_train_config(config_file, overrides)
     folder = Path(run_dir or Path("runs") / config.name)
     # A finished run (model/ is written last, also when the wall-clock budget ended it) is reused as is,
     # unless it is a different model than the config asks for
