@@ -6,6 +6,7 @@
     bertforge bench compare old.json new.json                        # exit 1 on a regression
     bertforge bench train ...                                        # bench/train_throughput.py
     bertforge bench export ...                                       # bench/export_latency.py
+    bertforge bench autoscale ...                                    # bench/autoscale.py
 
 Imports nothing heavy here; torch is imported only by the PyTorch baseline, inside its function.
 """
@@ -13,15 +14,22 @@ Imports nothing heavy here; torch is imported only by the PyTorch baseline, insi
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
-# subcommands that hand their arguments to another benchmark's own main(argv)
-DISPATCHED = {"train": ("bench.train_throughput", "training throughput: bertforge's trainer vs HF Trainer"),
-              "export": ("bench.export_latency", "export: latency of the exported variants vs PyTorch"),
-              "autoscale": ("bench.autoscale", "simulated HPA on the measured service time (docs/deploy.md)")}
+from bench.config import API_TASKS, CONFIG_DIR, BenchConfig
+from bertforge.cli_options import add_config_options, build_config, given
+
+# benchmarks in a module of their own, each with `add_arguments(parser)` and `run_command(args) -> int`
+# (also `python -m <module>`); their flags are this subcommand's flags
+MODULE_COMMANDS = {"train": ("bench.train_throughput", "training throughput: bertforge's trainer vs HF Trainer"),
+                   "export": ("bench.export_latency", "export: latency of the exported variants vs PyTorch")}
+# bench/autoscale.py builds its parser inside main(argv): its arguments are handed to main as they are, until it
+# exposes add_arguments/run_command too
+PASSED_THROUGH = {"autoscale": ("bench.autoscale", "simulated HPA on the measured service time (docs/deploy.md)")}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_common(serve)
     serve.add_argument("--url", help="measure a running server (HOST:PORT, gRPC) instead of starting one; "
                                      "--repo must be the repository it serves")
-    serve.add_argument("--concurrency", help="comma-separated concurrent clients, e.g. 1,4,16,64")
+    serve.add_argument("--concurrency", type=_integers, help="comma-separated concurrent clients, e.g. 1,4,16,64")
     serve.add_argument("--rate", type=float, help="open loop at this many requests/s instead of the sweep")
     serve.add_argument("--length", choices=["mix", "fixed"], help="text lengths: realistic mix or fixed")
     serve.add_argument("--words", type=int, help="words per text with --length fixed")
@@ -58,14 +66,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     compare.add_argument("--max-latency-rise", type=float, default=0.20, help="allowed fractional p99 rise (0.20)")
     compare.set_defaults(run=_run_compare)
 
-    for name, (module, help_text) in DISPATCHED.items():
-        if importlib.util.find_spec(module) is None:
-            continue  # that benchmark is not in this checkout
-        # every argument goes to the module's own parser (its --help included)
-        dispatched = commands.add_parser(name, help=f"{help_text} (`{name} --help` for its flags)", add_help=False,
-                                         prefix_chars="\0")
-        dispatched.add_argument("arguments", nargs="*")
-        dispatched.set_defaults(run=_dispatch(module))
+    for name, (module_name, help_text) in MODULE_COMMANDS.items():
+        module = importlib.import_module(module_name)  # argparse only at import; the benchmark imports torch when run
+        benchmark = commands.add_parser(name, help=help_text, description=module.__doc__,
+                                        formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(benchmark)
+        benchmark.set_defaults(run=module.run_command)
+    for name, (module_name, help_text) in PASSED_THROUGH.items():
+        # every argument, --help included, goes to the module's own parser ("\0": no argument is an option here)
+        passed = commands.add_parser(name, help=f"{help_text} (`{name} --help` for its flags)", add_help=False,
+                                     prefix_chars="\0")
+        passed.add_argument("arguments", nargs="*")
+        passed.set_defaults(run=partial(_pass_through, module_name))
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -74,11 +86,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                                         "given; feeds the PyTorch baseline")
     parser.add_argument("--task", choices=["fill_mask", "embed"], help="served model (default fill_mask)")
     parser.add_argument("--precision", help="precision when --model is exported on the fly (default auto, as bertforge export)")
-    parser.add_argument("--quick", action="store_true", help="short run (preset 'quick', <= 60 s)")
-    parser.add_argument("--preset", help="bench/configs/<name>.toml (quick, full)")
-    parser.add_argument("--config", help="BenchConfig TOML file")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a BenchConfig key, e.g. load.max_seconds=5 (repeatable)")
+    add_config_options(parser, config_help="BenchConfig TOML file", set_example="load.max_seconds=5",
+                       presets=CONFIG_DIR, quick_help="short run (preset 'quick', <= 60 s)")
     parser.add_argument("--output", help="result JSON (plots next to it); default bench/results/<benchmark>.json")
     parser.add_argument("--no-plots", action="store_true")
 
@@ -89,17 +98,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     from bertforge.config import to_dict
 
     if args.api and not args.task:  # the API route decides the model
-        from bench.config import API_TASKS
-
         args.task = API_TASKS[args.api]
-    config = _config(args, "serve", {
-        "load.concurrency": args.concurrency and f"[{args.concurrency}]", "load.request_rate": args.rate,
-        "texts.length": args.length and f'"{args.length}"', "texts.fixed_words": args.words, "rounds": args.rounds,
-        "load.max_seconds": args.seconds, "load.max_requests": args.requests,
-        "api": args.api and f'"{args.api}"',
-    })
-    if args.no_baselines:
-        config.baselines.pipeline = config.baselines.onnxruntime = config.baselines.batching_off = False
+    config = _config(args, "serve", _serve_flags(args))
     if args.url and not args.repo:
         from bertforge.errors import UserError
 
@@ -110,6 +110,15 @@ def _run_serve(args: argparse.Namespace) -> int:
     for path in write_results(results, config.output, plots=config.plots):
         print(f"written: {path}")
     return 0
+
+
+def _serve_flags(args: argparse.Namespace) -> dict:
+    """`bench serve`'s own flags -> BenchConfig keys (None: not given)."""
+    no_baselines = False if args.no_baselines else None
+    return {"load.concurrency": args.concurrency, "load.request_rate": args.rate, "texts.length": args.length,
+            "texts.fixed_words": args.words, "rounds": args.rounds, "load.max_seconds": args.seconds,
+            "load.max_requests": args.requests, "api": args.api, "baselines.pipeline": no_baselines,
+            "baselines.onnxruntime": no_baselines, "baselines.batching_off": no_baselines}
 
 
 def _run_tune(args: argparse.Namespace) -> int:
@@ -158,44 +167,31 @@ def _run_compare(args: argparse.Namespace) -> int:
     return 1 if regressions else 0
 
 
-def _dispatch(module: str):
-    def run(args: argparse.Namespace) -> int:
-        import importlib
-
-        try:
-            return int(importlib.import_module(module).main(list(args.arguments)) or 0)
-        except SystemExit as exit_:  # argparse's --help / usage errors inside the module
-            return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
-
-    return run
+def _pass_through(module: str, args: argparse.Namespace) -> int:
+    try:
+        return int(importlib.import_module(module).main(list(args.arguments)) or 0)
+    except SystemExit as exit_:  # argparse's --help / usage errors inside the module
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
 
 
 def _config(args: argparse.Namespace, benchmark: str, flags: dict):
-    """Preset/--config file, then --set, then explicit flags (flags win)."""
-    from bench.config import BenchConfig, preset_path
+    """The BenchConfig: preset or --config file < --set < explicit flags (bertforge/cli_options.py)."""
     from bertforge.config import load_config
 
-    path = args.config or (preset_path(args.preset) if args.preset else None)
-    if args.quick:
-        if path is not None:
-            from bertforge.errors import UserError
-
-            raise UserError("--quick is the 'quick' preset; do not combine it with --preset or --config")
-        path = preset_path("quick")
-    overrides = list(args.set)
-    if args.task:
-        overrides.append(f'task="{args.task}"')
-    if args.precision:
-        overrides.append(f'precision="{args.precision}"')
-    overrides += [f"{key}={value}" for key, value in flags.items() if value is not None]
-    if args.no_plots:
-        overrides.append("plots=false")
-    if args.output:
-        overrides.append(f'output="{args.output}"')
-    config = load_config(BenchConfig, path, overrides)
+    common = {"task": args.task, "precision": args.precision or None, "plots": False if args.no_plots else None,
+              "output": _path(args.output)}
+    config = build_config(partial(load_config, BenchConfig), args, flags=given(common | flags))
     if config.output == BenchConfig().output and benchmark != "serve":
         config.output = config.output.with_name(f"{benchmark}.json")
     return config
+
+
+def _integers(text: str) -> tuple[int, ...]:
+    """`--concurrency 1,4,16` -> (1, 4, 16)."""
+    try:
+        return tuple(int(item) for item in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 1,4,16, got {text!r}") from None
 
 
 def _path(value: str | None) -> Path | None:

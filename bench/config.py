@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from bertforge.cli_options import preset_file
 from bertforge.config import ConfigError
 from export.config import DEFAULT_PRECISION
 
@@ -150,8 +151,4 @@ class BenchConfig:
 
 def preset_path(name: str) -> Path:
     """`bench/configs/<name>.toml`; raises with the list of presets when it does not exist."""
-    path = CONFIG_DIR / f"{name}.toml"
-    if not path.is_file():
-        names = sorted(file.stem for file in CONFIG_DIR.glob("*.toml"))
-        raise ConfigError(f"no bench preset {name!r}; available: {names}")
-    return path
+    return preset_file(CONFIG_DIR, name)

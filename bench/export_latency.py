@@ -177,18 +177,34 @@ def build_mini_model(folder: Path, vocab_size: int = 16384) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m bench.export_latency` (the same flags as `bertforge bench export`)."""
+    from bertforge.errors import UserError
+
     parser = argparse.ArgumentParser(prog="python -m bench.export_latency", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_command(args)
+    except UserError as error:
+        parser.error(str(error))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """This benchmark's flags (`bertforge bench export` registers them as a subcommand)."""
     parser.add_argument("--model", default=None, help="Hugging Face BERT folder")
     parser.add_argument("--build-mini", default=None, metavar="DIR", help="build a random mini BERT here and bench it")
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default="bench/results/export_latency.json")
-    args = parser.parse_args(argv)
-    model = Path(args.model) if args.model else None
-    if args.build_mini:
-        model = build_mini_model(Path(args.build_mini))
-    if model is None:
-        parser.error("give --model DIR or --build-mini DIR")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Bench --model, or a random mini BERT built at --build-mini; the JSON report goes to --json."""
+    from bertforge.errors import UserError
+
+    if not args.model and not args.build_mini:  # checked before the mini model is built
+        raise UserError("give --model DIR or --build-mini DIR")
+    model = build_mini_model(Path(args.build_mini)) if args.build_mini else Path(args.model)
     run(model, rounds=args.rounds, threads=args.threads, json_path=Path(args.json) if args.json else None)
     return 0
 

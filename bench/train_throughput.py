@@ -21,9 +21,23 @@ WARMUP_STEPS = 5  # excluded from tokens/s (allocator warm-up, first-step overhe
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """`python -m bench.train_throughput` (the same flags as `bertforge bench train`)."""
+    from bertforge.errors import UserError
+
+    parser = argparse.ArgumentParser(prog="python -m bench.train_throughput", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_command(args)
+    except UserError as error:
+        parser.error(str(error))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """This benchmark's flags (`bertforge bench train` registers them as a subcommand)."""
     parser.add_argument("--config", default="train/configs/demo.toml", help="run config (corpus, optimizer)")
-    parser.add_argument("--preset", default="mini")
+    parser.add_argument("--preset", default="mini", help="model size, train/configs/models/<NAME>.toml (default mini)")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=240.0, help="wall-clock budget per contender per round")
@@ -32,7 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                         help="one precision for both contenders (auto: train/precision.py decides once)")
     parser.add_argument("--output", default="bench/results/train_throughput.json")
-    args = parser.parse_args(argv)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run both contenders, print the table, write the JSON report."""
+    from bertforge.cli_options import preset_file
+    from train.config import PRESET_DIR
+
+    preset_file(PRESET_DIR, args.preset)  # an unknown size fails here, listing the known ones, before torch loads
     results = run_benchmark(args)
     print_table(results)
     output = Path(args.output)
@@ -49,7 +70,8 @@ def run_benchmark(args) -> dict:
     import torch
 
     from train.config import load_train_config
-    from train.setup import prepare_data, prepare_tokenizer, start_runtime
+    from train.prepare import prepare_data, prepare_tokenizer
+    from train.runtime import start_runtime
 
     # One config for both contenders; a long schedule so the budget, not max_steps, ends each run
     overrides = [f"model.preset={args.preset}", f"data.seq_len={args.seq_len}", f"train.batch_size={args.batch_size}",
@@ -119,7 +141,7 @@ def train_hf(config, data, tokenizer, precision: str, seconds: float, folder: Pa
 
     from train.init import unigram_output_bias
     from train.model import MaskedLMObjective, build_model
-    from train.setup import Runtime
+    from train.runtime import TrainingRuntime as Runtime
     from train.trainer import evaluate
 
     class Budget(TrainerCallback):

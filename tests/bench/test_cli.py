@@ -17,6 +17,40 @@ def test_every_bench_subcommand_has_help(benchmark):
     assert "usage:" in result.stdout
 
 
+@pytest.mark.parametrize("benchmark, module, flags", [
+    ("train", "bench.train_throughput", ["--seq-len", "--batch-size", "--seconds", "--rounds", "--tokenizer", "--precision"]),
+    ("export", "bench.export_latency", ["--model", "--build-mini", "--rounds", "--threads", "--json"]),
+])
+def test_bench_train_and_export_help_shows_the_module_flags(benchmark, module, flags):
+    """They are subcommands with the module's own flags, and `python -m <module>` still runs the same parser."""
+    for command, usage in ([["-m", "bertforge.cli", "bench", benchmark], f"usage: bertforge bench {benchmark}"],
+                           [["-m", module], f"usage: python -m {module}"]):
+        result = subprocess.run([sys.executable, *command, "--help"], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(usage), result.stdout[:200]
+        assert [flag for flag in flags if flag not in result.stdout] == []
+
+
+def test_bench_export_without_a_model_is_a_user_error(capsys):
+    assert main(["bench", "export", "--rounds", "1"]) == 2
+    assert "give --model DIR or --build-mini DIR" in capsys.readouterr().err
+
+
+def test_bench_train_refuses_an_unknown_model_size_listing_the_known_ones(capsys):
+    assert main(["bench", "train", "--preset", "huge"]) == 2
+    assert "unknown preset 'huge' (no train/configs/models/huge.toml); available: base, large" in capsys.readouterr().err
+
+
+def test_bench_autoscale_passes_its_arguments_through(capsys):
+    assert main(["bench", "autoscale", "--help"]) == 0
+    assert "--service-ms" in capsys.readouterr().out
+
+
+def test_unknown_bench_preset_lists_the_available_ones(capsys):
+    assert main(["bench", "serve", "--preset", "fastest", "--repo", "none"]) == 2
+    assert "unknown preset 'fastest' (no bench/configs/fastest.toml); available: full, quick" in capsys.readouterr().err
+
+
 def test_bench_modules_import_no_torch():
     code = ("import sys, bench.cli, bench.serving, bench.tune, bench.report, bench.load; "
             "print(sorted(m for m in ('torch', 'transformers', 'onnxruntime') if m in sys.modules))")
