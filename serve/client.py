@@ -5,6 +5,10 @@ concurrently so Triton's dynamic batcher can merge them, at most `max_in_flight`
 list of 100,000 texts goes out as a sliding window, not all at once). Only UNAVAILABLE (server starting,
 restarting, overloaded connection) is retried; every other error is raised at once with the
 server's message and the index of the text that caused it.
+
+`_ClientBase` owns what both clients share (settings and channel, what each call sends and how its answers
+are read, health's probes, retry backoff, errors); `BertforgeClient` and `AsyncBertforgeClient` only move the
+requests, blocking or awaitable.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import asyncio
 import functools
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +33,7 @@ MAX_RECONNECT_BACKOFF_MS = 500
 # Requests one client keeps in flight: enough to fill Triton's batches (max_batch_size 32) twice over, few
 # enough that a long list neither floods the server's queue nor holds thousands of pending calls in memory.
 DEFAULT_MAX_IN_FLIGHT = 64
+_SERVED_MODELS = (contract.FILL_MASK_MODEL, contract.EMBED_MODEL)
 
 
 class ServingError(RuntimeError):
@@ -45,8 +51,18 @@ class MaskPrediction:
     score: float  # probability
 
 
-class BertforgeClient:
-    """Synchronous client: `fill_mask(texts, top_k)`, `embed(texts)`, `health()`."""
+@dataclass(frozen=True)
+class _Call:
+    """What one fill_mask/embed call sends (one request per text, the same parameters) and how it reads the answers."""
+
+    model: str
+    texts: list[str]
+    parameters: dict[str, Any]
+    parse: Callable[[list[Any]], Any]
+
+
+class _ClientBase:
+    """Settings, channel, calls, health probes, backoff and errors of both clients; subclasses send the requests."""
 
     def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 10.0, retries: int = 3, backoff_s: float = 0.2,
                  max_in_flight: int = DEFAULT_MAX_IN_FLIGHT):
@@ -55,29 +71,47 @@ class BertforgeClient:
         self._grpc = grpcclient
         self.url, self.timeout_s, self.retries, self.backoff_s = url, timeout_s, retries, backoff_s
         self.max_in_flight = _check_in_flight(max_in_flight)
-        self._client = grpcclient.InferenceServerClient(url, channel_args=channel_args())
+        self._client = self._connect(url)
+
+    def _connect(self, url: str) -> Any:
+        """The transport's InferenceServerClient for `url`, with `channel_args()`."""
+        raise NotImplementedError
+
+    def _health_probes(self) -> list[Callable[[], Any]]:
+        """Triton's liveness, its readiness, then each model's readiness, in that order (called or awaited)."""
+        timeout = self.timeout_s
+        return [functools.partial(self._client.is_server_live, client_timeout=timeout),
+                functools.partial(self._client.is_server_ready, client_timeout=timeout),
+                *(functools.partial(self._client.is_model_ready, name, client_timeout=timeout)
+                  for name in _SERVED_MODELS)]
+
+    def _backoff_s(self, attempt: int) -> float:
+        """Seconds to wait before retry number `attempt + 1`: exponential from backoff_s."""
+        return self.backoff_s * 2**attempt
+
+    def _unavailable_error(self, detail: str, index: int) -> ServingError:
+        return ServingError(f"server at {self.url} unavailable after {self.retries} retries: {detail}",
+                            "UNAVAILABLE", index)
+
+
+class BertforgeClient(_ClientBase):
+    """Synchronous client: `fill_mask(texts, top_k)`, `embed(texts)`, `health()`."""
 
     def fill_mask(self, texts: str | list[str], top_k: int = contract.DEFAULT_TOP_K,
                   truncation: str | None = None) -> list[list[list[MaskPrediction]]]:
         """Per text, per [MASK]: the top_k predictions, most likely first."""
-        results = self._infer_all(contract.FILL_MASK_MODEL, _as_list(texts), _parameters(top_k, truncation))
-        return [parse_fill_mask(result) for result in results]
+        return self._run(_fill_mask_call(texts, top_k, truncation))
 
     def embed(self, texts: str | list[str], truncation: str | None = None) -> np.ndarray:
         """Sentence embeddings, float32 (num_texts, hidden)."""
-        results = self._infer_all(contract.EMBED_MODEL, _as_list(texts), _parameters(None, truncation))
-        return np.stack([result.as_numpy(contract.EMBEDDING_OUTPUT)[0] for result in results])
+        return self._run(_embed_call(texts, truncation))
 
     def health(self) -> dict[str, Any]:
         """{'live', 'ready', 'models': {name: ready}}; never raises for an unreachable server."""
         try:
-            live = self._client.is_server_live(client_timeout=self.timeout_s)
-            ready = self._client.is_server_ready(client_timeout=self.timeout_s)
-            models = {name: self._client.is_model_ready(name, client_timeout=self.timeout_s)
-                      for name in (contract.FILL_MASK_MODEL, contract.EMBED_MODEL)}
+            return _health_report([probe() for probe in self._health_probes()])
         except self._grpc.InferenceServerException as error:
-            return {"live": False, "ready": False, "models": {}, "error": str(error)}
-        return {"live": live, "ready": ready, "models": models}
+            return _health_failure(error)
 
     def close(self) -> None:
         self._client.close()
@@ -87,6 +121,12 @@ class BertforgeClient:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def _connect(self, url: str) -> Any:
+        return self._grpc.InferenceServerClient(url, channel_args=channel_args())
+
+    def _run(self, call: _Call) -> Any:
+        return call.parse(self._infer_all(call.model, call.texts, call.parameters))
 
     def _infer_all(self, model: str, texts: list[str], parameters: dict[str, Any]) -> list[Any]:
         """Send every text at once (async_infer), retry the UNAVAILABLE ones, raise the first other error."""
@@ -99,10 +139,9 @@ class BertforgeClient:
             if not pending:
                 return results
             if attempt < self.retries:
-                time.sleep(self.backoff_s * 2**attempt)
+                time.sleep(self._backoff_s(attempt))
         index = pending[0]
-        raise ServingError(f"server at {self.url} unavailable after {self.retries} retries: {errors[index]}",
-                           "UNAVAILABLE", index)
+        raise self._unavailable_error(str(errors[index]), index)
 
     def _send_round(self, model: str, texts: list[str], pending: list[int], parameters: dict[str, Any],
                     results: list[Any]) -> dict[int, Any]:
@@ -130,38 +169,21 @@ class BertforgeClient:
         return errors
 
 
-class AsyncBertforgeClient:
+class AsyncBertforgeClient(_ClientBase):
     """asyncio client (tritonclient.grpc.aio) with the same methods as BertforgeClient, awaitable."""
-
-    def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 10.0, retries: int = 3, backoff_s: float = 0.2,
-                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT):
-        import tritonclient.grpc as grpcclient
-        import tritonclient.grpc.aio as aioclient
-
-        self._grpc = grpcclient
-        self.url, self.timeout_s, self.retries, self.backoff_s = url, timeout_s, retries, backoff_s
-        self.max_in_flight = _check_in_flight(max_in_flight)
-        self._slots = asyncio.Semaphore(self.max_in_flight)  # shared by every call of this client
-        self._client = aioclient.InferenceServerClient(url, channel_args=channel_args())
 
     async def fill_mask(self, texts: str | list[str], top_k: int = contract.DEFAULT_TOP_K,
                         truncation: str | None = None) -> list[list[list[MaskPrediction]]]:
-        results = await self._infer_all(contract.FILL_MASK_MODEL, _as_list(texts), _parameters(top_k, truncation))
-        return [parse_fill_mask(result) for result in results]
+        return await self._run(_fill_mask_call(texts, top_k, truncation))
 
     async def embed(self, texts: str | list[str], truncation: str | None = None) -> np.ndarray:
-        results = await self._infer_all(contract.EMBED_MODEL, _as_list(texts), _parameters(None, truncation))
-        return np.stack([result.as_numpy(contract.EMBEDDING_OUTPUT)[0] for result in results])
+        return await self._run(_embed_call(texts, truncation))
 
     async def health(self) -> dict[str, Any]:
         try:
-            live = await self._client.is_server_live(client_timeout=self.timeout_s)
-            ready = await self._client.is_server_ready(client_timeout=self.timeout_s)
-            models = {name: await self._client.is_model_ready(name, client_timeout=self.timeout_s)
-                      for name in (contract.FILL_MASK_MODEL, contract.EMBED_MODEL)}
+            return _health_report([await probe() for probe in self._health_probes()])
         except self._grpc.InferenceServerException as error:
-            return {"live": False, "ready": False, "models": {}, "error": str(error)}
-        return {"live": live, "ready": ready, "models": models}
+            return _health_failure(error)
 
     async def close(self) -> None:
         await self._client.close()
@@ -171,6 +193,15 @@ class AsyncBertforgeClient:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+    def _connect(self, url: str) -> Any:
+        import tritonclient.grpc.aio as aioclient
+
+        self._slots = asyncio.Semaphore(self.max_in_flight)  # the window, shared by every call of this client
+        return aioclient.InferenceServerClient(url, channel_args=channel_args())
+
+    async def _run(self, call: _Call) -> Any:
+        return call.parse(await self._infer_all(call.model, call.texts, call.parameters))
 
     async def _infer_all(self, model: str, texts: list[str], parameters: dict[str, Any]) -> list[Any]:
         return await asyncio.gather(*(self._infer_one(model, text, index, parameters) for index, text in enumerate(texts)))
@@ -186,11 +217,10 @@ class AsyncBertforgeClient:
                                                 client_timeout=self.timeout_s)
             except self._grpc.InferenceServerException as error:
                 if not _is_retryable(error):
-                    raise ServingError(error.message(), error.status(), index) from None
+                    raise _serving_error(error, index) from None
                 if attempt == self.retries:
-                    raise ServingError(f"server at {self.url} unavailable after {self.retries} retries: "
-                                       f"{error.message()}", "UNAVAILABLE", index) from None
-                await asyncio.sleep(self.backoff_s * 2**attempt)
+                    raise self._unavailable_error(error.message(), index) from None
+                await asyncio.sleep(self._backoff_s(attempt))
         raise AssertionError("unreachable")
 
 
@@ -220,6 +250,30 @@ def channel_args() -> list[tuple[str, int]]:
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
     ]
+
+
+def _fill_mask_call(texts: str | list[str], top_k: int, truncation: str | None) -> _Call:
+    return _Call(contract.FILL_MASK_MODEL, _as_list(texts), _parameters(top_k, truncation),
+                 lambda results: [parse_fill_mask(result) for result in results])
+
+
+def _embed_call(texts: str | list[str], truncation: str | None) -> _Call:
+    return _Call(contract.EMBED_MODEL, _as_list(texts), _parameters(None, truncation), _parse_embeddings)
+
+
+def _parse_embeddings(results: list[Any]) -> np.ndarray:
+    """EMBEDDING (1, hidden) per text -> (num_texts, hidden)."""
+    return np.stack([result.as_numpy(contract.EMBEDDING_OUTPUT)[0] for result in results])
+
+
+def _health_report(answers: list[Any]) -> dict[str, Any]:
+    """The probes' answers (see _ClientBase._health_probes) as {'live', 'ready', 'models': {name: ready}}."""
+    live, ready, *models = answers
+    return {"live": live, "ready": ready, "models": dict(zip(_SERVED_MODELS, models))}
+
+
+def _health_failure(error: Any) -> dict[str, Any]:
+    return {"live": False, "ready": False, "models": {}, "error": str(error)}
 
 
 def _text_input(grpcclient: Any, text: str) -> Any:
@@ -254,11 +308,16 @@ def _is_retryable(error: Any) -> bool:
     return str(error.status()) in RETRYABLE
 
 
+def _serving_error(error: Any, index: int) -> ServingError:
+    """A non-retryable answer from the server: its message and status, with the text's index."""
+    return ServingError(error.message(), error.status(), index)
+
+
 def _raise_unless_retryable(errors: dict[int, Any]) -> None:
     for index in sorted(errors):
         error = errors[index]
         if not _is_retryable(error):
-            raise ServingError(error.message(), error.status(), index)
+            raise _serving_error(error, index)
 
 
 def _to_str(token: Any) -> str:
