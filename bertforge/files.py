@@ -57,9 +57,7 @@ def staged_folder(target: str | Path, stage_above_parent: bool = False) -> Itera
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    where, prefix = target.parent, f".{target.name}.staging-"
-    if stage_above_parent:
-        where, prefix = target.parent.parent, f".{target.parent.name}.{target.name}.staging-"
+    where, prefix = _staging_place(target, stage_above_parent)
     staging_root = Path(tempfile.mkdtemp(dir=where, prefix=prefix))
     try:
         staged = staging_root / target.name
@@ -68,6 +66,25 @@ def staged_folder(target: str | Path, stage_above_parent: bool = False) -> Itera
         replace_folder(staged, target)
     finally:
         shutil.rmtree(staging_root, ignore_errors=True)
+
+
+def remove_leftover_staging(target: str | Path, stage_above_parent: bool = False) -> None:
+    """Remove the staging folders that a killed `staged_folder(target)` left behind.
+
+    `target`'s name may be a glob pattern (`checkpoints/step-*`) for a family of targets. Call it after a
+    write, when no other writer of these targets can be running: it does not tell a killed writer's folder
+    from a live one's.
+    """
+    where, prefix = _staging_place(Path(target), stage_above_parent)
+    for leftover in where.glob(f"{prefix}*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _staging_place(target: Path, stage_above_parent: bool) -> tuple[Path, str]:
+    """The folder that holds `target`'s staging folders, and their name prefix (hidden: scanners skip them)."""
+    if stage_above_parent:
+        return target.parent.parent, f".{target.parent.name}.{target.name}.staging-"
+    return target.parent, f".{target.name}.staging-"
 
 
 def replace_folder(new: Path, target: Path) -> None:

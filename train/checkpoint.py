@@ -1,4 +1,4 @@
-"""Checkpoints: one folder per step, written to a temp folder, verified by checksums, renamed atomically.
+"""Checkpoints: one folder per step, written in a staging folder, verified by checksums, swapped in atomically.
 
 checkpoints/step-N/
   model.safetensors     weights (safetensors: no code can hide in them)
@@ -25,6 +25,7 @@ import torch
 
 from bertforge.config import save_config
 from bertforge.errors import BertforgeError
+from bertforge.files import remove_leftover_staging, staged_folder
 
 MANIFEST = "manifest.json"
 PREFIX = "step-"
@@ -41,34 +42,29 @@ def save_checkpoint(
     from safetensors.torch import save_model
 
     target = folder / f"{PREFIX}{step}"
-    tmp = folder / f".tmp-{PREFIX}{step}-{os.getpid()}"
     try:
-        # Write every piece into a private temp folder
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_model(model, str(tmp / "model.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None},
-                   tmp / "optimizer.pt")
-        torch.save({**trainer_state, "rng": capture_rng_state()}, tmp / "trainer_state.pt")
-        save_config(config, tmp / "config.toml")
-        # Checksums last, flushed to disk, then one rename publishes the checkpoint
-        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
-        (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1))
-        _fsync_folder(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
+        # Write every piece into a staging folder beside the checkpoints (hidden: never taken for one)
+        with staged_folder(target) as staged:
+            save_model(model, str(staged / "model.safetensors"))
+            torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None},
+                       staged / "optimizer.pt")
+            torch.save({**trainer_state, "rng": capture_rng_state()}, staged / "trainer_state.pt")
+            save_config(config, staged / "config.toml")
+            # Checksums last, flushed to disk; leaving the block swaps the folder in with one rename
+            files = {p.name: _sha256(p) for p in sorted(staged.iterdir())}
+            (staged / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1))
+            _fsync_folder(staged)
     except OSError as error:
-        shutil.rmtree(tmp, ignore_errors=True)
         previous = latest_complete_checkpoint(folder, quiet=True)
         raise CheckpointError(
             f"could not write checkpoint {target}: {error}. "
             f"Previous checkpoint {'kept intact: ' + str(previous) if previous else 'none'}"
         ) from error
-    # Prune old checkpoints and stale temp folders from killed runs
+    # Prune old checkpoints and the staging folders of killed runs
     for old in checkpoint_folders(folder)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    for stale in folder.glob(f".tmp-{PREFIX}*"):
+    remove_leftover_staging(folder / f"{PREFIX}*")
+    for stale in folder.glob(f".tmp-{PREFIX}*"):  # named so by bertforge before staged_folder
         shutil.rmtree(stale, ignore_errors=True)
     return target
 

@@ -7,8 +7,6 @@ model/ (save_pretrained + tokenizer), metrics.jsonl and loss_curve.png.
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -18,13 +16,15 @@ import torch
 from bertforge import contract
 from bertforge.config import ConfigError
 from bertforge.errors import BertforgeError
+from bertforge.files import remove_leftover_staging, staged_folder
 from train.checkpoint import latest_complete_checkpoint, load_checkpoint, save_checkpoint
 from train.config import TrainConfig
 from train.init import unigram_output_bias
 from train.logger import MetricsLogger, plot_loss_curve
 from train.model import MaskedLMObjective, build_model, flops_per_token, peak_flops
 from train.optim import build_optimizer, lr_at
-from train.setup import Runtime, prepare_data, prepare_run_dir, prepare_tokenizer, start_runtime
+from train.prepare import prepare_data, prepare_run_dir, prepare_tokenizer
+from train.runtime import TrainingRuntime, start_runtime
 
 # Config keys that must match to resume a run: what the weights and the data position depend on
 # (step counts, logging, dropout and how the model was initialised may change)
@@ -45,7 +45,7 @@ def run_training(config: TrainConfig, run_dir: str | Path | None = None, resume:
         runtime.close()
 
 
-def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime) -> Path:
+def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: TrainingRuntime) -> Path:
     master = runtime.rank == 0
     # Run folder, tokenizer and packed data (rank 0 builds, the others reuse its caches)
     checkpoints = run_dir / "checkpoints"
@@ -198,7 +198,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime) -
 
 
 @torch.no_grad()
-def evaluate(objective: MaskedLMObjective, batches, runtime: Runtime) -> dict[str, float]:
+def evaluate(objective: MaskedLMObjective, batches, runtime: TrainingRuntime) -> dict[str, float]:
     """Masked-token accuracy and perplexity on held-out blocks masked with a fixed seed."""
     was_training = objective.training
     objective.eval()
@@ -231,14 +231,11 @@ def check_vocabulary(checkpoint: Path, vocab_size: int, tokenizer_dir: Path) -> 
 
 
 def _save_final_model(mlm, tokenizer, folder: Path) -> None:
-    """save_pretrained + tokenizer into a temp folder, then swap it in."""
-    tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    mlm.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+    """save_pretrained + tokenizer into a staging folder, swapped in whole (a reader never sees half a model)."""
+    with staged_folder(folder) as staged:
+        mlm.save_pretrained(staged, safe_serialization=True)
+        tokenizer.save_pretrained(staged)
+    remove_leftover_staging(folder)  # a killed earlier save's
 
 
 def _progress_bar(enabled: bool, start: int, total: int):

@@ -82,7 +82,8 @@ def test_disk_failure_during_a_checkpoint_stops_with_the_previous_one_intact(tin
     folders = checkpoint_folders(tmp_path / "full-disk" / "checkpoints")
     assert [p.name for p in folders] == ["step-10"]
     verify_checkpoint(folders[0])
-    assert not list((tmp_path / "full-disk" / "checkpoints").glob(".tmp-*"))  # no half-written folder left
+    # no half-written (staging) folder left beside it
+    assert [p.name for p in (tmp_path / "full-disk" / "checkpoints").iterdir()] == ["step-10"]
 
 
 class RunsCode:

@@ -27,6 +27,8 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 def test_run_folder_layout_and_learning(trained_run):
     assert (trained_run / "config.toml").is_file() and (trained_run / "tokenizer" / "tokenizer.json").is_file()
     assert [p.name for p in checkpoint_folders(trained_run / "checkpoints")] == ["step-60", "step-80"]  # keep = 2
+    # model/ and each checkpoint were swapped in whole: no staging folder left beside them
+    assert not [p for p in [*trained_run.iterdir(), *(trained_run / "checkpoints").iterdir()] if p.name.startswith(".")]
     assert (trained_run / "loss_curve.png").stat().st_size > 1000
     metrics = read_metrics(trained_run)
     losses = [m["loss"] for m in metrics if "loss" in m]
