@@ -27,8 +27,11 @@ import math
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported inside the functions that compute: `bertforge --help` builds this parser
+    import numpy as np
+
 
 HPA_MANIFEST = Path(__file__).resolve().parent.parent / "deploy" / "k8s" / "base" / "hpa.yaml"
 QUEUE_METRIC = "avg_time_queue_us"
@@ -113,6 +116,7 @@ def simulate(rule: HpaRule, profile: list[tuple[float, float]], service_ms: floa
              service_cv: float = 0.5, start_s: float = 30.0, window_s: int = 10, seed: int = 0,
              initial_replicas: int | None = None) -> SimulationResult:
     """Run the profile [(seconds, requests/s), ...] through replicas scaled by `rule`."""
+    import numpy as np
     rng = np.random.default_rng(seed)
     rates = np.concatenate([np.full(int(seconds), float(rate)) for seconds, rate in profile])
     total_s = len(rates)
@@ -197,12 +201,14 @@ class _Pod:
     """One replica: a FIFO server, with its queue time and completions counted per second of start."""
 
     def __init__(self, ready_at: float, horizon: int):
+        import numpy as np
         self.ready_at, self.removed, self.free_at = ready_at, False, 0.0
         self.queue_s = np.zeros(horizon)  # summed queue wait of requests starting in each second
         self.started = np.zeros(horizon)  # requests starting service in each second
 
     def serve(self, arrivals: np.ndarray, services: np.ndarray) -> np.ndarray:
         """Lindley's recursion, vectorized: finish_n = C_n + max(free, max_k<=n (a_k - C_(k-1)))."""
+        import numpy as np
         cumulative = np.cumsum(services)
         finish = cumulative + np.maximum(self.free_at, np.maximum.accumulate(arrivals - (cumulative - services)))
         start = finish - services
@@ -304,6 +310,7 @@ def _rules(section: dict | None, up: bool) -> ScalingRules:
 
 def plot(results: dict[str, SimulationResult], bound_ms: float, out: Path) -> None:
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -333,8 +340,14 @@ def plot(results: dict[str, SimulationResult], bound_ms: float, out: Path) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.autoscale", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    """`python -m bench.autoscale` (the same flags as `bertforge bench autoscale`)."""
+    from bertforge.cli_options import module_main
+
+    return module_main("python -m bench.autoscale", __doc__, add_arguments, run_command, argv)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """This benchmark's flags (`bertforge bench autoscale` registers them as a subcommand)."""
     parser.add_argument("--hpa", type=Path, default=HPA_MANIFEST, help="HPA manifest (default: the shipped one)")
     parser.add_argument("--metrics", help="comma-separated subset of the manifest's metrics (e.g. avg_time_queue_us)")
     parser.add_argument("--service-ms", type=float, default=MEASURED_SERVICE_MS,
@@ -349,7 +362,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="also plot the rule with queue time as its only metric, at the same peak")
     parser.add_argument("--out", type=Path, default=Path("bench/results/autoscale.png"), help="PNG to write")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
-    args = parser.parse_args(argv)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Simulate the rule (and the queue-only rule), plot, print the figures; exit 2 on bad input."""
+    import numpy as np
     try:
         rule = load_hpa_rule(args.hpa)
         if args.metrics:

@@ -26,10 +26,8 @@ from bertforge.cli_options import add_config_options, build_config, given
 # benchmarks in a module of their own, each with `add_arguments(parser)` and `run_command(args) -> int`
 # (also `python -m <module>`); their flags are this subcommand's flags
 MODULE_COMMANDS = {"train": ("bench.train_throughput", "training throughput: bertforge's trainer vs HF Trainer"),
-                   "export": ("bench.export_latency", "export: latency of the exported variants vs PyTorch")}
-# bench/autoscale.py builds its parser inside main(argv): its arguments are handed to main as they are, until it
-# exposes add_arguments/run_command too
-PASSED_THROUGH = {"autoscale": ("bench.autoscale", "simulated HPA on the measured service time (docs/deploy.md)")}
+                   "export": ("bench.export_latency", "export: latency of the exported variants vs PyTorch"),
+                   "autoscale": ("bench.autoscale", "simulated HPA on the measured service time (docs/deploy.md)")}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,6 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--api", choices=["openai", "tei", "hf"],
                        help="also load the HTTP API beside Triton (openai: /v1/embeddings, tei: /embed, hf: "
                             "/fill-mask), side by side with direct gRPC")
+    serve.add_argument("--compare-url", metavar="URL",
+                       help="also load another embedding server's OpenAI-style endpoint in the same rounds (contender "
+                            "external), e.g. Infinity's http://127.0.0.1:7997/embeddings; needs --task embed")
     serve.set_defaults(run=_run_serve)
 
     tune = commands.add_parser("tune", help="sweep Triton batching settings on a repository copy")
@@ -72,12 +73,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                         formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(benchmark)
         benchmark.set_defaults(run=module.run_command)
-    for name, (module_name, help_text) in PASSED_THROUGH.items():
-        # every argument, --help included, goes to the module's own parser ("\0": no argument is an option here)
-        passed = commands.add_parser(name, help=f"{help_text} (`{name} --help` for its flags)", add_help=False,
-                                     prefix_chars="\0")
-        passed.add_argument("arguments", nargs="*")
-        passed.set_defaults(run=partial(_pass_through, module_name))
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -117,7 +112,7 @@ def _serve_flags(args: argparse.Namespace) -> dict:
     no_baselines = False if args.no_baselines else None
     return {"load.concurrency": args.concurrency, "load.request_rate": args.rate, "texts.length": args.length,
             "texts.fixed_words": args.words, "rounds": args.rounds, "load.max_seconds": args.seconds,
-            "load.max_requests": args.requests, "api": args.api, "baselines.pipeline": no_baselines,
+            "load.max_requests": args.requests, "api": args.api, "compare_url": args.compare_url, "baselines.pipeline": no_baselines,
             "baselines.onnxruntime": no_baselines, "baselines.batching_off": no_baselines}
 
 
@@ -165,13 +160,6 @@ def _run_compare(args: argparse.Namespace) -> int:
     regressions = [row for row in rows if row["regression"]]
     print(f"{len(regressions)} regression(s) in {len(rows)} compared point(s)")
     return 1 if regressions else 0
-
-
-def _pass_through(module: str, args: argparse.Namespace) -> int:
-    try:
-        return int(importlib.import_module(module).main(list(args.arguments)) or 0)
-    except SystemExit as exit_:  # argparse's --help / usage errors inside the module
-        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
 
 
 def _config(args: argparse.Namespace, benchmark: str, flags: dict):

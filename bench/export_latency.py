@@ -178,15 +178,9 @@ def build_mini_model(folder: Path, vocab_size: int = 16384) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m bench.export_latency` (the same flags as `bertforge bench export`)."""
-    from bertforge.errors import UserError
+    from bertforge.cli_options import module_main
 
-    parser = argparse.ArgumentParser(prog="python -m bench.export_latency", description=__doc__.split("\n")[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run_command(args)
-    except UserError as error:
-        parser.error(str(error))
+    return module_main("python -m bench.export_latency", __doc__.split("\n")[0], add_arguments, run_command, argv)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -22,16 +22,9 @@ WARMUP_STEPS = 5  # excluded from tokens/s (allocator warm-up, first-step overhe
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m bench.train_throughput` (the same flags as `bertforge bench train`)."""
-    from bertforge.errors import UserError
+    from bertforge.cli_options import module_main
 
-    parser = argparse.ArgumentParser(prog="python -m bench.train_throughput", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run_command(args)
-    except UserError as error:
-        parser.error(str(error))
+    return module_main("python -m bench.train_throughput", __doc__, add_arguments, run_command, argv)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -94,3 +94,19 @@ def _shown(path: Path) -> str:
         return str(Path(path).resolve().relative_to(PROJECT_ROOT))
     except ValueError:
         return str(path)
+
+
+def module_main(prog: str, description: str | None, add_arguments: Callable[[argparse.ArgumentParser], None],
+                run_command: Callable[[argparse.Namespace], int], argv: Sequence[str] | None = None) -> int:
+    """`python -m <module>` for a module that `bertforge` registers as a subcommand (its `add_arguments` and
+    `run_command`): the same flags, and a project error as argparse's usage error (exit 2)."""
+    from bertforge.errors import BertforgeError
+
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_command(args)
+    except BertforgeError as error:
+        parser.error(str(error))

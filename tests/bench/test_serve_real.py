@@ -130,7 +130,7 @@ def test_another_embedding_server_is_measured_in_the_same_rounds(served_repo, gr
     try:
         code = main(["bench", "serve", "--repo", str(served_repo), "--url", grpc_url, "--task", "embed",
                      "--concurrency", "32", "--requests", "64", "--seconds", "5", "--rounds", "1", "--no-baselines",
-                     "--output", str(output), "--set", f'compare_url="http://127.0.0.1:{port}/embeddings"',
+                     "--output", str(output), "--compare-url", f"http://127.0.0.1:{port}/embeddings",
                      *_text_settings(held_out_file)])
     finally:
         server.should_exit = True
