@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import importlib.metadata
 import os
 import shutil
 import signal
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from bertforge import contract
+from bertforge.versions import installed_version
 
 MIN_GLIBC = (2, 35)
 READY_TIMEOUT_S = contract.READY_TIMEOUT_S
@@ -290,7 +290,7 @@ def check_platform() -> None:
     if not sysconfig.get_config_var("Py_ENABLE_SHARED") or not (Path(libdir) / library).is_file():
         raise LaunchError(f"the Triton python stub needs a shared libpython, but {sys.executable} was built without "
                           "one; rebuild it with --enable-shared (pyenv: PYTHON_CONFIGURE_OPTS=--enable-shared)")
-    numpy_version = _package_version("numpy")
+    numpy_version = installed_version("numpy")
     if numpy_version and int(numpy_version.split(".")[0]) >= 2:
         raise LaunchError(f"numpy {numpy_version} is installed; the bundled Triton python backend returns empty "
                           "outputs with numpy 2. Run `pip install 'numpy<2'` in this environment")
@@ -351,10 +351,3 @@ def _site_packages() -> Path:
 
 def _python_version() -> str:
     return f"{sys.version_info.major}.{sys.version_info.minor}"
-
-
-def _package_version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None

@@ -170,8 +170,6 @@ def load_train_config(path: str | Path | None = None, overrides: list[str] | tup
 
 
 def read_preset(name: str) -> dict:
-    preset_file = PRESET_DIR / f"{name}.toml"
-    if not preset_file.is_file():
-        known = sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
-        raise ConfigError(f"unknown model preset {name!r}; known presets: {known}")
-    return tomllib.loads(preset_file.read_text())
+    from bertforge.cli_options import preset_file
+
+    return tomllib.loads(preset_file(PRESET_DIR, name).read_text())  # an unknown name lists the known ones

@@ -17,7 +17,7 @@ from serve.launcher import LaunchError, TritonServer, check_platform, running_se
 
 def test_platform_errors_say_what_is_missing(monkeypatch):
     check_platform()  # this machine can run it
-    monkeypatch.setattr(launcher, "_package_version", lambda name: "2.1.0")
+    monkeypatch.setattr(launcher, "installed_version", lambda name: "2.1.0")
     with pytest.raises(LaunchError, match=r"numpy<2"):
         check_platform()
     monkeypatch.undo()

@@ -32,7 +32,7 @@ def test_presets(preset, layers, hidden):
         ("train.max_steps=0", "must be positive"),
         ("model.num_attention_heads=3", "not divisible"),
         ("data.seq_len=1024", "exceeds model.max_position_embeddings"),
-        ("model.preset=gigantic", "unknown model preset"),
+        ("model.preset=gigantic", "unknown preset .gigantic. .no train/configs/models/gigantic.toml.; available: base, large"),
         ("optim.name=sgd", "is not one of"),
         ("data.mask_prob=1.5", "mask_prob"),
         ("train.compile=yes", "expected true/false"),
