@@ -17,6 +17,7 @@ IGNORE_INDEX = -100  # MLM labels of positions that are not predicted (PyTorch's
 # --- Triton models and their tensors (see README "Serving contract") ---
 FILL_MASK_MODEL = "fill_mask"
 EMBED_MODEL = "embed"
+SERVED_MODELS = (FILL_MASK_MODEL, EMBED_MODEL)  # every model a repository can hold, in this order
 TEXT_INPUT = "TEXT"  # BYTES [1]: one UTF-8 string per request
 EMBEDDING_OUTPUT = "EMBEDDING"  # FP32 [hidden]
 TOKENS_OUTPUT = "TOKENS"  # BYTES [num_masks, top_k]

@@ -13,7 +13,7 @@ from serve.repository import ServingOptions
 PRECISIONS = ("fp32", "int8", "int8-static", "fp16")  # what "all" means in --output mode
 AUTO = "auto"  # the fastest variant that passes: the int8 recipe search, else fused fp32
 DEFAULT_PRECISION = AUTO
-TASKS = ("fill_mask", "embed")
+TASKS = contract.SERVED_MODELS
 
 
 @dataclass(kw_only=True)

@@ -30,10 +30,9 @@ RETRYABLE = ("StatusCode.UNAVAILABLE", "UNAVAILABLE")
 # gRPC's reconnect backoff grows to 120 s by default: a restarted server would look unavailable that long.
 # Keep it below the default retry window (0.2 + 0.4 + 0.8 s) so a retried call reaches a server that is back.
 MAX_RECONNECT_BACKOFF_MS = 500
-# Requests one client keeps in flight: enough to fill Triton's batches (max_batch_size 32) twice over, few
+# Requests one client keeps in flight: enough to fill one of Triton's merged batches (max_batch_size 64), few
 # enough that a long list neither floods the server's queue nor holds thousands of pending calls in memory.
 DEFAULT_MAX_IN_FLIGHT = 64
-_SERVED_MODELS = (contract.FILL_MASK_MODEL, contract.EMBED_MODEL)
 
 
 class ServingError(RuntimeError):
@@ -83,7 +82,7 @@ class _ClientBase:
         return [functools.partial(self._client.is_server_live, client_timeout=timeout),
                 functools.partial(self._client.is_server_ready, client_timeout=timeout),
                 *(functools.partial(self._client.is_model_ready, name, client_timeout=timeout)
-                  for name in _SERVED_MODELS)]
+                  for name in contract.SERVED_MODELS)]
 
     def _backoff_s(self, attempt: int) -> float:
         """Seconds to wait before retry number `attempt + 1`: exponential from backoff_s."""
@@ -269,7 +268,7 @@ def _parse_embeddings(results: list[Any]) -> np.ndarray:
 def _health_report(answers: list[Any]) -> dict[str, Any]:
     """The probes' answers (see _ClientBase._health_probes) as {'live', 'ready', 'models': {name: ready}}."""
     live, ready, *models = answers
-    return {"live": live, "ready": ready, "models": dict(zip(_SERVED_MODELS, models))}
+    return {"live": live, "ready": ready, "models": dict(zip(contract.SERVED_MODELS, models))}
 
 
 def _health_failure(error: Any) -> dict[str, Any]:

@@ -69,7 +69,7 @@ class TritonForwarder:
     def __init__(self, grpc_url: str, repo: Path, config: ApiConfig):
         self.grpc_url, self.config = grpc_url, config
         self.models = {name: ServedModel(name, Path(repo) / name / "1")
-                       for name in (contract.FILL_MASK_MODEL, contract.EMBED_MODEL)
+                       for name in contract.SERVED_MODELS
                        if (Path(repo) / name / "1" / "serving.json").is_file()}
         if not self.models:
             raise FileNotFoundError(f"{repo} holds neither {contract.FILL_MASK_MODEL} nor {contract.EMBED_MODEL} "
