@@ -134,7 +134,7 @@ def train_hf(config, data, tokenizer, precision: str, seconds: float, folder: Pa
 
     from train.init import unigram_output_bias
     from train.model import MaskedLMObjective, build_model
-    from train.runtime import TrainingRuntime as Runtime
+    from train.runtime import TrainingRuntime
     from train.trainer import evaluate
 
     class Budget(TrainerCallback):
@@ -177,7 +177,7 @@ def train_hf(config, data, tokenizer, precision: str, seconds: float, folder: Pa
     steps = max(budget.times)
     timed = steps - WARMUP_STEPS
     tokens_per_s = timed * config.train.batch_size * config.data.seq_len / (budget.times[steps] - budget.times[WARMUP_STEPS])
-    runtime = Runtime(device=torch.device("cpu"), precision="fp32" if precision == "fp16" else precision)  # as ours
+    runtime = TrainingRuntime(device=torch.device("cpu"), precision="fp32" if precision == "fp16" else precision)  # as ours
     scores = evaluate(MaskedLMObjective(model.cpu()), data.eval_batches(), runtime)
     return {"steps": steps, "tokens_per_s": tokens_per_s, "wall_s": wall,
             "eval_accuracy": scores["eval_accuracy"], "eval_loss": scores["eval_loss"], "precision": precision}
