@@ -3,6 +3,7 @@
     bertforge bench serve --repo model_repository --quick          # the demo's short run (<= 60 s)
     bertforge bench serve --model runs/demo/model --preset full     # the full sweep with every baseline
     bertforge bench tune --repo model_repository                     # best batching setting under a p99 bound
+    bertforge bench profile --repo model_repository --task embed     # ORT ops, cores per process, c=1 floor
     bertforge bench compare old.json new.json                        # exit 1 on a regression
     bertforge bench train ...                                        # bench/train_throughput.py
     bertforge bench export ...                                       # bench/export_latency.py
@@ -59,6 +60,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_common(tune)
     tune.add_argument("--bound-ms", type=float, help="p99 latency bound for the pick (tune.p99_bound_ms)")
     tune.set_defaults(run=_run_tune)
+
+    profile = commands.add_parser("profile", help="where a served model's time goes: ONNX Runtime ops, cores per "
+                                                  "process under load, the single-client floor of Triton")
+    _add_common(profile)
+    profile.add_argument("--concurrency", type=int, default=32, help="clients for the cores measurement, and the "
+                                                                     "merged batch size of the op profile (32)")
+    profile.add_argument("--seconds", type=float, default=6.0, help="per measured point (6)")
+    profile.set_defaults(run=_run_profile)
 
     compare = commands.add_parser("compare", help="compare two result JSON files; exit 1 on a regression")
     compare.add_argument("first", help="baseline result JSON")
@@ -130,6 +139,29 @@ def _run_tune(args: argparse.Namespace) -> int:
                                   config.precision)
         results = provenance(to_dict(config)) | run_tuner(config, repo)
     print_tune_table(results)
+    for path in write_results(results, config.output, plots=False):
+        print(f"written: {path}")
+    return 0
+
+
+def _run_profile(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from bench.profile_serving import print_profile, run_profile
+    from bench.report import provenance, write_results
+    from bench.serving import resolve_repository
+    from bertforge.config import to_dict
+
+    if args.concurrency < 1 or args.seconds <= 0:
+        from bertforge.errors import UserError
+
+        raise UserError("--concurrency must be >= 1 and --seconds > 0")
+    config = _config(args, "profile", {})
+    with tempfile.TemporaryDirectory(prefix="bertforge-profile-export-") as scratch:
+        repo = resolve_repository(_path(args.repo), _path(args.model), Path(scratch), config.task, print,
+                                  config.precision)
+        results = provenance(to_dict(config)) | run_profile(config, repo, args.concurrency, args.seconds)
+    print_profile(results)
     for path in write_results(results, config.output, plots=False):
         print(f"written: {path}")
     return 0

@@ -163,3 +163,24 @@ def test_tuner_varies_the_merge_limit_and_the_length_bucketing_when_asked(served
     assert all(trial["errors"] == 0 and trial["requests"] > 0 for trial in trials)
     assert max(int(size) for size in trials[0]["batch_size_counts"]) <= 2  # Triton merged at most 2
     assert "max_batch=2 fill=0.9" in trials[0]["contender"]
+
+
+@pytest.mark.parametrize("task", ["embed", "fill_mask"])
+def test_profile_splits_the_time_into_ops_processes_and_the_serving_floor(served_repo, held_out_file, tmp_path, task):
+    output = tmp_path / "profile.json"
+    code = main(["bench", "profile", "--repo", str(served_repo), "--task", task, "--concurrency", "4",
+                 "--seconds", "1", "--output", str(output), *_text_settings(held_out_file)])
+    assert code == 0
+    results = json.loads(output.read_text())
+    shares = results["ops"]["shares"]
+    assert sum(shares.values()) == pytest.approx(1.0) and any("MatMul" in op or "Attention" in op for op in shares)
+    cores = results["cpu"]["cores"]
+    assert "tritonserver" in cores and any("stub" in name for name in cores) and cores["load generator"] > 0
+    assert results["cpu"]["requests_per_s"] > 0
+    floor = results["floor"]
+    assert all(len(values) == 2 for values in floor["per_round"].values())
+    # the constant-answer model really was served in place of the model: it costs less than tokenize + run
+    assert 0 < floor["constant_p50_ms"] < floor["served_p50_ms"]
+    assert floor["overhead_ms"] == pytest.approx(floor["served_p50_ms"] - floor["in_process_p50_ms"])
+    # the benchmarked repository is untouched (the constant model went into a copy)
+    assert "ServedModel" in (served_repo / task / "1" / "model.py").read_text()
