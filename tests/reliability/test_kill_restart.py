@@ -193,8 +193,12 @@ def test_supervisor_heals_a_killed_python_stub_under_load(reliability_repo, refe
     assert all(done - sent < 5 + 2 for sent, done, _ in outcomes), "a request ran past its deadline"
     failures = [outcome for _, _, outcome in outcomes if isinstance(outcome, ServingError)]
     assert failures and all(str(error) for error in failures)
-    assert supervisor.restarts["probe_failed"] >= 2, dict(supervisor.restarts)
-    assert any("reason probe_failed" in line and "embed" in line for line in log_lines), log_lines
+    # a killed stub is seen by the probe, or tritonserver itself aborts on it (exit -6, seen in a fresh-clone
+    # run): both are healed, each restart logged with its reason
+    restarts = dict(supervisor.restarts)
+    assert sum(restarts.values()) >= 2 and set(restarts) <= {"probe_failed", "exited"}, restarts
+    assert sum("restarting tritonserver (reason" in line for line in log_lines) >= 2, log_lines
+    assert all("embed" in line for line in log_lines if "reason probe_failed" in line), log_lines
     assert all(recovery < 15 for recovery in recoveries), recoveries
 
 
