@@ -30,7 +30,9 @@ def measure_served_point(url: str | None, task: str, texts: RequestTexts, *, con
     `url` is Triton's gRPC address (requests and statistics); with `api` ("openai", "tei", "hf") the
     requests go to the HTTP API at `api_url` instead, one text per request, and statistics still come
     from Triton. `api="external"`: another embedding server's OpenAI-style endpoint, `api_url` its full URL
-    (e.g. Infinity's http://127.0.0.1:7997/embeddings); `url` None: no Triton behind it, no batch figures. `flops[i]`: model FLOPs of text i (summed over the answered requests into `gflops_per_s`)."""
+    (e.g. Infinity's http://127.0.0.1:7997/embeddings; the request names model "default"); `url` None: no
+    Triton behind it, no batch figures. `flops[i]`: model FLOPs of text i (summed over the answered requests
+    into `gflops_per_s`)."""
     return asyncio.run(_measure(url, task, texts, concurrency, request_rate, max_requests, max_seconds,
                                 warmup_seconds, timeout_s, top_k, api, api_url, flops))
 

@@ -23,7 +23,8 @@ from typing import Any, TypeVar
 from bertforge.config import ConfigError, Override
 from bertforge.paths import PROJECT_ROOT
 
-__all__ = ["add_config_options", "build_config", "given", "config_source", "preset_file", "preset_names"]
+__all__ = ["add_config_options", "build_config", "given", "config_source", "preset_file", "preset_names",
+           "module_main"]
 
 T = TypeVar("T")
 # what builds a stage's config from (file, overrides): functools.partial(load_config, ServeConfig), load_train_config

@@ -101,7 +101,6 @@ def search_int8(fused: Path, workdir: Path, evaluate: Evaluate, calibration_feed
     return result
 
 
-
 def fewest_passing(base: Recipe, ranked: list[str], limit: int, deadline: float,
                    attempt: Callable[[Recipe], tuple[list[str], float]]) -> int | None:
     """The smallest n <= limit for which `base` with the n top-ranked nodes kept fp32 passes (None: none did
@@ -122,6 +121,7 @@ def fewest_passing(base: Recipe, ranked: list[str], limit: int, deadline: float,
         else:
             count = (failing + passing) // 2
     return passing
+
 
 def paired_latency(paths: dict[str, Path], feeds: dict, seconds: float = 2.0, warmup: int = 3,
                    max_rounds: int = 200) -> dict[str, float]:
