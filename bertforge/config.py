@@ -145,6 +145,11 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         item_hint = args[0] if args else Any
         items = [_convert(item_hint, item, f"{where}[{i}]") for i, item in enumerate(value)]
         return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        key_hint, value_hint = args or (Any, Any)
+        return {_convert(key_hint, key, where): _convert(value_hint, item, f"{where}.{key}") for key, item in value.items()}
     if hint is Any:
         return value
     if hint is bool:

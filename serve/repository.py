@@ -32,6 +32,8 @@ REPORT_FILE = "export_report.json"  # <repo>/export_report.json: what the export
 MODEL_TEMPLATE = Path(__file__).with_name("model_template.py")
 DEFAULT_MAX_BATCH_TOKENS = 4096  # padded tokens per ONNX run (docs/serve.md "Tuning")
 TASK_TO_MODEL = {"fill_mask": contract.FILL_MASK_MODEL, "embed": contract.EMBED_MODEL}
+# sentence-transformers' pooling modes (its Pooling module); a model may combine several, concatenated in its order
+POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 
 
 @dataclass(kw_only=True)
@@ -82,9 +84,14 @@ class ServingSettings(ServingOptions):
     task: Task
     max_length: int = contract.DEFAULT_MAX_LENGTH  # tokens incl. [CLS]/[SEP]; the model's max positions
     max_top_k: int = contract.MAX_TOP_K  # fill_mask: k of the top-k inside the ONNX graph
-    # embed (the graph pools; recorded here so clients and docs can say what they get)
-    pooling: Literal["mean", "cls"] = "mean"
+    # embed (the graph pools; recorded here so clients and docs can say what they get). Read from the model's
+    # own definition where it has one (a sentence-transformers folder), else bertforge's defaults
+    pooling: str = "mean"  # POOLING_MODES joined by "+", in the model's concatenation order (e.g. "cls", "mean+max")
     normalize: bool = False
+    prompts: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> text put before the input
+    default_prompt_name: str | None = None  # applied when a request names none
+    family: str = "bert"  # the model's model_type (bert, roberta, xlm-roberta, distilbert, mpnet, ...)
+    embedding_dim: int = 0  # width of EMBEDDING; 0 = not recorded (exports before it was)
     precision: str = "fp32"
 
     @classmethod
@@ -104,6 +111,12 @@ class ServingSettings(ServingOptions):
             raise ConfigError(f"serving.max_top_k must be >= 1, got {self.max_top_k}")
         if self.default_top_k > self.max_top_k:
             raise ConfigError(f"serving.default_top_k ({self.default_top_k}) exceeds max_top_k ({self.max_top_k})")
+        unknown = [mode for mode in self.pooling.split("+") if mode not in POOLING_MODES]
+        if unknown or not self.pooling:
+            raise ConfigError(f"serving.pooling {self.pooling!r}: modes are {', '.join(POOLING_MODES)}, joined by '+'")
+        if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
+            raise ConfigError(f"serving.default_prompt_name {self.default_prompt_name!r} is not one of the prompts "
+                              f"{sorted(self.prompts)}")
         if self.max_batch_tokens < self.max_length:
             raise ConfigError(f"serving.max_batch_tokens ({self.max_batch_tokens}) must fit one text of max_length "
                               f"({self.max_length}); raise it")
