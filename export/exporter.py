@@ -14,6 +14,7 @@ from typing import Any
 
 from bertforge import contract
 from bertforge.config import save_config, to_dict
+from bertforge.cpu import detect_cpu
 from bertforge.files import write_json_atomically
 from export.config import AUTO, DEFAULT_PRECISION, ExportConfig, ParityGates
 from export.errors import ExportError, ParityError
@@ -54,7 +55,8 @@ def run_export(config: ExportConfig, progress: ExportProgress | None = None) -> 
     for note in notes:
         progress.outcome(note)
     report: dict[str, Any] = {"model": str(config.model), "destination": str(destination), "config": to_dict(config),
-                              "mode": "output" if config.output else "repository", "notes": notes, "tasks": {}}
+                              "mode": "output" if config.output else "repository", "notes": notes,
+                              "cpu": detect_cpu().summary(), "tasks": {}}  # the CPU every gate ran on
     with tempfile.TemporaryDirectory(prefix="bertforge-export-") as scratch:
         scratch = Path(scratch)
         built = _build_and_check(config, info, tasks, scratch, report, progress)

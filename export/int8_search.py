@@ -2,7 +2,8 @@
 
     result = search_int8(fused, workdir, evaluate, calibration_feeds, timing_feeds, seconds=180)
 
-1. Every recipe of `export.quantize.SEARCH_RECIPES` is built, gated and, when it passes, timed.
+1. Every recipe of `export.quantize.search_recipes(cpu)` is built, gated and, when it passes, timed (on a CPU whose
+   int8 GEMMs can saturate, bertforge.cpu, the saturation-free recipes come first).
 2. If none passes: sensitivity. Each quantizable node's output error under int8 is measured on calibration
    activations (`quantize.local_quantization_error`); the most sensitive nodes are kept fp32, the rest int8 by
    each recipe of `quantize.SENSITIVITY_BASES` in turn (strong SmoothQuant, then plain per-channel with fewer
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bertforge.cpu import CpuInfo, detect_cpu
 from export import quantize
 from export.progress import ExportProgress
 from export.quantize import Recipe
@@ -36,16 +38,33 @@ class SearchResult:
     candidates: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     latency_ms: float | None = None  # the winner's
+    cpu: dict = field(default_factory=dict)  # the CPU the gate ran on (bertforge.cpu.CpuInfo.summary)
+    recipe_set: str = ""  # which recipes were tried on it, and why
 
     def summary(self) -> dict:
         return {"winner": self.recipe.name if self.recipe else None, "winner_latency_ms": self.latency_ms,
-                "seconds": round(self.seconds, 1), "candidates": self.candidates}
+                "seconds": round(self.seconds, 1), "cpu": self.cpu, "recipe_set": self.recipe_set,
+                "candidates": self.candidates}
+
+
+def recipe_set_reason(cpu: CpuInfo) -> str:
+    """One sentence for the report: the CPU's int8 kernel and the recipes that fit it."""
+    names = ", ".join(recipe.name for recipe in quantize.search_recipes(cpu))
+    if cpu.int8_saturates:
+        return (f"int8 kernel {cpu.int8_kernel} (no VNNI/AMX) sums u8 x s8 pairs in 16-bit lanes, which can "
+                f"saturate: saturation-free recipes (7-bit or u8 weights) first: {names}")
+    return f"int8 kernel {cpu.int8_kernel} accumulates u8 x s8 exactly: {names}"
 
 
 def search_int8(fused: Path, workdir: Path, evaluate: Evaluate, calibration_feeds: list[dict], timing_feeds: dict,
-                seconds: float = 180.0, progress: ExportProgress | None = None, label: str = "int8") -> SearchResult:
-    """Build and gate int8 recipes of `fused`; return the fastest passing one (or none, with every attempt)."""
+                seconds: float = 180.0, progress: ExportProgress | None = None, label: str = "int8",
+                cpu: CpuInfo | None = None) -> SearchResult:
+    """Build and gate int8 recipes of `fused` for the CPU the gate runs on (`cpu`, detected when None: its int8
+    kernel decides which recipes can be exact, see bertforge.cpu); return the fastest passing one (or none, with
+    every attempt)."""
     progress = progress or ExportProgress()
+    cpu = cpu or detect_cpu()
+    recipes, bases = quantize.search_recipes(cpu), quantize.sensitivity_bases(cpu)
     started = time.perf_counter()
     deadline = started + seconds
     workdir.mkdir(parents=True, exist_ok=True)
@@ -64,9 +83,10 @@ def search_int8(fused: Path, workdir: Path, evaluate: Evaluate, calibration_feed
         progress.outcome(f"{label} recipe {recipe.name}: {'PASS' if not failures else 'FAIL'} (error {error:.2e}{speed})")
         return failures, error
 
-    result = SearchResult(path=None, recipe=None)
-    # 1. the fixed recipes, expected fastest first
-    for recipe in quantize.SEARCH_RECIPES:
+    result = SearchResult(path=None, recipe=None, cpu=cpu.summary(), recipe_set=recipe_set_reason(cpu))
+    progress.step(f"{label}: {result.recipe_set}")
+    # 1. the fixed recipes, expected fastest first (saturation-free ones first where the CPU's kernel saturates)
+    for recipe in recipes:
         if time.perf_counter() > deadline:
             progress.outcome(f"{label}: search time ({seconds:.0f} s) is up before {recipe.name}")
             break
@@ -77,7 +97,7 @@ def search_int8(fused: Path, workdir: Path, evaluate: Evaluate, calibration_feed
         progress.step(f"{label}: no recipe passed; keeping the most sensitive nodes in fp32")
         limit = None
         fewest: list[tuple[float, Path, Recipe]] = []
-        for base in quantize.SENSITIVITY_BASES:
+        for base in bases:
             # the ranking under this base's own quantization (smoothing moves the error between nodes)
             errors = quantize.local_errors_under(base, fused, workdir, calibration_feeds[:4])
             ranked = sorted(errors, key=errors.get, reverse=True)

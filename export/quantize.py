@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bertforge.cpu import CpuInfo
+
 QUANTIZED_OP_TYPES = ("MatMul", "Attention")  # what every per-channel recipe quantizes (not the embeddings)
 SMOOTH_PREFIX = "smooth/"
 
@@ -32,6 +34,9 @@ class Recipe:
     op_types: tuple[str, ...] | None = QUANTIZED_OP_TYPES  # None: ONNX Runtime's defaults (incl. embeddings)
     smooth_alpha: float | None = None  # SmoothQuant migration strength; None = off
     keep_fp32: tuple[str, ...] = field(default_factory=tuple)  # node names left unquantized
+    # weights as ONNX Runtime stores them: "int8" (u8 x s8 GEMMs, which saturate without VNNI), "int8-7bit"
+    # (reduce_range: 7-bit weights cannot saturate) or "uint8" (the u8 x u8 kernel, which cannot either)
+    weights: str = "int8"
 
     def keeping(self, nodes: Sequence[str]) -> Recipe:
         return replace(self, name=f"{self.name}+fp32x{len(nodes)}", keep_fp32=tuple(nodes),
@@ -40,7 +45,18 @@ class Recipe:
     def summary(self) -> dict:
         return {"name": self.name, "description": self.description, "mode": self.mode, "per_channel": self.per_channel,
                 "op_types": list(self.op_types) if self.op_types else "onnxruntime default",
-                "smooth_alpha": self.smooth_alpha, "keep_fp32": list(self.keep_fp32)}
+                "smooth_alpha": self.smooth_alpha, "keep_fp32": list(self.keep_fp32), "weights": self.weights}
+
+    @property
+    def saturation_free(self) -> bool:
+        """Exact on every int8 kernel (bertforge.cpu): no u8 x s8 pair sum can exceed int16."""
+        return self.weights != "int8"
+
+    def saturation_free_twin(self, weights: str = "uint8") -> Recipe:
+        """This recipe with weights that cannot saturate (`uint8` or `int8-7bit`)."""
+        label = {"uint8": "u8u8", "int8-7bit": "7bit"}[weights]
+        return replace(self, name=f"{self.name}-{label}", weights=weights,
+                       description=f"{self.description}; {WEIGHT_DESCRIPTIONS[weights]}")
 
 
 # Ordered from the expected fastest to the most careful; the search times every one that passes.
@@ -52,6 +68,9 @@ SMOOTHED = Recipe("dynamic-per-channel-smooth", "dynamic int8, per-channel weigh
 STATIC = Recipe("static-per-channel", "static int8 (MinMax calibration on corpus text, QLinearMatMul), per-channel weights",
                 mode="static", op_types=("MatMul",))
 SEARCH_RECIPES = (PER_TENSOR, PER_CHANNEL, SMOOTHED, STATIC)
+WEIGHT_DESCRIPTIONS = {"int8": "s8 weights",
+                       "uint8": "u8 weights (u8 x u8 kernel: no 16-bit saturation without VNNI)",
+                       "int8-7bit": "7-bit weights (reduce_range: no 16-bit saturation without VNNI)"}
 # Stronger SmoothQuant migration, only as a base for keeping nodes fp32: on all-MiniLM-L6-v2 (docs/export.md)
 # alpha 0.7 passes the gate with 4 nodes kept fp32, where plain per-channel needs 9
 STRONG_SMOOTH = Recipe("dynamic-per-channel-smooth0.7",
@@ -59,6 +78,25 @@ STRONG_SMOOTH = Recipe("dynamic-per-channel-smooth0.7",
 # the recipes nodes are kept fp32 from, in the order tried: the one that needs fewer fp32 nodes first, then
 # plain per-channel (no smoothing Muls: faster at the same count) with fewer nodes than the first needed
 SENSITIVITY_BASES = (STRONG_SMOOTH, PER_CHANNEL)
+
+
+def search_recipes(cpu: CpuInfo) -> tuple[Recipe, ...]:
+    """The fixed recipes to try on `cpu`, in order. Where int8 GEMMs can saturate (no VNNI/AMX), the
+    saturation-free twins come first: per-channel with 7-bit weights (the fast u8 x s8 kernel stays) and with u8
+    weights (full resolution), the smoothed and static recipes with u8 weights; then the usual set, which can
+    still pass where a model's activations and weights are small enough not to saturate."""
+    if not cpu.int8_saturates:
+        return SEARCH_RECIPES
+    free = (PER_CHANNEL.saturation_free_twin("int8-7bit"), PER_CHANNEL.saturation_free_twin("uint8"),
+            SMOOTHED.saturation_free_twin("uint8"), STATIC.saturation_free_twin("uint8"))
+    return free + SEARCH_RECIPES
+
+
+def sensitivity_bases(cpu: CpuInfo) -> tuple[Recipe, ...]:
+    """The recipes nodes are kept fp32 from on `cpu`: their u8-weight twins where int8 GEMMs can saturate."""
+    if not cpu.int8_saturates:
+        return SENSITIVITY_BASES
+    return tuple(base.saturation_free_twin("uint8") for base in SENSITIVITY_BASES)
 
 
 def quantize(fused: Path, target: Path, recipe: Recipe, calibration_feeds: Iterable[dict] | None = None) -> None:
@@ -81,11 +119,12 @@ def quantize(fused: Path, target: Path, recipe: Recipe, calibration_feeds: Itera
         options = {"DefaultTensorType": onnx.TensorProto.FLOAT}
         with quiet_root_logger():
             if recipe.mode == "dynamic":
-                from onnxruntime.quantization import QuantType, quantize_dynamic
+                from onnxruntime.quantization import quantize_dynamic
 
                 kwargs = {"op_types_to_quantize": list(recipe.op_types)} if recipe.op_types else {}
-                quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=recipe.per_channel,
-                                 nodes_to_exclude=excluded, extra_options=options, **kwargs)
+                quantize_dynamic(str(source), str(target), weight_type=_weight_type(recipe), per_channel=recipe.per_channel,
+                                 reduce_range=recipe.weights == "int8-7bit", nodes_to_exclude=excluded,
+                                 extra_options=options, **kwargs)
             elif recipe.mode == "static":
                 if calibration_feeds is None:
                     raise ValueError(f"recipe {recipe.name} needs calibration data")
@@ -145,10 +184,10 @@ def node_input_batches(path: Path, feeds: Iterable[dict]) -> Iterator[dict[str, 
         yield batch
 
 
-def local_quantization_error(path: Path, feeds: Iterable[dict]) -> dict[str, float]:
+def local_quantization_error(path: Path, feeds: Iterable[dict], weights: str = "int8") -> dict[str, float]:
     """Per quantizable node: relative squared error of its output when its input is quantized per tensor (uint8,
-    asymmetric, as dynamic int8 does) and its weight per output channel (int8), everything else exact.
-    Cheap (numpy, no re-quantization of the graph): it ranks nodes for `export.int8_search`."""
+    asymmetric, as dynamic int8 does) and its weight per output channel (`weights`: int8, 7-bit or uint8),
+    everything else exact. Cheap (numpy, no re-quantization of the graph): it ranks nodes for `export.int8_search`."""
     import onnx
     from onnx import numpy_helper
 
@@ -167,22 +206,33 @@ def local_quantization_error(path: Path, feeds: Iterable[dict]) -> dict[str, flo
         scale = max(high - low, 1e-12) / 255.0
         zero = np.round(-low / scale)
         x_q = (np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale
-        w_scale = np.maximum(np.abs(w).max(0), 1e-12) / 127.0  # (C_out,)
-        w_q = np.clip(np.round(w / w_scale), -127, 127) * w_scale
+        w_q = _fake_quantize_weight(w, weights)
         exact = x @ w
         errors[node.name] = float(((x_q @ w_q - exact) ** 2).sum() / max(float((exact ** 2).sum()), 1e-30))
     return errors
+
+
+def _fake_quantize_weight(w: np.ndarray, weights: str) -> np.ndarray:
+    """`w` (C_in, C_out) quantized per output channel and back: symmetric int8 or 7-bit, or asymmetric uint8."""
+    if weights == "uint8":
+        low, high = np.minimum(w.min(0), 0.0), np.maximum(w.max(0), 0.0)  # (C_out,)
+        scale = np.maximum(high - low, 1e-12) / 255.0
+        zero = np.round(-low / scale)
+        return (np.clip(np.round(w / scale) + zero, 0, 255) - zero) * scale
+    levels = 63.0 if weights == "int8-7bit" else 127.0
+    scale = np.maximum(np.abs(w).max(0), 1e-12) / levels  # (C_out,)
+    return np.clip(np.round(w / scale), -levels, levels) * scale
 
 
 def local_errors_under(recipe: Recipe, fused: Path, workdir: Path, feeds: list[dict]) -> dict[str, float]:
     """`local_quantization_error` of each node as `recipe` would quantize it: on the smoothed graph for a
     SmoothQuant recipe (smoothing changes which nodes still suffer), else on `fused` itself."""
     if recipe.smooth_alpha is None:
-        return local_quantization_error(fused, feeds)
+        return local_quantization_error(fused, feeds, recipe.weights)
     smoothed = workdir / f"{recipe.name}.ranking.onnx"
     try:
         smooth_activations(fused, smoothed, activation_absmax(fused, feeds), recipe.smooth_alpha)
-        return local_quantization_error(smoothed, feeds)
+        return local_quantization_error(smoothed, feeds, recipe.weights)
     finally:
         smoothed.unlink(missing_ok=True)
 
@@ -265,7 +315,14 @@ def _quantize_static(source: Path, target: Path, calibration_feeds: Iterable[dic
         quantize_static(str(inferred), str(target), Reader(calibration_feeds), quant_format=QuantFormat.QOperator,
                         op_types_to_quantize=list(recipe.op_types or ("MatMul",)), nodes_to_exclude=excluded,
                         per_channel=recipe.per_channel, calibrate_method=CalibrationMethod.MinMax,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        activation_type=QuantType.QUInt8, weight_type=_weight_type(recipe),
+                        reduce_range=recipe.weights == "int8-7bit",
                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     finally:
         inferred.unlink(missing_ok=True)
+
+
+def _weight_type(recipe: Recipe):
+    from onnxruntime.quantization import QuantType
+
+    return QuantType.QUInt8 if recipe.weights == "uint8" else QuantType.QInt8

@@ -67,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: the API on {config.host} is open to the network without a key; pass --api-key or set "
               f"{API_KEY_ENV}", file=sys.stderr, flush=True)
 
+    for warning in int8_warnings(config.repo):
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+
     try:
         triton_args = check_passthrough(args.triton_args)
     except LaunchError as error:
@@ -159,6 +162,25 @@ def _served_repository(config, stack: contextlib.ExitStack) -> Path:
     except ConfigError as error:
         raise UserError(f"serve-time settings do not fit the exported models: {error}") from None
     return copy
+
+
+def int8_warnings(repo: str | Path) -> list[str]:
+    """One line per int8 model whose gate ran under other int8 arithmetic than this CPU's (bertforge/cpu.py)."""
+    from bertforge.cpu import detect_cpu, int8_portability_warning
+    from serve.repository import served_models
+
+    models = [model for model in served_models(repo) if model.is_complete() and model.settings().precision == "int8"]
+    if not models:
+        return []
+    here = detect_cpu()
+    warnings = []
+    for model in models:
+        info = model.info()
+        weights = (info.get("recipe") or {}).get("weights", "int8")  # exports before the field used s8 weights
+        warning = int8_portability_warning(info.get("gate_cpu"), weights, here)
+        if warning:
+            warnings.append(f"{model.name}: {warning}")
+    return warnings
 
 
 def _describe(settings) -> str:

@@ -62,13 +62,18 @@ def test_search_finds_a_recipe_where_per_tensor_int8_fails(outlier_bert_dir, tmp
 
 @pytest.mark.slow
 def test_search_keeps_the_most_sensitive_nodes_fp32_when_no_fixed_recipe_passes(tmp_path, tiny_tokenizer_dir):
+    from bertforge.cpu import CpuInfo, detect_cpu
     from export import export_to_repository
-    from export.quantize import quantizable_nodes
+    from export.quantize import quantizable_nodes, search_recipes
 
     model = _outlier_bert(tmp_path, tiny_tokenizer_dir, initializer_range=0.3)  # stronger outliers' effect
     report = export_to_repository(model, tmp_path / "repo", precision="int8", tasks=("embed",), progress=False)
     variant = report["tasks"]["embed"]["variants"]["int8"]
-    fixed = [c for c in variant["search"]["candidates"][:4]]
+    assert variant["search"]["cpu"] == report["cpu"] == detect_cpu().summary()  # the CPU the gate ran on
+    cpu = CpuInfo.from_summary(variant["search"]["cpu"])
+    assert cpu.int8_kernel in variant["search"]["recipe_set"]  # the report names the kernel and the recipes
+    fixed = variant["search"]["candidates"][:len(search_recipes(cpu))]
+    assert [c["name"] for c in fixed] == [recipe.name for recipe in search_recipes(cpu)]
     assert not any(c["passed"] for c in fixed)
     kept = variant["recipe"]["keep_fp32"]
     base = variant["recipe"]["name"].split("+")[0]  # each base ranks the nodes under its own quantization
