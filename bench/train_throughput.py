@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=240.0, help="wall-clock budget per contender per round")
+    parser.add_argument("--max-steps", type=int, default=0,
+                        help="stop each contender at this many steps (0: the --seconds budget alone ends a run); "
+                             "a step count makes the run's length independent of the machine's speed")
     parser.add_argument("--rounds", type=int, default=1, help="alternating rounds (throughput = median)")
     parser.add_argument("--tokenizer", default="", help="reuse a tokenizer folder (default: train one)")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
@@ -66,9 +69,10 @@ def run_benchmark(args) -> dict:
     from train.prepare import prepare_data, prepare_tokenizer
     from train.runtime import start_runtime
 
-    # One config for both contenders; a long schedule so the budget, not max_steps, ends each run
+    # One config for both contenders; a long schedule so the budget, not max_steps, ends each run (unless
+    # --max-steps asks for a fixed count)
     overrides = [f"model.preset={args.preset}", f"data.seq_len={args.seq_len}", f"train.batch_size={args.batch_size}",
-                 "train.max_steps=100000", "train.max_minutes=0", "log.progress=false", "log.tensorboard=false",
+                 f"train.max_steps={args.max_steps or 100000}", "train.max_minutes=0", "log.progress=false", "log.tensorboard=false",
                  "log.every=5", "checkpoint.every=100000", "model.max_position_embeddings=512",
                  f"train.precision={args.precision}"]
     if args.tokenizer:
