@@ -248,9 +248,12 @@ class TextEncoder:
     def check_token_ids(self, value: object) -> list[int]:
         """`token_ids` as sent (a JSON list, as text in a Triton parameter): ids of the vocabulary, at least one."""
         if isinstance(value, str):
+            if len(value) > 12 * self.settings.max_text_chars:  # checked before parsing: no huge JSON is read
+                raise RequestError(f"token_ids is {len(value)} characters; the limit is "
+                                   f"{12 * self.settings.max_text_chars}")
             try:
                 value = json.loads(value)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # invalid, or nested deeper than Python's parser goes
                 value = None
         if (not isinstance(value, list) or not value
                 or not all(isinstance(item, int) and not isinstance(item, bool) for item in value)):
