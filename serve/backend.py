@@ -109,7 +109,7 @@ class ServedModel:
             # per request: its vector (hidden, or the dimensions it asked for) or why it could not have it
             return [self._error(str(row)) if isinstance(row, RequestError)
                     else Response(output_tensors=[Tensor(contract.EMBEDDING_OUTPUT, row[None, :])])
-                    for row in self.runtime.embed(text_requests)]
+                    for row in self.runtime.finish_embeddings(text_requests, self.runtime.embed(text_requests))]
         answers = []
         for result in self.runtime.fill_mask(text_requests):
             tokens = np.array([[token.encode() for token in row] for row in result.tokens], dtype=np.object_)

@@ -100,6 +100,9 @@ class ModelRuntime:
         return text
 
     def _parse_parameters(self, parameters: dict) -> TextRequest:
+        if not parameters:  # the common request: the model's defaults (checked when the settings loaded)
+            return TextRequest(text="", top_k=self.settings.default_top_k, truncation=self.settings.truncation,
+                               prompt=self.encoder.default_prompt)
         valid = contract.EMBED_PARAMETERS if self.settings.task == "embed" else contract.FILL_MASK_PARAMETERS
         unknown = sorted(key for key in parameters if key not in valid)
         if unknown:
@@ -163,10 +166,14 @@ class ModelRuntime:
             results.append(FillMaskResult(tokens=tokens, token_ids=ids, scores=probs))
         return results
 
-    def embed(self, requests: list[TextRequest]) -> list[np.ndarray | RequestError]:
-        """Per request its sentence embedding (dimensions, normalize applied) or what was wrong (one ONNX run)."""
+    def embed(self, requests: list[TextRequest]) -> np.ndarray:
+        """Sentence embeddings (B, hidden) for already tokenized requests (one ONNX run), as the model computes them."""
         (embeddings,) = self.session.run([contract.ONNX_SENTENCE_EMBEDDING], self._encoder_feeds(requests))
-        return [self._finish(request, row) for request, row in zip(requests, embeddings.astype(np.float32))]
+        return embeddings.astype(np.float32)
+
+    def finish_embeddings(self, requests: list[TextRequest], embeddings: np.ndarray) -> list[np.ndarray | RequestError]:
+        """Per request what it asked for (dimensions, normalize applied) or why it cannot have it."""
+        return [self._finish(request, row) for request, row in zip(requests, embeddings)]
 
     def _finish(self, request: TextRequest, vector: np.ndarray) -> np.ndarray | RequestError:
         """Matryoshka: the first `dimensions` values, L2-normalised again when the model normalises (or the
@@ -178,8 +185,8 @@ class ModelRuntime:
             vector = vector[: request.dimensions]
         normalize = self.settings.normalize if request.normalize is None else request.normalize
         if normalize and (request.dimensions is not None or not self.settings.normalize):
-            vector = vector / max(float(np.linalg.norm(vector)), 1e-12)  # as torch.nn.functional.normalize
-        return vector.astype(np.float32)
+            vector = (vector / max(float(np.linalg.norm(vector)), 1e-12)).astype(np.float32)  # as F.normalize
+        return vector
 
     def decode(self, token_id: int) -> str:
         if token_id not in self._decoded:
@@ -222,6 +229,7 @@ class TextEncoder:
         full = tokenizer.encode("a").ids
         start = next((index for index in range(len(full)) if full[index:index + len(probe)] == probe), len(full))
         self.prefix, self.suffix = full[:start], full[start + len(probe):]
+        self.default_prompt = self.prompt(None)
 
     def prompt(self, name: object) -> str:
         """The prompt text for a request's `prompt_name`: None = the model's default, "" = no prompt."""

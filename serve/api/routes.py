@@ -129,7 +129,7 @@ async def tei_info(request: Request) -> Response:
         "model_id": model.source, "model_sha": None, "model_dtype": PRECISION_DTYPES.get(settings.precision,
                                                                                          settings.precision),
         "model_type": {"embedding": {"pooling": settings.pooling}}, "family": settings.family,
-        "normalize": settings.normalize, "embedding_dim": settings.embedding_dim or await forwarder.embedding_dimension(),
+        "normalize": settings.normalize, "embedding_dim": settings.embedding_dim or await _probed_width(forwarder),
         "prompts": settings.prompts, "default_prompt_name": settings.default_prompt_name,
         "max_concurrent_requests": config.max_in_flight, "max_input_length": settings.max_length,
         "max_batch_tokens": settings.max_batch_tokens, "max_batch_requests": settings.max_batch_size,
@@ -138,6 +138,14 @@ async def tei_info(request: Request) -> Response:
 
 
 PRECISION_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+async def _probed_width(forwarder: TritonForwarder) -> int | None:
+    """An export that did not record embedding_dim: the width of a real answer (None while Triton is down)."""
+    try:
+        return await forwarder.embedding_dimension()
+    except APIError:
+        return None
 
 
 @router.post("/fill-mask", tags=["huggingface"], summary="Hugging Face fill-mask: score, token, token_str, sequence")

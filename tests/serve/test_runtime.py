@@ -169,7 +169,7 @@ def embed(runtime, texts, **parameters) -> np.ndarray:
     errors = [error for error in runtime.tokenize(requests) if error is not None]
     if errors:
         raise errors[0]
-    vectors = runtime.embed(requests)
+    vectors = runtime.finish_embeddings(requests, runtime.embed(requests))
     for vector in vectors:
         if isinstance(vector, RequestError):
             raise vector
@@ -224,7 +224,7 @@ def test_token_ids_are_the_texts_tokens_with_special_tokens_added(embed_runtime)
     requests = [embed_runtime.parse(b"", {"token_ids": json.dumps(item)}) for item in ids]
     embed_runtime.tokenize(requests)
     assert [request.ids for request in requests] == [tokenizer.encode(text).ids for text in ST_TEXTS]
-    from_ids = np.stack(embed_runtime.embed(requests))
+    from_ids = embed_runtime.embed(requests)
     np.testing.assert_allclose(from_ids, embed(embed_runtime, ST_TEXTS), atol=1e-5)
     prompted = embed_runtime.parse(b"", {"token_ids": json.dumps(ids[0]), "prompt_name": "query"})
     embed_runtime.tokenize([prompted])
