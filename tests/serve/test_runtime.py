@@ -232,13 +232,20 @@ def test_token_ids_are_the_texts_tokens_with_special_tokens_added(embed_runtime)
 
 
 def test_truncation_direction_keeps_the_chosen_end(embed_runtime):
+    from tokenizers import Tokenizer
+
+    from tests.conftest import make_sentences
+
     max_length = embed_runtime.settings.max_length
-    text = " ".join(f"word{index}" for index in range(200))
+    text = " ".join(make_sentences(20, seed=5))  # words of the vocabulary: distinct tokens, not [UNK]s
     right, left = (embed_runtime.parse(text.encode(), {"truncation_direction": direction})
                    for direction in ("right", "Left"))
     assert embed_runtime.tokenize([right, left]) == [None, None]
-    full = embed_runtime.tokenizer.encode(text, add_special_tokens=False).ids
-    assert len(right.ids) == len(left.ids) == max_length
+    untruncated = Tokenizer.from_str(embed_runtime.tokenizer.to_str())
+    untruncated.no_truncation()
+    full = untruncated.encode(text, add_special_tokens=False).ids
+    assert len(full) > 2 * max_length and len(set(full)) > 20
+    assert len(right.ids) == len(left.ids) == max_length and right.ids != left.ids
     assert right.ids[1:-1] == full[: max_length - 2] and left.ids[1:-1] == full[-(max_length - 2):]
     assert left.ids[0] == right.ids[0] and left.ids[-1] == right.ids[-1]  # [CLS] ... [SEP] either way
     ids = embed_runtime.parse(b"", {"token_ids": json.dumps(full), "truncation_direction": "left"})
@@ -269,3 +276,31 @@ def test_bad_embed_parameters_are_refused_with_what_to_send(embed_runtime, param
     assert message in str(raised.value)
     with pytest.raises(RequestError, match="either a text or token_ids"):
         embed_runtime.parse(b"hello", {"token_ids": "[5]"})
+
+
+def test_token_ids_get_the_special_tokens_of_a_roberta_style_tokenizer():
+    """Byte-level BPE with <s> ... </s> (RoBERTa, XLM-R, ModernBERT style): the special tokens are read off the
+    tokenizer, not assumed to be BERT's [CLS] ... [SEP]."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+
+    from serve.repository import ServingSettings
+    from serve.runtime import TextEncoder, TextRequest
+    from tests.conftest import make_sentences
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    tokenizer.train_from_iterator(make_sentences(200, seed=4), trainer)
+    tokenizer.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    text = "The minister approved the report on monday after a long debate. " * 3
+    token_ids = tokenizer.encode(text, add_special_tokens=False).ids  # before truncation is enabled: all of them
+    assert len(token_ids) > 16
+    tokenizer.enable_truncation(max_length=16)
+    encoder = TextEncoder(tokenizer, ServingSettings(task="embed", max_length=16))
+    assert (encoder.prefix, encoder.suffix) == ([0], [2])
+    requests = [TextRequest(text=text, top_k=1, truncation="truncate", truncation_direction=direction,
+                            token_ids=None if kind == "text" else token_ids)
+                for kind in ("text", "ids") for direction in ("right", "left")]
+    assert encoder.encode_requests(requests) == [True] * 4
+    assert requests[0].ids == requests[2].ids and requests[1].ids == requests[3].ids != requests[0].ids
+    assert [len(request.ids) for request in requests] == [16] * 4 and requests[1].ids[0] == 0
