@@ -41,4 +41,8 @@ DEFAULT_METRICS_PORT = 8002
 DEFAULT_HOST = "127.0.0.1"
 READY_TIMEOUT_S = 120.0  # how long `bertforge serve`, tests and bench wait for tritonserver to become ready
 TRUNCATION_POLICIES = ("truncate", "error")  # what a served model does with a text longer than max_length
+TRUNCATION_DIRECTIONS = ("right", "left")  # which end of a too long text is cut (TEI's truncation_direction)
+# Triton request parameters a served model accepts (docs/serve.md "Request parameters"); the rest are refused
+FILL_MASK_PARAMETERS = ("top_k", "truncation", "truncation_direction")
+EMBED_PARAMETERS = ("truncation", "truncation_direction", "prompt_name", "dimensions", "normalize", "token_ids")
 DEMO_CORPUS_FOLDER = "demo_corpus"  # under the cache folder: train.jsonl, eval.jsonl (`bertforge data demo`)

@@ -106,8 +106,10 @@ class ServedModel:
     def _run(self, text_requests: list[TextRequest]) -> list:
         Tensor, Response = self.pb_utils.Tensor, self.pb_utils.InferenceResponse
         if self.runtime.settings.task == "embed":
-            embeddings = self.runtime.embed(text_requests)  # (B, hidden)
-            return [Response(output_tensors=[Tensor(contract.EMBEDDING_OUTPUT, row[None, :])]) for row in embeddings]
+            # per request: its vector (hidden, or the dimensions it asked for) or why it could not have it
+            return [self._error(str(row)) if isinstance(row, RequestError)
+                    else Response(output_tensors=[Tensor(contract.EMBEDDING_OUTPUT, row[None, :])])
+                    for row in self.runtime.finish_embeddings(text_requests, self.runtime.embed(text_requests))]
         answers = []
         for result in self.runtime.fill_mask(text_requests):
             tokens = np.array([[token.encode() for token in row] for row in result.tokens], dtype=np.object_)

@@ -18,6 +18,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-k", type=int, default=None, help="predictions per [MASK] (default 5)")
     parser.add_argument("--truncation", choices=contract.TRUNCATION_POLICIES, default=None,
                         help="texts longer than the model's maximum: cut them or fail (default: the model's setting)")
+    parser.add_argument("--truncation-direction", choices=contract.TRUNCATION_DIRECTIONS, default=None,
+                        help="which end of a too long text is cut (default right)")
+    parser.add_argument("--prompt-name", default=None, metavar="NAME",
+                        help="embed: one of the model's prompts put before each text (default: the model's default "
+                             "prompt; '' = none)")
+    parser.add_argument("--dimensions", type=int, default=None, metavar="N",
+                        help="embed: keep the first N values (Matryoshka; re-normalised when the model normalises)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
     parser.add_argument("--retries", type=int, default=3, help="retries when the server is UNAVAILABLE (default 3)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -39,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
                 top_k = args.top_k if args.top_k is not None else contract.DEFAULT_TOP_K
                 _print_fill_mask(args.texts, client.fill_mask(args.texts, top_k, args.truncation), args.json)
             else:
-                _print_embed(args.texts, client.embed(args.texts, args.truncation), args.json)
+                vectors = client.embed(args.texts, args.truncation, prompt_name=args.prompt_name,
+                                       dimensions=args.dimensions, truncation_direction=args.truncation_direction)
+                _print_embed(args.texts, vectors, args.json)
         except ServingError as error:
             raise UserError(f"{error} (is `bertforge serve` running at {client.url}?)"
                             if error.status and "UNAVAILABLE" in str(error.status) else str(error)) from None

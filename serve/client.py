@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -52,11 +53,11 @@ class MaskPrediction:
 
 @dataclass(frozen=True)
 class _Call:
-    """What one fill_mask/embed call sends (one request per text, the same parameters) and how it reads the answers."""
+    """What one fill_mask/embed call sends (one request per text, with its parameters) and how it reads the answers."""
 
     model: str
     texts: list[str]
-    parameters: dict[str, Any]
+    parameters: list[dict[str, Any]]  # one per text (token-id input differs per text; options are shared)
     parse: Callable[[list[Any]], Any]
 
 
@@ -101,9 +102,17 @@ class BertforgeClient(_ClientBase):
         """Per text, per [MASK]: the top_k predictions, most likely first."""
         return self._run(_fill_mask_call(texts, top_k, truncation))
 
-    def embed(self, texts: str | list[str], truncation: str | None = None) -> np.ndarray:
-        """Sentence embeddings, float32 (num_texts, hidden)."""
-        return self._run(_embed_call(texts, truncation))
+    def embed(self, texts: str | list[str] | list[list[int]], truncation: str | None = None, *,
+              prompt_name: str | None = None, dimensions: int | None = None, normalize: bool | None = None,
+              truncation_direction: str | None = None) -> np.ndarray:
+        """Sentence embeddings, float32 (num_texts, hidden or `dimensions`).
+
+        texts: strings, or lists of token ids (the text's tokens without special tokens; the server adds them).
+        prompt_name: one of the model's prompts put before each text (default: the model's default prompt;
+        "" = none). dimensions: keep the first N values (re-normalised when the model normalises).
+        normalize: L2-normalise (default: as the model defines). truncation_direction: "right" or "left"."""
+        return self._run(_embed_call(texts, truncation, prompt_name=prompt_name, dimensions=dimensions,
+                                     normalize=normalize, truncation_direction=truncation_direction))
 
     def health(self) -> dict[str, Any]:
         """{'live', 'ready', 'models': {name: ready}}; never raises for an unreachable server."""
@@ -127,7 +136,7 @@ class BertforgeClient(_ClientBase):
     def _run(self, call: _Call) -> Any:
         return call.parse(self._infer_all(call.model, call.texts, call.parameters))
 
-    def _infer_all(self, model: str, texts: list[str], parameters: dict[str, Any]) -> list[Any]:
+    def _infer_all(self, model: str, texts: list[str], parameters: list[dict[str, Any]]) -> list[Any]:
         """Send every text at once (async_infer), retry the UNAVAILABLE ones, raise the first other error."""
         results: list[Any] = [None] * len(texts)
         pending = list(range(len(texts)))
@@ -142,7 +151,7 @@ class BertforgeClient(_ClientBase):
         index = pending[0]
         raise self._unavailable_error(str(errors[index]), index)
 
-    def _send_round(self, model: str, texts: list[str], pending: list[int], parameters: dict[str, Any],
+    def _send_round(self, model: str, texts: list[str], pending: list[int], parameters: list[dict[str, Any]],
                     results: list[Any]) -> dict[int, Any]:
         """One concurrent round over `pending` (at most max_in_flight at a time); fills `results`, returns
         {index: error}."""
@@ -162,7 +171,7 @@ class BertforgeClient(_ClientBase):
             slots.acquire()  # a sliding window: the next text goes out as soon as one answer is back
             self._client.async_infer(model, [_text_input(self._grpc, texts[index])],
                                      callback=functools.partial(callback, index),
-                                     parameters=parameters, client_timeout=self.timeout_s)
+                                     parameters=parameters[index], client_timeout=self.timeout_s)
         for _ in pending:
             finished.acquire()
         return errors
@@ -175,8 +184,11 @@ class AsyncBertforgeClient(_ClientBase):
                         truncation: str | None = None) -> list[list[list[MaskPrediction]]]:
         return await self._run(_fill_mask_call(texts, top_k, truncation))
 
-    async def embed(self, texts: str | list[str], truncation: str | None = None) -> np.ndarray:
-        return await self._run(_embed_call(texts, truncation))
+    async def embed(self, texts: str | list[str] | list[list[int]], truncation: str | None = None, *,
+                    prompt_name: str | None = None, dimensions: int | None = None, normalize: bool | None = None,
+                    truncation_direction: str | None = None) -> np.ndarray:
+        return await self._run(_embed_call(texts, truncation, prompt_name=prompt_name, dimensions=dimensions,
+                                           normalize=normalize, truncation_direction=truncation_direction))
 
     async def health(self) -> dict[str, Any]:
         try:
@@ -202,8 +214,9 @@ class AsyncBertforgeClient(_ClientBase):
     async def _run(self, call: _Call) -> Any:
         return call.parse(await self._infer_all(call.model, call.texts, call.parameters))
 
-    async def _infer_all(self, model: str, texts: list[str], parameters: dict[str, Any]) -> list[Any]:
-        return await asyncio.gather(*(self._infer_one(model, text, index, parameters) for index, text in enumerate(texts)))
+    async def _infer_all(self, model: str, texts: list[str], parameters: list[dict[str, Any]]) -> list[Any]:
+        return await asyncio.gather(*(self._infer_one(model, text, index, parameters[index])
+                                      for index, text in enumerate(texts)))
 
     async def _infer_one(self, model: str, text: str, index: int, parameters: dict[str, Any]) -> Any:
         async with self._slots:
@@ -252,12 +265,19 @@ def channel_args() -> list[tuple[str, int]]:
 
 
 def _fill_mask_call(texts: str | list[str], top_k: int, truncation: str | None) -> _Call:
-    return _Call(contract.FILL_MASK_MODEL, _as_list(texts), _parameters(top_k, truncation),
+    texts = _as_list(texts)
+    return _Call(contract.FILL_MASK_MODEL, texts, [_parameters(top_k=top_k, truncation=truncation)] * len(texts),
                  lambda results: [parse_fill_mask(result) for result in results])
 
 
-def _embed_call(texts: str | list[str], truncation: str | None) -> _Call:
-    return _Call(contract.EMBED_MODEL, _as_list(texts), _parameters(None, truncation), _parse_embeddings)
+def _embed_call(inputs: str | list[str] | list[list[int]], truncation: str | None, **options: Any) -> _Call:
+    """A text goes as TEXT; a token-id list as an empty TEXT and its ids in the `token_ids` parameter."""
+    inputs = _as_list(inputs)
+    shared = _parameters(truncation=truncation, **options)
+    texts = [item if isinstance(item, str) else "" for item in inputs]
+    parameters = [shared if isinstance(item, str) else {**shared, "token_ids": json.dumps([int(i) for i in item])}
+                  for item in inputs]
+    return _Call(contract.EMBED_MODEL, texts, parameters, _parse_embeddings)
 
 
 def _parse_embeddings(results: list[Any]) -> np.ndarray:
@@ -281,16 +301,12 @@ def _text_input(grpcclient: Any, text: str) -> Any:
     return tensor
 
 
-def _parameters(top_k: int | None, truncation: str | None) -> dict[str, Any]:
-    parameters: dict[str, Any] = {}
-    if top_k is not None:
-        parameters["top_k"] = int(top_k)
-    if truncation is not None:
-        parameters["truncation"] = truncation
-    return parameters
+def _parameters(**values: Any) -> dict[str, Any]:
+    """Triton request parameters (str, int, bool): the given ones, None left out (the model's default)."""
+    return {name: value for name, value in values.items() if value is not None}
 
 
-def _as_list(texts: str | list[str]) -> list[str]:
+def _as_list(texts: str | list[str] | list[list[int]]) -> list:
     texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts:
         raise ValueError("no texts given")

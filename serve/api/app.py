@@ -23,9 +23,9 @@ from serve.api.metrics import ApiMetrics
 from serve.config import ApiConfig
 
 OPEN_PATHS = ("/health", "/ready")  # probes work without the key (they reveal nothing but up/down)
-KNOWN_ROUTES = ("/v1/embeddings", "/v1/models", "/embed", "/fill-mask", "/models/fill_mask", "/models/embed",
-                "/models/embed/pipeline/feature-extraction", "/health", "/ready", "/metrics", "/docs",
-                "/openapi.json")
+KNOWN_ROUTES = ("/v1/embeddings", "/v1/models", "/embed", "/tokenize", "/decode", "/info", "/fill-mask",
+                "/models/fill_mask", "/models/embed", "/models/embed/pipeline/feature-extraction", "/health", "/ready",
+                "/metrics", "/docs", "/openapi.json")
 
 
 def create_app(forwarder: TritonForwarder, config: ApiConfig, api_key: str | None = None) -> FastAPI:
@@ -38,8 +38,9 @@ def create_app(forwarder: TritonForwarder, config: ApiConfig, api_key: str | Non
         await forwarder.close()
 
     app = FastAPI(title="bertforge API", version="1", lifespan=lifespan,
-                  description="OpenAI embeddings, text-embeddings-inference /embed and Hugging Face fill-mask, "
-                              "answered by the models in tritonserver (gRPC, dynamically batched).")
+                  description="OpenAI embeddings, text-embeddings-inference /embed, /tokenize, /decode, /info and "
+                              "Hugging Face fill-mask, answered by the models in tritonserver (gRPC, dynamically "
+                              "batched).")
     app.state.forwarder, app.state.config, app.state.metrics = forwarder, config, metrics
     app.state.limiter = routes.InFlightLimiter(config.max_in_flight, metrics)
     app.include_router(routes.router)
@@ -81,26 +82,28 @@ def _add_probes(app: FastAPI, forwarder: TritonForwarder, metrics: ApiMetrics) -
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def api_error(request: Request, error: APIError) -> Response:
-        return error_response(error.status, error.message, error.code, error.headers)
+        return error_response(error.status, error.message, error.code, error.headers, request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> Response:
         problems = error.errors()
         if any(problem.get("type") == "json_invalid" for problem in problems):
-            return error_response(400, "the request body is not valid JSON", "invalid_json")
+            return error_response(400, "the request body is not valid JSON", "invalid_json", path=request.url.path)
         described = "; ".join(f"{'.'.join(str(part) for part in problem.get('loc', ()) if part != 'body') or 'body'}: "
                               f"{problem.get('msg')}" for problem in problems[:5])
-        return error_response(422, f"invalid request: {described} (see /docs for the schema)", "invalid_request")
+        return error_response(422, f"invalid request: {described} (see /docs for the schema)", "invalid_request",
+                              path=request.url.path)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> Response:
         if error.status_code == 404:
             message = (f"no route {request.method} {request.url.path}; routes: POST /v1/embeddings, /embed, "
-                       "/fill-mask; GET /v1/models, /health, /ready, /metrics, /docs")
+                       "/tokenize, /decode, /fill-mask; GET /v1/models, /info, /health, /ready, /metrics, /docs")
             return error_response(404, message, "unknown_route")
         if error.status_code == 405:
-            return error_response(405, f"{request.method} is not allowed on {request.url.path}", "method_not_allowed")
-        return error_response(error.status_code, str(error.detail), "http_error")
+            return error_response(405, f"{request.method} is not allowed on {request.url.path}", "method_not_allowed",
+                                  path=request.url.path)
+        return error_response(error.status_code, str(error.detail), "http_error", path=request.url.path)
 
 
 class BodySizeLimit:
@@ -132,7 +135,7 @@ class BodySizeLimit:
 
     async def _refuse(self, scope, receive, send):
         response = error_response(413, f"request body over {self.max_bytes} bytes; send fewer or shorter texts "
-                                       "(serve.api.max_body_bytes)", "body_too_large")
+                                       "(serve.api.max_body_bytes)", "body_too_large", path=scope["path"])
         await response(scope, receive, send)
 
 
@@ -153,7 +156,7 @@ class BearerKey:
         if not hmac.compare_digest(given, self.expected):
             response = error_response(401, "missing or wrong API key: send `Authorization: Bearer <key>` "
                                            "(the key given to bertforge serve)", "invalid_api_key",
-                                      {"WWW-Authenticate": "Bearer"})
+                                      {"WWW-Authenticate": "Bearer"}, scope["path"])
             return await response(scope, receive, send)
         return await self.app(scope, receive, send)
 

@@ -1,4 +1,5 @@
-"""Errors of the HTTP API: one JSON shape for all of them, OpenAI's `{"error": {"message", "type", "code"}}`."""
+"""Errors of the HTTP API: OpenAI's `{"error": {"message", "type", "code"}}`, and on text-embeddings-inference's
+routes TEI's own `{"error": message, "error_type": type}` (what TEI clients read)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "
                405: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error",
                429: "rate_limit_error", 503: "service_unavailable", 504: "timeout"}
 
+# routes that answer errors in TEI's shape; HTTP status -> TEI's error_type
+TEI_ROUTES = ("/embed", "/tokenize", "/decode", "/info", "/models/embed", "/models/embed/pipeline/feature-extraction")
+TEI_ERROR_TYPES = {401: "Unauthorized", 429: "Overloaded", 503: "Unhealthy"}  # any other 4xx: Validation
+
 
 class APIError(Exception):
     """A request the API answers with `status` and a message that says what to do."""
@@ -20,8 +25,13 @@ class APIError(Exception):
         self.status, self.message, self.code, self.headers = status, message, code, headers or {}
 
 
-def error_response(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> Response:
-    body = {"error": {"message": message, "type": ERROR_TYPES.get(status, "server_error"), "code": code}}
+def error_response(status: int, message: str, code: str, headers: dict[str, str] | None = None,
+                   path: str = "") -> Response:
+    """The error body for a request to `path`: TEI's shape on TEI's routes, OpenAI's elsewhere."""
+    if path in TEI_ROUTES:
+        body: dict = {"error": message, "error_type": TEI_ERROR_TYPES.get(status, "Validation")}
+    else:
+        body = {"error": {"message": message, "type": ERROR_TYPES.get(status, "server_error"), "code": code}}
     return Response(json.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 

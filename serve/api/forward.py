@@ -1,7 +1,8 @@
 """What the API knows about the served models and how it asks Triton: tokenizers, size checks, gRPC aio, health.
 
-The API tokenizes each text with the model's own tokenizer (from the repository) only to count tokens
-(OpenAI's `usage`), to see truncation and to rebuild fill-mask's `sequence`; the model runs in Triton.
+The API tokenizes each text with the model's own tokenizer (from the repository) and the backend's own
+`TextEncoder` (prompts, truncation, special tokens around token ids) only to count tokens (OpenAI's `usage`),
+to see truncation, to answer /tokenize and /decode and to rebuild fill-mask's `sequence`; the model runs in Triton.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from bertforge import contract
 from serve.api.errors import APIError, from_serving_error
 from serve.client import AsyncBertforgeClient, ServingError
 from serve.config import ApiConfig
-from serve.repository import ServingSettings, load_serving_settings
+from serve.repository import ServedModelDir, ServingSettings
+from serve.runtime import RequestError, TextEncoder, TextRequest
 
 HEALTH_TEXTS = {contract.FILL_MASK_MODEL: f"health {contract.MASK_TOKEN} check", contract.EMBED_MODEL: "health check"}
 
@@ -36,15 +38,27 @@ class ServedModel:
         from tokenizers import Tokenizer
 
         self.name = name
-        self.settings: ServingSettings = load_serving_settings(version_dir)
+        folder = ServedModelDir(Path(version_dir).parent)
+        self.settings: ServingSettings = folder.settings()
+        self.source = str(folder.info().get("source", name))  # what was exported (a hub id or a folder)
         self.tokenizer = Tokenizer.from_file(str(version_dir / "tokenizer" / "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=self.settings.max_length)
         self.mask_id = self.tokenizer.token_to_id(contract.MASK_TOKEN)
+        self.encoder = TextEncoder(self.tokenizer, self.settings)
 
-    def check_sizes(self, texts: list[str]) -> None:
+    def prompt(self, name: str | None) -> str:
+        """The request's prompt as the backend will apply it; 400 naming the model's prompts if unknown."""
+        try:
+            return self.encoder.prompt(name)
+        except RequestError as error:
+            raise APIError(400, str(error), "invalid_prompt_name") from None
+
+    def check_sizes(self, texts: list[str] | list[list[int]]) -> None:
         """413 for a text over the model's byte or character limit (the same limits Triton's backend applies)."""
         for index, text in enumerate(texts):
+            if not isinstance(text, str):  # token ids: the backend checks them
+                continue
             try:
                 size = len(text.encode("utf-8"))
             except UnicodeEncodeError as error:  # a lone surrogate ("\ud800") is valid JSON but no UTF-8
@@ -57,10 +71,14 @@ class ServedModel:
                 raise APIError(413, f"input {index} is {len(text)} characters; the limit is "
                                     f"{self.settings.max_text_chars} (split it)", "input_too_large")
 
-    def encode(self, texts: list[str]) -> list[Encoded]:
-        # one text: encode, not encode_batch (that one starts the Rust thread pool: more CPU for nothing)
-        encodings = [self.tokenizer.encode(texts[0])] if len(texts) == 1 else self.tokenizer.encode_batch(texts)
-        return [Encoded(encoding.ids, bool(encoding.overflowing)) for encoding in encodings]
+    def encode(self, inputs: list[str] | list[list[int]], prompt: str = "", direction: str = "right") -> list[Encoded]:
+        """The ids the model runs on for each text or token-id list (as the backend builds them)."""
+        requests = [TextRequest(text=item, top_k=1, truncation="truncate", truncation_direction=direction,
+                                prompt=prompt) if isinstance(item, str) else
+                    TextRequest(text="", top_k=1, truncation="truncate", truncation_direction=direction,
+                                prompt=prompt, token_ids=list(item)) for item in inputs]
+        truncated = self.encoder.encode_requests(requests)
+        return [Encoded(request.ids, flag) for request, flag in zip(requests, truncated)]
 
 
 class TritonForwarder:
@@ -95,12 +113,14 @@ class TritonForwarder:
                            "model_not_found")
         return self.models[name]
 
-    async def embed(self, texts: list[str], truncation: str | None) -> np.ndarray:
+    async def embed(self, inputs: list[str] | list[list[int]], truncation: str | None = None, **options: Any) -> np.ndarray:
+        """Embeddings from Triton; `options` are AsyncBertforgeClient.embed's (prompt_name, dimensions, ...)."""
         try:
-            vectors = await self.client.embed(texts, truncation=truncation)
+            vectors = await self.client.embed(inputs, truncation=truncation, **options)
         except ServingError as error:
             raise from_serving_error(error) from None
-        self.dimension = int(vectors.shape[1])
+        if options.get("dimensions") is None:
+            self.dimension = int(vectors.shape[1])
         return vectors
 
     async def fill_mask(self, texts: list[str], top_k: int, truncation: str | None) -> list[Any]:

@@ -1,4 +1,4 @@
-"""The inference routes: OpenAI embeddings and models, TEI embed, Hugging Face fill-mask."""
+"""The inference routes: OpenAI embeddings and models, TEI embed/tokenize/decode/info, Hugging Face fill-mask."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from bertforge import contract
+from bertforge import __version__, contract
 from serve.api.errors import APIError
 from serve.api.forward import ServedModel, TritonForwarder
 from serve.api.metrics import ApiMetrics
-from serve.api.schemas import EmbeddingsRequest, EmbedRequest, FillMaskRequest
+from serve.api.schemas import DecodeRequest, EmbeddingsRequest, EmbedRequest, FillMaskRequest, TokenizeRequest
 
 router = APIRouter()
 STARTED = int(time.time())
@@ -41,21 +41,10 @@ class InFlightLimiter:
         self.metrics.in_flight.set(self.active)
 
 
-@router.post("/v1/embeddings", tags=["openai"], summary="OpenAI embeddings (float or base64)")
+@router.post("/v1/embeddings", tags=["openai"], summary="OpenAI embeddings (float or base64; text or token ids)")
 async def openai_embeddings(body: EmbeddingsRequest, request: Request) -> Response:
-    forwarder, model = _forwarder(request), _forwarder(request).model(contract.EMBED_MODEL)
-    texts = _texts(body.input, request, "/v1/embeddings")
-    if body.dimensions is not None:
-        dimension = await forwarder.embedding_dimension()
-        if body.dimensions != dimension:
-            raise APIError(400, f"dimensions={body.dimensions} is not supported: this model's embeddings have "
-                                f"{dimension} dimensions (omit dimensions or send {dimension})", "invalid_dimensions")
-    with request.app.state.limiter:
-        model.check_sizes(texts)
-        # send first, count tokens while Triton works: the API's tokenizing adds no latency
-        answer = asyncio.ensure_future(forwarder.embed(texts, None))
-        encoded = _count_tokens(model, texts, request)
-        vectors = await answer
+    inputs = _texts(body.input, request, "/v1/embeddings")
+    vectors, encoded = await _embed(request, inputs, {"dimensions": body.dimensions})
     if body.encoding_format == "base64":
         embeddings: list[Any] = [base64.b64encode(vector.astype("<f4").tobytes()).decode() for vector in vectors]
     else:
@@ -65,6 +54,18 @@ async def openai_embeddings(body: EmbeddingsRequest, request: Request) -> Respon
                   "data": [{"object": "embedding", "index": index, "embedding": embedding}
                            for index, embedding in enumerate(embeddings)],
                   "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+
+async def _embed(request: Request, inputs: list[str] | list[list[int]], options: dict[str, Any]) -> tuple[Any, list]:
+    """Embed through Triton (options: AsyncBertforgeClient.embed's) and count the tokens the model ran on."""
+    forwarder, model = _forwarder(request), _forwarder(request).model(contract.EMBED_MODEL)
+    prompt = model.prompt(options.get("prompt_name"))  # an unknown name is 400 here, before anything is sent
+    with request.app.state.limiter:
+        model.check_sizes(inputs)
+        # send first, count tokens while Triton works: the API's tokenizing adds no latency
+        answer = asyncio.ensure_future(forwarder.embed(inputs, **options))
+        encoded = _count_tokens(model, inputs, request, prompt, options.get("truncation_direction") or "right")
+        return await answer, encoded
 
 
 @router.get("/v1/models", tags=["openai"], summary="the served models, OpenAI's list shape")
@@ -77,17 +78,74 @@ async def openai_models(request: Request) -> Response:
 @router.post("/models/embed", include_in_schema=False)
 @router.post("/models/embed/pipeline/feature-extraction", include_in_schema=False)
 async def tei_embed(body: EmbedRequest, request: Request) -> Response:
-    forwarder, model = _forwarder(request), _forwarder(request).model(contract.EMBED_MODEL)
-    texts = _texts(body.inputs, request, "/embed")
+    inputs = _texts(body.inputs, request, "/embed")
     truncation = {None: None, True: "truncate", False: "error"}[body.truncate]  # "error": Triton refuses, 413
-    with request.app.state.limiter:
-        model.check_sizes(texts)
-        answer = asyncio.ensure_future(forwarder.embed(texts, truncation))
-        _count_tokens(model, texts, request)
-        vectors = await answer
-    if body.normalize:
-        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    direction = body.truncation_direction.lower() if body.truncation_direction else None
+    vectors, _ = await _embed(request, inputs, {"truncation": truncation, "truncation_direction": direction,
+                                                "prompt_name": body.prompt_name, "dimensions": body.dimensions,
+                                                "normalize": body.normalize})
     return _json(vectors.astype(np.float32))
+
+
+@router.post("/tokenize", tags=["tei"], summary="text-embeddings-inference /tokenize: the tokens the model runs on")
+async def tei_tokenize(body: TokenizeRequest, request: Request) -> Response:
+    model = _forwarder(request).model(contract.EMBED_MODEL)
+    texts = _texts(body.inputs, request, "/tokenize")
+    model.check_sizes(texts)
+    prompted = [model.prompt(body.prompt_name) + text for text in texts]
+    encodings = model.encoder.encode(prompted, add_special_tokens=body.add_special_tokens)
+    return _json([[_token(text, token_id, token, special, offsets) for token_id, token, special, offsets
+                   in zip(encoding.ids, encoding.tokens, encoding.special_tokens_mask, encoding.offsets)]
+                  for text, encoding in zip(prompted, encodings)])
+
+
+def _token(text: str, token_id: int, token: str, special: int, offsets: tuple[int, int]) -> dict[str, Any]:
+    """TEI's token: a special token has no offsets; the others carry their span of the (prompted) text."""
+    if special:
+        return {"id": token_id, "text": token, "special": True, "start": None, "stop": None}
+    start, stop = offsets
+    return {"id": token_id, "text": text[start:stop], "special": False, "start": start, "stop": stop}
+
+
+@router.post("/decode", tags=["tei"], summary="text-embeddings-inference /decode: token ids back to text")
+async def tei_decode(body: DecodeRequest, request: Request) -> Response:
+    model = _forwarder(request).model(contract.EMBED_MODEL)
+    batch = [body.ids] if not body.ids or isinstance(body.ids[0], int) else body.ids
+    vocabulary = model.encoder.vocab_size
+    for ids in batch:
+        bad = [token_id for token_id in ids if not 0 <= token_id < vocabulary]
+        if bad:
+            raise APIError(400, f"token id {bad[0]} is outside this model's vocabulary (0..{vocabulary - 1})",
+                           "invalid_token_id")
+    return _json(model.tokenizer.decode_batch(batch, skip_special_tokens=body.skip_special_tokens))
+
+
+@router.get("/info", tags=["tei"], summary="text-embeddings-inference /info: the served embedding model")
+async def tei_info(request: Request) -> Response:
+    forwarder = _forwarder(request)
+    model, config = forwarder.model(contract.EMBED_MODEL), request.app.state.config
+    settings = model.settings
+    return _json({
+        "model_id": model.source, "model_sha": None, "model_dtype": PRECISION_DTYPES.get(settings.precision,
+                                                                                         settings.precision),
+        "model_type": {"embedding": {"pooling": settings.pooling}}, "family": settings.family,
+        "normalize": settings.normalize, "embedding_dim": settings.embedding_dim or await _probed_width(forwarder),
+        "prompts": settings.prompts, "default_prompt_name": settings.default_prompt_name,
+        "max_concurrent_requests": config.max_in_flight, "max_input_length": settings.max_length,
+        "max_batch_tokens": settings.max_batch_tokens, "max_batch_requests": settings.max_batch_size,
+        "max_client_batch_size": config.max_inputs, "auto_truncate": settings.truncation == "truncate",
+        "version": __version__, "sha": None, "docker_label": None})
+
+
+PRECISION_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+async def _probed_width(forwarder: TritonForwarder) -> int | None:
+    """An export that did not record embedding_dim: the width of a real answer (None while Triton is down)."""
+    try:
+        return await forwarder.embedding_dimension()
+    except APIError:
+        return None
 
 
 @router.post("/fill-mask", tags=["huggingface"], summary="Hugging Face fill-mask: score, token, token_str, sequence")
@@ -152,8 +210,10 @@ def _target_ids(model: ServedModel, targets: list[str]) -> dict[int, str]:
     return ids
 
 
-def _texts(inputs: str | list[str], request: Request, route: str) -> list[str]:
-    texts = [inputs] if isinstance(inputs, str) else list(inputs)
+def _texts(inputs: Any, request: Request, route: str) -> list[Any]:
+    """A string, a list of strings, a token-id array or a list of them, as a list of inputs (checked: count)."""
+    single = isinstance(inputs, str) or (bool(inputs) and isinstance(inputs[0], int))
+    texts = [inputs] if single else list(inputs)
     config = request.app.state.config
     if not texts:
         raise APIError(400, "input is an empty list; send at least one text", "empty_input")
@@ -164,8 +224,9 @@ def _texts(inputs: str | list[str], request: Request, route: str) -> list[str]:
     return texts
 
 
-def _count_tokens(model: ServedModel, texts: list[str], request: Request) -> list[Any]:
-    encoded = model.encode(texts)
+def _count_tokens(model: ServedModel, texts: list[Any], request: Request, prompt: str = "",
+                  direction: str = "right") -> list[Any]:
+    encoded = model.encode(texts, prompt, direction)
     metrics: ApiMetrics = request.app.state.metrics
     metrics.tokens.labels(model.name).inc(sum(len(item.ids) for item in encoded))
     truncated = sum(item.truncated for item in encoded)

@@ -1,4 +1,6 @@
-"""Request bodies of the API (pydantic): OpenAI embeddings, TEI embed, Hugging Face fill-mask. Unknown keys are 422."""
+"""Request bodies of the API (pydantic): OpenAI embeddings, TEI embed/tokenize/decode, Hugging Face fill-mask.
+
+Unknown keys are 422."""
 
 from __future__ import annotations
 
@@ -7,16 +9,21 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 Texts = StrictStr | list[StrictStr]
+TokenIds = list[StrictInt]  # a text's tokens (ids of the model's vocabulary), without special tokens
+Inputs = StrictStr | list[StrictStr] | TokenIds | list[TokenIds]
+Direction = Literal["right", "left", "Right", "Left"]
 
 
 class EmbeddingsRequest(BaseModel):
-    """OpenAI `POST /v1/embeddings` (token-id arrays are not accepted: send strings)."""
+    """OpenAI `POST /v1/embeddings`."""
 
     model_config = ConfigDict(extra="forbid")
-    input: Texts = Field(description="a string or a list of strings")
+    input: Inputs = Field(description="a string, a list of strings, a token-id array or a list of them (the text's "
+                                      "tokens in this model's vocabulary; the server adds the special tokens)")
     model: StrictStr = Field(description="any name; this server answers with its `embed` model")
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: StrictInt | None = Field(None, description="accepted only when equal to the model's dimension")
+    dimensions: StrictInt | None = Field(None, description="keep the first N values (1..width), re-normalised when "
+                                                           "the model normalises (Matryoshka)")
     user: StrictStr | None = None
 
 
@@ -24,12 +31,32 @@ class EmbedRequest(BaseModel):
     """text-embeddings-inference `POST /embed` (also what huggingface_hub's feature_extraction sends)."""
 
     model_config = ConfigDict(extra="forbid")
-    inputs: Texts
-    normalize: StrictBool = Field(True, description="L2-normalise each vector (TEI's default)")
+    inputs: Inputs
+    normalize: StrictBool = Field(True, description="L2-normalise each vector (TEI's default); false: the vector as "
+                                                    "the model defines it (a model that normalises stays unit length)")
     truncate: StrictBool | None = Field(None, description="false: a text over the model's maximum is 413; "
                                                           "default: the model's policy (truncate)")
-    truncation_direction: Literal["right", "Right"] | None = None
-    prompt_name: None = None
+    truncation_direction: Direction | None = Field(None, description="which end a truncated text loses (right)")
+    prompt_name: StrictStr | None = Field(None, description="one of the model's prompts (GET /info); default: the "
+                                                            "model's default prompt; \"\" = none")
+    dimensions: StrictInt | None = Field(None, description="keep the first N values (Matryoshka)")
+
+
+class TokenizeRequest(BaseModel):
+    """text-embeddings-inference `POST /tokenize`."""
+
+    model_config = ConfigDict(extra="forbid")
+    inputs: Texts
+    add_special_tokens: StrictBool = True
+    prompt_name: StrictStr | None = None
+
+
+class DecodeRequest(BaseModel):
+    """text-embeddings-inference `POST /decode`."""
+
+    model_config = ConfigDict(extra="forbid")
+    ids: TokenIds | list[TokenIds]
+    skip_special_tokens: StrictBool = True
 
 
 class FillMaskParameters(BaseModel):

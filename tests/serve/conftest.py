@@ -11,10 +11,29 @@ import pytest
 def served_repo(tmp_path_factory, tiny_bert_dir) -> Path:
     """fill_mask + embed (fp32) exported from the session's tiny BERT by the real exporter."""
     from export import export_to_repository
+    from serve.repository import ServedModelDir
 
     repo = tmp_path_factory.mktemp("repo_fp32")
     export_to_repository(tiny_bert_dir, repo, precision="fp32", max_top_k=TEST_MAX_TOP_K, progress=False)
+    ServedModelDir.in_repo(repo, "embed").update(prompts=TEST_PROMPTS)  # named prompts, no default: texts unchanged
     return with_queue_delay(repo, TEST_QUEUE_DELAY_US)
+
+
+TEST_PROMPTS = {"query": "query: ", "passage": "passage: "}
+
+
+@pytest.fixture(scope="session")
+def sentence_transformer(served_repo, tiny_bert_dir):
+    """The served embed model as its author's library computes it: sentence-transformers, the tiny BERT with
+    mean pooling (the exporter's default for a plain HF folder) and the served prompts, in PyTorch fp32."""
+    from sentence_transformers import SentenceTransformer, models
+
+    from serve.repository import ServedModelDir
+
+    settings = ServedModelDir.in_repo(served_repo, "embed").settings()
+    transformer = models.Transformer(str(tiny_bert_dir), max_seq_length=settings.max_length)
+    pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode=settings.pooling)
+    return SentenceTransformer(modules=[transformer, pooling], prompts=settings.prompts, device="cpu")
 
 
 TEST_MAX_TOP_K = 20

@@ -14,6 +14,7 @@ import pytest
 from serve.api.process import running_api
 from serve.client import AsyncBertforgeClient, BertforgeClient
 from serve.config import ApiConfig
+from tests.conftest import make_sentences
 
 pytestmark = pytest.mark.slow
 TEXTS = ["the minister spoke to parliament.", "a short one", "the committee approved the budget on tuesday."]
@@ -21,7 +22,7 @@ TEXTS = ["the minister spoke to parliament.", "a short one", "the committee appr
 
 @pytest.fixture(scope="module")
 def api(served_repo, grpc_url):
-    with running_api(served_repo, grpc_url) as process:
+    with running_api(served_repo, grpc_url, config=ApiConfig(port=0)) as process:  # 0: no clash with other runs
         yield process
 
 
@@ -64,14 +65,87 @@ def decoded(embedding) -> np.ndarray:
     return np.asarray(embedding)
 
 
-def test_openai_dimensions_is_refused_unless_it_is_the_models(api, grpc_vectors):
+def test_openai_dimensions_and_token_id_input(api, grpc_vectors, sentence_transformer, reference):
     from openai import BadRequestError, OpenAI
 
     client = OpenAI(base_url=f"{api.url}/v1", api_key="x", max_retries=0)
-    dimension = grpc_vectors.shape[1]
-    assert len(client.embeddings.create(model="embed", input="hi", dimensions=dimension).data[0].embedding) == dimension
-    with pytest.raises(BadRequestError, match=f"this model's embeddings have {dimension} dimensions"):
-        client.embeddings.create(model="embed", input="hi", dimensions=dimension // 2)
+    reply = client.embeddings.create(model="embed", input=TEXTS, dimensions=8)
+    vectors = np.array([item.embedding for item in reply.data])
+    assert vectors.shape == (3, 8)
+    assert cosines(vectors, sentence_transformer.encode(TEXTS, truncate_dim=8)).min() >= 0.999
+    width = grpc_vectors.shape[1]
+    with pytest.raises(BadRequestError, match=f"dimensions must be an integer in 1..{width}"):
+        client.embeddings.create(model="embed", input="hi", dimensions=width + 1)
+    # token ids: the text's tokens in the model's vocabulary; the server adds [CLS] ... [SEP] as the tokenizer does
+    tokenizer = reference[0]
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in TEXTS]
+    from_ids = client.embeddings.create(model="embed", input=ids, encoding_format="float")
+    assert cosines([item.embedding for item in from_ids.data], grpc_vectors).min() >= 0.99999
+    assert from_ids.usage.prompt_tokens == sum(len(item) + 2 for item in ids)
+    single = client.embeddings.create(model="embed", input=ids[0], dimensions=4, encoding_format="float")
+    assert len(single.data) == 1 and cosines([single.data[0].embedding], grpc_vectors[:1, :4])[0] >= 0.99999
+    with pytest.raises(BadRequestError, match="outside this model's vocabulary"):
+        client.embeddings.create(model="embed", input=[[1, 10**6]])
+
+
+def test_grpc_client_embed_options_equal_sentence_transformers(grpc_url, grpc_vectors, sentence_transformer):
+    with BertforgeClient(grpc_url) as client:
+        served = client.embed(TEXTS, prompt_name="query", dimensions=16)
+        assert cosines(served, sentence_transformer.encode(TEXTS, prompt_name="query", truncate_dim=16)).min() >= 0.999
+        unit = client.embed(TEXTS, dimensions=16, normalize=True)
+        assert np.allclose(np.linalg.norm(unit, axis=1), 1, atol=1e-5)
+        assert cosines(unit, grpc_vectors[:, :16]).min() >= 0.99999
+
+
+def test_tei_embed_options_with_inference_client_and_plain_http(api, grpc_vectors, sentence_transformer):
+    from huggingface_hub import InferenceClient
+
+    client = InferenceClient(model=f"{api.url}/embed")
+    vector = client.feature_extraction(TEXTS[0], prompt_name="query", truncate=True, truncation_direction="Right")
+    assert cosines(vector, sentence_transformer.encode(TEXTS[:1], prompt_name="query"))[0] >= 0.999
+    assert abs(np.linalg.norm(vector) - 1) < 1e-5  # normalize defaults to true, as TEI's
+    long_text = " ".join(make_sentences(20))  # over the model's 64 tokens
+    right = client.feature_extraction(long_text, truncation_direction="Right")
+    left = client.feature_extraction(long_text, truncation_direction="Left", normalize=False)
+    assert cosines(right, sentence_transformer.encode([long_text]))[0] >= 0.999
+    tokenizer = sentence_transformer.tokenizer
+    tokenizer.truncation_side = "left"  # the author's library, cutting the start instead
+    try:
+        assert cosines(left, sentence_transformer.encode([long_text]))[0] >= 0.999
+    finally:
+        tokenizer.truncation_side = "right"
+    assert cosines(left, right)[0] < 0.999  # the two ends differ: the comparison can fail
+    with pytest.raises(Exception, match="413"):
+        client.feature_extraction(long_text, truncate=False)
+    reply = httpx.post(f"{api.url}/embed", json={"inputs": TEXTS, "dimensions": 8, "prompt_name": "passage"})
+    expected = sentence_transformer.encode(TEXTS, prompt_name="passage", truncate_dim=8)
+    assert reply.status_code == 200 and cosines(reply.json(), expected).min() >= 0.999
+    assert np.allclose(np.linalg.norm(reply.json(), axis=1), 1, atol=1e-5)
+
+
+def test_tei_tokenize_decode_and_info(api, reference):
+    tokenizer = reference[0]
+    text = "The minister spoke."
+    (tokens,) = httpx.post(f"{api.url}/tokenize", json={"inputs": text}).json()
+    assert [token["id"] for token in tokens] == tokenizer(text)["input_ids"]
+    assert tokens[0] == {"id": tokenizer.cls_token_id, "text": "[CLS]", "special": True, "start": None, "stop": None}
+    assert all(text[token["start"]:token["stop"]] == token["text"] and not token["special"] for token in tokens[1:-1])
+    plain, prompted = httpx.post(f"{api.url}/tokenize", json={"inputs": [text, text], "add_special_tokens": False}).json(), \
+        httpx.post(f"{api.url}/tokenize", json={"inputs": text, "prompt_name": "query"}).json()[0]
+    assert len(plain) == 2 and [token["id"] for token in plain[0]] == tokenizer(text)["input_ids"][1:-1]
+    assert [token["id"] for token in prompted] == tokenizer("query: " + text)["input_ids"]
+    ids = tokenizer(text)["input_ids"]
+    assert httpx.post(f"{api.url}/decode", json={"ids": ids}).json() == [tokenizer.decode(ids, skip_special_tokens=True)]
+    both = httpx.post(f"{api.url}/decode", json={"ids": [ids, ids[:3]], "skip_special_tokens": False}).json()
+    assert both == [tokenizer.decode(ids), tokenizer.decode(ids[:3])]
+    info = httpx.get(f"{api.url}/info").json()
+    assert info["model_type"] == {"embedding": {"pooling": "mean"}} and info["family"] == "bert"
+    assert info["prompts"] == {"query": "query: ", "passage": "passage: "} and info["default_prompt_name"] is None
+    assert info["max_input_length"] == 64 and info["embedding_dim"] == 32 and info["max_client_batch_size"] == 2048
+    assert info["max_batch_tokens"] > 0 and info["model_dtype"] == "float32" and info["auto_truncate"] is True
+    from huggingface_hub import InferenceClient
+
+    assert InferenceClient(model=api.url, provider="hf-inference").get_endpoint_info()["max_input_length"] == 64
 
 
 def test_huggingface_inference_client_feature_extraction_and_fill_mask(api, grpc_url, grpc_vectors, reference):
@@ -125,7 +199,17 @@ BAD_INPUTS = [
     ("lone surrogate", "POST", "/embed", b'{"inputs": "bad \\ud800 text"}', 400, "not valid Unicode"),
     ("invalid JSON", "POST", "/v1/embeddings", b'{"model": "embed", "input": [', 400, "not valid JSON"),
     ("wrong type", "POST", "/v1/embeddings", {"model": "embed", "input": 42}, 422, "input"),
-    ("token ids", "POST", "/v1/embeddings", {"model": "embed", "input": [[1, 2, 3]]}, 422, "input"),
+    ("mixed ids and text", "POST", "/v1/embeddings", {"model": "embed", "input": [[1, 2], "x"]}, 422, "input"),
+    ("token id not in vocabulary", "POST", "/embed", {"inputs": [5, -1]}, 400, "outside this model's vocabulary"),
+    ("unknown prompt", "POST", "/embed", {"inputs": "x", "prompt_name": "qeury"}, 400,
+     "prompt_name 'qeury' is not one of this model's prompts ('passage', 'query'); send prompt_name=\"\" for no prompt"),
+    ("dimensions 0", "POST", "/embed", {"inputs": "x", "dimensions": 0}, 400, "dimensions must be an integer in 1..32"),
+    ("dimensions too big", "POST", "/v1/embeddings", {"model": "embed", "input": "x", "dimensions": 33}, 400,
+     "dimensions must be an integer in 1..32"),
+    ("bad direction", "POST", "/embed", {"inputs": "x", "truncation_direction": "Middle"}, 422,
+     "truncation_direction"),
+    ("decode bad id", "POST", "/decode", {"ids": [1, 10**9]}, 400, "outside this model's vocabulary"),
+    ("tokenize no inputs", "POST", "/tokenize", {"text": "x"}, 422, "inputs"),
     ("missing field", "POST", "/embed", {"text": "hello"}, 422, "inputs"),
     ("bad format", "POST", "/v1/embeddings", {"model": "embed", "input": "x", "encoding_format": "hex"}, 422,
      "encoding_format"),
@@ -147,8 +231,12 @@ def test_bad_input_gets_a_clear_status_and_error_body(api, what, method, path, b
     reply = httpx.request(method, f"{api.url}{path}", content=content, headers={"content-type": "application/json"},
                           timeout=30)
     assert reply.status_code == status, reply.text
-    error = reply.json()["error"]
-    assert fragment in error["message"] and error["type"] and error["code"]
+    error = reply.json()
+    if path in ("/embed", "/tokenize", "/decode", "/info"):  # TEI's routes answer in TEI's shape
+        assert fragment in error["error"] and error["error_type"] == "Validation", error
+    else:
+        error = error["error"]
+        assert fragment in error["message"] and error["type"] and error["code"]
 
 
 def test_server_is_healthy_after_the_bad_inputs_and_metrics_count_them(api):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import urllib.request
 
+import numpy as np
 import psutil
 import pytest
 
@@ -44,6 +45,18 @@ def test_client_cli_prints_table_json_and_errors(grpc_url, capsys):
     assert main(["client", "fill-mask", "no mask", "--url", grpc_url]) == 2
     assert "text 0: text has no [MASK]" in capsys.readouterr().err
     assert main(["client", "health", "--url", grpc_url, "--json"]) == 0
+
+
+def test_client_cli_embed_with_prompt_name_and_dimensions(grpc_url, sentence_transformer, capsys):
+    text = "the minister spoke to parliament."
+    assert main(["client", "embed", text, "--url", grpc_url, "--prompt-name", "query", "--dimensions", "8",
+                 "--json"]) == 0
+    (document,) = json.loads(capsys.readouterr().out)
+    expected = sentence_transformer.encode([text], prompt_name="query", truncate_dim=8)[0]
+    vector = np.asarray(document["embedding"])
+    assert document["dims"] == 8 and vector @ expected / np.linalg.norm(vector) / np.linalg.norm(expected) >= 0.999
+    assert main(["client", "embed", text, "--url", grpc_url, "--prompt-name", "nope"]) == 2
+    assert "prompt_name 'nope' is not one of this model's prompts ('passage', 'query')" in capsys.readouterr().err
 
 
 def test_serve_cli_explains_a_missing_repository(tmp_path, capsys):

@@ -32,7 +32,7 @@ def test_sync_client_retries_unavailable_then_succeeds(monkeypatch):
         return {}
 
     monkeypatch.setattr(client, "_send_round", send_round)
-    assert client._infer_all("embed", ["a", "b"], {}) == ["answer 0", "answer 1"]
+    assert client._infer_all("embed", ["a", "b"], [{}, {}]) == ["answer 0", "answer 1"]
     assert rounds == [[0, 1], [0, 1], [0, 1]]
 
 
@@ -41,7 +41,7 @@ def test_sync_client_does_not_retry_other_errors(monkeypatch):
     rounds = []
     monkeypatch.setattr(client, "_send_round", lambda *args: rounds.append(1) or {1: invalid()})
     with pytest.raises(ServingError, match="text 1: text is empty") as caught:
-        client._infer_all("embed", ["a", ""], {})
+        client._infer_all("embed", ["a", ""], [{}, {}])
     assert rounds == [1] and "INVALID_ARGUMENT" in caught.value.status
 
 

@@ -28,7 +28,9 @@ def readme_curl_lines() -> list[str]:
 def test_readme_documents_every_endpoint():
     text = " ".join(readme_curl_lines())
     for route in ("/v1/embeddings", "/v1/models", "/embed", "/fill-mask", "/health", "/ready", "/metrics", "/docs",
-                  "$HTTP/v2/models/fill_mask/infer", "encoding_format", "targets", "Authorization: Bearer"):
+                  "$HTTP/v2/models/fill_mask/infer", "encoding_format", "targets", "Authorization: Bearer",
+                  "/tokenize", "/decode", "/info", "prompt_name", "dimensions", "truncation_direction", '"truncate"',
+                  '"input": [['):
         assert route in text, f"README's HTTP API section has no curl example for {route}"
 
 
