@@ -52,7 +52,8 @@ def recipe_set_reason(cpu: CpuInfo) -> str:
     names = ", ".join(recipe.name for recipe in quantize.search_recipes(cpu))
     if cpu.int8_saturates:
         return (f"int8 kernel {cpu.int8_kernel} (no VNNI/AMX) sums u8 x s8 pairs in 16-bit lanes, which can "
-                f"saturate: saturation-free recipes (7-bit or u8 weights) first: {names}")
+                f"saturate: saturation-free recipes (7-bit or u8 weights) first, the s8-weight ones only if none "
+                f"of those passes: {names}")
     return f"int8 kernel {cpu.int8_kernel} accumulates u8 x s8 exactly: {names}"
 
 
@@ -64,7 +65,7 @@ def search_int8(fused: Path, workdir: Path, evaluate: Evaluate, calibration_feed
     every attempt)."""
     progress = progress or ExportProgress()
     cpu = cpu or detect_cpu()
-    recipes, bases = quantize.search_recipes(cpu), quantize.sensitivity_bases(cpu)
+    tiers, bases = quantize.search_tiers(cpu), quantize.sensitivity_bases(cpu)
     started = time.perf_counter()
     deadline = started + seconds
     workdir.mkdir(parents=True, exist_ok=True)
@@ -85,11 +86,14 @@ def search_int8(fused: Path, workdir: Path, evaluate: Evaluate, calibration_feed
 
     result = SearchResult(path=None, recipe=None, cpu=cpu.summary(), recipe_set=recipe_set_reason(cpu))
     progress.step(f"{label}: {result.recipe_set}")
-    # 1. the fixed recipes, expected fastest first (saturation-free ones first where the CPU's kernel saturates)
-    for recipe in recipes:
+    # 1. the fixed recipes, expected fastest first, tier by tier (saturation-free ones first where the CPU's
+    #    kernel saturates; the next tier only if none of a tier passed)
+    for recipe in (recipe for tier in tiers for recipe in tier):
         if time.perf_counter() > deadline:
             progress.outcome(f"{label}: search time ({seconds:.0f} s) is up before {recipe.name}")
             break
+        if passed and not any(recipe in tier and entry[2] in tier for tier in tiers for entry in passed):
+            break  # an earlier tier passed: its recipes are exact on every CPU, the next tier's are not
         attempt(recipe)
     # 2. none passed: keep the nodes whose quantization hurts most in fp32, from each sensitivity base; per base
     #    the smallest count that passes, found by doubling, then bisection (the error falls as more stay fp32)

@@ -80,16 +80,22 @@ STRONG_SMOOTH = Recipe("dynamic-per-channel-smooth0.7",
 SENSITIVITY_BASES = (STRONG_SMOOTH, PER_CHANNEL)
 
 
-def search_recipes(cpu: CpuInfo) -> tuple[Recipe, ...]:
-    """The fixed recipes to try on `cpu`, in order. Where int8 GEMMs can saturate (no VNNI/AMX), the
-    saturation-free twins come first: per-channel with 7-bit weights (the fast u8 x s8 kernel stays) and with u8
-    weights (full resolution), the smoothed and static recipes with u8 weights; then the usual set, which can
-    still pass where a model's activations and weights are small enough not to saturate."""
+def search_tiers(cpu: CpuInfo) -> tuple[tuple[Recipe, ...], ...]:
+    """The fixed recipes to try on `cpu`, in tiers: a later tier is tried only when no recipe of the earlier
+    ones passed. Where int8 GEMMs can saturate (no VNNI/AMX) the first tier is the saturation-free twins:
+    per-channel with 7-bit weights (the fast u8 x s8 kernel stays) and with u8 weights (full resolution), the
+    smoothed and static recipes with u8 weights; the usual set follows only if none of them passes (it can
+    still pass where a model's values are too small to saturate, and its gate ran under this arithmetic)."""
     if not cpu.int8_saturates:
-        return SEARCH_RECIPES
+        return (SEARCH_RECIPES,)
     free = (PER_CHANNEL.saturation_free_twin("int8-7bit"), PER_CHANNEL.saturation_free_twin("uint8"),
             SMOOTHED.saturation_free_twin("uint8"), STATIC.saturation_free_twin("uint8"))
-    return free + SEARCH_RECIPES
+    return free, SEARCH_RECIPES
+
+
+def search_recipes(cpu: CpuInfo) -> tuple[Recipe, ...]:
+    """Every fixed recipe the search may try on `cpu`, in order (`search_tiers` flattened)."""
+    return tuple(recipe for tier in search_tiers(cpu) for recipe in tier)
 
 
 def sensitivity_bases(cpu: CpuInfo) -> tuple[Recipe, ...]:

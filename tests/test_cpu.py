@@ -67,7 +67,13 @@ def test_a_measurement_overrides_the_flags():
 
 def test_recipe_set_follows_the_cpu():
     from export.int8_search import recipe_set_reason
-    from export.quantize import SEARCH_RECIPES, SENSITIVITY_BASES, search_recipes, sensitivity_bases
+    from export.quantize import (
+        SEARCH_RECIPES,
+        SENSITIVITY_BASES,
+        search_recipes,
+        search_tiers,
+        sensitivity_bases,
+    )
 
     for exact_cpu in (VNNI, AMX):
         assert search_recipes(exact_cpu) == SEARCH_RECIPES and sensitivity_bases(exact_cpu) == SENSITIVITY_BASES
@@ -77,7 +83,7 @@ def test_recipe_set_follows_the_cpu():
         free = [recipe for recipe in recipes if recipe.saturation_free]
         assert recipes[:len(free)] == tuple(free) and len(free) >= 2  # tried first
         assert {recipe.weights for recipe in free} == {"int8-7bit", "uint8"}
-        assert recipes[len(free):] == SEARCH_RECIPES  # the usual set still follows
+        assert recipes[len(free):] == SEARCH_RECIPES and search_tiers(saturating) == (tuple(free), SEARCH_RECIPES)
         assert all(base.saturation_free for base in sensitivity_bases(saturating))
         assert "saturate" in recipe_set_reason(saturating) and saturating.int8_kernel in recipe_set_reason(saturating)
 
@@ -121,3 +127,23 @@ def test_serve_names_the_int8_models_gated_under_other_arithmetic(tmp_path, monk
     assert len(warnings) == 1 and warnings[0].startswith("embed: ") and "avx2" in warnings[0]
     monkeypatch.setattr("bertforge.cpu.detect_cpu", lambda: VNNI)
     assert serve.cli.int8_warnings(tmp_path) == []
+
+
+@pytest.mark.parametrize("passing, tried_second_tier", [({"dynamic-per-channel-u8u8"}, False),
+                                                        ({"dynamic-per-channel"}, True)])
+def test_s8_recipes_run_only_when_no_saturation_free_recipe_passes(tmp_path, monkeypatch, passing, tried_second_tier):
+    """On a saturating CPU the whole first tier is tried (the fastest passing one wins); the s8-weight tier
+    only when none of it passed. Graph building and timing are replaced: this is the search's order alone."""
+    import export.int8_search as search
+    from export.quantize import SEARCH_RECIPES, search_tiers
+
+    monkeypatch.setattr(search.quantize, "quantize", lambda fused, target, recipe, feeds: target.write_bytes(b""))
+    monkeypatch.setattr(search, "measure_latency", lambda path, feeds: 1.0)
+    result = search.search_int8(tmp_path / "fused.onnx", tmp_path / "work",
+                                lambda path: ({}, [] if path.stem in passing else ["missed"], 0.0), [], {}, cpu=AVX2)
+    tried = [candidate["name"] for candidate in result.candidates]
+    first = [recipe.name for recipe in search_tiers(AVX2)[0]]
+    assert tried[:len(first)] == first
+    assert (tried[len(first):] == [recipe.name for recipe in SEARCH_RECIPES]) == tried_second_tier
+    assert len(tried) == len(first) + (len(SEARCH_RECIPES) if tried_second_tier else 0)
+    assert result.recipe.name in passing and "saturate" in result.summary()["recipe_set"]
