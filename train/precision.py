@@ -26,6 +26,14 @@ CPU_BF16_MIN_SPEEDUP = 1.3
 CPU_AUTO_PICKS_BF16 = False  # see the module docstring: re-measure the side-by-side before turning on
 PROBE_SIZE = 1024  # (1024 x 1024) @ (1024 x 1024): 2 GFLOP, a few ms on a modern core
 PROBE_REPEATS = 20  # interleaved; the fastest of each counts: other processes only ever add time
+# Where bf16 is emulated (AVX2-only CPUs: about 1 GFLOP/s against ~70 fp32) the full probe would take ~40 s
+# in every training process. A small screen first; below SCREEN_CONCLUSIVE_BELOW its figure is the answer.
+# At this size autocast's casts weigh more than at the full size: native bf16 (avx512_bf16, Zen 4) measured
+# 0.51 on the screen and 1.1-2.3 on the full probe, emulated bf16 is ~0.014 of fp32 at any size. 0.1 sits 5x
+# from each, so neither timing noise nor the size changes the decision.
+SCREEN_SIZE = 256  # 34 MFLOP: ~30 ms emulated, well under 1 ms with native bf16
+SCREEN_REPEATS = 3
+SCREEN_CONCLUSIVE_BELOW = 0.1
 
 
 def choose_precision(requested: str, use_cuda: bool) -> tuple[str, str]:
@@ -47,12 +55,20 @@ def choose_precision(requested: str, use_cuda: bool) -> tuple[str, str]:
 
 @functools.cache
 def cpu_bf16_speedup() -> float:
-    """fp32 time / bf16-autocast time of a square matmul on this CPU (fastest of interleaved repeats)."""
+    """fp32 time / bf16-autocast time of a square matmul on this CPU (fastest of interleaved repeats): a small
+    screen, conclusive where bf16 is emulated, else the full-size probe."""
+    screen = _matmul_speedup(SCREEN_SIZE, SCREEN_REPEATS)
+    if screen < SCREEN_CONCLUSIVE_BELOW:
+        return screen
+    return _matmul_speedup(PROBE_SIZE, PROBE_REPEATS)
+
+
+def _matmul_speedup(size: int, repeats: int) -> float:
     generator = torch.Generator().manual_seed(0)
-    left = torch.randn(PROBE_SIZE, PROBE_SIZE, generator=generator)
-    right = torch.randn(PROBE_SIZE, PROBE_SIZE, generator=generator)
+    left = torch.randn(size, size, generator=generator)
+    right = torch.randn(size, size, generator=generator)
     fp32, bf16 = [], []
-    for repeat in range(PROBE_REPEATS + 1):  # the first round warms up both kernels and is dropped
+    for repeat in range(repeats + 1):  # the first round warms up both kernels and is dropped
         fp32_s = _seconds(lambda: left @ right)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             bf16_s = _seconds(lambda: left @ right)

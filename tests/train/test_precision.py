@@ -1,5 +1,6 @@
 """train.precision = "auto": measured once per process, explained in the log; bf16 on CPU trains."""
 
+import pytest
 import torch
 
 import train.precision as precision
@@ -38,3 +39,22 @@ def test_bf16_autocast_trains_on_cpu_and_logs_held_out_loss_during_the_run(tiny_
     held_out = [(m["step"], m["eval_loss"]) for m in metrics if "eval_loss" in m]
     assert [step for step, _ in held_out] == [20, 40]  # eval_every = 20, then the final evaluation
     assert all(m["eval_s"] > 0 for m in metrics if "eval_loss" in m)
+
+
+@pytest.mark.parametrize("screen, full_probe_runs", [(0.014, False), (0.51, True)])
+def test_the_small_screen_settles_emulated_bf16_without_the_full_probe(monkeypatch, screen, full_probe_runs):
+    """Emulated bf16 (AVX2-only CPUs, ~0.014x fp32) is settled by the 256-wide screen instead of ~40 s of full
+    probe in every training process; native bf16, 0.51 on the screen (autocast's casts), gets the full probe."""
+    sizes = []
+
+    def speedup(size: int, repeats: int) -> float:
+        sizes.append(size)
+        return screen if size == precision.SCREEN_SIZE else 2.0
+
+    monkeypatch.setattr(precision, "_matmul_speedup", speedup)
+    precision.cpu_bf16_speedup.cache_clear()
+    try:
+        assert precision.cpu_bf16_speedup() == (2.0 if full_probe_runs else screen)
+        assert sizes == ([precision.SCREEN_SIZE, precision.PROBE_SIZE] if full_probe_runs else [precision.SCREEN_SIZE])
+    finally:
+        precision.cpu_bf16_speedup.cache_clear()
