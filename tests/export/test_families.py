@@ -1,0 +1,218 @@
+"""Every supported encoder family, wrapped as a sentence-transformers folder, is exported as its author defines it
+(pooling modes, Dense, Normalize, prompts) and matches SentenceTransformer.encode; flags that contradict the
+folder are warned about and cannot hide from the gate; unsupported folders are refused with the reason."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import make_sentences
+from tests.export.family_models import build_family_folder
+
+# (family, pooling, options): every sentence-transformers pooling mode at least once, Dense, Normalize, prompts
+CASES = [
+    ("bert", "cls", {"normalize": True}),  # the bge shape
+    ("roberta", ("mean", "max"), {"dense": 16, "normalize": True, "prompts": True}),
+    ("xlm-roberta", "weightedmean", {}),
+    ("camembert", "lasttoken", {}),
+    ("distilbert", "mean", {"normalize": True}),
+    ("mpnet", "mean_sqrt_len_tokens", {}),
+    ("electra", ("cls", "mean"), {}),
+    ("modernbert", "mean", {"prompts": True}),
+]
+TEXTS = ["The committee approved the new budget on monday.", "a reporter",
+         "Our government rejected the trade deal after a long debate in london, despite strong opposition this week."]
+PROMPTS = {"query": "query: ", "passage": "passage: "}
+
+
+@pytest.fixture(scope="session")
+def family_texts() -> list[str]:
+    return make_sentences(400, seed=1)
+
+
+@pytest.fixture(scope="session")
+def family_folders(tmp_path_factory, tiny_tokenizer_dir, family_texts):
+    """{family: sentence-transformers folder} for CASES (built once)."""
+    root = tmp_path_factory.mktemp("families")
+    folders = {}
+    for kind, pooling, options in CASES:
+        prompts = PROMPTS if options.get("prompts") else None
+        folders[kind] = build_family_folder(kind, root / kind, tiny_tokenizer_dir, family_texts, pooling=pooling,
+                                            normalize=options.get("normalize", False), dense=options.get("dense"),
+                                            prompts=prompts, default_prompt="query" if prompts else None)
+    return folders
+
+
+@pytest.fixture(scope="session")
+def family_exports(tmp_path_factory, family_folders):
+    """{family: (repo, report)}: each folder exported with the defaults (fp32 to stay fast, a small gate)."""
+    from export import export_to_repository
+
+    root = tmp_path_factory.mktemp("family_repos")
+    exports = {}
+    for kind, folder in family_folders.items():
+        repo = root / kind
+        exports[kind] = repo, export_to_repository(folder, repo, precision="fp32", progress=False, parity_samples=24,
+                                                   min_masks=200)
+    return exports
+
+
+def served_embeddings(repo, texts: list[str], prompt: str = "") -> np.ndarray:
+    """The exported embed model run as the server runs it (serve.runtime: its tokenizer, pad token, inputs)."""
+    from serve.repository import ServedModelDir
+    from serve.runtime import TextRequest, load_runtime
+
+    runtime = load_runtime(ServedModelDir.in_repo(repo, "embed").version_dir)
+    requests = [TextRequest(text=prompt + text, top_k=1, truncation="truncate") for text in texts]
+    runtime.tokenize(requests)
+    return runtime.embed(requests)
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+@pytest.mark.parametrize("kind", [case[0] for case in CASES])
+def test_family_served_as_sentence_transformers_encodes(kind, family_folders, family_exports):
+    from sentence_transformers import SentenceTransformer
+
+    repo, report = family_exports[kind]
+    _, pooling, options = next(case for case in CASES if case[0] == kind)
+    author = SentenceTransformer(str(family_folders[kind]), device="cpu")
+    prompt = PROMPTS["query"] if options.get("prompts") else ""
+    expected = author.encode(TEXTS, convert_to_numpy=True)  # the default prompt applies, as the server's will
+    served = served_embeddings(repo, TEXTS, prompt=prompt)
+    assert served.shape == expected.shape
+    assert cosines(served, expected).min() >= 0.9999
+    np.testing.assert_allclose(served, expected, atol=1e-4)
+    # serving.json records what the graph does and where it came from
+    settings = json.loads((repo / "embed" / "1" / "serving.json").read_text())["settings"]
+    modes = (pooling,) if isinstance(pooling, str) else pooling
+    assert settings["pooling"] == "+".join(modes) and settings["family"] == kind
+    assert settings["normalize"] is options.get("normalize", False)
+    assert settings["embedding_dim"] == expected.shape[1]
+    assert settings["max_length"] == 48  # the folder's max_seq_length, not the positions
+    if options.get("prompts"):
+        assert settings["prompts"]["query"] == "query: " and settings["default_prompt_name"] == "query"
+    assert report["definition"]["used"]["sources"]["pooling"] == "1_Pooling/config.json"
+    assert report["gate_inputs"]["embed_reference"].startswith("SentenceTransformer(folder).encode")
+
+
+@pytest.mark.parametrize("kind", ["roberta", "modernbert"])
+def test_family_fill_mask_uses_its_own_mask_token(kind, family_folders, family_exports):
+    import torch
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from serve.repository import ServedModelDir
+    from serve.runtime import TextRequest, load_runtime
+
+    repo, _ = family_exports[kind]
+    tokenizer = AutoTokenizer.from_pretrained(family_folders[kind])
+    text = f"the committee {tokenizer.mask_token} the report."
+    runtime = load_runtime(ServedModelDir.in_repo(repo, "fill_mask").version_dir)
+    (request,) = requests = [TextRequest(text=text, top_k=3, truncation="truncate")]
+    assert runtime.tokenize(requests) == [None]
+    (result,) = runtime.fill_mask(requests)
+    model = AutoModelForMaskedLM.from_pretrained(family_folders[kind]).eval()
+    encoded = tokenizer(text, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**encoded).logits[0]
+    position = int((encoded["input_ids"][0] == tokenizer.mask_token_id).nonzero()[0, 0])
+    assert result.token_ids[0].tolist() == logits[position].topk(3).indices.tolist()
+
+
+def test_fusions_apply_per_family(family_exports):
+    """ONNX Runtime's BERT fusions where its matcher knows the family; ModernBERT is served as the plain graph."""
+    fused = {kind: report["tasks"]["embed"]["variants"]["fp32"]["fused_ops"] for kind, (_, report) in family_exports.items()}
+    for kind in ("bert", "roberta", "xlm-roberta", "camembert", "distilbert", "electra"):
+        assert fused[kind].get("Attention") == 2, (kind, fused[kind])
+    assert fused["mpnet"].get("SkipLayerNormalization")
+    assert fused["modernbert"] == {}
+    assert family_exports["modernbert"][1]["definition"]["fusion"] is None
+
+
+def test_forced_pooling_is_warned_and_reported_as_disagreeing(tmp_path, family_folders, capsys):
+    """The bge shape (CLS + Normalize) exported with --pooling mean: honoured, warned, and the report shows the
+    served vectors are not the author's."""
+    from export import export_to_repository
+
+    report = export_to_repository(family_folders["bert"], tmp_path / "repo", precision="fp32", tasks=("embed",),
+                                  pooling="mean", parity_samples=24)
+    assert "WARNING: --pooling mean contradicts the model's own definition (1_Pooling/config.json: cls)" in capsys.readouterr().out
+    assert report["definition"]["used"]["agrees_with_author"] is False
+    assert report["definition"]["used"]["sources"]["pooling"].startswith("explicit --pooling")
+    assert report["definition"]["author_agreement"]["agrees"] is False
+    assert report["definition"]["author_agreement"]["min_cosine"] < 0.99
+    assert json.loads((tmp_path / "repo" / "embed" / "1" / "serving.json").read_text())["settings"]["pooling"] == "mean"
+
+
+def test_gate_fails_a_graph_that_pools_unlike_the_author(tmp_path, family_folders):
+    """The old failure: bertforge's mean pooling on a CLS-pooled folder. The gate's reference is the author's
+    encode, so the graph fails it (it passed when the reference was bertforge's own pooling)."""
+    import onnx
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    from export.config import ParityGates
+    from export.exporter import _author_outputs, _optimum_encoder
+    from export.graphs import add_pooling
+    from export.model_definition import author_model, read_definition
+    from export.parity import compare, gate, served_text_batches
+
+    folder = family_folders["bert"]
+    definition = read_definition(folder)
+    assert definition.pooling == ("cls",) and definition.normalize
+    encoder = onnx.load(str(_optimum_encoder(folder, tmp_path / "optimum", 18)))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    batches = served_text_batches(folder / "tokenizer.json", make_sentences(16, seed=3), 48, tokenizer.pad_token_id)
+    reference = _author_outputs(author_model(definition, 48), batches, definition)
+    verdicts = {}
+    for pooling in ("mean", "cls"):
+        path = tmp_path / f"{pooling}.onnx"
+        onnx.save(add_pooling(encoder, pooling, normalize=True), str(path))
+        metrics = compare(ort.InferenceSession(str(path)), batches, reference, "embed")
+        verdicts[pooling] = (metrics, gate(metrics, "embed", "fp32", ParityGates(), task="embed"))
+    assert verdicts["mean"][1] and verdicts["mean"][0]["min_cosine"] < 0.99
+    assert verdicts["cls"][1] == [] and verdicts["cls"][0]["min_cosine"] >= 0.9999
+
+
+def test_unsupported_modules_are_refused(tmp_path, family_folders):
+    import shutil
+
+    from export.errors import ExportError
+    from export.model_definition import read_definition
+
+    # a module the graph cannot hold is named, never dropped
+
+    folder = shutil.copytree(family_folders["bert"], tmp_path / "lstm")
+    modules = json.loads((folder / "modules.json").read_text())
+    modules.insert(1, {"idx": 1, "name": "x", "path": "1_LSTM", "type": "sentence_transformers.models.LSTM"})
+    (folder / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(ExportError, match=r"1_LSTM \(sentence_transformers.models.LSTM\)"):
+        read_definition(folder)
+    # include_prompt=false (INSTRUCTOR-style) is refused
+    folder = shutil.copytree(family_folders["bert"], tmp_path / "instructor")
+    pooling = json.loads((folder / "1_Pooling" / "config.json").read_text())
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({**pooling, "include_prompt": False}))
+    with pytest.raises(ExportError, match="include_prompt=false"):
+        read_definition(folder)
+
+
+@pytest.mark.slow
+def test_families_served_by_tritonserver_match_encode(family_folders, family_exports):
+    """A BERT and a RoBERTa-family export served by a real tritonserver answer over gRPC as encode does."""
+    from sentence_transformers import SentenceTransformer
+
+    from serve.client import BertforgeClient
+    from serve.launcher import running_server
+
+    for kind in ("bert", "xlm-roberta"):
+        repo, _ = family_exports[kind]
+        expected = SentenceTransformer(str(family_folders[kind]), device="cpu").encode(TEXTS, convert_to_numpy=True)
+        with running_server(repo, grpc_port=0, http_port=0, metrics_port=0) as server:
+            with BertforgeClient(server.endpoints.grpc_url) as client:
+                served = client.embed(TEXTS)
+        assert cosines(served, expected).min() >= 0.9999, kind
