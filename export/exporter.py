@@ -127,7 +127,10 @@ def _build_and_check(config: ExportConfig, info: ModelFolderInfo, author: tuple,
     texts = parity_texts(config)
     inputs = make_parity_inputs(tokenizer, texts, max_length, seed=config.seed, min_masks=config.gates.min_masks)
     calibration = make_parity_inputs(tokenizer, calibration_texts(config), max_length, seed=config.seed + 1, min_masks=1)
-    calibration_feeds = [batch.feeds for batch in calibration.fill_mask if batch.source == "text"]
+    # only the inputs the family's graph has (no token_type_ids for RoBERTa, DistilBERT, ModernBERT, ...)
+    graph_inputs = {node.name for node in encoder.graph.input} | {contract.ONNX_MASK_POSITIONS}
+    calibration_feeds = [{name: value for name, value in batch.feeds.items() if name in graph_inputs}
+                         for batch in calibration.fill_mask if batch.source == "text"]
     if "embed" in tasks:
         inputs.embed = _author_embed_batches(inputs, texts, scratch / TOKENIZER_DIR, max_length, tokenizer, definition)
     report["gate_inputs"] = {"texts": len(texts), "source": _text_source(config),
@@ -160,9 +163,11 @@ def _build_and_check(config: ExportConfig, info: ModelFolderInfo, author: tuple,
             references[key] = reference_outputs(torch_model, batches, task, pooling, normalize, top_k,
                                                 head=head_module if task == "fill_mask" else None)
         feeds = calibration_feeds if task == "fill_mask" and kind == "served" else [_encoder_only(f) for f in calibration_feeds]
+        timing_feeds = {name: value for name, value in _timing_feeds(tokenizer, max_length, task, kind).items()
+                        if name in graph_inputs}
         target = _Target(name=name, task=task, kind=kind, fused=fused, folder=scratch / name, batches=batches,
                          references=references[key], calibration_feeds=feeds, config=config,
-                         timing_feeds=_timing_feeds(tokenizer, max_length, task, kind))
+                         timing_feeds=timing_feeds)
         report["tasks"][name] = {"task": task, "graph": kind, "variants": {}}
         # 4. each precision: build (auto and int8 search recipes), run on fresh inputs, gate
         for precision in config.precisions:
@@ -453,7 +458,7 @@ def _author_agreement(fp32_path: Path, batches: list, definition, max_length: in
 
 
 def _encoder_only(feeds: dict) -> dict:
-    return {name: feeds[name] for name in contract.ONNX_ENCODER_INPUTS}
+    return {name: feeds[name] for name in contract.ONNX_ENCODER_INPUTS if name in feeds}
 
 
 def _summary(metrics: dict, task: str, precision: str) -> str:

@@ -216,3 +216,23 @@ def test_families_served_by_tritonserver_match_encode(family_folders, family_exp
             with BertforgeClient(server.endpoints.grpc_url) as client:
                 served = client.embed(TEXTS)
         assert cosines(served, expected).min() >= 0.9999, kind
+
+
+def test_verify_compares_with_the_authors_encode(family_folders, family_exports):
+    """`python -m serve.verify` on a sentence-transformers folder: served answers pass, mean-pooled vectors fail."""
+    import torch
+
+    from serve.verify import check_embed
+
+    repo, _ = family_exports["bert"]
+    served = served_embeddings(repo, TEXTS)
+    assert all(line.startswith("PASS") for line in check_embed(family_folders["bert"], [
+        {"text": text, "embedding": vector.tolist()} for text, vector in zip(TEXTS, served)]))
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(family_folders["bert"])
+    model = AutoModel.from_pretrained(family_folders["bert"]).eval()
+    with torch.no_grad():
+        mean_pooled = [model(**tokenizer(text, return_tensors="pt")).last_hidden_state[0].mean(0) for text in TEXTS]
+    lines = check_embed(family_folders["bert"], [{"text": t, "embedding": v.tolist()} for t, v in zip(TEXTS, mean_pooled)])
+    assert any(line.startswith("FAIL") for line in lines)
