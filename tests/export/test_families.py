@@ -61,14 +61,22 @@ def family_exports(tmp_path_factory, family_folders):
 
 
 def served_embeddings(repo, texts: list[str], prompt: str = "") -> np.ndarray:
-    """The exported embed model run as the server runs it (serve.runtime: its tokenizer, pad token, inputs)."""
+    """The exported embed model as the server loads it (serve.runtime: its tokenizer with truncation at max_length,
+    the tokenizer's own pad token, only the inputs the graph has); `prompt` is put before each text here."""
     from serve.repository import ServedModelDir
-    from serve.runtime import TextRequest, load_runtime
+    from serve.runtime import load_runtime
 
     runtime = load_runtime(ServedModelDir.in_repo(repo, "embed").version_dir)
-    requests = [TextRequest(text=prompt + text, top_k=1, truncation="truncate") for text in texts]
-    runtime.tokenize(requests)
-    return runtime.embed(requests)
+    encodings = runtime.tokenizer.encode_batch([prompt + text for text in texts])
+    longest = max(len(encoding.ids) for encoding in encodings)
+    feeds = {name: np.zeros((len(texts), longest), dtype=np.int64) for name in ("input_ids", "attention_mask", "token_type_ids")}
+    feeds["input_ids"][:] = runtime.pad_id
+    for row, encoding in enumerate(encodings):
+        feeds["input_ids"][row, : len(encoding.ids)] = encoding.ids
+        feeds["attention_mask"][row, : len(encoding.ids)] = 1
+        feeds["token_type_ids"][row, : len(encoding.ids)] = encoding.type_ids
+    (embeddings,) = runtime.session.run(["sentence_embedding"], {k: v for k, v in feeds.items() if k in runtime.input_names})
+    return embeddings
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -203,9 +211,11 @@ def test_unsupported_modules_are_refused(tmp_path, family_folders):
 
 @pytest.mark.slow
 def test_families_served_by_tritonserver_match_encode(family_folders, family_exports):
-    """A BERT and a RoBERTa-family export served by a real tritonserver answer over gRPC as encode does."""
+    """A BERT and a RoBERTa-family export served by a real tritonserver answer over gRPC and HTTP as encode does."""
+    from huggingface_hub import InferenceClient
     from sentence_transformers import SentenceTransformer
 
+    from serve.api.process import running_api
     from serve.client import BertforgeClient
     from serve.launcher import running_server
 
@@ -215,7 +225,11 @@ def test_families_served_by_tritonserver_match_encode(family_folders, family_exp
         with running_server(repo, grpc_port=0, http_port=0, metrics_port=0) as server:
             with BertforgeClient(server.endpoints.grpc_url) as client:
                 served = client.embed(TEXTS)
+            with running_api(repo, server.endpoints.grpc_url) as api:  # HTTP, through TEI's own client
+                over_http = [InferenceClient(model=f"{api.url}/embed").feature_extraction(text, normalize=False)[0]
+                             for text in TEXTS]
         assert cosines(served, expected).min() >= 0.9999, kind
+        assert cosines(np.asarray(over_http), expected).min() >= 0.9999, kind
 
 
 def test_verify_compares_with_the_authors_encode(family_folders, family_exports):
@@ -236,3 +250,17 @@ def test_verify_compares_with_the_authors_encode(family_folders, family_exports)
         mean_pooled = [model(**tokenizer(text, return_tensors="pt")).last_hidden_state[0].mean(0) for text in TEXTS]
     lines = check_embed(family_folders["bert"], [{"text": t, "embedding": v.tolist()} for t, v in zip(TEXTS, mean_pooled)])
     assert any(line.startswith("FAIL") for line in lines)
+
+
+def test_int8_search_works_for_a_family_without_token_type_ids(tmp_path, family_folders):
+    """The int8 search (calibration, timing) on XLM-RoBERTa, whose graph has no token_type_ids; the chosen int8
+    graph still matches the author's encode."""
+    from sentence_transformers import SentenceTransformer
+
+    from export import export_to_repository
+
+    report = export_to_repository(family_folders["xlm-roberta"], tmp_path / "repo", precision="int8", tasks=("embed",),
+                                  progress=False, parity_samples=24, search_seconds=10)
+    assert report["tasks"]["embed"]["variants"]["int8"]["passed"]
+    expected = SentenceTransformer(str(family_folders["xlm-roberta"]), device="cpu").encode(TEXTS, convert_to_numpy=True)
+    assert cosines(served_embeddings(tmp_path / "repo", TEXTS), expected).min() >= 0.99
