@@ -44,11 +44,12 @@ def wordpiece(folder: Path, wordpiece_dir: Path, token_type_ids: bool = True):
     return tokenizer
 
 
-def family_model(kind: str, tokenizer, mlm_head: bool):
-    """A random model of `kind` (2 layers, hidden 32) sized for `tokenizer`."""
+def family_model(kind: str, tokenizer, mlm_head: bool, init_range: float = 0.02):
+    """A random model of `kind` (2 layers, hidden 32) sized for `tokenizer`; `init_range` is the weights' std
+    (transformers' initializer_range: larger gives less uniform activations, a harder case for int8)."""
     import transformers
 
-    size = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    size = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, initializer_range=init_range)
     if kind == "distilbert":
         config = transformers.DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64, **size)
     elif kind == "modernbert":
@@ -72,7 +73,8 @@ def family_model(kind: str, tokenizer, mlm_head: bool):
 
 def build_family_folder(kind: str, folder: Path, wordpiece_dir: Path, texts: list[str], *, pooling="mean",
                         normalize: bool = False, dense: int | None = None, prompts: dict | None = None,
-                        default_prompt: str | None = None, mlm_head: bool = True, seed: int = 0) -> Path:
+                        default_prompt: str | None = None, mlm_head: bool = True, seed: int = 0,
+                        init_range: float = 0.02) -> Path:
     """Save a tiny `kind` model + tokenizer in `folder`, wrapped as a sentence-transformers model."""
     import torch
     from sentence_transformers import SentenceTransformer, models
@@ -83,7 +85,7 @@ def build_family_folder(kind: str, folder: Path, wordpiece_dir: Path, texts: lis
     else:
         tokenizer = wordpiece(folder, wordpiece_dir, token_type_ids=kind not in ("modernbert", "distilbert"))
     torch.manual_seed(seed)
-    model = family_model(kind, tokenizer, mlm_head)
+    model = family_model(kind, tokenizer, mlm_head, init_range)
     model.save_pretrained(folder)
     transformer = models.Transformer(str(folder), max_seq_length=MAX_SEQ_LENGTH)
     modules = [transformer, models.Pooling(transformer.get_embedding_dimension(), pooling_mode=pooling)]

@@ -264,3 +264,22 @@ def test_int8_search_works_for_a_family_without_token_type_ids(tmp_path, family_
     assert report["tasks"]["embed"]["variants"]["int8"]["passed"]
     expected = SentenceTransformer(str(family_folders["xlm-roberta"]), device="cpu").encode(TEXTS, convert_to_numpy=True)
     assert cosines(served_embeddings(tmp_path / "repo", TEXTS), expected).min() >= 0.99
+
+
+def test_do_lower_case_is_served(tmp_path, tiny_tokenizer_dir, family_texts):
+    """A cased (byte-level BPE) tokenizer under a legacy sentence_bert_config.json with do_lower_case=true: the
+    served tokenizer lower-cases as sentence-transformers does, so upper-case text gets the author's vectors."""
+    from sentence_transformers import SentenceTransformer
+
+    from export import export_to_repository
+
+    folder = build_family_folder("roberta", tmp_path / "cased", tiny_tokenizer_dir, family_texts, mlm_head=False)
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 48, "do_lower_case": True}))
+    report = export_to_repository(folder, tmp_path / "repo", precision="fp32", progress=False, parity_samples=24)
+    assert report["definition"]["author"]["do_lower_case"] is True
+    assert report["definition"]["author"]["sources"]["do_lower_case"] == "sentence_bert_config.json"
+    shouted = [text.upper() for text in TEXTS]
+    expected = SentenceTransformer(str(folder), device="cpu").encode(shouted, convert_to_numpy=True)
+    served = served_embeddings(tmp_path / "repo", shouted)
+    assert cosines(served, expected).min() >= 0.9999
+    np.testing.assert_allclose(served, served_embeddings(tmp_path / "repo", [t.lower() for t in TEXTS]), atol=1e-5)
