@@ -5,9 +5,10 @@ the checkpoint's architecture fixes: where its embeddings and MLM head live, how
 position rows precede the first usable position, and which ONNX Runtime fusion pass applies.
 
 Fusions (onnxruntime.transformers optimizer, model_type "bert": Attention, SkipLayerNormalization, BiasGelu):
-its BERT pattern matcher recognises BERT, RoBERTa, XLM-RoBERTa, CamemBERT, ELECTRA, DistilBERT and MPNet graphs
-(measured on Optimum's exports: see docs/export.md "Families"); ModernBERT (rotary attention, GeGLU, no biases)
-gets no fusion and is served as the plain graph.
+its pattern matcher finds Attention in BERT, RoBERTa, XLM-RoBERTa, CamemBERT, ELECTRA and DistilBERT graphs, and
+only SkipLayerNormalization/Gelu in MPNet (relative position bias) and ModernBERT (rotary attention) graphs
+(measured on Optimum's exports: docs/export.md "Families"). A family with `fusion=None` would be served as the
+plain graph; every fused graph still has to pass the gate.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ FAMILIES = {family.model_type: family for family in (
            hidden_key="dim", heads_key="n_heads"),
     Family("mpnet", "embeddings.word_embeddings.weight", "lm_head.dense.weight", "bert", position_offset=2),
     Family("electra", "embeddings.word_embeddings.weight", "generator_predictions.dense.weight", "bert"),
-    Family("modernbert", "embeddings.tok_embeddings.weight", "head.dense.weight", None),
+    Family("modernbert", "embeddings.tok_embeddings.weight", "head.dense.weight", "bert"),
 )}
 
 
