@@ -62,7 +62,9 @@ def write_repository(repo: Path, built: dict[str, dict[str, Path]], tokenizer_di
             variant = report["tasks"][task]["variants"][precision]
             model.write(settings, info={"source": str(info.folder), "precision": precision,
                                         "recipe": variant.get("recipe"), "chosen": report["tasks"][task].get("chosen"),
-                                        "parity": variant["parity"], "fused_ops": variant["fused_ops"]})
+                                        "parity": variant["parity"], "fused_ops": variant["fused_ops"],
+                                        # what the graph computes and which file (or flag) each choice came from
+                                        "definition": report["definition"]["used"]})
             report["tasks"][task]["model_dir"] = str(repo / settings.model_name)
             report["tasks"][task]["serving"] = {"max_batch_size": settings.max_batch_size,
                                                 "max_batch_tokens": settings.max_batch_tokens,

@@ -106,6 +106,8 @@ def test_family_served_as_sentence_transformers_encodes(kind, family_folders, fa
     if options.get("prompts"):
         assert settings["prompts"]["query"] == "query: " and settings["default_prompt_name"] == "query"
     assert report["definition"]["used"]["sources"]["pooling"] == "1_Pooling/config.json"
+    info = json.loads((repo / "embed" / "1" / "serving.json").read_text())["info"]
+    assert info["definition"]["agrees_with_author"] is True and info["definition"]["sources"]["pooling"] == "1_Pooling/config.json"
     assert report["gate_inputs"]["embed_reference"].startswith("SentenceTransformer(folder).encode")
 
 
