@@ -16,6 +16,7 @@ from typing import Any
 from bertforge import contract
 from bertforge.config import save_config, to_dict
 from bertforge.files import write_json_atomically
+from export.author_reference import read_author
 from export.config import AUTO, DEFAULT_PRECISION, ExportConfig, ParityGates
 from export.errors import ExportError, ParityError
 from export.model_folder import ModelFolderInfo, inspect_model_folder
@@ -52,7 +53,7 @@ def run_export(config: ExportConfig, progress: ExportProgress | None = None) -> 
     destination = Path(config.output or config.repo)
     prepare_destination(destination, replaces_whole_folder=config.output is not None)
     tasks, notes = _tasks(config, info)
-    definition, plan, definition_notes = _definition(config, info)
+    definition, plan, definition_notes = read_author(config, info)
     notes += definition_notes
     for note in notes:
         progress.outcome(note)
@@ -89,7 +90,7 @@ def build_checked_variants(config: ExportConfig, scratch: Path, progress: Export
     progress = progress or ExportProgress()
     info = inspect_model_folder(config.model)
     tasks, notes = _tasks(config, info)
-    definition, plan, definition_notes = _definition(config, info)
+    definition, plan, definition_notes = read_author(config, info)
     report: dict[str, Any] = {"model": str(config.model), "notes": notes + definition_notes, "tasks": {}}
     built = _build_and_check(config, info, (definition, plan), tasks, Path(scratch), report, progress, keep_failed=True,
                              plain=plain)
@@ -102,22 +103,27 @@ def _build_and_check(config: ExportConfig, info: ModelFolderInfo, author: tuple,
     The served tokenizer is saved to `scratch/tokenizer` (as the author's library tokenizes: lower-casing included)."""
     import onnx
 
+    from export.author_reference import (
+        author_agreement,
+        author_outputs,
+        definition_report,
+        embed_gate_batches,
+        fused_graph,
+        reference_name,
+        save_served_tokenizer,
+    )
     from export.families import mlm_head
     from export.graphs import add_fill_mask_head, add_logits_head, add_pooling, encoder_only
-    from export.model_definition import reference_model, served_fields
+    from export.model_definition import reference_model
     from export.parity import make_parity_inputs, reference_outputs
     from export.texts import calibration_texts, parity_texts
     definition, plan = author
-    tokenizer = _save_served_tokenizer(definition, info, scratch / TOKENIZER_DIR)
+    tokenizer = save_served_tokenizer(definition, info, scratch / TOKENIZER_DIR)
     max_length = _max_length(config, info, tokenizer, definition)
     report["max_length"] = max_length
     top_k = min(config.max_top_k, int(info.config["vocab_size"]))
     report["max_top_k"] = top_k
-    report["definition"] = {"family": info.family.model_type, "fusion": info.family.fusion if config.optimize else None,
-                            "author": definition.summary(), "used": {"pooling": plan.pooling_name, "normalize": plan.normalize,
-                                                                     "dense": len(plan.dense), "sources": plan.sources,
-                                                                     "agrees_with_author": plan.agrees_with_author},
-                            "served": served_fields(info.family.model_type, info.hidden_size, definition, plan)}
+    report["definition"] = definition_report(info, config, definition, plan)
     _check_serving(config, tasks, max_length, top_k, report["definition"]["served"])
     # 1. Optimum: the encoder (last_hidden_state), dynamic batch and sequence axes
     progress.step(f"optimum export of {info.folder} (opset {config.opset})")
@@ -132,10 +138,10 @@ def _build_and_check(config: ExportConfig, info: ModelFolderInfo, author: tuple,
     calibration_feeds = [{name: value for name, value in batch.feeds.items() if name in graph_inputs}
                          for batch in calibration.fill_mask if batch.source == "text"]
     if "embed" in tasks:
-        inputs.embed = _author_embed_batches(inputs, texts, scratch / TOKENIZER_DIR, max_length, tokenizer, definition)
+        inputs.embed = embed_gate_batches(inputs, texts, scratch / TOKENIZER_DIR, max_length, tokenizer, definition)
     report["gate_inputs"] = {"texts": len(texts), "source": _text_source(config),
                              "fill_mask_batches": len(inputs.fill_mask), "embed_batches": len(inputs.embed),
-                             "embed_reference": _reference_name(definition)}
+                             "embed_reference": reference_name(definition)}
     built: dict[str, dict[str, Path]] = {}
     references: dict[tuple, list] = {}
     plain = config.output is not None if plain is None else plain
@@ -150,15 +156,15 @@ def _build_and_check(config: ExportConfig, info: ModelFolderInfo, author: tuple,
         fp32_path = scratch / name / "model.fp32.onnx"
         fp32_path.parent.mkdir(parents=True)
         onnx.save(graph, str(fp32_path))
-        fused = _fused(fp32_path, scratch / name, info, config, plan if task == "embed" and kind == "served" else None)
+        fused = fused_graph(fp32_path, scratch / name, info, config, plan if task == "embed" and kind == "served" else None)
         batches = inputs.for_task(task)
         key = (task, pooling, normalize)
         if key not in references and task == "embed" and kind == "served":
             # the author's computation: sentence-transformers on the same texts / ids (flags that contradict the
             # folder replace its Pooling/Normalize with sentence-transformers' own, as asked)
-            references[key] = _author_outputs(reference_model(definition, plan, max_length), batches, definition)
+            references[key] = author_outputs(reference_model(definition, plan, max_length), batches, definition)
             if not plan.agrees_with_author:
-                report["definition"]["author_agreement"] = _author_agreement(fp32_path, batches, definition, max_length)
+                report["definition"]["author_agreement"] = author_agreement(fp32_path, batches, definition, max_length)
         elif key not in references:
             references[key] = reference_outputs(torch_model, batches, task, pooling, normalize, top_k,
                                                 head=head_module if task == "fill_mask" else None)
@@ -379,82 +385,6 @@ def _load_torch(info: ModelFolderInfo):
     if info.has_mlm_head:
         return AutoModelForMaskedLM.from_pretrained(info.folder, use_safetensors=True).eval()
     return AutoModel.from_pretrained(info.folder, use_safetensors=True).eval()
-
-
-def _fused(fp32_path: Path, folder: Path, info: ModelFolderInfo, config: ExportConfig, plan) -> Path:
-    """The fused graph every variant starts from: ONNX Runtime's fusions for the family (export.families), the
-    plain graph where it has none. Dense/Normalize modules are appended after fusing (see graphs.append_projection)."""
-    import onnx
-
-    from export.graphs import add_pooling, append_projection
-    from export.variants import fuse
-
-    optimize = config.optimize and info.family.fusion is not None
-    target = folder / "model.fused.onnx"
-    if plan is None or not plan.dense:
-        return fuse(fp32_path, target, num_heads=info.num_heads, hidden_size=info.hidden_size, optimize=optimize)
-    pooled = folder / "model.pooled.onnx"
-    encoder = onnx.load(str(folder.parent / "optimum" / "model.onnx"))
-    onnx.save(add_pooling(encoder, plan.pooling), str(pooled))
-    fuse(pooled, target, num_heads=info.num_heads, hidden_size=info.hidden_size, optimize=optimize)
-    onnx.save(append_projection(onnx.load(str(target)), plan.dense, plan.normalize), str(target))
-    return target
-
-
-def _definition(config: ExportConfig, info: ModelFolderInfo) -> tuple:
-    """(the author's definition, what the graph computes, warnings for flags that contradict the folder)."""
-    from export.model_definition import read_definition, resolve_embedding
-
-    definition = read_definition(info.root if info.sentence_transformers else info.folder)
-    plan, notes = resolve_embedding(definition, config.pooling, config.normalize)
-    return definition, plan, notes
-
-
-def _save_served_tokenizer(definition, info: ModelFolderInfo, target: Path):
-    """The tokenizer the server runs, saved to `target`: sentence-transformers' own (it adds lower-casing when
-    the folder says do_lower_case), else the folder's. Returns it loaded back."""
-    from transformers import AutoTokenizer
-
-    source = definition.model.tokenizer if definition.model is not None else AutoTokenizer.from_pretrained(info.folder)
-    source.save_pretrained(target)
-    return AutoTokenizer.from_pretrained(target)
-
-
-def _author_embed_batches(inputs, texts: list[str], tokenizer_dir: Path, max_length: int, tokenizer, definition) -> list:
-    """The embed gate's inputs: the random-id batches, then whole texts tokenized as the server does (with the
-    default prompt, when the folder sets one), which the reference encodes from the text itself."""
-    from export.parity import served_text_batches, special_ids
-
-    random_batches = [batch for batch in inputs.embed if batch.source == "random"]
-    return random_batches + served_text_batches(tokenizer_dir / "tokenizer.json", texts, max_length,
-                                                special_ids(tokenizer)["pad"], prompt=definition.default_prompt)
-
-
-def _reference_name(definition) -> str:
-    if not definition.sentence_transformers:
-        return "transformers model + sentence-transformers Pooling (no sentence-transformers definition in the folder)"
-    prompt = f", default prompt {definition.default_prompt_name!r}" if definition.default_prompt else ""
-    return f"SentenceTransformer(folder).encode (sentence-transformers{prompt})"
-
-
-def _author_outputs(model, batches: list, definition) -> list:
-    from export.parity import sentence_transformers_outputs
-
-    return sentence_transformers_outputs(model, batches, prompt=definition.default_prompt)
-
-
-def _author_agreement(fp32_path: Path, batches: list, definition, max_length: int) -> dict:
-    """Flags contradicted the folder: how far the exported graph is from what the author's model computes."""
-    import onnxruntime as ort
-
-    from export.model_definition import author_model
-    from export.parity import compare
-
-    session = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"])
-    metrics = compare(session, batches, _author_outputs(author_model(definition, max_length), batches, definition), "embed")
-    return {"min_cosine": metrics["min_cosine"], "mean_cosine": metrics["mean_cosine"],
-            "agrees": metrics["min_cosine"] >= 0.9999,
-            "note": "the graph follows explicit flags; these figures compare it with SentenceTransformer(folder).encode"}
 
 
 def _encoder_only(feeds: dict) -> dict:

@@ -14,6 +14,7 @@ is refused by name. A plain Hugging Face folder keeps bertforge's default: mean 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,13 +188,10 @@ def reference_model(definition: ModelDefinition, plan: EmbeddingPlan, max_length
 def author_model(definition: ModelDefinition, max_length: int):
     """SentenceTransformer(folder) truncating at the served max_length; for a plain folder, its transformers
     model with mean pooling (what bertforge serves it as)."""
-    import warnings
-
     from sentence_transformers import SentenceTransformer, models
 
     if definition.model is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _quiet():
             transformer = models.Transformer(str(definition.folder), max_seq_length=max_length)
         definition.model = SentenceTransformer(modules=[transformer, models.Pooling(transformer.get_embedding_dimension())],
                                                device="cpu")
@@ -226,17 +224,31 @@ def _module_entries(folder: Path) -> list[dict]:
 
 
 def _load_sentence_transformer(folder: Path):
-    import warnings
-
     from sentence_transformers import SentenceTransformer
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _quiet():
             return SentenceTransformer(str(folder), device="cpu", local_files_only=True, trust_remote_code=False)
     except Exception as error:  # the library raises many types for broken folders
         raise ExportError(f"{folder}: sentence-transformers cannot load this folder ({type(error).__name__}: {error}); "
                           "bertforge serves a folder exactly as SentenceTransformer(folder) computes it") from error
+
+
+@contextmanager
+def _quiet():
+    """Loading a checkpoint without its pooler (sentence-transformers folders never have one) is expected: no noise."""
+    import warnings
+
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.set_verbosity(level)
 
 
 def _pooling_modes(module, entry: dict) -> tuple[str, ...]:

@@ -165,8 +165,9 @@ def test_gate_fails_a_graph_that_pools_unlike_the_author(tmp_path, family_folder
     import onnxruntime as ort
     from transformers import AutoTokenizer
 
+    from export.author_reference import author_outputs
     from export.config import ParityGates
-    from export.exporter import _author_outputs, _optimum_encoder
+    from export.exporter import _optimum_encoder
     from export.graphs import add_pooling
     from export.model_definition import author_model, read_definition
     from export.parity import compare, gate, served_text_batches
@@ -177,7 +178,7 @@ def test_gate_fails_a_graph_that_pools_unlike_the_author(tmp_path, family_folder
     encoder = onnx.load(str(_optimum_encoder(folder, tmp_path / "optimum", 18)))
     tokenizer = AutoTokenizer.from_pretrained(folder)
     batches = served_text_batches(folder / "tokenizer.json", make_sentences(16, seed=3), 48, tokenizer.pad_token_id)
-    reference = _author_outputs(author_model(definition, 48), batches, definition)
+    reference = author_outputs(author_model(definition, 48), batches, definition)
     verdicts = {}
     for pooling in ("mean", "cls"):
         path = tmp_path / f"{pooling}.onnx"
