@@ -285,3 +285,13 @@ def test_do_lower_case_is_served(tmp_path, tiny_tokenizer_dir, family_texts):
     served = served_embeddings(tmp_path / "repo", shouted)
     assert cosines(served, expected).min() >= 0.9999
     np.testing.assert_allclose(served, served_embeddings(tmp_path / "repo", [t.lower() for t in TEXTS]), atol=1e-5)
+
+
+def test_usable_positions_follow_the_family():
+    """RoBERTa-family positions start after padding_idx (514 rows: 512 tokens), MPNet's after 2, BERT's at 0."""
+    from export.families import FAMILIES, position_limit
+
+    assert position_limit(FAMILIES["roberta"], {"max_position_embeddings": 514, "pad_token_id": 1}) == 512
+    assert position_limit(FAMILIES["xlm-roberta"], {"max_position_embeddings": 514, "pad_token_id": 1}) == 512
+    assert position_limit(FAMILIES["mpnet"], {"max_position_embeddings": 514, "pad_token_id": 1}) == 512
+    assert position_limit(FAMILIES["bert"], {"max_position_embeddings": 512, "pad_token_id": 0}) == 512
