@@ -20,13 +20,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Export a Hugging Face BERT folder with Optimum, fuse and quantize it, check every variant "
                     "against PyTorch fp32 (a variant that misses its gate is not written), and write the Triton "
                     "model repository (fill_mask, embed) or, with --output, plain ONNX variants.")
-    parser.add_argument("--model", default=None, help="Hugging Face BERT folder, e.g. runs/demo/model")
+    parser.add_argument("--model", default=None, help="Hugging Face or sentence-transformers folder of a supported encoder (BERT, RoBERTa, XLM-RoBERTa, CamemBERT, DistilBERT, MPNet, ELECTRA, ModernBERT), e.g. runs/demo/model")
     parser.add_argument("--repo", default=None, help="Triton model repository to write (default: model_repository)")
     parser.add_argument("--output", default=None, help="write only ONNX variants + export_report.json here (no Triton files)")
     parser.add_argument("--precision", default=None, help=PRECISION_HELP + " (default: auto)")
     parser.add_argument("--tasks", default=None, help="comma list of fill_mask,embed (default: both)")
-    parser.add_argument("--pooling", choices=["mean", "cls"], default=None, help="embedding pooling (default: mean)")
-    parser.add_argument("--normalize", action="store_true", default=None, help="L2-normalise embeddings")
+    parser.add_argument("--pooling", default=None,
+                        help="embedding pooling: sentence-transformers modes (cls, mean, max, mean_sqrt_len_tokens, "
+                             "weightedmean, lasttoken) joined by '+' (default: the folder's 1_Pooling, else mean; "
+                             "contradicting the folder is honoured with a warning)")
+    parser.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                        help="L2-normalise embeddings (default: as the folder defines it: a Normalize module, else no)")
     parser.add_argument("--no-optimize", dest="optimize", action="store_false", default=None,
                         help="skip ONNX Runtime fusions (Attention, SkipLayerNorm, Gelu)")
     parser.add_argument("--calibration-file", default=None, help="text for int8-static calibration (.txt or .jsonl)")

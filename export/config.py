@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from bertforge import contract
 from bertforge.config import ConfigError, load_config
@@ -52,18 +51,19 @@ class ParityGates:
 
 @dataclass(kw_only=True)
 class ExportConfig:
-    """One export: a BERT folder -> verified ONNX variants (+ a Triton repository)."""
+    """One export: an encoder folder -> verified ONNX variants (+ a Triton repository)."""
 
-    model: Path | None = None  # HF BERT folder (config.json, weights, tokenizer)
+    model: Path | None = None  # HF or sentence-transformers folder (config.json, weights, tokenizer[, modules.json])
     repo: Path | None = Path("model_repository")  # Triton model repository to write (None with `output`)
     output: Path | None = None  # plain mode: only ONNX variants + report, no Triton files
     precision: str = DEFAULT_PRECISION  # "auto" or one of PRECISIONS; `output` mode also takes a comma list or "all"
     tasks: tuple[str, ...] = TASKS  # fill_mask needs an MLM head; without one only embed is written
     optimize: bool = True  # ONNX Runtime transformer fusions (Attention, SkipLayerNorm, Gelu)
     opset: int = 18
-    # embed graph
-    pooling: Literal["mean", "cls"] = "mean"
-    normalize: bool = False
+    # embed graph: None = as the folder defines it (sentence-transformers: 1_Pooling, Normalize), else mean / no
+    # normalisation; a value that contradicts a sentence-transformers folder is honoured with a warning
+    pooling: str | None = None  # sentence-transformers modes joined by "+": cls, mean, max, mean_sqrt_len_tokens, ...
+    normalize: bool | None = None
     # fill_mask graph
     max_top_k: int = contract.MAX_TOP_K
     max_length: int | None = None  # default: min(max_position_embeddings, tokenizer.model_max_length)

@@ -1,4 +1,5 @@
-"""Export a BERT folder: Optimum ONNX export -> served graphs -> fused/quantized variants -> parity gate -> write.
+"""Export an encoder folder (BERT, RoBERTa, ... ; export.families), served as its author defines it
+(export.model_definition): Optimum ONNX export -> served graphs -> fused/quantized variants -> parity gate -> write.
 
     export_to_repository(model_dir, repo_dir)                      # Triton model repository (precision "auto")
     export_onnx(model_dir, output_dir, precision="all")            # plain ONNX variants + report
@@ -16,11 +17,12 @@ from bertforge import contract
 from bertforge.config import save_config, to_dict
 from bertforge.cpu import detect_cpu
 from bertforge.files import write_json_atomically
+from export.author_reference import read_author
 from export.config import AUTO, DEFAULT_PRECISION, ExportConfig, ParityGates
 from export.errors import ExportError, ParityError
 from export.model_folder import ModelFolderInfo, inspect_model_folder
 from export.progress import ExportProgress, PrintProgress
-from serve.repository import REPORT_FILE
+from serve.repository import REPORT_FILE, TOKENIZER_DIR
 
 FAILED_REPORT_FILE = "export_report.failed.json"  # when an earlier, good export is still in place
 CONFIG_FILE = "export_config.toml"  # the resolved config, saved next to what it produced
@@ -44,7 +46,7 @@ def run_export(config: ExportConfig, progress: ExportProgress | None = None) -> 
     from export.writer import prepare_destination
 
     if config.model is None:
-        raise ExportError("no model folder given; pass --model DIR (a Hugging Face BERT folder)")
+        raise ExportError("no model folder given; pass --model DIR (a Hugging Face or sentence-transformers folder)")
     started = time.perf_counter()
     progress = progress or (PrintProgress() if config.progress else ExportProgress())
     # Check the checkpoint and the destination before any heavy work
@@ -52,6 +54,8 @@ def run_export(config: ExportConfig, progress: ExportProgress | None = None) -> 
     destination = Path(config.output or config.repo)
     prepare_destination(destination, replaces_whole_folder=config.output is not None)
     tasks, notes = _tasks(config, info)
+    definition, plan, definition_notes = read_author(config, info)
+    notes += definition_notes
     for note in notes:
         progress.outcome(note)
     report: dict[str, Any] = {"model": str(config.model), "destination": str(destination), "config": to_dict(config),
@@ -59,7 +63,7 @@ def run_export(config: ExportConfig, progress: ExportProgress | None = None) -> 
                               "cpu": detect_cpu().summary(), "tasks": {}}  # the CPU every gate ran on
     with tempfile.TemporaryDirectory(prefix="bertforge-export-") as scratch:
         scratch = Path(scratch)
-        built = _build_and_check(config, info, tasks, scratch, report, progress)
+        built = _build_and_check(config, info, (definition, plan), tasks, scratch, report, progress)
         failures = [line for task in report["tasks"].values() for v in task["variants"].values() for line in v["failures"]]
         report["passed"] = not failures
         report["seconds"] = round(time.perf_counter() - started, 1)
@@ -72,11 +76,11 @@ def run_export(config: ExportConfig, progress: ExportProgress | None = None) -> 
         if config.output:
             from export.writer import write_output_folder
 
-            write_output_folder(destination, built, info, report)
+            write_output_folder(destination, built, scratch / TOKENIZER_DIR, info, report)
         else:
             from export.writer import write_repository
 
-            write_repository(destination, built, info, config, report)
+            write_repository(destination, built, scratch / TOKENIZER_DIR, info, config, report)
         save_config(config, destination / CONFIG_FILE)
     progress.outcome(f"wrote {destination} in {report['seconds']} s")
     return report
@@ -88,28 +92,41 @@ def build_checked_variants(config: ExportConfig, scratch: Path, progress: Export
     progress = progress or ExportProgress()
     info = inspect_model_folder(config.model)
     tasks, notes = _tasks(config, info)
-    report: dict[str, Any] = {"model": str(config.model), "notes": notes, "tasks": {}}
-    built = _build_and_check(config, info, tasks, Path(scratch), report, progress, keep_failed=True, plain=plain)
+    definition, plan, definition_notes = read_author(config, info)
+    report: dict[str, Any] = {"model": str(config.model), "notes": notes + definition_notes, "tasks": {}}
+    built = _build_and_check(config, info, (definition, plan), tasks, Path(scratch), report, progress, keep_failed=True,
+                             plain=plain)
     return built, report
 
 
-def _build_and_check(config: ExportConfig, info: ModelFolderInfo, tasks: list[str], scratch: Path, report: dict, progress,
-                     keep_failed: bool = False, plain: bool | None = None) -> dict:
-    """Build every (task, precision) variant in `scratch` and gate it; returns {task: {precision: path}}."""
+def _build_and_check(config: ExportConfig, info: ModelFolderInfo, author: tuple, tasks: list[str], scratch: Path,
+                     report: dict, progress, keep_failed: bool = False, plain: bool | None = None) -> dict:
+    """Build every (task, precision) variant in `scratch` and gate it; returns {task: {precision: path}}.
+    The served tokenizer is saved to `scratch/tokenizer` (as the author's library tokenizes: lower-casing included)."""
     import onnx
-    from transformers import AutoTokenizer
 
-    from export.graphs import add_fill_mask_head, add_logits_head, add_pooling, encoder_only, mlm_head_weights
+    from export.author_reference import (
+        author_agreement,
+        author_outputs,
+        definition_report,
+        embed_gate_batches,
+        fused_graph,
+        reference_name,
+        save_served_tokenizer,
+    )
+    from export.families import mlm_head
+    from export.graphs import add_fill_mask_head, add_logits_head, add_pooling, encoder_only
+    from export.model_definition import reference_model
     from export.parity import make_parity_inputs, reference_outputs
     from export.texts import calibration_texts, parity_texts
-    from export.variants import fuse
-
-    tokenizer = AutoTokenizer.from_pretrained(info.folder)
-    max_length = _max_length(config, info, tokenizer)
+    definition, plan = author
+    tokenizer = save_served_tokenizer(definition, info, scratch / TOKENIZER_DIR)
+    max_length = _max_length(config, info, tokenizer, definition)
     report["max_length"] = max_length
     top_k = min(config.max_top_k, int(info.config["vocab_size"]))
     report["max_top_k"] = top_k
-    _check_serving(config, tasks, max_length, top_k)
+    report["definition"] = definition_report(info, config, definition, plan)
+    _check_serving(config, tasks, max_length, top_k, report["definition"]["served"])
     # 1. Optimum: the encoder (last_hidden_state), dynamic batch and sequence axes
     progress.step(f"optimum export of {info.folder} (opset {config.opset})")
     encoder = onnx.load(str(_optimum_encoder(info.folder, scratch / "optimum", config.opset)))
@@ -118,33 +135,47 @@ def _build_and_check(config: ExportConfig, info: ModelFolderInfo, tasks: list[st
     texts = parity_texts(config)
     inputs = make_parity_inputs(tokenizer, texts, max_length, seed=config.seed, min_masks=config.gates.min_masks)
     calibration = make_parity_inputs(tokenizer, calibration_texts(config), max_length, seed=config.seed + 1, min_masks=1)
-    calibration_feeds = [batch.feeds for batch in calibration.fill_mask if batch.source == "text"]
+    # only the inputs the family's graph has (no token_type_ids for RoBERTa, DistilBERT, ModernBERT, ...)
+    graph_inputs = {node.name for node in encoder.graph.input} | {contract.ONNX_MASK_POSITIONS}
+    calibration_feeds = [{name: value for name, value in batch.feeds.items() if name in graph_inputs}
+                         for batch in calibration.fill_mask if batch.source == "text"]
+    if "embed" in tasks:
+        inputs.embed = embed_gate_batches(inputs, texts, scratch / TOKENIZER_DIR, max_length, tokenizer, definition)
     report["gate_inputs"] = {"texts": len(texts), "source": _text_source(config),
-                             "fill_mask_batches": len(inputs.fill_mask), "embed_batches": len(inputs.embed)}
+                             "fill_mask_batches": len(inputs.fill_mask), "embed_batches": len(inputs.embed),
+                             "embed_reference": reference_name(definition)}
     built: dict[str, dict[str, Path]] = {}
     references: dict[tuple, list] = {}
     plain = config.output is not None if plain is None else plain
     for name, task, kind in _targets(tasks, plain=plain):
         # 3. fp32 graph: gather + MLM head + top-k, pooling, or (plain) logits / last_hidden_state; then fused
-        pooling, normalize = (config.pooling, config.normalize) if kind == "served" else ("mean", False)
+        pooling, normalize = (plan.pooling_name, plan.normalize) if kind == "served" else ("mean", False)
         if task == "fill_mask":
-            head = mlm_head_weights(torch_model)
+            head, head_module = mlm_head(torch_model)
             graph = add_fill_mask_head(encoder, head, top_k) if kind == "served" else add_logits_head(encoder, head)
         else:
-            graph = add_pooling(encoder, pooling, normalize) if kind == "served" else encoder_only(encoder)
+            graph = add_pooling(encoder, plan.pooling, plan.normalize, plan.dense) if kind == "served" else encoder_only(encoder)
         fp32_path = scratch / name / "model.fp32.onnx"
         fp32_path.parent.mkdir(parents=True)
         onnx.save(graph, str(fp32_path))
-        fused = fuse(fp32_path, scratch / name / "model.fused.onnx", num_heads=info.num_heads,
-                     hidden_size=info.hidden_size, optimize=config.optimize)
+        fused = fused_graph(fp32_path, scratch / name, info, config, plan if task == "embed" and kind == "served" else None)
         batches = inputs.for_task(task)
         key = (task, pooling, normalize)
-        if key not in references:
-            references[key] = reference_outputs(torch_model, batches, task, pooling, normalize, top_k)
+        if key not in references and task == "embed" and kind == "served":
+            # the author's computation: sentence-transformers on the same texts / ids (flags that contradict the
+            # folder replace its Pooling/Normalize with sentence-transformers' own, as asked)
+            references[key] = author_outputs(reference_model(definition, plan, max_length), batches, definition)
+            if not plan.agrees_with_author:
+                report["definition"]["author_agreement"] = author_agreement(fp32_path, batches, definition, max_length)
+        elif key not in references:
+            references[key] = reference_outputs(torch_model, batches, task, pooling, normalize, top_k,
+                                                head=head_module if task == "fill_mask" else None)
         feeds = calibration_feeds if task == "fill_mask" and kind == "served" else [_encoder_only(f) for f in calibration_feeds]
+        timing_feeds = {name: value for name, value in _timing_feeds(tokenizer, max_length, task, kind).items()
+                        if name in graph_inputs}
         target = _Target(name=name, task=task, kind=kind, fused=fused, folder=scratch / name, batches=batches,
                          references=references[key], calibration_feeds=feeds, config=config,
-                         timing_feeds=_timing_feeds(tokenizer, max_length, task, kind))
+                         timing_feeds=timing_feeds)
         report["tasks"][name] = {"task": task, "graph": kind, "variants": {}}
         # 4. each precision: build (auto and int8 search recipes), run on fresh inputs, gate
         for precision in config.precisions:
@@ -177,7 +208,7 @@ class _Target:
     timing_feeds: dict
 
     def evaluate(self, path: Path, precision: str) -> tuple[dict, list[str], float, list[str]]:
-        """(metrics, failures, error, providers) of the variant at `path` against PyTorch."""
+        """(metrics, failures, error, providers) of the variant at `path` against the reference."""
         from export.parity import compare, gate, task_error
         from export.variants import gate_session
 
@@ -307,10 +338,14 @@ def _tasks(config: ExportConfig, info: ModelFolderInfo) -> tuple[list[str], list
     return tasks, notes
 
 
-def _max_length(config: ExportConfig, info: ModelFolderInfo, tokenizer) -> int:
-    limit = int(info.config.get("max_position_embeddings", contract.DEFAULT_MAX_LENGTH))
+def _max_length(config: ExportConfig, info: ModelFolderInfo, tokenizer, definition) -> int:
+    """The model's usable positions (export.families.position_limit), the tokenizer's limit, and a
+    sentence-transformers max_seq_length: the smallest; `config.max_length` may lower it."""
+    from export.families import position_limit
+
+    limit = position_limit(info.family, info.config)
     tokenizer_limit = getattr(tokenizer, "model_max_length", limit) or limit
-    limit = min(limit, tokenizer_limit)
+    limit = min(limit, tokenizer_limit, definition.max_seq_length or limit)
     if config.max_length is not None:
         if config.max_length > limit:
             raise ExportError(f"max_length {config.max_length} exceeds the model's {limit} positions; lower it")
@@ -318,7 +353,7 @@ def _max_length(config: ExportConfig, info: ModelFolderInfo, tokenizer) -> int:
     return limit
 
 
-def _check_serving(config: ExportConfig, tasks: list[str], max_length: int, max_top_k: int) -> None:
+def _check_serving(config: ExportConfig, tasks: list[str], max_length: int, max_top_k: int, fields: dict) -> None:
     """The serving settings must hold for this model (e.g. one max-length text within the token budget)
     before the export spends minutes; the writer builds the same settings at the end."""
     from bertforge.config import ConfigError
@@ -326,13 +361,14 @@ def _check_serving(config: ExportConfig, tasks: list[str], max_length: int, max_
 
     for task in tasks:
         try:
-            serving_settings(task, "fp32", config, max_length, max_top_k)
+            serving_settings(task, "fp32", config, max_length, max_top_k, fields)
         except ConfigError as error:
             raise ExportError(f"serving settings do not fit this model: {error}") from None
 
 
 def _optimum_encoder(model_dir: Path, output: Path, opset: int) -> Path:
-    """Optimum's feature-extraction export: input_ids/attention_mask/token_type_ids -> last_hidden_state."""
+    """Optimum's feature-extraction export of the transformers model (never its sentence-transformers variant:
+    the pooling is ours): input_ids/attention_mask[/token_type_ids] -> last_hidden_state."""
     import warnings
 
     from optimum.exporters.onnx import main_export
@@ -340,21 +376,21 @@ def _optimum_encoder(model_dir: Path, output: Path, opset: int) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         main_export(str(model_dir), str(output), task="feature-extraction", opset=opset, device="cpu",
-                    do_validation=False)
+                    do_validation=False, library_name="transformers")
     return output / "model.onnx"
 
 
 def _load_torch(info: ModelFolderInfo):
-    """The PyTorch fp32 reference (safetensors only)."""
-    from transformers import BertForMaskedLM, BertModel
+    """The PyTorch fp32 reference (safetensors only): the family's *ForMaskedLM, or its base model."""
+    from transformers import AutoModel, AutoModelForMaskedLM
 
     if info.has_mlm_head:
-        return BertForMaskedLM.from_pretrained(info.folder, use_safetensors=True).eval()
-    return BertModel.from_pretrained(info.folder, use_safetensors=True, add_pooling_layer=False).eval()
+        return AutoModelForMaskedLM.from_pretrained(info.folder, use_safetensors=True).eval()
+    return AutoModel.from_pretrained(info.folder, use_safetensors=True).eval()
 
 
 def _encoder_only(feeds: dict) -> dict:
-    return {name: feeds[name] for name in contract.ONNX_ENCODER_INPUTS}
+    return {name: feeds[name] for name in contract.ONNX_ENCODER_INPUTS if name in feeds}
 
 
 def _summary(metrics: dict, task: str, precision: str) -> str:

@@ -2,17 +2,17 @@
 
 - fill_mask: gather the hidden states at `mask_positions` (flat b*T+t), run the MLM head only there,
   softmax, top-k -> `top_ids` (int64) and `top_probs` (float32). The head never sees other positions.
-- embed: mean (attention mask) or CLS pooling, optional L2 normalisation -> `sentence_embedding`.
+- embed: the model's pooling (every sentence-transformers mode, concatenated in its order), Dense layers,
+  optional L2 normalisation -> `sentence_embedding`.
 - logits: the MLM head over every position (`logits`, [B, T, V]) for `--output` mode, so the
   folder loads with optimum's ORTModelForMaskedLM.
 
-Weights of the head come from the PyTorch checkpoint (`BertForMaskedLM.cls.predictions`).
+Weights of the head come from the PyTorch checkpoint (export.families.mlm_head: each family's MLM head).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import numpy as np
 
@@ -22,22 +22,6 @@ HIDDEN = "last_hidden_state"
 LOGITS = "logits"
 GELU_ACTIVATIONS = {"gelu", "gelu_python"}
 TANH_GELU_ACTIVATIONS = {"gelu_new", "gelu_pytorch_tanh", "gelu_fast"}
-
-
-def mlm_head_weights(mlm_model) -> dict[str, np.ndarray | float | str]:
-    """The prediction head of a `BertForMaskedLM` as numpy arrays (decoder tied to the embeddings)."""
-    predictions = mlm_model.cls.predictions
-    as_numpy = lambda tensor: tensor.detach().float().cpu().numpy()  # noqa: E731
-    return {
-        "dense_weight": as_numpy(predictions.transform.dense.weight).T.copy(),  # (H, H) for MatMul
-        "dense_bias": as_numpy(predictions.transform.dense.bias),
-        "norm_weight": as_numpy(predictions.transform.LayerNorm.weight),
-        "norm_bias": as_numpy(predictions.transform.LayerNorm.bias),
-        "norm_eps": float(predictions.transform.LayerNorm.eps),
-        "decoder_weight": as_numpy(predictions.decoder.weight).T.copy(),  # (H, V)
-        "decoder_bias": as_numpy(predictions.decoder.bias if predictions.decoder.bias is not None else predictions.bias),
-        "activation": str(mlm_model.config.hidden_act),
-    }
 
 
 def add_fill_mask_head(encoder, head: dict, max_top_k: int):
@@ -87,49 +71,179 @@ def encoder_only(encoder):
     return _finish(encoder, graph, "bertforge feature-extraction")
 
 
-def add_pooling(encoder, pooling: Literal["mean", "cls"] = "mean", normalize: bool = False):
-    """encoder graph -> one vector per text: mean over real tokens or the [CLS] state, optionally L2-normalised."""
+def add_pooling(encoder, pooling: str | tuple[str, ...] = "mean", normalize: bool = False, dense: tuple = ()):
+    """encoder graph -> one vector per text, as sentence-transformers computes it: its pooling modes
+    (export.model_definition; several are concatenated in the given order), its Dense layers, optional L2 norm.
+    The server pads on the right, so "cls" is position 0 and "lasttoken" the last real token."""
     from onnx import TensorProto, helper
 
     graph = _start(encoder)
-    if pooling == "mean":
-        # sum(hidden * mask) / max(sum(mask), eps): padding never counts
-        graph.node.append(helper.make_node("Cast", ["attention_mask"], ["pool/mask"], to=TensorProto.FLOAT))
-        _constant(graph, "pool/last_axis", np.array([-1], dtype=np.int64))
-        _constant(graph, "pool/seq_axis", np.array([1], dtype=np.int64))
-        _constant(graph, "pool/eps", np.array(1e-9, dtype=np.float32))
-        graph.node.extend([
-            helper.make_node("Unsqueeze", ["pool/mask", "pool/last_axis"], ["pool/mask3"]),  # (B, T, 1)
-            helper.make_node("Mul", [HIDDEN, "pool/mask3"], ["pool/masked"]),
-            helper.make_node("ReduceSum", ["pool/masked", "pool/seq_axis"], ["pool/sum"], keepdims=0),  # (B, H)
-            helper.make_node("ReduceSum", ["pool/mask3", "pool/seq_axis"], ["pool/count"], keepdims=0),  # (B, 1)
-            helper.make_node("Max", ["pool/count", "pool/eps"], ["pool/count_safe"]),
-            helper.make_node("Div", ["pool/sum", "pool/count_safe"], ["pool/pooled"]),
-        ])
-    elif pooling == "cls":
-        _constant(graph, "pool/zero", np.array(0, dtype=np.int64))
-        graph.node.append(helper.make_node("Gather", [HIDDEN, "pool/zero"], ["pool/pooled"], axis=1))  # (B, H)
-    else:
-        raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
+    modes = tuple(pooling.split("+")) if isinstance(pooling, str) else tuple(pooling)
+    unknown = [mode for mode in modes if mode not in POOLING_BUILDERS]
+    if unknown or not modes:
+        raise ValueError(f"pooling modes must be among {list(POOLING_BUILDERS)}, got {pooling!r}")
+    # the mask as float (B, T, 1), shared by every mode
+    graph.node.append(helper.make_node("Cast", ["attention_mask"], ["pool/mask"], to=TensorProto.FLOAT))
+    _constant(graph, "pool/last_axis", np.array([-1], dtype=np.int64))
+    _constant(graph, "pool/seq_axis", np.array([1], dtype=np.int64))
+    _constant(graph, "pool/eps", np.array(1e-9, dtype=np.float32))
+    graph.node.append(helper.make_node("Unsqueeze", ["pool/mask", "pool/last_axis"], ["pool/mask3"]))
+    pooled = [POOLING_BUILDERS[mode](graph) for mode in modes]
+    result = pooled[0]
+    if len(pooled) > 1:
+        graph.node.append(helper.make_node("Concat", pooled, ["pool/concat"], axis=-1))
+        result = "pool/concat"
+    _project(graph, result, _hidden_size(encoder) * len(modes), dense, normalize)
+    return _finish(encoder, graph, "bertforge embed")
+
+
+def append_projection(model, dense: tuple, normalize: bool):
+    """An embed graph (already fused) -> the same with sentence-transformers' Dense layers and Normalize after its
+    pooling. The fusions run before these are added: ORT's symbolic shape inference cannot follow them."""
+    import onnx
+
+    graph = model.graph
+    (output,) = [o for o in graph.output if o.name == contract.ONNX_SENTENCE_EMBEDDING]
+    width = output.type.tensor_type.shape.dim[1].dim_value
+    for node in graph.node:
+        if output.name in node.output:
+            node.output[:] = ["pool/pooled_out" if name == output.name else name for name in node.output]
+            node.name = f"pool/pooled_out/{node.op_type}"
+    del graph.output[:]
+    _project(graph, "pool/pooled_out", width, dense, normalize)
+    _name_nodes(graph)
+    onnx.checker.check_model(model)
+    return model
+
+
+def _project(graph, result: str, width: int, dense: tuple, normalize: bool) -> None:
+    """Dense layers, then optional L2 normalisation, then the `sentence_embedding` output."""
+    from onnx import TensorProto, helper
+
+    for index, layer in enumerate(dense):
+        result, width = _dense(graph, result, layer, index), layer.weight.shape[0]
     if normalize:
         # x / max(||x||, 1e-12), as torch.nn.functional.normalize
         _constant(graph, "pool/norm_axis", np.array([-1], dtype=np.int64))
         _constant(graph, "pool/norm_eps", np.array(1e-12, dtype=np.float32))
         graph.node.extend([
             # ReduceSum+Sqrt, not ReduceL2: ORT's symbolic shape inference (needed by the fusions) lacks ReduceL2-18
-            helper.make_node("Mul", ["pool/pooled", "pool/pooled"], ["pool/squares"]),
+            helper.make_node("Mul", [result, result], ["pool/squares"]),
             helper.make_node("ReduceSum", ["pool/squares", "pool/norm_axis"], ["pool/square_sum"], keepdims=1),
             helper.make_node("Sqrt", ["pool/square_sum"], ["pool/norm"]),
             helper.make_node("Max", ["pool/norm", "pool/norm_eps"], ["pool/norm_safe"]),
-            helper.make_node("Div", ["pool/pooled", "pool/norm_safe"], ["pool/result"]),
+            helper.make_node("Div", [result, "pool/norm_safe"], ["pool/result"]),
         ])
         result = "pool/result"
-    else:
-        result = "pool/pooled"
     graph.node.append(helper.make_node("Identity", [result], [contract.ONNX_SENTENCE_EMBEDDING]))
-    hidden_size = _hidden_size(encoder)
-    graph.output.append(helper.make_tensor_value_info(contract.ONNX_SENTENCE_EMBEDDING, TensorProto.FLOAT, ["batch_size", hidden_size]))
-    return _finish(encoder, graph, "bertforge embed")
+    graph.output.append(helper.make_tensor_value_info(contract.ONNX_SENTENCE_EMBEDDING, TensorProto.FLOAT, ["batch_size", width]))
+
+
+def _masked_sum(graph) -> tuple[str, str]:
+    """(sum of hidden over real tokens (B, H), real-token count clamped at 1e-9 (B, 1)), built once."""
+    from onnx import helper
+
+    if not any(node.output[0] == "pool/sum" for node in graph.node):
+        graph.node.extend([
+            helper.make_node("Mul", [HIDDEN, "pool/mask3"], ["pool/masked"]),
+            helper.make_node("ReduceSum", ["pool/masked", "pool/seq_axis"], ["pool/sum"], keepdims=0),  # (B, H)
+            helper.make_node("ReduceSum", ["pool/mask3", "pool/seq_axis"], ["pool/count"], keepdims=0),  # (B, 1)
+            helper.make_node("Max", ["pool/count", "pool/eps"], ["pool/count_safe"]),
+        ])
+    return "pool/sum", "pool/count_safe"
+
+
+def _pool_mean(graph) -> str:
+    from onnx import helper
+
+    total, count = _masked_sum(graph)
+    graph.node.append(helper.make_node("Div", [total, count], ["pool/mean"]))
+    return "pool/mean"
+
+
+def _pool_mean_sqrt_len(graph) -> str:
+    from onnx import helper
+
+    total, count = _masked_sum(graph)
+    graph.node.extend([helper.make_node("Sqrt", [count], ["pool/sqrt_count"]),
+                       helper.make_node("Div", [total, "pool/sqrt_count"], ["pool/mean_sqrt_len"])])
+    return "pool/mean_sqrt_len"
+
+
+def _pool_cls(graph) -> str:
+    from onnx import helper
+
+    _constant(graph, "pool/zero", np.array(0, dtype=np.int64))
+    graph.node.append(helper.make_node("Gather", [HIDDEN, "pool/zero"], ["pool/cls"], axis=1))  # (B, H)
+    return "pool/cls"
+
+
+def _pool_max(graph) -> str:
+    """max over real tokens (padding set to -inf first, as sentence-transformers does)."""
+    from onnx import helper
+
+    _constant(graph, "pool/zero_f", np.array(0.0, dtype=np.float32))
+    _constant(graph, "pool/neg_inf", np.array(-np.inf, dtype=np.float32))
+    graph.node.extend([
+        helper.make_node("Equal", ["pool/mask3", "pool/zero_f"], ["pool/is_pad"]),
+        helper.make_node("Where", ["pool/is_pad", "pool/neg_inf", HIDDEN], ["pool/max_in"]),
+        helper.make_node("ReduceMax", ["pool/max_in", "pool/seq_axis"], ["pool/max"], keepdims=0),
+    ])
+    return "pool/max"
+
+
+def _pool_weightedmean(graph) -> str:
+    """sum(h_t * t * mask_t) / sum(t * mask_t), positions t counted from 1."""
+    from onnx import helper, numpy_helper
+
+    graph.node.extend([
+        helper.make_node("Shape", ["pool/mask3"], ["pool/mask_shape"]),
+        helper.make_node("ConstantOfShape", ["pool/mask_shape"], ["pool/ones"],
+                         value=numpy_helper.from_array(np.array([1.0], dtype=np.float32))),
+        helper.make_node("CumSum", ["pool/ones", "pool/seq_axis"], ["pool/positions"]),  # 1..T
+        helper.make_node("Mul", ["pool/positions", "pool/mask3"], ["pool/weights"]),
+        helper.make_node("Mul", [HIDDEN, "pool/weights"], ["pool/weighted"]),
+        helper.make_node("ReduceSum", ["pool/weighted", "pool/seq_axis"], ["pool/weighted_sum"], keepdims=0),
+        helper.make_node("ReduceSum", ["pool/weights", "pool/seq_axis"], ["pool/weight_sum"], keepdims=0),
+        helper.make_node("Max", ["pool/weight_sum", "pool/eps"], ["pool/weight_sum_safe"]),
+        helper.make_node("Div", ["pool/weighted_sum", "pool/weight_sum_safe"], ["pool/weightedmean"]),
+    ])
+    return "pool/weightedmean"
+
+
+def _pool_lasttoken(graph) -> str:
+    """the last real token: where the running count of real tokens reaches the row's total."""
+    from onnx import helper
+
+    graph.node.extend([
+        helper.make_node("CumSum", ["pool/mask3", "pool/seq_axis"], ["pool/running"]),
+        helper.make_node("ReduceSum", ["pool/mask3", "pool/seq_axis"], ["pool/total"], keepdims=1),
+        helper.make_node("Equal", ["pool/running", "pool/total"], ["pool/at_total"]),
+        helper.make_node("Cast", ["pool/at_total"], ["pool/at_total_f"], to=1),
+        helper.make_node("Mul", ["pool/at_total_f", "pool/mask3"], ["pool/last_onehot"]),
+        helper.make_node("Mul", [HIDDEN, "pool/last_onehot"], ["pool/last_masked"]),
+        helper.make_node("ReduceSum", ["pool/last_masked", "pool/seq_axis"], ["pool/lasttoken"], keepdims=0),
+    ])
+    return "pool/lasttoken"
+
+
+POOLING_BUILDERS = {"cls": _pool_cls, "max": _pool_max, "mean": _pool_mean, "mean_sqrt_len_tokens": _pool_mean_sqrt_len,
+                    "weightedmean": _pool_weightedmean, "lasttoken": _pool_lasttoken}
+
+
+def _dense(graph, source: str, layer, index: int) -> str:
+    """A sentence-transformers Dense module: activation(x W^T + b)."""
+    from onnx import helper
+
+    prefix = f"dense{index}"
+    _constant(graph, f"{prefix}/weight", np.ascontiguousarray(layer.weight, dtype=np.float32))  # (out, in)
+    _constant(graph, f"{prefix}/bias", np.asarray(layer.bias, dtype=np.float32))
+    graph.node.append(helper.make_node("Gemm", [source, f"{prefix}/weight", f"{prefix}/bias"], [f"{prefix}/linear"],
+                                       transB=1))
+    if layer.activation is None:
+        return f"{prefix}/linear"
+    graph.node.append(helper.make_node(layer.activation, [f"{prefix}/linear"], [f"{prefix}/out"]))
+    return f"{prefix}/out"
 
 
 def _prediction_head(graph, source: str, head: dict, output: str = "head/logits") -> str:

@@ -1,4 +1,5 @@
-"""Look at a user's folder before exporting it: is it a BERT checkpoint, is the tokenizer there, is the MLM head?"""
+"""Look at a user's folder before exporting it: a supported encoder family, the tokenizer, the MLM head, and the
+author's embedding definition (export.model_definition) when it is a sentence-transformers folder."""
 
 from __future__ import annotations
 
@@ -6,36 +7,43 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from bertforge import contract
 from export.errors import ExportError
+from export.families import Family, family_of
+from export.model_definition import MODULES_FILE, is_sentence_transformers_folder
 
-MLM_HEAD_KEYS = ("cls.predictions.transform.dense.weight", "cls.predictions.transform.LayerNorm.weight",
-                 "cls.predictions.bias")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 
 
 @dataclass(frozen=True)
 class ModelFolderInfo:
-    folder: Path
+    folder: Path  # the Hugging Face checkpoint (a sentence-transformers folder's Transformer module)
     config: dict
     has_mlm_head: bool
     weight_keys: frozenset[str]
+    family: Family
+    root: Path  # the folder the user gave (holds modules.json for a sentence-transformers model)
 
     @property
     def hidden_size(self) -> int:
-        return int(self.config["hidden_size"])
+        return int(self.config[self.family.hidden_key])
 
     @property
     def num_heads(self) -> int:
-        return int(self.config["num_attention_heads"])
+        return int(self.config[self.family.heads_key])
+
+    @property
+    def sentence_transformers(self) -> bool:
+        return is_sentence_transformers_folder(self.root)
 
 
 def inspect_model_folder(folder: Path) -> ModelFolderInfo:
-    """Check `folder` is an HF BERT folder with safetensors weights and a tokenizer; say what is wrong if not."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ExportError(f"{folder} is not a folder; pass --model a Hugging Face BERT folder (config.json, "
-                          "model.safetensors, tokenizer files), e.g. runs/<name>/model")
+    """Check `folder` is an HF encoder folder (or a sentence-transformers folder around one) of a supported family
+    with safetensors weights and a tokenizer; say what is wrong if not."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise ExportError(f"{root} is not a folder; pass --model a Hugging Face or sentence-transformers folder "
+                          "(config.json, model.safetensors, tokenizer files), e.g. runs/<name>/model")
+    folder = _checkpoint_folder(root)
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise ExportError(f"{folder} is not a Hugging Face checkpoint: config.json is missing")
@@ -43,19 +51,30 @@ def inspect_model_folder(folder: Path) -> ModelFolderInfo:
         config = json.loads(config_file.read_text())
     except json.JSONDecodeError as error:
         raise ExportError(f"{config_file} is not valid JSON: {error}") from error
-    if config.get("model_type") != "bert":
-        raise ExportError(f"{folder} holds a {config.get('model_type')!r} model; the exporter handles BERT "
-                          "(model_type 'bert') checkpoints only")
+    family = family_of(config, folder)
     keys = _weight_keys(folder)
-    if not any(key.endswith("embeddings.word_embeddings.weight") for key in keys):
-        raise ExportError(f"{folder}: the weights have no BERT embeddings (embeddings.word_embeddings.weight)")
+    if not any(key.endswith(family.embeddings_key) for key in keys):
+        raise ExportError(f"{folder}: the weights have no {family.model_type} embeddings ({family.embeddings_key})")
     present = [name for name in TOKENIZER_FILES if (folder / name).is_file()]
     if not present:
         raise ExportError(f"{folder} has no tokenizer ({' or '.join(TOKENIZER_FILES)}); save it next to the "
                           "weights with tokenizer.save_pretrained(folder)")
     _check_tokenizer(folder)
-    has_head = all(key in keys for key in MLM_HEAD_KEYS)
-    return ModelFolderInfo(folder=folder, config=config, has_mlm_head=has_head, weight_keys=frozenset(keys))
+    has_head = family.mlm_head_key in keys
+    return ModelFolderInfo(folder=folder, config=config, has_mlm_head=has_head, weight_keys=frozenset(keys),
+                           family=family, root=root)
+
+
+def _checkpoint_folder(root: Path) -> Path:
+    """The Hugging Face checkpoint: the folder itself, or its sentence-transformers Transformer module's path."""
+    if not is_sentence_transformers_folder(root):
+        return root
+    try:
+        entries = json.loads((root / MODULES_FILE).read_text())
+        first = min(entries, key=lambda entry: int(entry.get("idx", 0)))
+    except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as error:
+        raise ExportError(f"{root / MODULES_FILE} is not a valid sentence-transformers module list: {error}") from error
+    return root / first.get("path", "")
 
 
 def _weight_keys(folder: Path) -> set[str]:
@@ -85,8 +104,13 @@ def _check_tokenizer(folder: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except Exception as error:  # transformers raises many types for broken tokenizer files
         raise ExportError(f"{folder}: the tokenizer does not load ({error}); re-save it with save_pretrained") from error
-    absent = [token for token in contract.SPECIAL_TOKENS if tokenizer.convert_tokens_to_ids(token) in (None, tokenizer.unk_token_id)
-              and token != contract.UNK_TOKEN]
+    roles = {"padding": tokenizer.pad_token_id, "start (cls/bos)": _first(tokenizer.cls_token_id, tokenizer.bos_token_id),
+             "end (sep/eos)": _first(tokenizer.sep_token_id, tokenizer.eos_token_id)}
+    absent = [role for role, token_id in roles.items() if token_id is None]
     if absent:
-        raise ExportError(f"{folder}: the tokenizer lacks the special tokens {absent}; a BERT WordPiece tokenizer "
-                          f"with {list(contract.SPECIAL_TOKENS)} is required")
+        raise ExportError(f"{folder}: the tokenizer defines no {' / '.join(absent)} token; save the model's own "
+                          "tokenizer (tokenizer.save_pretrained(folder)) next to the weights")
+
+
+def _first(*values):
+    return next((value for value in values if value is not None), None)

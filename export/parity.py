@@ -37,6 +37,7 @@ TOP_CONTAINMENT_K = 5
 class ParityBatch:
     source: str  # "random" or "text"
     feeds: dict[str, np.ndarray]  # encoder inputs (+ mask_positions for fill-mask batches)
+    texts: list[str] | None = None  # the texts (before any prompt) when the reference encodes text, not ids
 
 
 @dataclass
@@ -103,26 +104,29 @@ def text_windows(tokenizer, texts: list[str], window: int, limit: int = MAX_TEXT
 
 
 def reference_outputs(torch_model, batches: list[ParityBatch], task: str, pooling: str, normalize: bool,
-                      top_k: int) -> list[dict[str, np.ndarray]]:
+                      top_k: int, head=None) -> list[dict[str, np.ndarray]]:
     """PyTorch fp32 outputs for each batch: the full distribution at the masks (float16 to bound memory) and
-    its top-k, or pooled embeddings."""
+    its top-k (the family's own MLM `head`, export.families.mlm_head), or pooled embeddings (a plain folder:
+    bertforge's mean/cls pooling; a sentence-transformers folder uses `sentence_transformers_outputs`)."""
     import torch
 
+    from export.families import encoder_of
+
+    encoder = encoder_of(torch_model)
+    names = _forward_inputs(encoder)
     results = []
     with torch.no_grad():
         for batch in batches:
-            inputs = {name: torch.from_numpy(batch.feeds[name]) for name in contract.ONNX_ENCODER_INPUTS}
+            inputs = {name: torch.from_numpy(batch.feeds[name]) for name in contract.ONNX_ENCODER_INPUTS if name in names}
+            hidden = encoder(**inputs).last_hidden_state  # (B, T, H)
             if task == "fill_mask":
                 # transformers' own modules: the encoder, then its MLM head on the masked rows only
-                hidden = torch_model.bert(**inputs).last_hidden_state  # (B, T, H)
                 masked = hidden.reshape(-1, hidden.shape[-1])[torch.from_numpy(batch.feeds[contract.ONNX_MASK_POSITIONS])]
-                probs = torch.softmax(torch_model.cls(masked).double(), dim=-1)  # (M, V)
+                probs = torch.softmax(head(masked).double(), dim=-1)  # (M, V)
                 top_probs, top_ids = probs.topk(top_k, dim=-1)  # (M, K)
                 results.append({contract.ONNX_TOP_IDS: top_ids.numpy(), contract.ONNX_TOP_PROBS: top_probs.float().numpy(),
                                 PROBS_OUTPUT: probs.to(torch.float16).numpy()})
             else:
-                encoder = getattr(torch_model, "bert", torch_model)
-                hidden = encoder(**inputs).last_hidden_state  # (B, T, H)
                 if pooling == "cls":
                     pooled = hidden[:, 0]
                 else:
@@ -132,6 +136,50 @@ def reference_outputs(torch_model, batches: list[ParityBatch], task: str, poolin
                     pooled = torch.nn.functional.normalize(pooled, dim=-1)
                 results.append({contract.ONNX_SENTENCE_EMBEDDING: pooled.numpy()})
     return results
+
+
+def sentence_transformers_outputs(model, batches: list[ParityBatch], prompt: str = "") -> list[dict[str, np.ndarray]]:
+    """The author's embeddings: `model.encode(texts)` (the default prompt applied by sentence-transformers
+    itself) for text batches, the model's own module chain on the token ids for random-id batches."""
+    import torch
+
+    names = set(model.tokenizer.model_input_names)
+    results = []
+    with torch.no_grad():
+        for batch in batches:
+            if batch.texts is not None:
+                embedding = model.encode(batch.texts, prompt=prompt or None, batch_size=len(batch.texts),
+                                         convert_to_numpy=True, show_progress_bar=False)
+            else:
+                features = {name: torch.from_numpy(value) for name, value in batch.feeds.items() if name in names}
+                embedding = model(features)["sentence_embedding"].float().numpy()
+            results.append({contract.ONNX_SENTENCE_EMBEDDING: np.asarray(embedding, dtype=np.float32)})
+    return results
+
+
+def served_text_batches(tokenizer_file, texts: list[str], max_length: int, pad_id: int, prompt: str = "",
+                        batch_size: int = 8, limit: int = MAX_TEXT_WINDOWS) -> list[ParityBatch]:
+    """Whole texts (with the prompt put before each) tokenized exactly as the server tokenizes them: its
+    tokenizer.json, cut at max_length, padded on the right to the batch's longest."""
+    from serve.runtime import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_file, max_length)
+    texts = [text for text in texts if text.strip()][:limit]
+    batches = []
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start:start + batch_size]
+        encodings = tokenizer.encode_batch([prompt + text for text in chunk])
+        feeds = pad_rows([encoding.ids for encoding in encodings], pad_id, None, pad_id)
+        for row, encoding in enumerate(encodings):
+            feeds["token_type_ids"][row, : len(encoding.type_ids)] = encoding.type_ids
+        batches.append(ParityBatch("text", feeds, texts=chunk))
+    return batches
+
+
+def _forward_inputs(encoder) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(encoder.forward).parameters)
 
 
 def compare(session, batches: list[ParityBatch], references: list[dict], task: str, graph: str = "served",
@@ -286,8 +334,13 @@ def _summarise(parts: list[dict], task: str, max_abs_diff: float) -> dict:
 
 
 def special_ids(tokenizer) -> dict[str, int]:
-    names = {"cls": contract.CLS_TOKEN, "sep": contract.SEP_TOKEN, "pad": contract.PAD_TOKEN, "mask": contract.MASK_TOKEN}
-    return {key: tokenizer.convert_tokens_to_ids(token) for key, token in names.items()}
+    """The tokenizer's own start/end/padding/mask ids ([CLS]/[SEP] for BERT, <s>/</s> for RoBERTa, ...)."""
+    first = lambda *ids: next((i for i in ids if i is not None), None)  # noqa: E731
+    ids = {"cls": first(tokenizer.cls_token_id, tokenizer.bos_token_id), "sep": first(tokenizer.sep_token_id, tokenizer.eos_token_id),
+           "pad": tokenizer.pad_token_id, "mask": tokenizer.mask_token_id}
+    if ids["mask"] is None:  # no mask token (embedding-only tokenizers): fill-mask batches are never built
+        ids["mask"] = ids["pad"]
+    return ids
 
 
 def _mask_rate_positions(row: list[int], rng: np.random.Generator) -> list[int]:

@@ -38,37 +38,46 @@ def prepare_destination(destination: Path, replaces_whole_folder: bool = False) 
                           "or fix its permissions") from error
 
 
-def serving_settings(task: str, precision: str, config: ExportConfig, max_length: int, max_top_k: int) -> ServingSettings:
-    """How one exported model is served: the user's `serving.*` options plus what the export fixed."""
+def serving_settings(task: str, precision: str, config: ExportConfig, max_length: int, max_top_k: int,
+                     model_fields: dict) -> ServingSettings:
+    """How one exported model is served: the user's `serving.*` options plus what the export fixed, and what the
+    model's definition says (export.model_definition.served_fields: pooling, normalize, prompts, family, width)."""
     return ServingSettings.for_export(config.serving, task=task, precision=precision, max_length=max_length,
-                                      max_top_k=max_top_k, pooling=config.pooling, normalize=config.normalize)
+                                      max_top_k=max_top_k, **model_fields)
 
 
-def write_repository(repo: Path, built: dict[str, dict[str, Path]], info: ModelFolderInfo, config: ExportConfig,
-                     report: dict) -> None:
+def write_repository(repo: Path, built: dict[str, dict[str, Path]], tokenizer_dir: Path, info: ModelFolderInfo,
+                     config: ExportConfig, report: dict) -> None:
     """One Triton model per task (see `serve.repository.ServedModelDir`), each swapped in whole, then the report."""
     repo.mkdir(parents=True, exist_ok=True)
     for task, variants in built.items():
         (precision, onnx_path), = variants.items()
-        settings = serving_settings(task, precision, config, report["max_length"], report["max_top_k"])
+        settings = serving_settings(task, precision, config, report["max_length"], report["max_top_k"],
+                                    report["definition"]["served"])
         with staged_folder(repo / settings.model_name, stage_above_parent=True) as staged:
             model = ServedModelDir(staged)
             model.version_dir.mkdir()
             shutil.copyfile(onnx_path, model.onnx_file)
-            _save_tokenizer(info.folder, model.tokenizer_dir)
+            shutil.copytree(tokenizer_dir, model.tokenizer_dir)
             variant = report["tasks"][task]["variants"][precision]
             model.write(settings, info={"source": str(info.folder), "precision": precision,
                                         "recipe": variant.get("recipe"), "chosen": report["tasks"][task].get("chosen"),
                                         "parity": variant["parity"], "fused_ops": variant["fused_ops"],
-                                        "gate_cpu": report.get("cpu")})
+                                        "gate_cpu": report.get("cpu"),  # the CPU every gate ran on
+                                        # what the graph computes and which file (or flag) each choice came from
+                                        "definition": report["definition"]["used"]})
             report["tasks"][task]["model_dir"] = str(repo / settings.model_name)
             report["tasks"][task]["serving"] = {"max_batch_size": settings.max_batch_size,
                                                 "max_batch_tokens": settings.max_batch_tokens,
-                                                "max_length": settings.max_length, "max_top_k": settings.max_top_k}
+                                                "max_length": settings.max_length, "max_top_k": settings.max_top_k,
+                                                "pooling": settings.pooling, "normalize": settings.normalize,
+                                                "family": settings.family, "embedding_dim": settings.embedding_dim,
+                                                "default_prompt_name": settings.default_prompt_name}
     write_json_atomically(repo / REPORT_FILE, report)
 
 
-def write_output_folder(output: Path, built: dict[str, dict[str, Path]], info: ModelFolderInfo, report: dict) -> None:
+def write_output_folder(output: Path, built: dict[str, dict[str, Path]], tokenizer_dir: Path, info: ModelFolderInfo,
+                        report: dict) -> None:
     """`<output>/<task>/model_<precision>.onnx` + config.json + tokenizer per task, and the report."""
     with staged_folder(output) as folder:
         for task, variants in built.items():
@@ -77,15 +86,9 @@ def write_output_folder(output: Path, built: dict[str, dict[str, Path]], info: M
             for precision, onnx_path in variants.items():
                 shutil.copyfile(onnx_path, task_dir / _variant_file(precision))
             shutil.copyfile(info.folder / "config.json", task_dir / "config.json")
-            _save_tokenizer(info.folder, task_dir)
+            shutil.copytree(tokenizer_dir, task_dir, dirs_exist_ok=True)
         write_json_atomically(folder / REPORT_FILE, report)
 
 
 def _variant_file(precision: str) -> str:
     return "model.onnx" if precision == "fp32" else f"model_{precision.replace('-', '_')}.onnx"
-
-
-def _save_tokenizer(model_dir: Path, target: Path) -> None:
-    from transformers import AutoTokenizer
-
-    AutoTokenizer.from_pretrained(model_dir).save_pretrained(target)

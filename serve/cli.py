@@ -92,10 +92,10 @@ def run(args: argparse.Namespace) -> int:
                                                       restarts_file=server.workdir / RESTARTS_FILE))
             supervisor = None
             if config.supervise:
-                from serve.api.forward import HEALTH_TEXTS
+                from serve.api.forward import HEALTH_MODELS
                 from serve.supervisor import Supervisor
 
-                models = [model.name for model in served_models(served_repo) if model.name in HEALTH_TEXTS]
+                models = [model.name for model in served_models(served_repo) if model.name in HEALTH_MODELS]
                 supervisor = Supervisor(server, models, interval_s=config.supervise_interval_s,
                                         counts_file=server.workdir / RESTARTS_FILE).start()
                 stack.callback(supervisor.stop)  # stopped before the server (the stack unwinds in reverse)

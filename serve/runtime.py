@@ -59,8 +59,11 @@ class ModelRuntime:
     def __init__(self, settings: ServingSettings, tokenizer_dir: Path, onnx_path: Path, device_id: int | None = None):
         self.settings = settings
         self.tokenizer = load_tokenizer(Path(tokenizer_dir) / "tokenizer.json", settings.max_length)
-        self.pad_id = self._special_id(contract.PAD_TOKEN)
-        self.mask_id = self._special_id(contract.MASK_TOKEN)
+        # the tokenizer's own padding and mask tokens ([PAD]/[MASK] for BERT, <pad>/<mask> for RoBERTa, ...)
+        tokens = special_tokens(Path(tokenizer_dir))
+        self.mask_token = tokens["mask_token"]
+        self.pad_id = self._special_id(tokens["pad_token"])
+        self.mask_id = self._special_id(self.mask_token) if settings.task == "fill_mask" else self.tokenizer.token_to_id(self.mask_token)
         self.encoder = TextEncoder(self.tokenizer, settings)
         self._decoded: dict[int, str] = {}
         # ONNX Runtime session on the first available provider of the preference list
@@ -140,7 +143,7 @@ class ModelRuntime:
                                 "(send truncation=truncate (TEI: truncate=true) to cut it, or shorten it)")
         if self.settings.task == "fill_mask" and self.mask_id not in request.ids:
             where = f" within the first {self.settings.max_length} tokens" if truncated else ""
-            return RequestError(f"text has no {contract.MASK_TOKEN} token{where}; fill_mask needs at least one")
+            return RequestError(f"text has no {self.mask_token} token{where}; fill_mask needs at least one")
         return None
 
     # --- batching --------------------------------------------------------------------------------
@@ -211,7 +214,7 @@ class ModelRuntime:
     def _special_id(self, token: str) -> int:
         token_id = self.tokenizer.token_to_id(token)
         if token_id is None:
-            raise ValueError(f"tokenizer has no {token} token; export a BERT tokenizer with bertforge's special tokens")
+            raise ValueError(f"tokenizer has no {token} token; re-export the model so its tokenizer is copied whole")
         return token_id
 
 
@@ -325,6 +328,24 @@ def _static_width(session) -> int:
         if output.name == contract.ONNX_SENTENCE_EMBEDDING and isinstance(output.shape[-1], int):
             return output.shape[-1]
     return 0
+
+
+def special_tokens(tokenizer_dir: Path) -> dict[str, str]:
+    """pad_token and mask_token as the exported tokenizer names them (tokenizer_config.json, else
+    special_tokens_map.json); BERT's [PAD]/[MASK] for tokenizers saved without either file."""
+    import json
+
+    found = {"pad_token": contract.PAD_TOKEN, "mask_token": contract.MASK_TOKEN}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the later file wins
+        path = tokenizer_dir / name
+        if path.is_file():
+            values = json.loads(path.read_text())
+            for key in found:
+                value = values.get(key)
+                value = value.get("content") if isinstance(value, dict) else value
+                if isinstance(value, str) and value:
+                    found[key] = value
+    return found
 
 
 def load_tokenizer(tokenizer_file: Path, max_length: int):

@@ -46,7 +46,7 @@ class Supervisor:
 
     def check(self) -> tuple[str, str] | None:
         """(reason, detail) of the first failure, or None when tritonserver answers every model."""
-        from serve.api.forward import HEALTH_TEXTS  # one owner of the probe texts: the API's /health
+        from serve.api.forward import health_text  # one owner of the probe texts: the API's /health
         from serve.client import BertforgeClient
 
         if self.server.process.poll() is not None:
@@ -55,9 +55,9 @@ class Supervisor:
             for model in self.models:
                 try:
                     if model == contract.FILL_MASK_MODEL:
-                        client.fill_mask(HEALTH_TEXTS[model], top_k=1)
+                        client.fill_mask(health_text(self.server.repo, model), top_k=1)
                     else:
-                        client.embed(HEALTH_TEXTS[model])
+                        client.embed(health_text(self.server.repo, model))
                 except Exception as error:  # noqa: BLE001 - any failure of the probe is a failure of the model
                     status = getattr(error, "status", None)
                     reason = "probe_timeout" if status == "DEADLINE_EXCEEDED" else "probe_failed"

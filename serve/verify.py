@@ -6,7 +6,8 @@
 
 fill-mask: every [MASK]'s served top-1 is PyTorch's top-1 or a near-tie (PyTorch rates it within
 `tie_margin`, relative, of its own top-1: the export gate's rule), and the served probability of it is
-within `max_prob_diff` of PyTorch's. embed: cosine to PyTorch's pooled embedding >= `min_cosine`.
+within `max_prob_diff` of PyTorch's. embed: cosine >= `min_cosine` to SentenceTransformer(folder).encode for a
+sentence-transformers folder, else to PyTorch's pooled embedding.
 The demo's last step and the end-to-end CLI test both run this on the printed answers.
 """
 
@@ -51,30 +52,52 @@ def check_fill_mask(model_dir: Path, answers: list[dict]) -> list[str]:
 
 
 def check_embed(model_dir: Path, answers: list[dict], pooling: str = "mean") -> list[str]:
+    """A sentence-transformers folder: cosine to `SentenceTransformer(model_dir).encode(text)` (its pooling,
+    Dense, Normalize and default prompt: the author's definition); a plain folder: PyTorch with `pooling`."""
+    import torch
+
+    if (Path(model_dir) / "modules.json").is_file():
+        from sentence_transformers import SentenceTransformer
+
+        author = SentenceTransformer(str(model_dir), device="cpu")
+        reference_of = lambda text: author.encode(text, convert_to_tensor=True).float().cpu()  # noqa: E731
+        source = "sentence-transformers encode"
+    else:
+        reference_of, source = _pytorch_pooled(model_dir, pooling), f"PyTorch {pooling} pooling"
+    lines = []
+    for answer in answers:
+        reference = reference_of(answer["text"])
+        served = torch.tensor(answer["embedding"], dtype=torch.float32)
+        cosine = float(torch.nn.functional.cosine_similarity(served, reference, dim=0)) if served.shape == reference.shape else 0.0
+        verdict = "PASS" if served.shape == reference.shape and cosine >= MIN_COSINE else "FAIL"
+        lines.append(f"{verdict} embed {answer['text']!r}: cosine to {source} {cosine:.5f} (>= {MIN_COSINE})")
+    return lines
+
+
+def _pytorch_pooled(model_dir: Path, pooling: str):
     import torch
     from transformers import AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModel.from_pretrained(model_dir, use_safetensors=True, add_pooling_layer=False).eval()
-    lines = []
-    for answer in answers:
-        encoded = tokenizer(answer["text"], return_tensors="pt", truncation=True)
+    model = AutoModel.from_pretrained(model_dir, use_safetensors=True).eval()
+
+    def pooled(text: str):
+        encoded = tokenizer(text, return_tensors="pt", truncation=True)
         with torch.no_grad():
             hidden = model(**encoded).last_hidden_state[0]
-        reference = hidden[0] if pooling == "cls" else hidden.mean(0)
-        served = torch.tensor(answer["embedding"], dtype=torch.float32)
-        cosine = float(torch.nn.functional.cosine_similarity(served, reference, dim=0))
-        verdict = "PASS" if served.shape == reference.shape and cosine >= MIN_COSINE else "FAIL"
-        lines.append(f"{verdict} embed {answer['text']!r}: cosine to PyTorch {cosine:.5f} (>= {MIN_COSINE})")
-    return lines
+        return hidden[0] if pooling == "cls" else hidden.mean(0)
+
+    return pooled
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serve.verify", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="the Hugging Face folder that was exported (e.g. runs/demo/model)")
+    parser.add_argument("--model", required=True, help="the Hugging Face or sentence-transformers folder that was exported "
+                                                       "(e.g. runs/demo/model)")
     parser.add_argument("--fill-mask", help="`bertforge client fill-mask ... --json` output")
     parser.add_argument("--embed", help="`bertforge client embed ... --json` output")
-    parser.add_argument("--pooling", choices=["mean", "cls"], default="mean")
+    parser.add_argument("--pooling", choices=["mean", "cls"], default="mean",
+                        help="plain folders only; a sentence-transformers folder is compared with its own encode")
     args = parser.parse_args(argv)
     lines = []
     if args.fill_mask:

@@ -20,9 +20,17 @@ from serve.api.errors import APIError, from_serving_error
 from serve.client import AsyncBertforgeClient, ServingError
 from serve.config import ApiConfig
 from serve.repository import ServedModelDir, ServingSettings
-from serve.runtime import RequestError, TextEncoder, TextRequest
+from serve.runtime import RequestError, TextEncoder, TextRequest, special_tokens
 
-HEALTH_TEXTS = {contract.FILL_MASK_MODEL: f"health {contract.MASK_TOKEN} check", contract.EMBED_MODEL: "health check"}
+HEALTH_MODELS = (contract.FILL_MASK_MODEL, contract.EMBED_MODEL)  # the models /health and the supervisor probe
+
+
+def health_text(repo: Path, model: str) -> str:
+    """The probe text for `model` of `repo`: fill_mask's holds the model's own mask token ([MASK], <mask>, ...)."""
+    if model != contract.FILL_MASK_MODEL:
+        return "health check"
+    mask = special_tokens(ServedModelDir.in_repo(repo, model).tokenizer_dir)["mask_token"]
+    return f"health {mask} check"
 
 
 @dataclass
@@ -44,7 +52,8 @@ class ServedModel:
         self.tokenizer = Tokenizer.from_file(str(version_dir / "tokenizer" / "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=self.settings.max_length)
-        self.mask_id = self.tokenizer.token_to_id(contract.MASK_TOKEN)
+        self.mask_id = self.tokenizer.token_to_id(special_tokens(version_dir / "tokenizer")["mask_token"])
+        self.health_text = health_text(Path(version_dir).parent.parent, name)
         self.encoder = TextEncoder(self.tokenizer, self.settings)
 
     def prompt(self, name: str | None) -> str:
@@ -131,7 +140,7 @@ class TritonForwarder:
 
     async def embedding_dimension(self) -> int:
         if self.dimension is None:
-            await self.embed([HEALTH_TEXTS[contract.EMBED_MODEL]], None)
+            await self.embed([self.models[contract.EMBED_MODEL].health_text], None)
         return self.dimension
 
     async def ready(self) -> dict:
@@ -153,7 +162,7 @@ class TritonForwarder:
 
     async def _probe(self, name: str) -> dict:
         started = time.perf_counter()
-        text = HEALTH_TEXTS[name]
+        text = self.models[name].health_text
         call = self.client.fill_mask(text, top_k=1) if name == contract.FILL_MASK_MODEL else self.client.embed(text)
         try:
             await asyncio.wait_for(call, self.config.health_timeout_s)

@@ -35,7 +35,7 @@ def test_not_a_bert_checkpoint(tmp_path, tiny_bert_dir):
         _export(model, tmp_path / "repo")
     config = json.loads((tiny_bert_dir / "config.json").read_text())
     (model / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
-    with pytest.raises(ExportError, match="'gpt2' model; the exporter handles BERT"):
+    with pytest.raises(ExportError, match="'gpt2' model; bertforge exports the encoder families bert, roberta"):
         _export(model, tmp_path / "repo")
     assert not (tmp_path / "repo").exists()
 

@@ -1,0 +1,75 @@
+"""Every encoder family through the default export, compared with sentence-transformers on real text.
+
+    python -m bench.family_parity [--search-seconds 20] [--out family_parity.json]
+
+For each family a tiny random model (2 layers, hidden 32; tests/export/family_models.py) is wrapped as a
+sentence-transformers folder, exported with `precision=auto` (the int8 search may pick int8), `int8` (the search's winner) and fp32, and
+served through serve.runtime (the server's tokenizer and ONNX session). Cosine to
+`SentenceTransformer(folder).encode` on export/data/gate_texts.txt (260 texts): min and mean.
+No public checkpoint is used: the machine is offline (all-MiniLM-L6-v2 & co. cannot be downloaded here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+CASES = [("bert", "cls", True), ("roberta", "mean", False), ("xlm-roberta", "mean", True), ("camembert", "mean", False),
+         ("distilbert", "mean", False), ("mpnet", "mean", True), ("electra", "cls", False), ("modernbert", "mean", True)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--search-seconds", type=float, default=20.0)
+    parser.add_argument("--init-range", type=float, default=0.02,
+                        help="std of the random weights (transformers' initializer_range; 0.02 is its default)")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    from sentence_transformers import SentenceTransformer
+
+    from export import export_to_repository
+    from tests.conftest import make_sentences
+    from tests.export.family_models import build_family_folder
+    from tests.export.test_families import cosines, served_embeddings
+    from train.tokenizer import train_wordpiece_tokenizer
+
+    texts = Path("export/data/gate_texts.txt").read_text().splitlines()
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        train_wordpiece_tokenizer(make_sentences(400, seed=1) + texts, scratch / "wp", vocab_size=400, model_max_length=64)
+        for kind, pooling, normalize in CASES:
+            folder = build_family_folder(kind, scratch / kind, scratch / "wp", make_sentences(400, seed=1) + texts,
+                                         pooling=pooling, normalize=normalize, mlm_head=False, init_range=args.init_range)
+            expected = SentenceTransformer(str(folder), device="cpu").encode(texts, convert_to_numpy=True)
+            row = {"family": kind, "pooling": pooling, "normalize": normalize}
+            for precision in ("auto", "int8", "fp32"):
+                started = time.perf_counter()
+                report = export_to_repository(folder, scratch / f"{kind}-{precision}", precision=precision,
+                                              tasks=("embed",), progress=False, search_seconds=args.search_seconds)
+                served = served_embeddings(scratch / f"{kind}-{precision}", texts)
+                cos = cosines(served, expected)
+                (chosen, variant), = report["tasks"]["embed"]["variants"].items()
+                row[precision] = {"chosen": chosen + (f" ({variant['recipe']['name']})" if variant.get("recipe") else ""),
+                                  "min_cosine": round(float(cos.min()), 6), "mean_cosine": round(float(cos.mean()), 6),
+                                  "export_s": round(time.perf_counter() - started, 1)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1))
+    print("| family | pooling | default (auto) serves | min / mean cos | int8 (search) min / mean cos | fp32 min cos |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        auto, int8, fp32 = row["auto"], row["int8"], row["fp32"]
+        print(f"| {row['family']} | {row['pooling']}{' + Normalize' if row['normalize'] else ''} | {auto['chosen']} | "
+              f"{auto['min_cosine']:.4f} / {auto['mean_cosine']:.4f} | {int8['min_cosine']:.4f} / {int8['mean_cosine']:.4f} "
+              f"| {fp32['min_cosine']:.6f} |")
+
+
+if __name__ == "__main__":
+    main()
