@@ -24,7 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--repo", default=None, help="Triton model repository to write (default: model_repository)")
     parser.add_argument("--output", default=None, help="write only ONNX variants + export_report.json here (no Triton files)")
     parser.add_argument("--precision", default=None, help=PRECISION_HELP + " (default: auto)")
-    parser.add_argument("--tasks", default=None, help="comma list of fill_mask,embed (default: both)")
+    parser.add_argument("--tasks", default=None, help="comma list of fill_mask,embed (default: both); a "
+                        "*ForSequenceClassification folder exports rerank (one label) or classify (several)")
     parser.add_argument("--pooling", choices=["mean", "cls"], default=None, help="embedding pooling (default: mean)")
     parser.add_argument("--normalize", action="store_true", default=None, help="L2-normalise embeddings")
     parser.add_argument("--no-optimize", dest="optimize", action="store_false", default=None,
@@ -69,7 +70,11 @@ def _run_with_progress(config, quiet: bool) -> int:
     console = Console(stderr=True, quiet=quiet)
     with console.status("[bold]exporting…") as status:
         report = run_export(config, progress=_StatusProgress(console, status))
-    _print_summary(report)
+    if "tasks" in report:
+        _print_summary(report)
+    else:  # rerank / classify (export/cross_encoder.py): its verdicts were printed as outcomes
+        print(f"{report['task']}: precision {report['chosen']['requested']} chose {report['chosen']['precision']}: "
+              f"{report['chosen']['reason']}")
     return 0
 
 
