@@ -1,0 +1,194 @@
+"""Rerank and classify end to end: a tiny cross-encoder and classifier built locally, exported by the real CLI,
+served by a real tritonserver and answered over gRPC, TEI's /rerank and /predict, Cohere's /v1|v2/rerank (the
+cohere SDK) and huggingface_hub's text_classification; checked against sentence-transformers' CrossEncoder and
+transformers' text-classification pipeline in PyTorch fp32."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+import pytest
+
+from serve.api.process import running_api
+from serve.client import BertforgeClient, ServingError
+from serve.config import ApiConfig
+from tests.conftest import make_documents, make_sentences
+
+pytestmark = pytest.mark.slow
+QUERY = "the committee approved the budget"
+DOCUMENTS = [*make_sentences(5, seed=7), make_documents(1, sentences_per_document=12, seed=3)[0]]  # the last is cut
+LABELS = {0: "negative", 1: "neutral", 2: "positive"}
+
+
+def build_classifier(folder, tokenizer_dir, num_labels: int):
+    """A random tiny BertForSequenceClassification (2 layers, hidden 32) with the session's WordPiece tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    labels = {} if num_labels == 1 else {"id2label": LABELS, "label2id": {v: k for k, v in LABELS.items()}}
+    torch.manual_seed(3)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
+                        num_labels=num_labels, **labels)
+    BertForSequenceClassification(config).eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cross_encoder_dir(tmp_path_factory, tiny_tokenizer_dir):
+    return build_classifier(tmp_path_factory.mktemp("cross_encoder"), tiny_tokenizer_dir, 1)
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(tmp_path_factory, tiny_tokenizer_dir):
+    return build_classifier(tmp_path_factory.mktemp("classifier"), tiny_tokenizer_dir, 3)
+
+
+@pytest.fixture(scope="module")
+def pair_repo(tmp_path_factory, cross_encoder_dir, classifier_dir):
+    """rerank through the real CLI (which says what it detected), classify through the library, one repository."""
+    from export import export_to_repository
+
+    repo = tmp_path_factory.mktemp("pair_repo")
+    done = subprocess.run([sys.executable, "-m", "bertforge", "export", "--model", str(cross_encoder_dir), "--repo",
+                           str(repo), "--precision", "fp32"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "sequence-classification head with 1 label(s): exporting task rerank" in done.stderr
+    report = export_to_repository(classifier_dir, repo, precision="fp32", progress=False)
+    assert report["task"] == "classify" and report["labels"] == list(LABELS.values())
+    return repo
+
+
+@pytest.fixture(scope="module")
+def pair_server(pair_repo):
+    from serve.launcher import running_server
+
+    with running_server(pair_repo, grpc_port=0, http_port=0, metrics_port=0) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def pair_api(pair_repo, pair_server):
+    with running_api(pair_repo, pair_server.endpoints.grpc_url, config=ApiConfig(port=0)) as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def cross_encoder_scores(cross_encoder_dir):
+    """sentence-transformers' CrossEncoder.predict (sigmoid of the one logit) and the raw logits, PyTorch fp32."""
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    model = CrossEncoder(str(cross_encoder_dir), device="cpu")
+    pairs = [(QUERY, document) for document in DOCUMENTS]
+    return model.predict(pairs), model.predict(pairs, activation_fn=torch.nn.Identity())
+
+
+def test_export_refuses_tasks_the_folder_lacks(cross_encoder_dir, tiny_bert_dir, tmp_path):
+    from export import export_to_repository
+    from export.errors import ExportError
+
+    with pytest.raises(ExportError, match="exports task 'rerank' only.*--tasks rerank"):
+        export_to_repository(cross_encoder_dir, tmp_path / "a", precision="fp32", tasks=("embed",), progress=False)
+    with pytest.raises(ExportError, match="need a \\*ForSequenceClassification folder"):
+        export_to_repository(tiny_bert_dir, tmp_path / "b", precision="fp32", tasks=("rerank",), progress=False)
+
+
+def test_grpc_rerank_matches_cross_encoder(pair_server, cross_encoder_scores):
+    scores, logits = cross_encoder_scores
+    with BertforgeClient(pair_server.endpoints.grpc_url) as client:
+        served = client.rerank(QUERY, DOCUMENTS)
+        raw = client.rerank(QUERY, DOCUMENTS, raw_scores=True)
+        # the long document is cut (the query never): refused when the request says so
+        with pytest.raises(ServingError, match="longer than the model's maximum of 64 tokens"):
+            client.rerank(QUERY, DOCUMENTS[-1:], truncation="error")
+        assert client.health(("rerank", "classify"))["models"] == {"rerank": True, "classify": True}
+    np.testing.assert_allclose(served, scores, atol=1e-5)
+    np.testing.assert_allclose(raw, logits, atol=1e-4)
+    assert list(np.argsort(-served)) == list(np.argsort(-scores))
+
+
+def test_cohere_sdk_rerank(pair_api, cross_encoder_scores):
+    import cohere
+
+    scores, _ = cross_encoder_scores
+    client = cohere.ClientV2(base_url=pair_api.url, api_key="not-needed-on-loopback")
+    reply = client.rerank(model="rerank", query=QUERY, documents=DOCUMENTS, top_n=3)
+    best = list(np.argsort(-scores)[:3])
+    assert [result.index for result in reply.results] == best
+    np.testing.assert_allclose([result.relevance_score for result in reply.results], scores[best], atol=1e-5)
+    # v1 with {text} documents and return_documents; any model name when one rerank model is served
+    answer = httpx.post(f"{pair_api.url}/v1/rerank", json={"model": "rerank-english-v3.0", "query": QUERY,
+                        "documents": [{"text": text} for text in DOCUMENTS], "return_documents": True}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert [item["index"] for item in body["results"]] == list(np.argsort(-scores))
+    assert [item["document"]["text"] for item in body["results"]] == [DOCUMENTS[i] for i in np.argsort(-scores)]
+    assert body["meta"]["api_version"]["version"] == "1" and body["id"]
+
+
+def test_tei_rerank(pair_api, cross_encoder_scores):
+    scores, logits = cross_encoder_scores
+    answer = httpx.post(f"{pair_api.url}/rerank", json={"query": QUERY, "texts": DOCUMENTS, "raw_scores": True,
+                                                        "return_text": True}, timeout=30).json()
+    assert [item["index"] for item in answer] == list(np.argsort(-logits))
+    np.testing.assert_allclose([item["score"] for item in answer], np.sort(logits)[::-1], atol=1e-4)
+    assert answer[0]["text"] == DOCUMENTS[answer[0]["index"]]
+    plain = httpx.post(f"{pair_api.url}/rerank", json={"query": QUERY, "texts": DOCUMENTS[:2]}, timeout=30).json()
+    assert sorted(plain, key=lambda item: item["index"])[0]["score"] == pytest.approx(float(scores[0]), abs=1e-5)
+    refused = httpx.post(f"{pair_api.url}/rerank", json={"query": QUERY, "texts": DOCUMENTS[-1:], "truncate": False},
+                         timeout=30)
+    assert refused.status_code == 413 and "longer than the model's maximum" in refused.json()["error"]
+
+
+def test_bad_rerank_requests_are_4xx_and_the_server_stays_ready(pair_api):
+    url = pair_api.url
+    cases = [
+        ("/v2/rerank", {"model": "rerank", "query": QUERY, "documents": []}, 400, "no documents"),
+        ("/v2/rerank", {"model": "rerank", "query": QUERY, "documents": ["doc"] * 10_000}, 413, "the limit is 2048"),
+        ("/v2/rerank", {"model": "rerank", "documents": ["doc"]}, 422, "query"),
+        ("/v2/rerank", {"model": "rerank", "query": "  ", "documents": ["doc"]}, 400, "query is empty"),
+        ("/v2/rerank", {"model": "classify", "query": QUERY, "documents": ["doc"]}, 400, "serves classify, not rerank"),
+        ("/v2/rerank", {"model": "rerank", "query": QUERY, "documents": ["doc"], "top_n": 0}, 400, "top_n"),
+        ("/rerank", {"query": QUERY, "texts": ["doc"], "bogus": 1}, 422, "bogus"),
+    ]
+    for route, body, status, message in cases:
+        answer = httpx.post(f"{url}{route}", json=body, timeout=30)
+        assert answer.status_code == status, (route, body, answer.text)
+        assert message in answer.text, answer.text
+    assert httpx.get(f"{url}/ready", timeout=30).status_code == 200
+    assert httpx.get(f"{url}/health", timeout=30).json()["healthy"] is True
+    assert httpx.post(f"{url}/v2/rerank", json={"model": "x", "query": QUERY, "documents": ["a doc"]},
+                      timeout=30).status_code == 200
+
+
+def test_classify_matches_pipeline_over_tei_and_huggingface_hub(pair_api, pair_server, classifier_dir):
+    from huggingface_hub import InferenceClient
+    from transformers import pipeline
+
+    classifier = pipeline("text-classification", model=str(classifier_dir), top_k=None, device="cpu")
+    text, pair = DOCUMENTS[0], DOCUMENTS[1]
+    # a single text: TEI /predict and huggingface_hub's text_classification
+    (expected,) = classifier([text])
+    answer = httpx.post(f"{pair_api.url}/predict", json={"inputs": text}, timeout=30).json()
+    assert [item["label"] for item in answer] == [item["label"] for item in expected]
+    np.testing.assert_allclose([item["score"] for item in answer], [item["score"] for item in expected], atol=1e-5)
+    hub = InferenceClient(model=f"{pair_api.url}/models/classify").text_classification(text)
+    assert [(item.label, round(item.score, 5)) for item in hub] == [(item["label"], round(item["score"], 5))
+                                                                     for item in expected]
+    # a pair, and a batch of a text and a pair, raw scores = logits
+    (expected_pair,) = classifier([{"text": text, "text_pair": pair}])
+    answer = httpx.post(f"{pair_api.url}/predict", json={"inputs": [text, pair]}, timeout=30).json()
+    np.testing.assert_allclose([item["score"] for item in answer], [item["score"] for item in expected_pair], atol=1e-5)
+    batch = httpx.post(f"{pair_api.url}/predict", json={"inputs": [[text], [text, pair]], "raw_scores": True},
+                       timeout=30).json()
+    with BertforgeClient(pair_server.endpoints.grpc_url) as client:
+        logits = client.classify([text, text], [None, pair])
+    assert [[item["label"] for item in row] for row in batch] == [[LABELS[i] for i in np.argsort(-row)] for row in logits]
+    models = httpx.get(f"{pair_api.url}/v1/models", timeout=30).json()["data"]
+    assert {model["id"]: model["task"] for model in models} == {"rerank": "rerank", "classify": "classify"}
