@@ -29,6 +29,11 @@ CLASSIFY_MODEL = "classify"  # *ForSequenceClassification with several labels (i
 PAIR_MODELS = (RERANK_MODEL, CLASSIFY_MODEL)
 TEXT_PAIR_INPUT = "TEXT_PAIR"  # BYTES [1]: the document (rerank) or the second text (classify, optional)
 LOGITS_OUTPUT = "LOGITS"  # FP32 [num_labels]: the head's raw logits (sigmoid/softmax applied by the client/API)
+# Sparse (SPLADE) embeddings of an MLM folder: max over positions of log(1 + ReLU(MLM logits)), non-zeros only
+EMBED_SPARSE_MODEL = "embed_sparse"
+SPARSE_INDICES_OUTPUT = "SPARSE_INDICES"  # INT64 [non_zeros]: vocabulary ids, ascending
+SPARSE_VALUES_OUTPUT = "SPARSE_VALUES"  # FP32 [non_zeros]
+ONNX_SPARSE_EMBEDDING = "sparse_embedding"  # float32 [batch, vocab]
 ONNX_LOGITS = "logits"  # float32 [batch, num_labels]: Optimum's text-classification output
 
 # --- ONNX graph inputs/outputs written by export and read by the served models ---

@@ -14,7 +14,7 @@ PRECISIONS = ("fp32", "int8", "int8-static", "fp16")  # what "all" means in --ou
 AUTO = "auto"  # the fastest variant that passes: the int8 recipe search, else fused fp32
 DEFAULT_PRECISION = AUTO
 TASKS = contract.SERVED_MODELS  # the default: what an MLM folder exports
-ALL_TASKS = (*contract.SERVED_MODELS, *contract.PAIR_MODELS)  # rerank/classify: a *ForSequenceClassification folder
+ALL_TASKS = (*contract.SERVED_MODELS, *contract.PAIR_MODELS, contract.EMBED_SPARSE_MODEL)  # see export/task_models.py
 
 
 @dataclass(kw_only=True)

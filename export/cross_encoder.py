@@ -14,7 +14,6 @@ faster, else fp32.
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -23,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from bertforge import contract
-from bertforge.files import staged_folder, write_json_atomically
 from export.config import AUTO, ExportConfig
 from export.errors import ExportError, ParityError
 from export.progress import ExportProgress
+from export.task_models import model_max_length, task_settings, write_task_model
 
 SEQUENCE_CLASSIFICATION = "ForSequenceClassification"  # the architectures suffix that marks the head
 QUERIES, DOCUMENTS_PER_QUERY = 8, 16  # gate pairs: 8 queries x 16 documents from the gate texts
@@ -47,17 +46,6 @@ def sequence_classification_task(folder: str | Path) -> str | None:
     return "rerank" if len(_labels(config)) == 1 else "classify"
 
 
-def export_if_sequence_classifier(config: ExportConfig, progress: ExportProgress) -> dict | None:
-    """The exporter's hook: export a classification-head folder here (None: not one, the encoder export runs)."""
-    if sequence_classification_task(config.model) is not None:
-        return export_sequence_classifier(config, progress)
-    asked = sorted(set(config.tasks) & set(contract.PAIR_MODELS))
-    if asked:
-        raise ExportError(f"tasks {asked} need a *ForSequenceClassification folder (config.json architectures); "
-                          f"{config.model} has none: export fill_mask/embed from it, or a fine-tuned classifier")
-    return None
-
-
 def export_sequence_classifier(config: ExportConfig, progress: ExportProgress) -> dict:
     """Export, gate and write the rerank/classify model of `config.model` into `config.repo`; returns the report."""
     from transformers import AutoTokenizer
@@ -74,9 +62,7 @@ def export_sequence_classifier(config: ExportConfig, progress: ExportProgress) -
     progress.outcome(f"{info.folder} has a sequence-classification head with {len(labels)} label(s): exporting "
                      f"task {task} (model {task})")
     tokenizer = AutoTokenizer.from_pretrained(info.folder)
-    max_length = min(int(info.config.get("max_position_embeddings", contract.DEFAULT_MAX_LENGTH)),
-                     getattr(tokenizer, "model_max_length", None) or contract.DEFAULT_MAX_LENGTH,
-                     config.max_length or 1 << 30)
+    max_length = model_max_length(info, tokenizer, config)
     settings = _settings(config, task, "fp32", max_length, labels)  # fails before the export if they do not fit
     report: dict[str, Any] = {"model": str(config.model), "destination": str(config.repo), "task": task,
                               "labels": list(labels), "max_length": max_length, "variants": {}}
@@ -114,7 +100,7 @@ def export_sequence_classifier(config: ExportConfig, progress: ExportProgress) -
         progress.outcome(f"{task}: serving {chosen} ({reason})")
         # 4. write <repo>/<model> whole (a running server never sees half a model), then this model's report
         settings = _settings(config, task, chosen, max_length, labels)
-        _write_model(Path(config.repo), settings, paths[chosen], info.folder, report)
+        write_task_model(Path(config.repo), settings, paths[chosen], info.folder, report)
     progress.outcome(f"wrote {Path(config.repo) / settings.model_name} in {report['seconds']} s")
     return report
 
@@ -201,14 +187,7 @@ def _labels(config: dict) -> tuple[str, ...]:
 
 
 def _settings(config: ExportConfig, task: str, precision: str, max_length: int, labels: tuple[str, ...]):
-    from bertforge.config import ConfigError
-    from serve.repository import ServingSettings
-
-    try:
-        return ServingSettings.for_export(config.serving, task=task, precision=precision, max_length=max_length,
-                                          labels=labels)
-    except ConfigError as error:
-        raise ExportError(f"serving settings do not fit this model: {error}") from None
+    return task_settings(config, task=task, precision=precision, max_length=max_length, labels=labels)
 
 
 def _fused_graph(info, scratch: Path, config: ExportConfig) -> Path:
@@ -255,23 +234,6 @@ def _choose(paths: dict[str, Path], precision: str, features: list[dict]) -> tup
     if times["int8"] < times["fp32"]:
         return "int8", f"int8 passed the gate and runs {times['int8']:.2f} ms vs fp32 {times['fp32']:.2f} ms"
     return "fp32", f"int8 passed but is not faster ({times['int8']:.2f} ms vs fp32 {times['fp32']:.2f} ms)"
-
-
-def _write_model(repo: Path, settings, onnx_path: Path, source: Path, report: dict) -> None:
-    from transformers import AutoTokenizer
-
-    from serve.repository import ServedModelDir
-
-    variant = report["variants"][settings.precision]
-    with staged_folder(repo / settings.model_name, stage_above_parent=True) as staged:
-        model = ServedModelDir(staged)
-        model.version_dir.mkdir()
-        shutil.copyfile(onnx_path, model.onnx_file)
-        AutoTokenizer.from_pretrained(source).save_pretrained(model.tokenizer_dir)
-        model.write(settings, info={"source": str(source), "precision": settings.precision,
-                                    "chosen": report["chosen"], "parity": variant["parity"],
-                                    "fused_ops": variant.get("fused_ops")})
-    write_json_atomically(repo / f"export_report.{settings.model_name}.json", report)
 
 
 def _spearman(first: np.ndarray, second: np.ndarray) -> float:

@@ -20,7 +20,7 @@ from bertforge import contract
 from bertforge.config import ConfigError, from_dict, to_dict
 from bertforge.files import write_json_atomically, write_text_atomically
 
-Task = Literal["fill_mask", "embed", "rerank", "classify"]
+Task = Literal["fill_mask", "embed", "rerank", "classify", "embed_sparse"]
 # The served model folder: <repo>/<model>/{config.pbtxt, 1/{model.py, serving.json, model.onnx, tokenizer/}}
 CONFIG_FILE = "config.pbtxt"
 VERSION = "1"
@@ -31,9 +31,11 @@ TOKENIZER_DIR = "tokenizer"
 REPORT_FILE = "export_report.json"  # <repo>/export_report.json: what the export measured and chose
 MODEL_TEMPLATE = Path(__file__).with_name("model_template.py")
 PAIR_MODEL_TEMPLATE = Path(__file__).with_name("pair_model_template.py")  # rerank, classify (serve/pair_backend.py)
+SPARSE_MODEL_TEMPLATE = Path(__file__).with_name("sparse_model_template.py")  # embed_sparse (serve/sparse_backend.py)
 DEFAULT_MAX_BATCH_TOKENS = 4096  # padded tokens per ONNX run (docs/serve.md "Tuning")
 TASK_TO_MODEL = {"fill_mask": contract.FILL_MASK_MODEL, "embed": contract.EMBED_MODEL,
-                 "rerank": contract.RERANK_MODEL, "classify": contract.CLASSIFY_MODEL}
+                 "rerank": contract.RERANK_MODEL, "classify": contract.CLASSIFY_MODEL,
+                 "embed_sparse": contract.EMBED_SPARSE_MODEL}
 # sentence-transformers' pooling modes (its Pooling module); a model may combine several, concatenated in its order
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 
@@ -264,6 +266,8 @@ def _link_or_copy(source: str, destination: str) -> str:
 
 def backend_template(task: str) -> Path:
     """The `1/model.py` a task's folder gets: pair tasks read two texts and answer logits."""
+    if task == contract.EMBED_SPARSE_MODEL:
+        return SPARSE_MODEL_TEMPLATE
     return PAIR_MODEL_TEMPLATE if task in contract.PAIR_MODELS else MODEL_TEMPLATE
 
 
@@ -274,6 +278,9 @@ def render_config_pbtxt(settings: ServingSettings) -> str:
         inputs.append((contract.TEXT_PAIR_INPUT, settings.task == "classify"))
     if settings.task in contract.PAIR_MODELS:
         outputs = [(contract.LOGITS_OUTPUT, "TYPE_FP32", "-1")]  # [num_labels]
+    elif settings.task == "embed_sparse":
+        outputs = [(contract.SPARSE_INDICES_OUTPUT, "TYPE_INT64", "-1"),  # [non_zeros]
+                   (contract.SPARSE_VALUES_OUTPUT, "TYPE_FP32", "-1")]
     elif settings.task == "fill_mask":
         outputs = [(contract.TOKENS_OUTPUT, "TYPE_STRING", "-1, -1"),  # [num_masks, top_k]
                    (contract.TOKEN_IDS_OUTPUT, "TYPE_INT64", "-1, -1"),
