@@ -13,7 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "client", help="query a running server: fill-mask, embed, rerank or classify",
         description="Send each TEXT as one request to a running `bertforge serve` (gRPC) and print the answers.")
-    parser.add_argument("task", choices=["fill-mask", "embed", "rerank", "classify", "health"],
+    parser.add_argument("task", choices=["fill-mask", "embed", "embed-sparse", "rerank", "classify", "health"],
                         help="what to ask the server")
     parser.add_argument("texts", nargs="*", metavar="TEXT", help="texts (fill-mask: with at least one [MASK]; rerank: "
                         "the query, then the documents)")
@@ -49,7 +49,10 @@ def run(args: argparse.Namespace) -> int:
         try:
             if args.task == "health":
                 return _print_health(client.health(), args.json)
-            if args.task in ("rerank", "classify"):
+            if args.task == "embed-sparse":
+                _print_sparse(args.texts, client.embed_sparse(args.texts, args.truncation,
+                                                              truncation_direction=args.truncation_direction), args.json)
+            elif args.task in ("rerank", "classify"):
                 _print_pairs(client, args)
             elif args.task == "fill-mask":
                 top_k = args.top_k if args.top_k is not None else contract.DEFAULT_TOP_K
@@ -83,6 +86,18 @@ def _print_fill_mask(texts: list[str], predictions: list, as_json: bool) -> None
                 table.add_row(str(mask_index + 1) if rank == 1 else "", str(rank), prediction.token,
                               str(prediction.token_id), f"{prediction.score:.4f}")
         console.print(table)
+
+
+def _print_sparse(texts: list[str], vectors: list, as_json: bool) -> None:
+    """Each text's non-zero vocabulary weights, the largest first."""
+    rows = [sorted(zip(indices.tolist(), values.tolist()), key=lambda item: -item[1]) for indices, values in vectors]
+    if as_json:
+        print(json.dumps([{"text": text, "sparse": [{"index": i, "value": v} for i, v in row]}
+                          for text, row in zip(texts, rows)], ensure_ascii=False))
+        return
+    for text, row in zip(texts, rows):
+        top = ", ".join(f"{index}:{value:.3f}" for index, value in row[:8])
+        print(f"{text}\n  {len(row)} non-zeros  [{top}, ...]")
 
 
 def _print_pairs(client, args: argparse.Namespace) -> None:

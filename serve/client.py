@@ -125,6 +125,12 @@ class BertforgeClient(_ClientBase):
         pair (the pair is what gets truncated). Labels, in logit order: the model's serving.json (GET /v1/models)."""
         return self._run(_classify_call(texts, text_pairs, truncation, model))
 
+    def embed_sparse(self, texts: str | list[str], truncation: str | None = None, *,
+                     truncation_direction: str | None = None,
+                     model: str = contract.EMBED_SPARSE_MODEL) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per text its SPLADE weights' non-zeros: (vocabulary ids int64 ascending, values float32)."""
+        return self._run(_sparse_call(texts, truncation, truncation_direction, model))
+
     def health(self, models: tuple[str, ...] = contract.SERVED_MODELS) -> dict[str, Any]:
         """{'live', 'ready', 'models': {name: ready}}; never raises for an unreachable server."""
         try:
@@ -208,6 +214,11 @@ class AsyncBertforgeClient(_ClientBase):
     async def classify(self, texts: str | list[str], text_pairs: list[str] | None = None,
                        truncation: str | None = None, *, model: str = contract.CLASSIFY_MODEL) -> np.ndarray:
         return await self._run(_classify_call(texts, text_pairs, truncation, model))
+
+    async def embed_sparse(self, texts: str | list[str], truncation: str | None = None, *,
+                           truncation_direction: str | None = None,
+                           model: str = contract.EMBED_SPARSE_MODEL) -> list[tuple[np.ndarray, np.ndarray]]:
+        return await self._run(_sparse_call(texts, truncation, truncation_direction, model))
 
     async def health(self, models: tuple[str, ...] = contract.SERVED_MODELS) -> dict[str, Any]:
         try:
@@ -320,6 +331,13 @@ def _classify_call(texts: str | list[str], text_pairs: list[str] | None, truncat
     pairs = text_pairs if text_pairs is not None else [None] * len(texts)
     return _Call(model, list(zip(texts, pairs)), [_parameters(truncation=truncation)] * len(texts),
                  lambda results: np.stack([result.as_numpy(contract.LOGITS_OUTPUT)[0] for result in results]))
+
+
+def _sparse_call(texts: str | list[str], truncation: str | None, direction: str | None, model: str) -> _Call:
+    texts = _as_list(texts)
+    return _Call(model, texts, [_parameters(truncation=truncation, truncation_direction=direction)] * len(texts),
+                 lambda results: [(result.as_numpy(contract.SPARSE_INDICES_OUTPUT)[0],
+                                   result.as_numpy(contract.SPARSE_VALUES_OUTPUT)[0]) for result in results])
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:

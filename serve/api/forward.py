@@ -23,7 +23,8 @@ from serve.repository import ServedModelDir, ServingSettings, served_models
 from serve.runtime import RequestError, TextEncoder, TextRequest
 
 HEALTH_TEXTS = {contract.FILL_MASK_MODEL: f"health {contract.MASK_TOKEN} check", contract.EMBED_MODEL: "health check",
-                contract.RERANK_MODEL: "health check", contract.CLASSIFY_MODEL: "health check"}  # by task
+                contract.RERANK_MODEL: "health check", contract.CLASSIFY_MODEL: "health check",
+                contract.EMBED_SPARSE_MODEL: "health check"}  # by task
 
 
 @dataclass
@@ -138,6 +139,13 @@ class TritonForwarder:
         except ServingError as error:
             raise from_serving_error(error) from None
 
+    async def sparse(self, model: ServedModel, texts: list[str], truncation: str | None,
+                     direction: str | None) -> list[tuple[np.ndarray, np.ndarray]]:
+        try:
+            return await self.client.embed_sparse(texts, truncation, truncation_direction=direction, model=model.name)
+        except ServingError as error:
+            raise from_serving_error(error) from None
+
     async def embed(self, inputs: list[str] | list[list[int]], truncation: str | None = None, **options: Any) -> np.ndarray:
         """Embeddings from Triton; `options` are AsyncBertforgeClient.embed's (prompt_name, dimensions, ...)."""
         try:
@@ -182,6 +190,8 @@ class TritonForwarder:
         text = HEALTH_TEXTS[task]
         if task in contract.PAIR_MODELS:
             call = self.client.classify([text], [text], model=name)
+        elif task == contract.EMBED_SPARSE_MODEL:
+            call = self.client.embed_sparse(text, model=name)
         else:
             call = self.client.fill_mask(text, top_k=1) if task == contract.FILL_MASK_MODEL else self.client.embed(text)
         try:

@@ -75,6 +75,15 @@ class FillMaskRequest(BaseModel):
     options: dict[str, Any] | None = Field(None, description="Inference API options (wait_for_model...): ignored")
 
 
+class SparseEmbedRequest(BaseModel):
+    """text-embeddings-inference `POST /embed_sparse`."""
+
+    model_config = ConfigDict(extra="forbid")
+    inputs: Texts
+    truncate: StrictBool | None = None
+    truncation_direction: Direction | None = None
+
+
 class RerankRequest(BaseModel):
     """text-embeddings-inference `POST /rerank`."""
 

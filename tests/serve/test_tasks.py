@@ -1,7 +1,8 @@
-"""Rerank and classify end to end: a tiny cross-encoder and classifier built locally, exported by the real CLI,
-served by a real tritonserver and answered over gRPC, TEI's /rerank and /predict, Cohere's /v1|v2/rerank (the
-cohere SDK) and huggingface_hub's text_classification; checked against sentence-transformers' CrossEncoder and
-transformers' text-classification pipeline in PyTorch fp32."""
+"""Rerank, classify and sparse embeddings end to end: a tiny cross-encoder and classifier built locally and the
+session's tiny MLM, exported by the real CLI and library into one repository, served by a real tritonserver and
+answered over gRPC, TEI's /rerank, /predict and /embed_sparse, Cohere's /v1|v2/rerank (the cohere SDK) and
+huggingface_hub's text_classification; checked against sentence-transformers' CrossEncoder, transformers'
+text-classification pipeline and the SPLADE formula on BertForMaskedLM, in PyTorch fp32."""
 
 from __future__ import annotations
 
@@ -50,8 +51,9 @@ def classifier_dir(tmp_path_factory, tiny_tokenizer_dir):
 
 
 @pytest.fixture(scope="module")
-def pair_repo(tmp_path_factory, cross_encoder_dir, classifier_dir):
-    """rerank through the real CLI (which says what it detected), classify through the library, one repository."""
+def pair_repo(tmp_path_factory, cross_encoder_dir, classifier_dir, tiny_bert_dir):
+    """rerank through the real CLI (which says what it detected), classify and embed_sparse (from the session's
+    tiny MLM) through the library, one repository."""
     from export import export_to_repository
 
     repo = tmp_path_factory.mktemp("pair_repo")
@@ -61,6 +63,8 @@ def pair_repo(tmp_path_factory, cross_encoder_dir, classifier_dir):
     assert "sequence-classification head with 1 label(s): exporting task rerank" in done.stderr
     report = export_to_repository(classifier_dir, repo, precision="fp32", progress=False)
     assert report["task"] == "classify" and report["labels"] == list(LABELS.values())
+    report = export_to_repository(tiny_bert_dir, repo, tasks=("embed_sparse",), progress=False)
+    assert report["passed"] and report["variants"]["fp32"]["parity"]["mean_top_overlap"] >= 0.95
     return repo
 
 
@@ -107,7 +111,8 @@ def test_grpc_rerank_matches_cross_encoder(pair_server, cross_encoder_scores):
         # the long document is cut (the query never): refused when the request says so
         with pytest.raises(ServingError, match="longer than the model's maximum of 64 tokens"):
             client.rerank(QUERY, DOCUMENTS[-1:], truncation="error")
-        assert client.health(("rerank", "classify"))["models"] == {"rerank": True, "classify": True}
+        assert client.health(("rerank", "classify", "embed_sparse"))["models"] == {
+            "rerank": True, "classify": True, "embed_sparse": True}
     np.testing.assert_allclose(served, scores, atol=1e-5)
     np.testing.assert_allclose(raw, logits, atol=1e-4)
     assert list(np.argsort(-served)) == list(np.argsort(-scores))
@@ -191,4 +196,50 @@ def test_classify_matches_pipeline_over_tei_and_huggingface_hub(pair_api, pair_s
         logits = client.classify([text, text], [None, pair])
     assert [[item["label"] for item in row] for row in batch] == [[LABELS[i] for i in np.argsort(-row)] for row in logits]
     models = httpx.get(f"{pair_api.url}/v1/models", timeout=30).json()["data"]
-    assert {model["id"]: model["task"] for model in models} == {"rerank": "rerank", "classify": "classify"}
+    assert {model["id"]: model["task"] for model in models} == {"rerank": "rerank", "classify": "classify",
+                                                                "embed_sparse": "embed_sparse"}
+
+
+def test_client_cli_rerank_and_classify(pair_server, cross_encoder_scores, capsys):
+    import json
+
+    from bertforge.cli import main
+
+    scores, _ = cross_encoder_scores
+    url = pair_server.endpoints.grpc_url
+    assert main(["client", "rerank", QUERY, *DOCUMENTS, "--url", url, "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert [item["index"] for item in answer] == list(np.argsort(-scores))
+    np.testing.assert_allclose([item["score"] for item in answer], np.sort(scores)[::-1], atol=1e-5)
+    assert main(["client", "rerank", QUERY, "--url", url]) == 2  # a query alone: told to give documents
+    assert "QUERY and at least one DOCUMENT" in capsys.readouterr().err
+    assert main(["client", "classify", DOCUMENTS[0], "--url", url]) == 0
+    assert "best label index" in capsys.readouterr().out
+
+
+def test_sparse_embeddings_match_pytorch_over_grpc_and_tei(pair_api, pair_server, reference):
+    import torch
+
+    from export.sparse import compare_sparse
+
+    tokenizer, mlm = reference
+    texts = DOCUMENTS[:3]
+    expected = []
+    with torch.inference_mode():
+        for text in texts:  # one text at a time: no padding in the reference
+            encoded = tokenizer(text, truncation=True, max_length=64, return_tensors="pt")
+            expected.append(torch.log1p(torch.relu(mlm(**encoded).logits[0])).max(dim=0).values.numpy())
+    with BertforgeClient(pair_server.endpoints.grpc_url) as client:
+        served = client.embed_sparse(texts)
+    dense = np.zeros((len(texts), len(expected[0])), dtype=np.float32)
+    for row, (indices, values) in enumerate(served):
+        assert np.all(np.diff(indices) > 0) and np.all(values > 0)
+        dense[row, indices] = values
+        np.testing.assert_array_equal(indices, np.flatnonzero(expected[row] > 0))  # the non-zeros, exactly those
+    metrics = compare_sparse([dense], [np.stack(expected)])
+    assert metrics["min_top_overlap"] >= 0.95 and metrics["min_cosine"] >= 0.9999 and metrics["max_abs_diff"] < 1e-4
+    answer = httpx.post(f"{pair_api.url}/embed_sparse", json={"inputs": texts}, timeout=30).json()
+    assert [[item["index"] for item in row] for row in answer] == [indices.tolist() for indices, _ in served]
+    np.testing.assert_allclose([item["value"] for item in answer[0]], served[0][1], rtol=1e-6)
+    refused = httpx.post(f"{pair_api.url}/embed_sparse", json={"inputs": DOCUMENTS[-1], "truncate": False}, timeout=30)
+    assert refused.status_code == 413 and "longer than the model's maximum" in refused.json()["error"]

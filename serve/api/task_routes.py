@@ -1,6 +1,7 @@
-"""Rerank and classify routes: text-embeddings-inference `/rerank` and `/predict`, Cohere `/v1/rerank` and
-`/v2/rerank`, and Hugging Face text-classification (`/models/classify`), answered by the repository's rerank and
-classify models (each pair one Triton request; the dynamic batcher merges them)."""
+"""Routes of the tasks beyond fill-mask and embeddings: text-embeddings-inference `/rerank`, `/predict` and
+`/embed_sparse`, Cohere `/v1/rerank` and `/v2/rerank`, and Hugging Face text-classification (`/models/classify`),
+answered by the repository's rerank, classify and embed_sparse models (each pair or text one Triton request; the
+dynamic batcher merges them)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from starlette.responses import Response
 from bertforge import contract
 from serve.api.errors import APIError
 from serve.api.forward import ServedModel
-from serve.api.routes import _forwarder, _json
-from serve.api.schemas import CohereRerankRequest, PredictRequest, RerankRequest
+from serve.api.routes import _forwarder, _json, _texts
+from serve.api.schemas import CohereRerankRequest, PredictRequest, RerankRequest, SparseEmbedRequest
 
 router = APIRouter()
 
@@ -72,6 +73,19 @@ async def tei_predict(body: PredictRequest, request: Request) -> Response:
     if request.url.path == "/models/classify":  # the Inference API's shape: one list per input
         return _json(answers)
     return _json(answers[0] if single else answers)
+
+
+@router.post("/embed_sparse", tags=["tei"], summary="text-embeddings-inference /embed_sparse: [[{index, value}]]")
+async def tei_embed_sparse(body: SparseEmbedRequest, request: Request) -> Response:
+    model = _forwarder(request).for_task(contract.EMBED_SPARSE_MODEL)
+    texts = _texts(body.inputs, request, "/embed_sparse")
+    model.check_sizes(texts)
+    truncation = {None: None, True: "truncate", False: "error"}[body.truncate]
+    direction = body.truncation_direction.lower() if body.truncation_direction else None
+    with request.app.state.limiter:
+        vectors = await _forwarder(request).sparse(model, texts, truncation, direction)
+    return _json([[{"index": int(index), "value": float(value)} for index, value in zip(indices, values)]
+                  for indices, values in vectors])
 
 
 async def _rerank(request: Request, model: ServedModel, query: str, texts: list[str], truncation: str | None,
