@@ -26,6 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--precision", default=None, help=PRECISION_HELP + " (default: auto)")
     parser.add_argument("--tasks", default=None, help="comma list of fill_mask,embed (default: both); a "
                         "*ForSequenceClassification folder exports rerank (one label) or classify (several)")
+    parser.add_argument("--name", default=None, help="rerank/classify/embed_sparse: add the model under this name "
+                        "(several models of a task in one repository; the API's `model` field picks one)")
     parser.add_argument("--pooling", choices=["mean", "cls"], default=None, help="embedding pooling (default: mean)")
     parser.add_argument("--normalize", action="store_true", default=None, help="L2-normalise embeddings")
     parser.add_argument("--no-optimize", dest="optimize", action="store_false", default=None,
@@ -52,7 +54,7 @@ def _flags(args: argparse.Namespace) -> list[tuple[str, object]]:
     def path(value: str | None) -> Path | None:
         return None if value is None else Path(value)
 
-    flags = given({"precision": args.precision, "pooling": args.pooling, "normalize": args.normalize,
+    flags = given({"name": args.name, "precision": args.precision, "pooling": args.pooling, "normalize": args.normalize,
                    "optimize": args.optimize, "model": path(args.model), "calibration_file": path(args.calibration_file),
                    "parity_file": path(args.parity_file), "repo": path(args.repo),
                    "tasks": None if args.tasks is None else tuple(task.strip() for task in args.tasks.split(",")

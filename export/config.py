@@ -60,6 +60,7 @@ class ExportConfig:
     output: Path | None = None  # plain mode: only ONNX variants + report, no Triton files
     precision: str = DEFAULT_PRECISION  # "auto" or one of PRECISIONS; `output` mode also takes a comma list or "all"
     tasks: tuple[str, ...] = TASKS  # fill_mask needs an MLM head; without one only embed is written
+    name: str | None = None  # rerank/classify/embed_sparse: the model's name in the repository (default: the task's)
     optimize: bool = True  # ONNX Runtime transformer fusions (Attention, SkipLayerNorm, Gelu)
     opset: int = 18
     # embed graph

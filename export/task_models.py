@@ -21,6 +21,9 @@ def export_if_task_model(config: ExportConfig, progress: ExportProgress) -> dict
     export/sparse.py, then the other tasks by the encoder exporter. None: only fill_mask/embed, the exporter's own."""
     from export.cross_encoder import export_sequence_classifier, sequence_classification_task
 
+    if config.name and not (sequence_classification_task(config.model) or config.tasks == (contract.EMBED_SPARSE_MODEL,)):
+        raise ExportError(f"--name {config.name} names one rerank, classify or embed_sparse model; fill_mask and "
+                          "embed keep their names (export embed_sparse alone: --tasks embed_sparse --name NAME)")
     if sequence_classification_task(config.model) is not None:
         return export_sequence_classifier(config, progress)
     asked = sorted(set(config.tasks) & set(contract.PAIR_MODELS))
@@ -51,12 +54,17 @@ def model_max_length(info, tokenizer, config: ExportConfig) -> int:
 def task_settings(config: ExportConfig, **fixed):
     """ServingSettings of one exported task model; an option that does not fit fails before the export's work."""
     from bertforge.config import ConfigError
-    from serve.repository import ServingSettings
+    from serve.repository import ServedModelDir, ServingSettings
 
     try:
-        return ServingSettings.for_export(config.serving, **fixed)
+        settings = ServingSettings.for_export(config.serving, name=config.name or "", **fixed)
     except ConfigError as error:
         raise ExportError(f"serving settings do not fit this model: {error}") from None
+    existing = ServedModelDir(Path(config.repo) / settings.model_name)
+    if existing.serving_file.is_file() and existing.settings().task != settings.task:
+        raise ExportError(f"{existing.path} serves {existing.settings().task}; adding a {settings.task} model there "
+                          "would replace it: choose another --name")
+    return settings
 
 
 def write_task_model(repo: Path, settings, onnx_path: Path, source: Path, report: dict) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ TASK_TO_MODEL = {"fill_mask": contract.FILL_MASK_MODEL, "embed": contract.EMBED_
                  "rerank": contract.RERANK_MODEL, "classify": contract.CLASSIFY_MODEL,
                  "embed_sparse": contract.EMBED_SPARSE_MODEL}
 # sentence-transformers' pooling modes (its Pooling module); a model may combine several, concatenated in its order
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a Triton model (folder) name
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 
 
@@ -97,6 +99,7 @@ class ServingSettings(ServingOptions):
     family: str = "bert"  # the model's model_type (bert, roberta, xlm-roberta, distilbert, mpnet, ...)
     embedding_dim: int = 0  # width of EMBEDDING; 0 = not recorded (exports before it was)
     labels: tuple[str, ...] = ()  # rerank/classify: the head's id2label, in logit order
+    name: str = ""  # the model's name in the repository (`bertforge export --name`); "" = the task's name
     precision: str = "fp32"
 
     @classmethod
@@ -122,13 +125,17 @@ class ServingSettings(ServingOptions):
         if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
             raise ConfigError(f"serving.default_prompt_name {self.default_prompt_name!r} is not one of the prompts "
                               f"{sorted(self.prompts)}")
+        if self.name and (not MODEL_NAME.fullmatch(self.name)
+                          or (self.name in TASK_TO_MODEL.values() and self.name != TASK_TO_MODEL[self.task])):
+            raise ConfigError(f"model name {self.name!r}: use letters, digits, '_', '-' and '.' (at most 64, starting "
+                              "with a letter or digit), and not another task's name")
         if self.max_batch_tokens < self.max_length:
             raise ConfigError(f"serving.max_batch_tokens ({self.max_batch_tokens}) must fit one text of max_length "
                               f"({self.max_length}); raise it")
 
     @property
     def model_name(self) -> str:
-        return TASK_TO_MODEL[self.task]
+        return self.name or TASK_TO_MODEL[self.task]
 
 
 class ServedModelDir:

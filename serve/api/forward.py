@@ -116,10 +116,13 @@ class TritonForwarder:
 
     def for_task(self, task: str, name: str | None = None) -> ServedModel:
         """The model that answers `task`: the one named, or the only one of that task whatever the name (as TEI
-        and Infinity); 404 when none serves it or several do and the name picks none, 400 for another task's."""
+        and Infinity); no name (TEI's routes) and several: the one named after the task. 404 when none serves it or
+        several do and the name picks none, 400 for another task's."""
         serving = {key: model for key, model in self.models.items() if model.settings.task == task}
         if name in serving:
             return serving[name]
+        if name is None and task in serving:
+            return serving[task]
         if name in self.models:
             raise APIError(400, f"model {name!r} serves {self.models[name].settings.task}, not {task}; "
                                 f"{task} models here: {sorted(serving) or 'none'}", "wrong_model_task")

@@ -24,17 +24,17 @@ DOCUMENTS = [*make_sentences(5, seed=7), make_documents(1, sentences_per_documen
 LABELS = {0: "negative", 1: "neutral", 2: "positive"}
 
 
-def build_classifier(folder, tokenizer_dir, num_labels: int):
+def build_classifier(folder, tokenizer_dir, num_labels: int, seed: int = 3):
     """A random tiny BertForSequenceClassification (2 layers, hidden 32) with the session's WordPiece tokenizer."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     labels = {} if num_labels == 1 else {"id2label": LABELS, "label2id": {v: k for k, v in LABELS.items()}}
-    torch.manual_seed(3)
+    torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
-                        num_labels=num_labels, **labels)
+                        num_labels=num_labels, initializer_range=0.3, **labels)  # spread-out scores: rankings mean something
     BertForSequenceClassification(config).eval().save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -51,9 +51,15 @@ def classifier_dir(tmp_path_factory, tiny_tokenizer_dir):
 
 
 @pytest.fixture(scope="module")
-def pair_repo(tmp_path_factory, cross_encoder_dir, classifier_dir, tiny_bert_dir):
+def second_cross_encoder_dir(tmp_path_factory, tiny_tokenizer_dir):
+    return build_classifier(tmp_path_factory.mktemp("cross_encoder_b"), tiny_tokenizer_dir, 1, seed=11)
+
+
+@pytest.fixture(scope="module")
+def pair_repo(tmp_path_factory, cross_encoder_dir, classifier_dir, tiny_bert_dir, second_cross_encoder_dir):
     """rerank through the real CLI (which says what it detected), classify and embed_sparse (from the session's
-    tiny MLM) through the library, one repository."""
+    tiny MLM) through the library, then a second reranker added by name: one repository, four models."""
+    from bertforge.cli import main
     from export import export_to_repository
 
     repo = tmp_path_factory.mktemp("pair_repo")
@@ -65,6 +71,12 @@ def pair_repo(tmp_path_factory, cross_encoder_dir, classifier_dir, tiny_bert_dir
     assert report["task"] == "classify" and report["labels"] == list(LABELS.values())
     report = export_to_repository(tiny_bert_dir, repo, tasks=("embed_sparse",), progress=False)
     assert report["passed"] and report["variants"]["fp32"]["parity"]["mean_top_overlap"] >= 0.95
+    # adding a named model leaves the others exactly as they were
+    before = {path: (path.stat().st_ino, path.read_bytes()) for path in sorted(repo.glob("*/1/*")) if path.is_file()}
+    assert main(["export", "--model", str(second_cross_encoder_dir), "--repo", str(repo), "--name", "rerank-b",
+                 "--precision", "fp32", "--quiet"]) == 0
+    assert {path: (path.stat().st_ino, path.read_bytes()) for path in before} == before
+    assert (repo / "rerank-b" / "config.pbtxt").read_text().count('name: "rerank-b"') == 1
     return repo
 
 
@@ -90,7 +102,9 @@ def cross_encoder_scores(cross_encoder_dir):
 
     model = CrossEncoder(str(cross_encoder_dir), device="cpu")
     pairs = [(QUERY, document) for document in DOCUMENTS]
-    return model.predict(pairs), model.predict(pairs, activation_fn=torch.nn.Identity())
+    scores = model.predict(pairs)
+    assert np.ptp(scores) > 0.01 and len(set(np.round(scores, 4))) == len(scores)  # a ranking to get right
+    return scores, model.predict(pairs, activation_fn=torch.nn.Identity())
 
 
 def test_export_refuses_tasks_the_folder_lacks(cross_encoder_dir, tiny_bert_dir, tmp_path):
@@ -127,8 +141,8 @@ def test_cohere_sdk_rerank(pair_api, cross_encoder_scores):
     best = list(np.argsort(-scores)[:3])
     assert [result.index for result in reply.results] == best
     np.testing.assert_allclose([result.relevance_score for result in reply.results], scores[best], atol=1e-5)
-    # v1 with {text} documents and return_documents; any model name when one rerank model is served
-    answer = httpx.post(f"{pair_api.url}/v1/rerank", json={"model": "rerank-english-v3.0", "query": QUERY,
+    # v1 with {text} documents and return_documents
+    answer = httpx.post(f"{pair_api.url}/v1/rerank", json={"model": "rerank", "query": QUERY,
                         "documents": [{"text": text} for text in DOCUMENTS], "return_documents": True}, timeout=30)
     assert answer.status_code == 200, answer.text
     body = answer.json()
@@ -168,7 +182,9 @@ def test_bad_rerank_requests_are_4xx_and_the_server_stays_ready(pair_api):
         assert message in answer.text, answer.text
     assert httpx.get(f"{url}/ready", timeout=30).status_code == 200
     assert httpx.get(f"{url}/health", timeout=30).json()["healthy"] is True
-    assert httpx.post(f"{url}/v2/rerank", json={"model": "x", "query": QUERY, "documents": ["a doc"]},
+    unknown = httpx.post(f"{url}/v2/rerank", json={"model": "x", "query": QUERY, "documents": ["a doc"]}, timeout=30)
+    assert unknown.status_code == 404 and "not one of the rerank models here: ['rerank', 'rerank-b']" in unknown.text
+    assert httpx.post(f"{url}/v2/rerank", json={"model": "rerank", "query": QUERY, "documents": ["a doc"]},
                       timeout=30).status_code == 200
 
 
@@ -197,7 +213,7 @@ def test_classify_matches_pipeline_over_tei_and_huggingface_hub(pair_api, pair_s
     assert [[item["label"] for item in row] for row in batch] == [[LABELS[i] for i in np.argsort(-row)] for row in logits]
     models = httpx.get(f"{pair_api.url}/v1/models", timeout=30).json()["data"]
     assert {model["id"]: model["task"] for model in models} == {"rerank": "rerank", "classify": "classify",
-                                                                "embed_sparse": "embed_sparse"}
+                                                                "embed_sparse": "embed_sparse", "rerank-b": "rerank"}
 
 
 def test_client_cli_rerank_and_classify(pair_server, cross_encoder_scores, capsys):
@@ -243,3 +259,37 @@ def test_sparse_embeddings_match_pytorch_over_grpc_and_tei(pair_api, pair_server
     np.testing.assert_allclose([item["value"] for item in answer[0]], served[0][1], rtol=1e-6)
     refused = httpx.post(f"{pair_api.url}/embed_sparse", json={"inputs": DOCUMENTS[-1], "truncate": False}, timeout=30)
     assert refused.status_code == 413 and "longer than the model's maximum" in refused.json()["error"]
+
+
+def test_named_models_route_by_the_model_field(pair_api, pair_repo, cross_encoder_scores, second_cross_encoder_dir):
+    import cohere
+    from sentence_transformers import CrossEncoder
+
+    from serve.api.errors import APIError
+    from serve.api.forward import TritonForwarder
+
+    expected_b = CrossEncoder(str(second_cross_encoder_dir), device="cpu").predict([(QUERY, d) for d in DOCUMENTS])
+    assert np.abs(expected_b - cross_encoder_scores[0]).max() > 1e-3  # two different models, or this proves nothing
+    client = cohere.ClientV2(base_url=pair_api.url, api_key="x")
+    for name, expected in (("rerank-b", expected_b), ("rerank", cross_encoder_scores[0])):
+        reply = client.rerank(model=name, query=QUERY, documents=DOCUMENTS)
+        scores = np.array([r.relevance_score for r in sorted(reply.results, key=lambda r: r.index)])
+        np.testing.assert_allclose(scores, expected, atol=1e-5)
+    # TEI's /rerank names no model: the one named after the task
+    tei = httpx.post(f"{pair_api.url}/rerank", json={"query": QUERY, "texts": DOCUMENTS}, timeout=30).json()
+    np.testing.assert_allclose(sorted(item["score"] for item in tei), np.sort(cross_encoder_scores[0]), atol=1e-5)
+    # one model of a task: any name reaches it (as TEI and Infinity); several: the name must match
+    forwarder = TritonForwarder("127.0.0.1:1", pair_repo, ApiConfig())
+    assert forwarder.for_task("classify", "any-name").name == "classify"
+    with pytest.raises(APIError, match="not one of the rerank models"):
+        forwarder.for_task("rerank", "any-name")
+
+
+def test_export_name_is_checked(cross_encoder_dir, tiny_bert_dir, tmp_path):
+    from export import export_to_repository
+    from export.errors import ExportError
+
+    with pytest.raises(ExportError, match="not another task's name"):
+        export_to_repository(cross_encoder_dir, tmp_path, precision="fp32", name="embed", progress=False)
+    with pytest.raises(ExportError, match="fill_mask and embed keep their names"):
+        export_to_repository(tiny_bert_dir, tmp_path, precision="fp32", name="mine", progress=False)
