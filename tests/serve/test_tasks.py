@@ -293,3 +293,28 @@ def test_export_name_is_checked(cross_encoder_dir, tiny_bert_dir, tmp_path):
         export_to_repository(cross_encoder_dir, tmp_path, precision="fp32", name="embed", progress=False)
     with pytest.raises(ExportError, match="fill_mask and embed keep their names"):
         export_to_repository(tiny_bert_dir, tmp_path, precision="fp32", name="mine", progress=False)
+
+
+def test_every_readme_curl_line_of_the_section_answers(pair_api):
+    import json
+    import os
+    import re
+    import shutil
+    from pathlib import Path
+
+    if shutil.which("curl") is None:
+        pytest.fail("curl is needed to check README's examples (apt-get install curl)")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("\n## Rerank, classify and sparse embeddings\n", 1)[1].split("\n## ", 1)[0]
+    lines = [line for block in re.findall(r"```bash\n(.*?)```", section, re.S) for line in block.splitlines()
+             if line.startswith("curl ")]
+    assert {route for route in ("/rerank", "/v2/rerank", "/v1/rerank", "/predict", "/embed_sparse", "/v1/models")
+            if any(f"$API{route} " in line or line.endswith(f"$API{route}") for line in lines)} == {
+        "/rerank", "/v2/rerank", "/v1/rerank", "/predict", "/embed_sparse", "/v1/models"}
+    for line in lines:
+        command = "set -o pipefail; " + line.replace("curl ", "curl --fail-with-body --max-time 20 ", 1)
+        done = subprocess.run(["bash", "-c", command], env=dict(os.environ, API=pair_api.url), capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, f"{line}\n-> {done.stdout[-500:]} {done.stderr[-500:]}"
+        document = json.loads(done.stdout)
+        assert document and not (isinstance(document, dict) and "error" in document), (line, document)
