@@ -189,14 +189,7 @@ class TritonForwarder:
 
     async def _probe(self, name: str) -> dict:
         started = time.perf_counter()
-        task = self.models[name].settings.task
-        text = HEALTH_TEXTS[task]
-        if task in contract.PAIR_MODELS:
-            call = self.client.classify([text], [text], model=name)
-        elif task == contract.EMBED_SPARSE_MODEL:
-            call = self.client.embed_sparse(text, model=name)
-        else:
-            call = self.client.fill_mask(text, top_k=1) if task == contract.FILL_MASK_MODEL else self.client.embed(text)
+        call = health_probe(self.client, name, self.models[name].settings.task)
         try:
             await asyncio.wait_for(call, self.config.health_timeout_s)
         except TimeoutError:
@@ -204,3 +197,14 @@ class TritonForwarder:
         except ServingError as error:
             return {"ok": False, "reason": str(error)}
         return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+
+def health_probe(client: Any, name: str, task: str) -> Any:
+    """One tiny real inference on the model `name` serving `task`: the answer of a BertforgeClient, an awaitable
+    of an AsyncBertforgeClient (the API's /health and the supervisor share it)."""
+    text = HEALTH_TEXTS[task]
+    if task in contract.PAIR_MODELS:
+        return client.classify([text], [text], model=name)
+    if task == contract.EMBED_SPARSE_MODEL:
+        return client.embed_sparse(text, model=name)
+    return client.fill_mask(text, top_k=1) if task == contract.FILL_MASK_MODEL else client.embed(text)

@@ -318,3 +318,12 @@ def test_every_readme_curl_line_of_the_section_answers(pair_api):
         assert done.returncode == 0, f"{line}\n-> {done.stdout[-500:]} {done.stderr[-500:]}"
         document = json.loads(done.stdout)
         assert document and not (isinstance(document, dict) and "error" in document), (line, document)
+
+
+def test_supervisor_probes_every_task_model(pair_server):
+    from serve.supervisor import Supervisor
+
+    tasks = {"rerank": "rerank", "rerank-b": "rerank", "classify": "classify", "embed_sparse": "embed_sparse"}
+    assert Supervisor(pair_server, list(tasks), tasks=tasks, log=lambda line: None).check() is None
+    reason, detail = Supervisor(pair_server, ["absent"], tasks={"absent": "rerank"}, log=lambda line: None).check()
+    assert reason == "probe_failed" and detail.startswith("absent:")
