@@ -125,6 +125,8 @@ def test_grpc_rerank_matches_cross_encoder(pair_server, cross_encoder_scores):
         # the long document is cut (the query never): refused when the request says so
         with pytest.raises(ServingError, match="longer than the model's maximum of 64 tokens"):
             client.rerank(QUERY, DOCUMENTS[-1:], truncation="error")
+        with pytest.raises(ServingError, match="shorten the query"):  # the query itself is never cut
+            client.rerank(DOCUMENTS[-1], ["a short document"])
         assert client.health(("rerank", "classify", "embed_sparse"))["models"] == {
             "rerank": True, "classify": True, "embed_sparse": True}
     np.testing.assert_allclose(served, scores, atol=1e-5)
@@ -327,3 +329,16 @@ def test_supervisor_probes_every_task_model(pair_server):
     assert Supervisor(pair_server, list(tasks), tasks=tasks, log=lambda line: None).check() is None
     reason, detail = Supervisor(pair_server, ["absent"], tasks={"absent": "rerank"}, log=lambda line: None).check()
     assert reason == "probe_failed" and detail.startswith("absent:")
+
+
+def test_auto_serves_only_a_variant_that_passed(cross_encoder_dir, tmp_path):
+    from export import export_to_repository
+    from serve.repository import ServedModelDir
+
+    report = export_to_repository(cross_encoder_dir, tmp_path, precision="auto", progress=False)
+    chosen = report["chosen"]["precision"]
+    assert set(report["variants"]) == {"fp32", "int8"} and report["variants"][chosen]["passed"]
+    if not report["variants"]["int8"]["passed"]:
+        assert chosen == "fp32" and "int8 missed the gate" in report["chosen"]["reason"]
+    assert report["variants"]["int8"]["parity"]["mean_spearman"] is not None
+    assert ServedModelDir(tmp_path / "rerank").settings().precision == chosen
