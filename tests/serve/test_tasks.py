@@ -342,3 +342,14 @@ def test_auto_serves_only_a_variant_that_passed(cross_encoder_dir, tmp_path):
         assert chosen == "fp32" and "int8 missed the gate" in report["chosen"]["reason"]
     assert report["variants"]["int8"]["parity"]["mean_spearman"] is not None
     assert ServedModelDir(tmp_path / "rerank").settings().precision == chosen
+
+
+def test_every_task_renders_its_triton_tensors_and_backend():
+    from serve.repository import TASK_TO_MODEL, ServingSettings, backend_template, render_config_pbtxt
+
+    for task in TASK_TO_MODEL:
+        config = render_config_pbtxt(ServingSettings(task=task))
+        assert f'name: "{task}"' in config and backend_template(task).is_file()
+    assert "optional: true" in render_config_pbtxt(ServingSettings(task="classify"))
+    assert "optional" not in render_config_pbtxt(ServingSettings(task="rerank"))  # a document is required
+    assert 'name: "rerank-b"' in render_config_pbtxt(ServingSettings(task="rerank", name="rerank-b"))
