@@ -53,7 +53,7 @@ class MaskPrediction:
 
 @dataclass(frozen=True)
 class _Call:
-    """What one fill_mask/embed call sends (one request per text, with its parameters) and how it reads the answers."""
+    """What one call sends (one request per text or pair, with its parameters) and how it reads the answers."""
 
     model: str
     texts: list[str] | list[tuple[str, str | None]]  # one TEXT, or TEXT + TEXT_PAIR (rerank, classify), per request

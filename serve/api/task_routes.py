@@ -17,6 +17,7 @@ from serve.api.errors import APIError
 from serve.api.forward import ServedModel
 from serve.api.routes import _forwarder, _json, _texts
 from serve.api.schemas import CohereRerankRequest, PredictRequest, RerankRequest, SparseEmbedRequest
+from serve.client import sigmoid
 
 router = APIRouter()
 
@@ -26,7 +27,7 @@ async def tei_rerank(body: RerankRequest, request: Request) -> Response:
     model = _forwarder(request).for_task(contract.RERANK_MODEL)
     logits = await _rerank(request, model, body.query, body.texts, {None: None, True: "truncate", False: "error"}[
         body.truncate], "/rerank")
-    scores = logits if body.raw_scores else _sigmoid(logits)
+    scores = logits if body.raw_scores else sigmoid(logits)
     order = np.argsort(-scores, kind="stable")
     return _json([{"index": int(index), "score": float(scores[index]),
                    **({"text": body.texts[index]} if body.return_text else {})} for index in order])
@@ -39,7 +40,7 @@ async def cohere_rerank(body: CohereRerankRequest, request: Request) -> Response
     texts = [document if isinstance(document, str) else document.text for document in body.documents]
     if body.top_n is not None and body.top_n < 1:
         raise APIError(400, f"top_n must be >= 1, got {body.top_n}", "invalid_top_n")
-    scores = _sigmoid(await _rerank(request, model, body.query, texts, None, request.url.path))
+    scores = sigmoid(await _rerank(request, model, body.query, texts, None, request.url.path))
     order = np.argsort(-scores, kind="stable")[: body.top_n]
     results = [{"index": int(index), "relevance_score": float(scores[index]),
                 **({"document": {"text": texts[index]}} if body.return_documents else {})} for index in order]
@@ -116,13 +117,10 @@ def _labelled(model: ServedModel, logits: np.ndarray, function: str, top_k: int 
         exp = np.exp(logits.astype(np.float64) - logits.max())
         scores = exp / exp.sum()
     elif function == "sigmoid":
-        scores = _sigmoid(logits)
+        scores = sigmoid(logits)
     else:
         scores = logits
     labels = model.settings.labels or tuple(f"LABEL_{index}" for index in range(len(logits)))
     order = np.argsort(-scores, kind="stable")[:top_k]
     return [{"label": labels[index], "score": float(scores[index])} for index in order]
 
-
-def _sigmoid(logits: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
