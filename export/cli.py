@@ -24,7 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--repo", default=None, help="Triton model repository to write (default: model_repository)")
     parser.add_argument("--output", default=None, help="write only ONNX variants + export_report.json here (no Triton files)")
     parser.add_argument("--precision", default=None, help=PRECISION_HELP + " (default: auto)")
-    parser.add_argument("--tasks", default=None, help="comma list of fill_mask,embed (default: both); a "
+    parser.add_argument("--tasks", default=None, help="comma list of fill_mask,embed,embed_sparse (default: "
+                        "fill_mask,embed; embed_sparse, SPLADE vectors from the MLM head, is opt-in); a "
                         "*ForSequenceClassification folder exports rerank (one label) or classify (several)")
     parser.add_argument("--name", default=None, help="rerank/classify/embed_sparse: add the model under this name "
                         "(several models of a task in one repository; the API's `model` field picks one)")
