@@ -24,7 +24,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--repo", default=None, help="Triton model repository to write (default: model_repository)")
     parser.add_argument("--output", default=None, help="write only ONNX variants + export_report.json here (no Triton files)")
     parser.add_argument("--precision", default=None, help=PRECISION_HELP + " (default: auto)")
-    parser.add_argument("--tasks", default=None, help="comma list of fill_mask,embed (default: both)")
+    parser.add_argument("--tasks", default=None, help="comma list of fill_mask,embed,embed_sparse (default: "
+                        "fill_mask,embed; embed_sparse, SPLADE vectors from the MLM head, is opt-in); a "
+                        "*ForSequenceClassification folder exports rerank (one label) or classify (several)")
+    parser.add_argument("--name", default=None, help="rerank/classify/embed_sparse: add the model under this name "
+                        "(several models of a task in one repository; the API's `model` field picks one)")
     parser.add_argument("--pooling", default=None,
                         help="embedding pooling: sentence-transformers modes (cls, mean, max, mean_sqrt_len_tokens, "
                              "weightedmean, lasttoken) joined by '+' (default: the folder's 1_Pooling, else mean; "
@@ -55,7 +59,7 @@ def _flags(args: argparse.Namespace) -> list[tuple[str, object]]:
     def path(value: str | None) -> Path | None:
         return None if value is None else Path(value)
 
-    flags = given({"precision": args.precision, "pooling": args.pooling, "normalize": args.normalize,
+    flags = given({"name": args.name, "precision": args.precision, "pooling": args.pooling, "normalize": args.normalize,
                    "optimize": args.optimize, "model": path(args.model), "calibration_file": path(args.calibration_file),
                    "parity_file": path(args.parity_file), "repo": path(args.repo),
                    "tasks": None if args.tasks is None else tuple(task.strip() for task in args.tasks.split(",")
@@ -73,7 +77,11 @@ def _run_with_progress(config, quiet: bool) -> int:
     console = Console(stderr=True, quiet=quiet)
     with console.status("[bold]exporting…") as status:
         report = run_export(config, progress=_StatusProgress(console, status))
-    _print_summary(report)
+    if "tasks" in report:
+        _print_summary(report)
+    else:  # rerank / classify (export/cross_encoder.py): its verdicts were printed as outcomes
+        print(f"{report['task']}: precision {report['chosen']['requested']} chose {report['chosen']['precision']}: "
+              f"{report['chosen']['reason']}")
     return 0
 
 

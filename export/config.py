@@ -12,7 +12,8 @@ from serve.repository import ServingOptions
 PRECISIONS = ("fp32", "int8", "int8-static", "fp16")  # what "all" means in --output mode
 AUTO = "auto"  # the fastest variant that passes: the int8 recipe search, else fused fp32
 DEFAULT_PRECISION = AUTO
-TASKS = contract.SERVED_MODELS
+TASKS = contract.SERVED_MODELS  # the default: what an MLM folder exports
+ALL_TASKS = (*contract.SERVED_MODELS, *contract.PAIR_MODELS, contract.EMBED_SPARSE_MODEL)  # see export/task_models.py
 
 
 @dataclass(kw_only=True)
@@ -58,6 +59,7 @@ class ExportConfig:
     output: Path | None = None  # plain mode: only ONNX variants + report, no Triton files
     precision: str = DEFAULT_PRECISION  # "auto" or one of PRECISIONS; `output` mode also takes a comma list or "all"
     tasks: tuple[str, ...] = TASKS  # fill_mask needs an MLM head; without one only embed is written
+    name: str | None = None  # rerank/classify/embed_sparse: the model's name in the repository (default: the task's)
     optimize: bool = True  # ONNX Runtime transformer fusions (Attention, SkipLayerNorm, Gelu)
     opset: int = 18
     # embed graph: None = as the folder defines it (sentence-transformers: 1_Pooling, Normalize), else mean / no
@@ -88,9 +90,9 @@ class ExportConfig:
         if self.output is None and len(self.precisions) != 1:
             raise ConfigError(f"a Triton repository serves one precision; got {list(self.precisions)} "
                               "(use --output DIR to write several variants)")
-        unknown = sorted(set(self.tasks) - set(TASKS))
+        unknown = sorted(set(self.tasks) - set(ALL_TASKS))
         if unknown or not self.tasks:
-            raise ConfigError(f"tasks {unknown or '[]'} invalid; choose from {list(TASKS)}")
+            raise ConfigError(f"tasks {unknown or '[]'} invalid; choose from {list(ALL_TASKS)}")
         if self.opset < 17:
             raise ConfigError(f"opset must be >= 17 (LayerNormalization), got {self.opset}")
         if not 1 <= self.max_top_k:

@@ -49,6 +49,11 @@ def run_export(config: ExportConfig, progress: ExportProgress | None = None) -> 
         raise ExportError("no model folder given; pass --model DIR (a Hugging Face or sentence-transformers folder)")
     started = time.perf_counter()
     progress = progress or (PrintProgress() if config.progress else ExportProgress())
+    from export.task_models import export_if_task_model
+
+    # rerank / classify heads, embed_sparse (export/task_models.py): their own graphs and gates
+    if (task_report := export_if_task_model(config, progress)) is not None:
+        return task_report
     # Check the checkpoint and the destination before any heavy work
     info = inspect_model_folder(config.model)
     destination = Path(config.output or config.repo)

@@ -92,12 +92,14 @@ def run(args: argparse.Namespace) -> int:
                                                       restarts_file=server.workdir / RESTARTS_FILE))
             supervisor = None
             if config.supervise:
-                from serve.api.forward import HEALTH_MODELS
+                from serve.api.forward import HEALTH_TEXTS
                 from serve.supervisor import Supervisor
 
-                models = [model.name for model in served_models(served_repo) if model.name in HEALTH_MODELS]
+                tasks = {model.name: model.settings().task for model in served_models(served_repo)
+                         if model.serving_file.is_file()}
+                models = [name for name, task in tasks.items() if task in HEALTH_TEXTS]
                 supervisor = Supervisor(server, models, interval_s=config.supervise_interval_s,
-                                        counts_file=server.workdir / RESTARTS_FILE).start()
+                                        counts_file=server.workdir / RESTARTS_FILE, tasks=tasks).start()
                 stack.callback(supervisor.stop)  # stopped before the server (the stack unwinds in reverse)
             save_config(config, server.workdir / "serve.toml")  # the resolved config, next to the log
             print(f"tritonserver ready (pid {server.pid}), models from {config.repo}", flush=True)

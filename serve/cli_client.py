@@ -1,4 +1,5 @@
-"""`bertforge client fill-mask|embed TEXT...`: query a running server (never imports torch)."""
+"""`bertforge client fill-mask|embed|classify TEXT...`, `bertforge client rerank QUERY DOC...`: query a running
+server (never imports torch)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,14 @@ from bertforge import contract
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "client", help="query a running server: fill-mask or embed",
+        "client", help="query a running server: fill-mask, embed, rerank or classify",
         description="Send each TEXT as one request to a running `bertforge serve` (gRPC) and print the answers.")
-    parser.add_argument("task", choices=["fill-mask", "embed", "health"], help="what to ask the server")
-    parser.add_argument("texts", nargs="*", metavar="TEXT", help="texts (fill-mask: with at least one [MASK])")
+    parser.add_argument("task", choices=["fill-mask", "embed", "embed-sparse", "rerank", "classify", "health"],
+                        help="what to ask the server")
+    parser.add_argument("texts", nargs="*", metavar="TEXT", help="texts (fill-mask: with at least one [MASK]; rerank: "
+                        "the query, then the documents)")
+    parser.add_argument("--raw-scores", action="store_true", help="rerank: the cross-encoder's logits, not sigmoid")
+    parser.add_argument("--model", default=None, help="rerank/classify: the served model's name (default: the task's)")
     parser.add_argument("--url", default=None, help="gRPC address HOST:PORT (default 127.0.0.1:8001)")
     parser.add_argument("--top-k", type=int, default=None, help="predictions per [MASK] (default 5)")
     parser.add_argument("--truncation", choices=contract.TRUNCATION_POLICIES, default=None,
@@ -38,11 +43,18 @@ def run(args: argparse.Namespace) -> int:
 
     if args.task != "health" and not args.texts:
         raise UserError(f"client {args.task}: give at least one TEXT")
+    if args.task == "rerank" and len(args.texts) < 2:
+        raise UserError("client rerank: give the QUERY and at least one DOCUMENT")
     with BertforgeClient(args.url or DEFAULT_URL, timeout_s=args.timeout, retries=args.retries) as client:
         try:
             if args.task == "health":
                 return _print_health(client.health(), args.json)
-            if args.task == "fill-mask":
+            if args.task == "embed-sparse":
+                _print_sparse(args.texts, client.embed_sparse(args.texts, args.truncation,
+                                                              truncation_direction=args.truncation_direction), args.json)
+            elif args.task in ("rerank", "classify"):
+                _print_pairs(client, args)
+            elif args.task == "fill-mask":
                 top_k = args.top_k if args.top_k is not None else contract.DEFAULT_TOP_K
                 _print_fill_mask(args.texts, client.fill_mask(args.texts, top_k, args.truncation), args.json)
             else:
@@ -74,6 +86,43 @@ def _print_fill_mask(texts: list[str], predictions: list, as_json: bool) -> None
                 table.add_row(str(mask_index + 1) if rank == 1 else "", str(rank), prediction.token,
                               str(prediction.token_id), f"{prediction.score:.4f}")
         console.print(table)
+
+
+def _print_sparse(texts: list[str], vectors: list, as_json: bool) -> None:
+    """Each text's non-zero vocabulary weights, the largest first."""
+    rows = [sorted(zip(indices.tolist(), values.tolist()), key=lambda item: -item[1]) for indices, values in vectors]
+    if as_json:
+        print(json.dumps([{"text": text, "sparse": [{"index": i, "value": v} for i, v in row]}
+                          for text, row in zip(texts, rows)], ensure_ascii=False))
+        return
+    for text, row in zip(texts, rows):
+        top = ", ".join(f"{index}:{value:.3f}" for index, value in row[:8])
+        print(f"{text}\n  {len(row)} non-zeros  [{top}, ...]")
+
+
+def _print_pairs(client, args: argparse.Namespace) -> None:
+    """rerank: the documents, most relevant first, with their score; classify: each text's logits."""
+    from bertforge import contract
+
+    if args.task == "rerank":
+        query, documents = args.texts[0], args.texts[1:]
+        scores = client.rerank(query, documents, args.truncation, raw_scores=args.raw_scores,
+                               model=args.model or contract.RERANK_MODEL)
+        ranked = sorted(range(len(documents)), key=lambda index: -scores[index])
+        if args.json:
+            print(json.dumps([{"index": index, "score": float(scores[index]), "text": documents[index]}
+                              for index in ranked], ensure_ascii=False))
+            return
+        for rank, index in enumerate(ranked, start=1):
+            print(f"{rank:>3}  {scores[index]:.4f}  [{index}] {documents[index]}")
+        return
+    logits = client.classify(args.texts, None, args.truncation, model=args.model or contract.CLASSIFY_MODEL)
+    if args.json:
+        print(json.dumps([{"text": text, "logits": row.tolist()} for text, row in zip(args.texts, logits)],
+                         ensure_ascii=False))
+        return
+    for text, row in zip(args.texts, logits):
+        print(f"{text}\n  logits [{', '.join(f'{value:+.4f}' for value in row)}]  best label index {int(row.argmax())}")
 
 
 def _print_embed(texts: list[str], embeddings, as_json: bool) -> None:

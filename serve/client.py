@@ -53,10 +53,10 @@ class MaskPrediction:
 
 @dataclass(frozen=True)
 class _Call:
-    """What one fill_mask/embed call sends (one request per text, with its parameters) and how it reads the answers."""
+    """What one call sends (one request per text or pair, with its parameters) and how it reads the answers."""
 
     model: str
-    texts: list[str]
+    texts: list[str] | list[tuple[str, str | None]]  # one TEXT, or TEXT + TEXT_PAIR (rerank, classify), per request
     parameters: list[dict[str, Any]]  # one per text (token-id input differs per text; options are shared)
     parse: Callable[[list[Any]], Any]
 
@@ -77,13 +77,12 @@ class _ClientBase:
         """The transport's InferenceServerClient for `url`, with `channel_args()`."""
         raise NotImplementedError
 
-    def _health_probes(self) -> list[Callable[[], Any]]:
+    def _health_probes(self, models: tuple[str, ...]) -> list[Callable[[], Any]]:
         """Triton's liveness, its readiness, then each model's readiness, in that order (called or awaited)."""
         timeout = self.timeout_s
         return [functools.partial(self._client.is_server_live, client_timeout=timeout),
                 functools.partial(self._client.is_server_ready, client_timeout=timeout),
-                *(functools.partial(self._client.is_model_ready, name, client_timeout=timeout)
-                  for name in contract.SERVED_MODELS)]
+                *(functools.partial(self._client.is_model_ready, name, client_timeout=timeout) for name in models)]
 
     def _backoff_s(self, attempt: int) -> float:
         """Seconds to wait before retry number `attempt + 1`: exponential from backoff_s."""
@@ -114,10 +113,28 @@ class BertforgeClient(_ClientBase):
         return self._run(_embed_call(texts, truncation, prompt_name=prompt_name, dimensions=dimensions,
                                      normalize=normalize, truncation_direction=truncation_direction))
 
-    def health(self) -> dict[str, Any]:
+    def rerank(self, query: str, documents: list[str], truncation: str | None = None, *, raw_scores: bool = False,
+               model: str = contract.RERANK_MODEL) -> np.ndarray:
+        """Relevance of each document to the query, float32 (num_documents,), in the documents' order:
+        sigmoid of the cross-encoder's logit (raw_scores=True: the logit). Only documents are truncated."""
+        return self._run(_rerank_call(query, documents, truncation, raw_scores, model))
+
+    def classify(self, texts: str | list[str], text_pairs: list[str] | None = None, truncation: str | None = None, *,
+                 model: str = contract.CLASSIFY_MODEL) -> np.ndarray:
+        """The classifier's logits, float32 (num_texts, num_labels); with text_pairs each text is classified with its
+        pair (the pair is what gets truncated). Labels, in logit order: the model's serving.json (GET /v1/models)."""
+        return self._run(_classify_call(texts, text_pairs, truncation, model))
+
+    def embed_sparse(self, texts: str | list[str], truncation: str | None = None, *,
+                     truncation_direction: str | None = None,
+                     model: str = contract.EMBED_SPARSE_MODEL) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per text its SPLADE weights' non-zeros: (vocabulary ids int64 ascending, values float32)."""
+        return self._run(_sparse_call(texts, truncation, truncation_direction, model))
+
+    def health(self, models: tuple[str, ...] = contract.SERVED_MODELS) -> dict[str, Any]:
         """{'live', 'ready', 'models': {name: ready}}; never raises for an unreachable server."""
         try:
-            return _health_report([probe() for probe in self._health_probes()])
+            return _health_report([probe() for probe in self._health_probes(models)], models)
         except self._grpc.InferenceServerException as error:
             return _health_failure(error)
 
@@ -169,7 +186,7 @@ class BertforgeClient(_ClientBase):
 
         for index in pending:
             slots.acquire()  # a sliding window: the next text goes out as soon as one answer is back
-            self._client.async_infer(model, [_text_input(self._grpc, texts[index])],
+            self._client.async_infer(model, _inputs(self._grpc, texts[index]),
                                      callback=functools.partial(callback, index),
                                      parameters=parameters[index], client_timeout=self.timeout_s)
         for _ in pending:
@@ -190,9 +207,22 @@ class AsyncBertforgeClient(_ClientBase):
         return await self._run(_embed_call(texts, truncation, prompt_name=prompt_name, dimensions=dimensions,
                                            normalize=normalize, truncation_direction=truncation_direction))
 
-    async def health(self) -> dict[str, Any]:
+    async def rerank(self, query: str, documents: list[str], truncation: str | None = None, *,
+                     raw_scores: bool = False, model: str = contract.RERANK_MODEL) -> np.ndarray:
+        return await self._run(_rerank_call(query, documents, truncation, raw_scores, model))
+
+    async def classify(self, texts: str | list[str], text_pairs: list[str] | None = None,
+                       truncation: str | None = None, *, model: str = contract.CLASSIFY_MODEL) -> np.ndarray:
+        return await self._run(_classify_call(texts, text_pairs, truncation, model))
+
+    async def embed_sparse(self, texts: str | list[str], truncation: str | None = None, *,
+                           truncation_direction: str | None = None,
+                           model: str = contract.EMBED_SPARSE_MODEL) -> list[tuple[np.ndarray, np.ndarray]]:
+        return await self._run(_sparse_call(texts, truncation, truncation_direction, model))
+
+    async def health(self, models: tuple[str, ...] = contract.SERVED_MODELS) -> dict[str, Any]:
         try:
-            return _health_report([await probe() for probe in self._health_probes()])
+            return _health_report([await probe() for probe in self._health_probes(models)], models)
         except self._grpc.InferenceServerException as error:
             return _health_failure(error)
 
@@ -225,7 +255,7 @@ class AsyncBertforgeClient(_ClientBase):
     async def _infer_with_retries(self, model: str, text: str, index: int, parameters: dict[str, Any]) -> Any:
         for attempt in range(self.retries + 1):
             try:
-                return await self._client.infer(model, [_text_input(self._grpc, text)], parameters=parameters,
+                return await self._client.infer(model, _inputs(self._grpc, text), parameters=parameters,
                                                 client_timeout=self.timeout_s)
             except self._grpc.InferenceServerException as error:
                 if not _is_retryable(error):
@@ -280,25 +310,66 @@ def _embed_call(inputs: str | list[str] | list[list[int]], truncation: str | Non
     return _Call(contract.EMBED_MODEL, texts, parameters, _parse_embeddings)
 
 
+def _rerank_call(query: str, documents: list[str], truncation: str | None, raw_scores: bool, model: str) -> _Call:
+    """One request per (query, document): Triton's dynamic batcher merges the pairs."""
+    if not isinstance(query, str):
+        raise ValueError("query must be a string")
+    documents = _as_list(documents)
+
+    def parse(results: list[Any]) -> np.ndarray:
+        logits = np.array([result.as_numpy(contract.LOGITS_OUTPUT)[0, 0] for result in results], dtype=np.float32)
+        return logits if raw_scores else sigmoid(logits)
+
+    return _Call(model, [(query, document) for document in documents],
+                 [_parameters(truncation=truncation)] * len(documents), parse)
+
+
+def _classify_call(texts: str | list[str], text_pairs: list[str] | None, truncation: str | None, model: str) -> _Call:
+    texts = _as_list(texts)
+    if text_pairs is not None and len(text_pairs) != len(texts):
+        raise ValueError(f"{len(text_pairs)} text_pairs for {len(texts)} texts; give one pair per text")
+    pairs = text_pairs if text_pairs is not None else [None] * len(texts)
+    return _Call(model, list(zip(texts, pairs)), [_parameters(truncation=truncation)] * len(texts),
+                 lambda results: np.stack([result.as_numpy(contract.LOGITS_OUTPUT)[0] for result in results]))
+
+
+def _sparse_call(texts: str | list[str], truncation: str | None, direction: str | None, model: str) -> _Call:
+    texts = _as_list(texts)
+    return _Call(model, texts, [_parameters(truncation=truncation, truncation_direction=direction)] * len(texts),
+                 lambda results: [(result.as_numpy(contract.SPARSE_INDICES_OUTPUT)[0],
+                                   result.as_numpy(contract.SPARSE_VALUES_OUTPUT)[0]) for result in results])
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """A cross-encoder's relevance score, as sentence-transformers' CrossEncoder.predict for one-label models."""
+    return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
+
+
 def _parse_embeddings(results: list[Any]) -> np.ndarray:
     """EMBEDDING (1, hidden) per text -> (num_texts, hidden)."""
     return np.stack([result.as_numpy(contract.EMBEDDING_OUTPUT)[0] for result in results])
 
 
-def _health_report(answers: list[Any]) -> dict[str, Any]:
+def _health_report(answers: list[Any], names: tuple[str, ...]) -> dict[str, Any]:
     """The probes' answers (see _ClientBase._health_probes) as {'live', 'ready', 'models': {name: ready}}."""
     live, ready, *models = answers
-    return {"live": live, "ready": ready, "models": dict(zip(contract.SERVED_MODELS, models))}
+    return {"live": live, "ready": ready, "models": dict(zip(names, models))}
 
 
 def _health_failure(error: Any) -> dict[str, Any]:
     return {"live": False, "ready": False, "models": {}, "error": str(error)}
 
 
-def _text_input(grpcclient: Any, text: str) -> Any:
-    tensor = grpcclient.InferInput(contract.TEXT_INPUT, [1, 1], "BYTES")
-    tensor.set_data_from_numpy(np.array([[text.encode("utf-8")]], dtype=np.object_))
-    return tensor
+def _inputs(grpcclient: Any, item: str | tuple[str, str | None]) -> list[Any]:
+    """TEXT, or TEXT and TEXT_PAIR for a (text, pair) item (no TEXT_PAIR when the pair is None)."""
+    text, pair = (item, None) if isinstance(item, str) else item
+    named = [(contract.TEXT_INPUT, text)] + ([(contract.TEXT_PAIR_INPUT, pair)] if pair is not None else [])
+    tensors = []
+    for name, value in named:
+        tensor = grpcclient.InferInput(name, [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[value.encode("utf-8")]], dtype=np.object_))
+        tensors.append(tensor)
+    return tensors
 
 
 def _parameters(**values: Any) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from bertforge import contract
 from bertforge.config import ConfigError, from_dict, to_dict
 from bertforge.files import write_json_atomically, write_text_atomically
 
-Task = Literal["fill_mask", "embed"]
+Task = Literal["fill_mask", "embed", "rerank", "classify", "embed_sparse"]
 # The served model folder: <repo>/<model>/{config.pbtxt, 1/{model.py, serving.json, model.onnx, tokenizer/}}
 CONFIG_FILE = "config.pbtxt"
 VERSION = "1"
@@ -30,9 +31,14 @@ ONNX_FILE = "model.onnx"
 TOKENIZER_DIR = "tokenizer"
 REPORT_FILE = "export_report.json"  # <repo>/export_report.json: what the export measured and chose
 MODEL_TEMPLATE = Path(__file__).with_name("model_template.py")
+PAIR_MODEL_TEMPLATE = Path(__file__).with_name("pair_model_template.py")  # rerank, classify (serve/pair_backend.py)
+SPARSE_MODEL_TEMPLATE = Path(__file__).with_name("sparse_model_template.py")  # embed_sparse (serve/sparse_backend.py)
 DEFAULT_MAX_BATCH_TOKENS = 4096  # padded tokens per ONNX run (docs/serve.md "Tuning")
-TASK_TO_MODEL = {"fill_mask": contract.FILL_MASK_MODEL, "embed": contract.EMBED_MODEL}
+TASK_TO_MODEL = {"fill_mask": contract.FILL_MASK_MODEL, "embed": contract.EMBED_MODEL,
+                 "rerank": contract.RERANK_MODEL, "classify": contract.CLASSIFY_MODEL,
+                 "embed_sparse": contract.EMBED_SPARSE_MODEL}
 # sentence-transformers' pooling modes (its Pooling module); a model may combine several, concatenated in its order
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a Triton model (folder) name
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 
 
@@ -92,6 +98,8 @@ class ServingSettings(ServingOptions):
     default_prompt_name: str | None = None  # applied when a request names none
     family: str = "bert"  # the model's model_type (bert, roberta, xlm-roberta, distilbert, mpnet, ...)
     embedding_dim: int = 0  # width of EMBEDDING; 0 = not recorded (exports before it was)
+    labels: tuple[str, ...] = ()  # rerank/classify: the head's id2label, in logit order
+    name: str = ""  # the model's name in the repository (`bertforge export --name`); "" = the task's name
     precision: str = "fp32"
 
     @classmethod
@@ -117,13 +125,17 @@ class ServingSettings(ServingOptions):
         if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
             raise ConfigError(f"serving.default_prompt_name {self.default_prompt_name!r} is not one of the prompts "
                               f"{sorted(self.prompts)}")
+        if self.name and (not MODEL_NAME.fullmatch(self.name)
+                          or (self.name in TASK_TO_MODEL.values() and self.name != TASK_TO_MODEL[self.task])):
+            raise ConfigError(f"model name {self.name!r}: use letters, digits, '_', '-' and '.' (at most 64, starting "
+                              "with a letter or digit), and not another task's name")
         if self.max_batch_tokens < self.max_length:
             raise ConfigError(f"serving.max_batch_tokens ({self.max_batch_tokens}) must fit one text of max_length "
                               f"({self.max_length}); raise it")
 
     @property
     def model_name(self) -> str:
-        return TASK_TO_MODEL[self.task]
+        return self.name or TASK_TO_MODEL[self.task]
 
 
 class ServedModelDir:
@@ -211,7 +223,7 @@ class ServedModelDir:
                               f"{self.path.parent / settings.model_name}, got {self.path}")
         self.version_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomically(self.config_file, render_config_pbtxt(settings))
-        write_text_atomically(self.backend_file, MODEL_TEMPLATE.read_text())
+        write_text_atomically(self.backend_file, backend_template(settings.task).read_text())
         write_json_atomically(self.serving_file, {"settings": to_dict(settings), "info": info or {}})
 
     def update(self, **changes: Any) -> ServingSettings:
@@ -259,14 +271,33 @@ def _link_or_copy(source: str, destination: str) -> str:
     return destination
 
 
+# Each task's Triton tensors: inputs (name, optional), BYTES [1] each; outputs (name, type, dims per request)
+TASK_TENSORS: dict[str, tuple[list[tuple[str, bool]], list[tuple[str, str, str]]]] = {
+    "fill_mask": ([(contract.TEXT_INPUT, False)],
+                  [(contract.TOKENS_OUTPUT, "TYPE_STRING", "-1, -1"),  # [num_masks, top_k]
+                   (contract.TOKEN_IDS_OUTPUT, "TYPE_INT64", "-1, -1"),
+                   (contract.SCORES_OUTPUT, "TYPE_FP32", "-1, -1")]),
+    "embed": ([(contract.TEXT_INPUT, False)], [(contract.EMBEDDING_OUTPUT, "TYPE_FP32", "-1")]),  # [hidden]
+    "rerank": ([(contract.TEXT_INPUT, False), (contract.TEXT_PAIR_INPUT, False)],  # query, document
+               [(contract.LOGITS_OUTPUT, "TYPE_FP32", "-1")]),  # [1]
+    "classify": ([(contract.TEXT_INPUT, False), (contract.TEXT_PAIR_INPUT, True)],  # a text, or a pair
+                 [(contract.LOGITS_OUTPUT, "TYPE_FP32", "-1")]),  # [num_labels]
+    "embed_sparse": ([(contract.TEXT_INPUT, False)],
+                     [(contract.SPARSE_INDICES_OUTPUT, "TYPE_INT64", "-1"),  # [non_zeros]
+                      (contract.SPARSE_VALUES_OUTPUT, "TYPE_FP32", "-1")]),
+}
+
+
+def backend_template(task: str) -> Path:
+    """The `1/model.py` a task's folder gets: pair tasks read two texts and answer logits."""
+    if task == contract.EMBED_SPARSE_MODEL:
+        return SPARSE_MODEL_TEMPLATE
+    return PAIR_MODEL_TEMPLATE if task in contract.PAIR_MODELS else MODEL_TEMPLATE
+
+
 def render_config_pbtxt(settings: ServingSettings) -> str:
     """The Triton model configuration for `settings`, as protobuf text."""
-    if settings.task == "fill_mask":
-        outputs = [(contract.TOKENS_OUTPUT, "TYPE_STRING", "-1, -1"),  # [num_masks, top_k]
-                   (contract.TOKEN_IDS_OUTPUT, "TYPE_INT64", "-1, -1"),
-                   (contract.SCORES_OUTPUT, "TYPE_FP32", "-1, -1")]
-    else:
-        outputs = [(contract.EMBEDDING_OUTPUT, "TYPE_FP32", "-1")]  # [hidden]
+    inputs, outputs = TASK_TENSORS[settings.task]
     lines = [
         "# Generated by serve.repository.ServedModelDir.write from bertforge/contract.py and ServingSettings.",
         "# Edit the settings (bertforge export), not this file. Tensors are documented in docs/serve.md.",
@@ -274,14 +305,12 @@ def render_config_pbtxt(settings: ServingSettings) -> str:
         'backend: "python"',
         f"max_batch_size: {settings.max_batch_size}",
         "input [",
-        "  {",
-        f'    name: "{contract.TEXT_INPUT}"',
-        "    data_type: TYPE_STRING",
-        "    dims: [ 1 ]",
-        "  }",
-        "]",
-        "output [",
     ]
+    for index, (name, optional) in enumerate(inputs):
+        lines += ["  {", f'    name: "{name}"', "    data_type: TYPE_STRING", "    dims: [ 1 ]"]
+        lines += ["    optional: true"] if optional else []
+        lines.append("  }," if index < len(inputs) - 1 else "  }")
+    lines += ["]", "output ["]
     for index, (name, data_type, dims) in enumerate(outputs):
         closing = "  }," if index < len(outputs) - 1 else "  }"
         lines += ["  {", f'    name: "{name}"', f"    data_type: {data_type}", f"    dims: [ {dims} ]", closing]
@@ -310,7 +339,7 @@ def option_fields() -> list[str]:
 
 def write_default_repository(repo: Path) -> None:
     """Regenerate the committed `config.pbtxt` and `1/model.py` of both models (serving.json untouched)."""
-    for task in TASK_TO_MODEL:
+    for task in contract.SERVED_MODELS:
         settings = ServingSettings(task=task)
         model = ServedModelDir.in_repo(repo, task)
         model.version_dir.mkdir(parents=True, exist_ok=True)

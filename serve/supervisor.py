@@ -16,8 +16,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bertforge import contract
-
 INTERVAL_S = 2.0  # between probe rounds
 PROBE_TIMEOUT_S = 3.0  # one probe inference slower than this is a failure (a hung model)
 BACKOFF_S, MAX_BACKOFF_S = 1.0, 30.0  # wait before the n-th restart in a row: 1, 2, 4 ... 30 s
@@ -26,9 +24,10 @@ BACKOFF_S, MAX_BACKOFF_S = 1.0, 30.0  # wait before the n-th restart in a row: 1
 class Supervisor:
     def __init__(self, server, models: list[str], interval_s: float = INTERVAL_S,
                  probe_timeout_s: float = PROBE_TIMEOUT_S, log: Callable[[str], None] | None = None,
-                 counts_file: Path | None = None):
+                 counts_file: Path | None = None, tasks: dict[str, str] | None = None):
         self.server = server  # a started serve.launcher.TritonServer
         self.models = list(models)
+        self.tasks = tasks or {}  # model name -> task, for models not named after their task (export --name)
         self.interval_s, self.probe_timeout_s = interval_s, probe_timeout_s
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.restarts: collections.Counter[str] = collections.Counter()  # reason -> count
@@ -46,7 +45,7 @@ class Supervisor:
 
     def check(self) -> tuple[str, str] | None:
         """(reason, detail) of the first failure, or None when tritonserver answers every model."""
-        from serve.api.forward import health_text  # one owner of the probe texts: the API's /health
+        from serve.api.forward import health_probe, health_text  # one owner of the probes: the API's /health
         from serve.client import BertforgeClient
 
         if self.server.process.poll() is not None:
@@ -54,10 +53,8 @@ class Supervisor:
         with BertforgeClient(self.server.endpoints.grpc_url, timeout_s=self.probe_timeout_s, retries=0) as client:
             for model in self.models:
                 try:
-                    if model == contract.FILL_MASK_MODEL:
-                        client.fill_mask(health_text(self.server.repo, model), top_k=1)
-                    else:
-                        client.embed(health_text(self.server.repo, model))
+                    task = self.tasks.get(model, model)
+                    health_probe(client, model, task, health_text(self.server.repo, model, task))
                 except Exception as error:  # noqa: BLE001 - any failure of the probe is a failure of the model
                     status = getattr(error, "status", None)
                     reason = "probe_timeout" if status == "DEADLINE_EXCEEDED" else "probe_failed"

@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
-from serve.api import routes
+from serve.api import routes, task_routes
 from serve.api.errors import APIError, error_response
 from serve.api.forward import TritonForwarder
 from serve.api.metrics import ApiMetrics
@@ -25,7 +25,8 @@ from serve.config import ApiConfig
 OPEN_PATHS = ("/health", "/ready")  # probes work without the key (they reveal nothing but up/down)
 KNOWN_ROUTES = ("/v1/embeddings", "/v1/models", "/embed", "/tokenize", "/decode", "/info", "/fill-mask",
                 "/models/fill_mask", "/models/embed", "/models/embed/pipeline/feature-extraction", "/health", "/ready",
-                "/metrics", "/docs", "/openapi.json")
+                "/metrics", "/docs", "/openapi.json", "/rerank", "/v1/rerank", "/v2/rerank", "/predict",
+                "/models/classify", "/embed_sparse")
 
 
 def create_app(forwarder: TritonForwarder, config: ApiConfig, api_key: str | None = None) -> FastAPI:
@@ -44,6 +45,7 @@ def create_app(forwarder: TritonForwarder, config: ApiConfig, api_key: str | Non
     app.state.forwarder, app.state.config, app.state.metrics = forwarder, config, metrics
     app.state.limiter = routes.InFlightLimiter(config.max_in_flight, metrics)
     app.include_router(routes.router)
+    app.include_router(task_routes.router)
     _add_probes(app, forwarder, metrics)
     _add_error_handlers(app)
     # ASGI middleware, outermost last: metrics see every answer, also the 401s and 413s
@@ -98,7 +100,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, error: HTTPException) -> Response:
         if error.status_code == 404:
             message = (f"no route {request.method} {request.url.path}; routes: POST /v1/embeddings, /embed, "
-                       "/tokenize, /decode, /fill-mask; GET /v1/models, /info, /health, /ready, /metrics, /docs")
+                       "/tokenize, /decode, /fill-mask, /rerank, /v1/rerank, /v2/rerank, /predict, /embed_sparse; "
+                       "GET /v1/models, /info, /health, /ready, /metrics, /docs")
             return error_response(404, message, "unknown_route")
         if error.status_code == 405:
             return error_response(405, f"{request.method} is not allowed on {request.url.path}", "method_not_allowed",

@@ -13,7 +13,8 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "
                429: "rate_limit_error", 503: "service_unavailable", 504: "timeout"}
 
 # routes that answer errors in TEI's shape; HTTP status -> TEI's error_type
-TEI_ROUTES = ("/embed", "/tokenize", "/decode", "/info", "/models/embed", "/models/embed/pipeline/feature-extraction")
+TEI_ROUTES = ("/embed", "/tokenize", "/decode", "/info", "/models/embed", "/models/embed/pipeline/feature-extraction",
+              "/rerank", "/predict", "/embed_sparse")
 TEI_ERROR_TYPES = {401: "Unauthorized", 429: "Overloaded", 503: "Unhealthy"}  # any other 4xx: Validation
 
 

@@ -19,16 +19,19 @@ from bertforge import contract
 from serve.api.errors import APIError, from_serving_error
 from serve.client import AsyncBertforgeClient, ServingError
 from serve.config import ApiConfig
-from serve.repository import ServedModelDir, ServingSettings
+from serve.repository import ServedModelDir, ServingSettings, served_models
 from serve.runtime import RequestError, TextEncoder, TextRequest, special_tokens
 
-HEALTH_MODELS = (contract.FILL_MASK_MODEL, contract.EMBED_MODEL)  # the models /health and the supervisor probe
+HEALTH_TEXTS = {contract.FILL_MASK_MODEL: f"health {contract.MASK_TOKEN} check", contract.EMBED_MODEL: "health check",
+                contract.RERANK_MODEL: "health check", contract.CLASSIFY_MODEL: "health check",
+                contract.EMBED_SPARSE_MODEL: "health check"}  # by task; fill_mask's mask token is the model's own
 
 
-def health_text(repo: Path, model: str) -> str:
-    """The probe text for `model` of `repo`: fill_mask's holds the model's own mask token ([MASK], <mask>, ...)."""
-    if model != contract.FILL_MASK_MODEL:
-        return "health check"
+def health_text(repo: Path, model: str, task: str) -> str:
+    """The probe text for `model` (serving `task`) of `repo`: fill_mask's holds the model's own mask token
+    ([MASK], <mask>, ...)."""
+    if task != contract.FILL_MASK_MODEL:
+        return HEALTH_TEXTS[task]
     mask = special_tokens(ServedModelDir.in_repo(repo, model).tokenizer_dir)["mask_token"]
     return f"health {mask} check"
 
@@ -53,7 +56,7 @@ class ServedModel:
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=self.settings.max_length)
         self.mask_id = self.tokenizer.token_to_id(special_tokens(version_dir / "tokenizer")["mask_token"])
-        self.health_text = health_text(Path(version_dir).parent.parent, name)
+        self.health_text = health_text(Path(version_dir).parent.parent, name, self.settings.task)
         self.encoder = TextEncoder(self.tokenizer, self.settings)
 
     def prompt(self, name: str | None) -> str:
@@ -95,9 +98,8 @@ class TritonForwarder:
 
     def __init__(self, grpc_url: str, repo: Path, config: ApiConfig):
         self.grpc_url, self.config = grpc_url, config
-        self.models = {name: ServedModel(name, Path(repo) / name / "1")
-                       for name in contract.SERVED_MODELS
-                       if (Path(repo) / name / "1" / "serving.json").is_file()}
+        self.models = {folder.name: ServedModel(folder.name, folder.version_dir) for folder in served_models(repo)
+                       if folder.serving_file.is_file()}  # fill_mask, embed, rerank, classify
         if not self.models:
             raise FileNotFoundError(f"{repo} holds neither {contract.FILL_MASK_MODEL} nor {contract.EMBED_MODEL} "
                                     "(no <model>/1/serving.json); run `bertforge export` first")
@@ -122,6 +124,41 @@ class TritonForwarder:
                            "model_not_found")
         return self.models[name]
 
+    def for_task(self, task: str, name: str | None = None) -> ServedModel:
+        """The model that answers `task`: the one named, or the only one of that task whatever the name (as TEI
+        and Infinity); no name (TEI's routes) and several: the one named after the task. 404 when none serves it or
+        several do and the name picks none, 400 for another task's."""
+        serving = {key: model for key, model in self.models.items() if model.settings.task == task}
+        if name in serving:
+            return serving[name]
+        if name is None and task in serving:
+            return serving[task]
+        if name in self.models:
+            raise APIError(400, f"model {name!r} serves {self.models[name].settings.task}, not {task}; "
+                                f"{task} models here: {sorted(serving) or 'none'}", "wrong_model_task")
+        if len(serving) == 1:
+            return next(iter(serving.values()))
+        if not serving:
+            raise APIError(404, f"this repository serves no {task} model (served: {sorted(self.models)}); export one "
+                                "with `bertforge export --model DIR` from a *ForSequenceClassification folder",
+                           "model_not_found")
+        raise APIError(404, f"model {name!r} is not one of the {task} models here: {sorted(serving)}", "model_not_found")
+
+    async def pair_logits(self, model: ServedModel, texts: list[str], pairs: list[str | None],
+                          truncation: str | None) -> np.ndarray:
+        """(len(texts), num_labels) logits of a rerank/classify model, one request per (text, pair)."""
+        try:
+            return await self.client.classify(texts, pairs, truncation, model=model.name)
+        except ServingError as error:
+            raise from_serving_error(error) from None
+
+    async def sparse(self, model: ServedModel, texts: list[str], truncation: str | None,
+                     direction: str | None) -> list[tuple[np.ndarray, np.ndarray]]:
+        try:
+            return await self.client.embed_sparse(texts, truncation, truncation_direction=direction, model=model.name)
+        except ServingError as error:
+            raise from_serving_error(error) from None
+
     async def embed(self, inputs: list[str] | list[list[int]], truncation: str | None = None, **options: Any) -> np.ndarray:
         """Embeddings from Triton; `options` are AsyncBertforgeClient.embed's (prompt_name, dimensions, ...)."""
         try:
@@ -145,7 +182,7 @@ class TritonForwarder:
 
     async def ready(self) -> dict:
         """Triton's own readiness (cheap: no inference). Triton keeps saying ready when a model's stub died."""
-        return await self.client.health()
+        return await self.client.health(tuple(self.models))
 
     async def health(self) -> dict:
         """A real inference on each model, each within health_timeout_s; cached health_cache_s seconds."""
@@ -162,8 +199,7 @@ class TritonForwarder:
 
     async def _probe(self, name: str) -> dict:
         started = time.perf_counter()
-        text = self.models[name].health_text
-        call = self.client.fill_mask(text, top_k=1) if name == contract.FILL_MASK_MODEL else self.client.embed(text)
+        call = health_probe(self.client, name, self.models[name].settings.task, self.models[name].health_text)
         try:
             await asyncio.wait_for(call, self.config.health_timeout_s)
         except TimeoutError:
@@ -171,3 +207,13 @@ class TritonForwarder:
         except ServingError as error:
             return {"ok": False, "reason": str(error)}
         return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+
+def health_probe(client: Any, name: str, task: str, text: str) -> Any:
+    """One tiny real inference of `text` (`health_text`) on the model `name` serving `task`: the answer of a
+    BertforgeClient, an awaitable of an AsyncBertforgeClient (the API's /health and the supervisor share it)."""
+    if task in contract.PAIR_MODELS:
+        return client.classify([text], [text], model=name)
+    if task == contract.EMBED_SPARSE_MODEL:
+        return client.embed_sparse(text, model=name)
+    return client.fill_mask(text, top_k=1) if task == contract.FILL_MASK_MODEL else client.embed(text)

@@ -70,8 +70,9 @@ async def _embed(request: Request, inputs: list[str] | list[list[int]], options:
 
 @router.get("/v1/models", tags=["openai"], summary="the served models, OpenAI's list shape")
 async def openai_models(request: Request) -> Response:
-    return _json({"object": "list", "data": [{"id": name, "object": "model", "created": STARTED,
-                                              "owned_by": "bertforge"} for name in _forwarder(request).models]})
+    return _json({"object": "list", "data": [{"id": name, "object": "model", "created": STARTED, "owned_by": "bertforge",
+                                              "task": model.settings.task}
+                                             for name, model in _forwarder(request).models.items()]})
 
 
 @router.post("/embed", tags=["tei"], summary="text-embeddings-inference /embed: a list of vectors")

@@ -73,3 +73,63 @@ class FillMaskRequest(BaseModel):
     inputs: Texts
     parameters: FillMaskParameters | None = None
     options: dict[str, Any] | None = Field(None, description="Inference API options (wait_for_model...): ignored")
+
+
+class SparseEmbedRequest(BaseModel):
+    """text-embeddings-inference `POST /embed_sparse`."""
+
+    model_config = ConfigDict(extra="forbid")
+    inputs: Texts
+    truncate: StrictBool | None = None
+    truncation_direction: Direction | None = None
+
+
+class RerankRequest(BaseModel):
+    """text-embeddings-inference `POST /rerank`."""
+
+    model_config = ConfigDict(extra="forbid")
+    query: StrictStr
+    texts: list[StrictStr]
+    raw_scores: StrictBool = Field(False, description="the cross-encoder's logit instead of its sigmoid")
+    return_text: StrictBool = False
+    truncate: StrictBool | None = Field(None, description="false: a pair over the model's maximum is 413; default: "
+                                                          "the model's policy (cut the document, never the query)")
+    truncation_direction: Literal["right", "Right"] | None = Field(None, description="documents are cut at the end")
+
+
+class CohereDocument(BaseModel):
+    model_config = ConfigDict(extra="allow")  # Cohere v1 lets a document carry more fields; `text` is ranked
+    text: StrictStr
+
+
+class CohereRerankRequest(BaseModel):
+    """Cohere `POST /v1/rerank` and `/v2/rerank` (also Jina's and Infinity's shape). Fields newer SDKs send that
+    do not change the ranking here (max_tokens_per_doc, priority, ...) are accepted and ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: StrictStr | None = Field(None, description="a rerank model of this repository (any name when it has one)")
+    query: StrictStr
+    documents: list[StrictStr | CohereDocument]
+    top_n: StrictInt | None = Field(None, description="return the best N (default: all)")
+    return_documents: StrictBool = False
+
+
+class PredictParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    top_k: StrictInt | None = None
+    function_to_apply: Literal["sigmoid", "softmax", "none"] | None = None
+
+
+Sequence = StrictStr | list[StrictStr]  # a text, or a pair [text, text_pair]
+
+
+class PredictRequest(BaseModel):
+    """text-embeddings-inference `POST /predict` (a text, a pair [a, b], or a list of them); `parameters` is what
+    huggingface_hub's text_classification sends."""
+
+    model_config = ConfigDict(extra="forbid")
+    inputs: Sequence | list[Sequence]
+    raw_scores: StrictBool = False
+    truncate: StrictBool | None = None
+    truncation_direction: Literal["right", "Right"] | None = None
+    parameters: PredictParameters | None = None

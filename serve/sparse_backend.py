@@ -1,0 +1,58 @@
+"""The Triton python-backend side of `embed_sparse`: SPLADE vectors of an MLM folder, non-zeros only.
+
+Requests, tokenization, truncation and batching are the `embed` model's (`serve.runtime.ModelRuntime`,
+`serve.backend.ServedModel`); the graph answers (B, vocab) and each request gets its non-zero entries.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bertforge import contract
+from serve.backend import ServedModel
+from serve.repository import load_serving_settings
+from serve.runtime import ModelRuntime, RequestError, TextRequest
+
+SPARSE_PARAMETERS = ("truncation", "truncation_direction")
+
+
+class SparseRuntime(ModelRuntime):
+    def _parse_parameters(self, parameters: dict) -> TextRequest:
+        unknown = sorted(key for key in parameters if key not in SPARSE_PARAMETERS)
+        if unknown:
+            raise RequestError(f"unknown parameter(s) {unknown} for embed_sparse; valid: {list(SPARSE_PARAMETERS)}")
+        return super()._parse_parameters(parameters)
+
+    def sparse(self, requests: list[TextRequest]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per request (indices int64 ascending, values float32) of its non-zero vocabulary weights (one ONNX run)."""
+        (weights,) = self.session.run([contract.ONNX_SPARSE_EMBEDDING], self._encoder_feeds(requests))  # (B, V)
+        answers = []
+        for row in weights:
+            (indices,) = np.nonzero(row > 0)
+            answers.append((indices.astype(np.int64), row[indices].astype(np.float32)))
+        return answers
+
+
+def load_sparse_runtime(version_dir: Path, device_id: int | None = None) -> SparseRuntime:
+    version_dir = Path(version_dir)
+    return SparseRuntime(load_serving_settings(version_dir), version_dir / "tokenizer", version_dir / "model.onnx",
+                         device_id)
+
+
+class SparseServedModel(ServedModel):
+    @classmethod
+    def from_triton_args(cls, args: dict, pb_utils: Any) -> SparseServedModel:
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        device_id = int(args["model_instance_device_id"]) if args.get("model_instance_kind") == "GPU" else None
+        runtime = load_sparse_runtime(version_dir, device_id)
+        pb_utils.Logger.log_info(f"bertforge {args['model_name']}: task=embed_sparse providers={runtime.providers}")
+        return cls(runtime, pb_utils)
+
+    def _run(self, text_requests: list[TextRequest]) -> list:
+        Tensor, Response = self.pb_utils.Tensor, self.pb_utils.InferenceResponse
+        return [Response(output_tensors=[Tensor(contract.SPARSE_INDICES_OUTPUT, indices[None]),  # (1, non_zeros)
+                                         Tensor(contract.SPARSE_VALUES_OUTPUT, values[None])])
+                for indices, values in self.runtime.sparse(text_requests)]

@@ -1,0 +1,20 @@
+"""Triton python-backend entry point, copied here by `serve.repository.ServedModelDir.write`.
+
+Do not edit: the logic lives in the installed `bertforge` package (`serve/sparse_backend.py`), which the
+python backend stub imports from the environment that launched `tritonserver`.
+"""
+
+import triton_python_backend_utils as pb_utils
+
+from serve.sparse_backend import SparseServedModel
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.model = SparseServedModel.from_triton_args(args, pb_utils)
+
+    def execute(self, requests):
+        return self.model.execute(requests)
+
+    def finalize(self):
+        self.model.close()
