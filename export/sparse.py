@@ -138,12 +138,13 @@ def _build(info, scratch: Path, config: ExportConfig):
     from transformers import BertForMaskedLM
 
     from export.exporter import _optimum_encoder
-    from export.graphs import add_logits_head, mlm_head_weights
+    from export.families import mlm_head
+    from export.graphs import add_logits_head
     from export.variants import build_variant, fuse
 
     torch_model = BertForMaskedLM.from_pretrained(info.folder, use_safetensors=True).eval()
     encoder = onnx.load(str(_optimum_encoder(info.folder, scratch / "optimum", config.opset)))
-    graph = add_sparse_head(add_logits_head(encoder, mlm_head_weights(torch_model)))
+    graph = add_sparse_head(add_logits_head(encoder, mlm_head(torch_model)[0]))
     onnx.save(graph, str(scratch / "model.fp32.onnx"))
     fused = fuse(scratch / "model.fp32.onnx", scratch / "model.fused.onnx", num_heads=info.num_heads,
                  hidden_size=info.hidden_size, optimize=config.optimize)
