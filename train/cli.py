@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bertforge.cli_options import add_config_options, build_config
+from bertforge.cli_options import add_config_options, build_config, given
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,12 +26,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        set_example="train.max_steps=500")
     parser.add_argument("--run-dir", default=None, help="run folder (default: runs/<name>)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    add_init_from(parser)
+
+
+def add_init_from(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--init-from", default=None, metavar="DIR",
+                        help="continued pretraining: start from this BERT masked-LM folder (runs/<name>/model or a "
+                             "Hugging Face one), its tokenizer and architecture (sets model.init_from)")
 
 
 def run(args: argparse.Namespace) -> int:
     from train.config import load_train_config
 
-    config = build_config(load_train_config, args)  # checked before torch is imported
+    config = build_config(load_train_config, args, flags=given({"model.init_from": args.init_from}))  # before torch
     from train.trainer import run_training
 
     run_training(config, args.run_dir, resume=args.resume)

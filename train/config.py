@@ -33,6 +33,9 @@ class ModelConfig:
     # use their context within minutes; the checkpoint is a plain BertForMaskedLM either way.
     init: Literal["bert", "local"] = "bert"
     output_bias_init: Literal["zero", "unigram"] = "unigram"  # unigram: log token frequencies of the corpus
+    # Continued pretraining: a BERT masked-LM folder (runs/<name>/model or a Hugging Face one) to start from.
+    # Its architecture and tokenizer are the run's (train/continued.py); init and the preset's sizes do not apply.
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         if self.init == "local" and self.num_attention_heads < 2:
@@ -165,7 +168,12 @@ def load_train_config(path: str | Path | None = None, overrides: list[str] | tup
     if not isinstance(model, dict):
         raise ConfigError("[model] must be a table")
     preset_name = model.get("preset", ModelConfig().preset)
-    data["model"] = {**read_preset(preset_name), **model, "preset": preset_name}
+    source = {}
+    if model.get("init_from"):  # the model folder's architecture wins over the preset; explicit keys must agree
+        from train.continued import fold_source_into
+
+        source = fold_source_into(data, model, model["init_from"])
+    data["model"] = {**read_preset(preset_name), **model, **source, "preset": preset_name}
     return from_dict(TrainConfig, data, where=str(path) if path else "config")
 
 
