@@ -89,6 +89,9 @@ class OptimConfig:
     warmup_steps: int = 100
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     min_lr_ratio: float = 0.0
+    # "auto": over the wall-clock budget as well when train.max_minutes is set (the LR is at its floor when the
+    # time runs out), else over steps. "steps": over steps only (a budget may then stop the run mid-schedule)
+    schedule_unit: Literal["auto", "steps"] = "auto"
     grad_clip: float = 1.0  # 0 disables clipping
 
     def __post_init__(self) -> None:

@@ -36,8 +36,11 @@ def lr_at(step: int, max_steps: int, config: OptimConfig, budget_used: float = 0
     being cut off half-annealed, a fast one when its steps run out, and a machine in between follows
     whichever is further along (max of two rising curves, so the LR never jumps back up). Warm-up is
     the same share of the run in either unit: warmup_steps / max_steps. Without a budget this is
-    exactly the per-step schedule (same arithmetic, so step-budget resumes stay bit-identical).
+    exactly the per-step schedule (same arithmetic, so step-budget resumes stay bit-identical), as it is
+    with optim.schedule_unit = "steps".
     """
+    if config.schedule_unit == "steps":
+        budget_used = 0.0
     warmup = config.warmup_steps / max_steps
     progress = max(step / max_steps, budget_used)
     if progress < warmup:

@@ -40,6 +40,8 @@ def test_without_a_budget_the_schedule_is_the_per_step_one():
     assert lr_at(55, 100, config, budget_used=1.0) == pytest.approx(0.1)
     assert lr_at(55, 100, config, budget_used=0.1) == lr_at(55, 100, config)
     assert lr_at(0, 100, config, budget_used=0.05) == pytest.approx(0.5)  # half-way through the warm-up share
+    steps_only = OptimConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1, schedule_unit="steps")
+    assert lr_at(55, 100, steps_only, budget_used=1.0) == lr_at(55, 100, config)
 
 
 def test_a_time_budget_run_ends_at_the_lr_floor(budget_run):
