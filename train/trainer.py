@@ -25,6 +25,7 @@ from train.logger import MetricsLogger, plot_loss_curve
 from train.model import MaskedLMObjective, build_model, flops_per_token, peak_flops
 from train.optim import build_optimizer, lr_at
 from train.prepare import prepare_data, prepare_run_dir, prepare_tokenizer
+from train.probe import embedding_probe, mean_pooled_encoder
 from train.runtime import TrainingRuntime, start_runtime
 
 # Config keys that must match to resume a run: what the weights and the data position depend on
@@ -41,7 +42,12 @@ class TrainingDiverged(BertforgeError):
 def run_training(config: TrainConfig, run_dir: str | Path | None = None, resume: bool = False) -> Path:
     runtime = start_runtime(config.train)
     try:
-        return _train(config, Path(run_dir or Path("runs") / config.name), resume, runtime)
+        run_dir = Path(run_dir or Path("runs") / config.name)
+        if config.train.objective == "simcse":
+            from train.simcse import train_simcse
+
+            return train_simcse(config, run_dir, resume, runtime)
+        return _train(config, run_dir, resume, runtime)
     finally:
         runtime.close()
 
@@ -156,16 +162,13 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: TrainingRu
 
             # Log every N steps (and the last): loss, LR, grad-norm, tokens/s, MFU on CUDA
             if master and (step % config.log.every == 0 or step == max_steps):
-                seconds = time.perf_counter() - window_start
-                tokens_per_s = window_tokens / max(seconds, 1e-9)
-                record = {
+                tokens_per_s = window_tokens / max(time.perf_counter() - window_start, 1e-9)
+                logger.log({
                     "step": step, "loss": loss, "accuracy": (correct_total / masked).item(), "lr": lr,
                     "grad_norm": grad_norm.item(), "tokens_per_s": tokens_per_s, "tokens_seen": state["tokens_seen"],
                     "bad_steps": state["bad_steps"], "elapsed_s": clock.elapsed(),
-                }
-                if peak:
-                    record["mfu"] = step_flops * tokens_per_s / (peak * runtime.world_size)
-                logger.log(record)
+                    **({"mfu": step_flops * tokens_per_s / (peak * runtime.world_size)} if peak else {}),
+                })
                 progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
                 window_start, window_tokens = time.perf_counter(), 0
 
@@ -185,6 +188,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: TrainingRu
         # Final held-out evaluation, model/ folder for transformers.pipeline, loss curve
         if master:
             logger.log({"step": step, **evaluate(objective, data.eval_batches(), runtime)})
+            if config.log.probe:  # the mean-pooled states `embed` serves, on text never trained on
+                logger.log({"step": step, **embedding_probe(mean_pooled_encoder(mlm, tokenizer, runtime.device))})
             logger.close()  # before the loss curve reads metrics.jsonl
             _save_final_model(mlm, tokenizer, run_dir / "model")
             plot_loss_curve(run_dir)

@@ -8,23 +8,8 @@ from safetensors.torch import load_file
 
 from bertforge.config import ConfigError
 from tests.conftest import build_tiny_bert
-from tests.train.conftest import TINY_CONFIG, run_cli
+from tests.train.conftest import run_cli
 from train.config import load_train_config
-
-
-@pytest.fixture(scope="module")
-def continued_config_file(tiny_corpus_dir, tmp_path_factory):
-    """The tiny run config without its own tokenizer (the source folder brings one)."""
-    text = TINY_CONFIG.format(corpus=tiny_corpus_dir, tokenizer="")
-    text = "\n".join(line for line in text.splitlines() if not line.startswith("tokenizer ="))
-    path = tmp_path_factory.mktemp("continued") / "tiny.toml"
-    path.write_text(text + "\n")
-    return path
-
-
-@pytest.fixture(scope="module")
-def source_mlm(tiny_tokenizer_dir, tmp_path_factory):
-    return build_tiny_bert(tmp_path_factory.mktemp("source_mlm"), tiny_tokenizer_dir, seed=7)
 
 
 def test_first_step_loss_is_the_source_models_loss_on_the_same_batch(continued_config_file, source_mlm, tmp_path,
