@@ -60,11 +60,70 @@ def schedule_figure(args) -> dict:
 
 
 def continued_figure(args) -> dict:
-    raise NotImplementedError
+    """Held-out loss on the speeches after N steps from --start vs N steps from scratch (same tokenizer) vs --start."""
+    train_file, eval_file = speeches_split()
+    common = [f"data.train={train_file}", f"data.eval={eval_file}", f"train.max_steps={args.steps}",
+              "train.max_minutes=0", "optim.warmup_steps=30", "train.eval_every=0", "checkpoint.every=100000"]
+    continued, scratch = fresh(RUNS / "continued-from-start"), fresh(RUNS / "continued-from-scratch")
+    train(DEMO, continued, *common, extra=("--init-from", args.start))
+    train(DEMO, scratch, *common, f"data.tokenizer={args.start}")
+    figures = {"starting_model": held_out(args.start, common), "continued": final_figures(continued),
+               "from_scratch": final_figures(scratch)}
+    start_loss = figures["starting_model"]["eval_loss"]
+    return {"steps": args.steps, "start": args.start, "speeches_train": str(train_file), "speeches_eval": str(eval_file),
+            **figures, "loss_below_scratch": figures["from_scratch"]["eval_loss"] - figures["continued"]["eval_loss"],
+            "loss_below_start": start_loss - figures["continued"]["eval_loss"]}
+
+
+def speeches_split() -> tuple[Path, Path]:
+    """The demo's held-out House of Commons speeches cut by document: every 5th to eval, the rest to train."""
+    from bertforge.paths import cache_dir
+    from train.corpus import build_demo_corpus
+
+    folder = cache_dir() / "figures"
+    train_file, eval_file = folder / "speeches_train.jsonl", folder / "speeches_eval.jsonl"
+    if not eval_file.is_file():
+        documents = build_demo_corpus().eval.read_text().splitlines(keepends=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        train_file.write_text("".join(d for i, d in enumerate(documents) if i % 5))
+        eval_file.write_text("".join(d for i, d in enumerate(documents) if not i % 5))
+    return train_file, eval_file
+
+
+def held_out(model_dir: str, overrides: list[str]) -> dict:
+    """A saved masked-LM's held-out loss/accuracy on the run's eval blocks and masks (what the runs report)."""
+    from transformers import BertForMaskedLM
+
+    from train.config import load_train_config
+    from train.model import MaskedLMObjective
+    from train.prepare import prepare_data
+    from train.runtime import start_runtime
+    from train.tokenizer import load_tokenizer
+    from train.trainer import evaluate
+
+    config = load_train_config(DEMO, [*overrides, f"model.init_from={model_dir}"])
+    runtime = start_runtime(config.train)
+    data = prepare_data(config, load_tokenizer(model_dir), runtime)
+    mlm = BertForMaskedLM.from_pretrained(model_dir, use_safetensors=True)
+    figures = evaluate(MaskedLMObjective(mlm), data.eval_batches(), runtime)
+    return {"eval_loss": figures["eval_loss"], "eval_accuracy": figures["eval_accuracy"]}
 
 
 def simcse_figure(args) -> dict:
-    raise NotImplementedError
+    """The embedding probe of the SimCSE stage's result vs the mean-pooled masked-LM it started from."""
+    from train.probe import probe_folder
+
+    run_dir = fresh(RUNS / "simcse")
+    train("train/configs/simcse.toml", run_dir, f"train.max_minutes={args.minutes}", "log.probe=true",
+          extra=("--init-from", args.start))
+    from train.logger import read_metrics
+
+    records = read_metrics(run_dir)
+    simcse = [r for r in records if "probe_knn_accuracy" in r][-1]
+    steps = [r for r in records if "simcse_loss" in r]
+    return {"start": args.start, "minutes": args.minutes, "simcse_steps": steps[-1]["step"],
+            "simcse_elapsed_s": round(steps[-1]["elapsed_s"], 1), "simcse_probe": simcse,
+            "mean_pooled_mlm_probe": probe_folder(args.start)}
 
 
 def train(config: str, run_dir: Path, *overrides: str, extra: tuple[str, ...] = ()) -> None:

@@ -155,13 +155,13 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: TrainingRu
                 scaler.update()
             optimizer.zero_grad(set_to_none=True)
             clock.step_done()
-            step += 1
+            step, out_of_time = step + 1, budget_used >= 1.0  # the step that used up the budget ran at the floor
             state["step"], state["tokens_seen"] = step, state["tokens_seen"] + tokens_per_step
             window_tokens += tokens_per_step
             progress.update(1)
 
             # Log every N steps (and the last): loss, LR, grad-norm, tokens/s, MFU on CUDA
-            if master and (step % config.log.every == 0 or step == max_steps):
+            if master and (step % config.log.every == 0 or step == max_steps or out_of_time):
                 tokens_per_s = window_tokens / max(time.perf_counter() - window_start, 1e-9)
                 logger.log({
                     "step": step, "loss": loss, "accuracy": (correct_total / masked).item(), "lr": lr,
@@ -172,8 +172,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: TrainingRu
                 progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
                 window_start, window_tokens = time.perf_counter(), 0
 
-            # Evaluate on the held-out set, checkpoint; the step that used up the budget (at the LR floor) is the last
-            out_of_time = budget_used >= 1.0
+            # Evaluate on the held-out set, checkpoint (the last step always)
             if master and config.train.eval_every and step % config.train.eval_every == 0 and step < max_steps:
                 logger.log({"step": step, **evaluate(objective, data.eval_batches(), runtime)})
             if master and (step % config.checkpoint.every == 0 or step == max_steps or out_of_time):
