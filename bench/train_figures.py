@@ -139,7 +139,7 @@ def final_figures(run_dir: Path) -> dict:
     records = read_metrics(run_dir)
     steps = [r for r in records if "lr" in r]
     final = [r for r in records if "eval_accuracy" in r][-1]
-    return {"run": str(run_dir), "steps": steps[-1]["step"], "final_lr": steps[-1]["lr"],
+    return {"run": str(run_dir), "steps": final["step"], "last_logged_lr": steps[-1]["lr"],
             "elapsed_s": round(steps[-1]["elapsed_s"], 1), "eval_accuracy": final["eval_accuracy"],
             "eval_loss": final["eval_loss"]}
 

@@ -181,7 +181,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: TrainingRu
         progress.close()
         if out_of_time:
             runtime.print(f"[train] wall-clock budget of {config.train.max_minutes} min used up at step {step} "
-                          f"(the LR reached its floor); raise train.max_minutes to train further")
+                          f"(LR {lr:.2g}); raise train.max_minutes to train further")
         runtime.barrier()
 
         # Final held-out evaluation, model/ folder for transformers.pipeline, loss curve
