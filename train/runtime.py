@@ -71,7 +71,7 @@ class TrainingRuntime:
 
     def agreed_max(self, value: float) -> float:
         """The largest of the ranks' values: each rank reads its own clock, but they must share one LR."""
-        if not self.distributed or value <= 0.0:  # 0 = no budget on any rank: no collective per step
+        if not self.distributed:
             return value
         tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
         torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)

@@ -106,7 +106,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: TrainingRu
         mlm.train()
         while step < max_steps and not out_of_time:
             # This step's learning rate, over the steps or the wall-clock budget, whichever is further along
-            budget_used = runtime.agreed_max(clock.used_by_next_step())
+            budget_used = runtime.agreed_max(clock.used_by_next_step()) if clock.budget_s else 0.0
             lr = lr_at(step, max_steps, config.optim, budget_used)
             for group in optimizer.param_groups:
                 group["lr"] = lr
