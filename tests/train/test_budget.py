@@ -57,6 +57,7 @@ def test_without_a_budget_the_schedule_is_the_per_step_one():
     assert lr_at(55, 100, steps_only, budget_used=1.0) == lr_at(55, 100, config)
 
 
+@pytest.mark.slow
 def test_a_time_budget_run_ends_at_the_lr_floor(budget_run):
     steps = step_records(read_metrics(budget_run))
     assert len(steps) == 1 and 10 <= steps[-1]["step"] < 100000  # the last step is logged; the budget ended the run
@@ -70,6 +71,7 @@ def test_a_time_budget_run_ends_at_the_lr_floor(budget_run):
     assert (budget_run / "model" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_resume_under_a_time_budget_continues_the_schedule_from_the_saved_time(budget_run, tiny_config_file, tmp_path,
                                                                               monkeypatch):
     config = load_train_config(tiny_config_file, BUDGET_RUN)

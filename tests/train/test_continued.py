@@ -12,6 +12,7 @@ from tests.train.conftest import run_cli
 from train.config import load_train_config
 
 
+@pytest.mark.slow
 def test_first_step_loss_is_the_source_models_loss_on_the_same_batch(continued_config_file, source_mlm, tmp_path,
                                                                     isolated_cache):
     from transformers import BertForMaskedLM

@@ -32,6 +32,7 @@ def simcse_run(continued_config_file, source_mlm, tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 def test_the_result_is_a_sentence_transformers_folder_that_loads_as_trained(simcse_run, source_mlm):
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel, AutoTokenizer
@@ -58,6 +59,7 @@ def test_the_result_is_a_sentence_transformers_folder_that_loads_as_trained(simc
     assert all(0 < r["simcse_loss"] < 10 for r in steps if "simcse_loss" in r)
 
 
+@pytest.mark.slow
 def test_a_run_resumed_mid_stage_ends_with_the_same_weights(simcse_run, continued_config_file, source_mlm, tmp_path,
                                                           isolated_cache):
     # As if killed after step 4's checkpoint: the later checkpoint and the result are gone
