@@ -19,6 +19,7 @@ from pathlib import Path
 from statistics import median
 
 DEMO = "train/configs/demo.toml"
+SIMCSE = "train/configs/simcse.toml"
 RUNS = Path("runs/figures")
 QUIET = ["--set", "log.progress=false", "--set", "log.tensorboard=false"]
 
@@ -111,10 +112,11 @@ def held_out(model_dir: str, overrides: list[str]) -> dict:
 
 def simcse_figure(args) -> dict:
     """The embedding probe of the SimCSE stage's result vs the mean-pooled masked-LM it started from."""
+    from train.config import load_train_config
     from train.probe import probe_folder
 
     run_dir = fresh(RUNS / "simcse")
-    train("train/configs/simcse.toml", run_dir, f"train.max_minutes={args.minutes}", "log.probe=true",
+    train(SIMCSE, run_dir, f"train.max_minutes={args.minutes}", "log.probe=true",
           extra=("--init-from", args.start))
     from train.logger import read_metrics
 
@@ -123,7 +125,7 @@ def simcse_figure(args) -> dict:
     steps = [r for r in records if "simcse_loss" in r]
     return {"start": args.start, "minutes": args.minutes, "simcse_steps": steps[-1]["step"],
             "simcse_elapsed_s": round(steps[-1]["elapsed_s"], 1), "simcse_probe": simcse,
-            "mean_pooled_mlm_probe": probe_folder(args.start)}
+            "mean_pooled_mlm_probe": probe_folder(args.start, load_train_config(SIMCSE, [f"model.init_from={args.start}"]))}
 
 
 def train(config: str, run_dir: Path, *overrides: str, extra: tuple[str, ...] = ()) -> None:

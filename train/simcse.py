@@ -10,7 +10,6 @@ run_dir/model; checkpoints and resume work as in the masked-LM loop (train/check
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,6 @@ from train.runtime import TrainingRuntime
 # What the weights and the data position depend on (the rest may change between resumes)
 RESUME_INVARIANTS = ("model.init_from", "data.train", "data.seq_len", "train.batch_size", "train.seed",
                      "simcse.pooling", "simcse.min_words", "simcse.max_sentences")
-SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'A-Z0-9])")
 
 
 def train_simcse(config: TrainConfig, run_dir: Path, resume: bool, runtime: TrainingRuntime) -> Path:
@@ -84,9 +82,9 @@ def train_simcse(config: TrainConfig, run_dir: Path, resume: bool, runtime: Trai
         # The sentence-transformers folder, then the embedding probe on text it never saw
         save_embedder(embedder, run_dir / "model")
         if config.log.probe:
-            from train.probe import embedding_probe, sentence_transformer_encoder
+            from train.probe import run_probes, sentence_transformer_encoder
 
-            logger.log({"step": step, **embedding_probe(sentence_transformer_encoder(embedder))})
+            logger.log({"step": step, **run_probes(sentence_transformer_encoder(embedder), config)})
         runtime.print(f"[simcse] done: {step} steps; sentence-transformers model saved to {run_dir / 'model'}")
     finally:
         logger.close()
@@ -145,14 +143,13 @@ class SentenceBatches:
 
 def corpus_sentences(config: TrainConfig) -> list[str]:
     """The training corpus split into sentences of at least simcse.min_words words, deduplicated, in order."""
-    from train.corpus import load_text_dataset
+    from train.corpus import load_text_dataset, split_sentences
 
     documents = load_text_dataset(resolve_source(config.data.train, "train"), config.data.text_column,
                                   config.data.hf_split)["text"]
     seen: dict[str, None] = {}
     for document in documents:
-        for sentence in SENTENCE_END.split(document):
-            sentence = sentence.strip()
+        for sentence in split_sentences(document):
             if len(sentence.split()) >= config.simcse.min_words:
                 seen.setdefault(sentence, None)
         if len(seen) >= config.simcse.max_sentences:

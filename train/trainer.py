@@ -25,7 +25,7 @@ from train.logger import MetricsLogger, plot_loss_curve
 from train.model import MaskedLMObjective, build_model, flops_per_token, peak_flops
 from train.optim import build_optimizer, lr_at
 from train.prepare import prepare_data, prepare_run_dir, prepare_tokenizer
-from train.probe import embedding_probe, mean_pooled_encoder
+from train.probe import mean_pooled_encoder, run_probes
 from train.runtime import TrainingRuntime, start_runtime
 
 # Config keys that must match to resume a run: what the weights and the data position depend on
@@ -188,7 +188,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: TrainingRu
         if master:
             logger.log({"step": step, **evaluate(objective, data.eval_batches(), runtime)})
             if config.log.probe:  # the mean-pooled states `embed` serves, on text never trained on
-                logger.log({"step": step, **embedding_probe(mean_pooled_encoder(mlm, tokenizer, runtime.device))})
+                logger.log({"step": step, **run_probes(mean_pooled_encoder(mlm, tokenizer, runtime.device), config)})
             logger.close()  # before the loss curve reads metrics.jsonl
             _save_final_model(mlm, tokenizer, run_dir / "model")
             plot_loss_curve(run_dir)

