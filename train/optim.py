@@ -27,14 +27,31 @@ def build_optimizer(model: torch.nn.Module, config: OptimConfig, device: torch.d
     return torch.optim.AdamW(groups, lr=config.lr, betas=betas, eps=config.eps, fused=fused)
 
 
-def lr_at(step: int, max_steps: int, config: OptimConfig) -> float:
-    """Linear warmup, then linear or cosine decay to min_lr_ratio * lr (per optimizer step)."""
-    if config.warmup_steps and step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
+def lr_at(step: int, max_steps: int, config: OptimConfig, budget_used: float = 0.0) -> float:
+    """Linear warmup, then linear or cosine decay to min_lr_ratio * lr, over the run's progress.
+
+    Progress is max(step / max_steps, budget_used), budget_used being the fraction of the wall-clock
+    budget (train.max_minutes) spent by the end of this step, 0 without one. Whichever limit ends the
+    run ends the schedule with it: a slow machine reaches the floor when its time runs out instead of
+    being cut off half-annealed, a fast one when its steps run out, and a machine in between follows
+    whichever is further along (max of two rising curves, so the LR never jumps back up). Warm-up is
+    the same share of the run in either unit: warmup_steps / max_steps. Without a budget this is
+    exactly the per-step schedule (same arithmetic, so step-budget resumes stay bit-identical), as it is
+    with optim.schedule_unit = "steps".
+    """
+    if config.schedule_unit == "steps":
+        budget_used = 0.0
+    warmup = config.warmup_steps / max_steps
+    progress = max(step / max_steps, budget_used)
+    if progress < warmup:
+        return config.lr * max((step + 1) / config.warmup_steps, budget_used / warmup)
     if config.schedule == "constant":
         return config.lr
-    progress = min(1.0, (step - config.warmup_steps) / max(1, max_steps - config.warmup_steps))
-    decay = 1.0 - progress if config.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    if budget_used > step / max_steps:
+        decayed = min(1.0, (budget_used - warmup) / max(1e-9, 1.0 - warmup))
+    else:
+        decayed = min(1.0, (step - config.warmup_steps) / max(1, max_steps - config.warmup_steps))
+    decay = 1.0 - decayed if config.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * decayed))
     return config.lr * (config.min_lr_ratio + (1.0 - config.min_lr_ratio) * decay)
 
 

@@ -69,6 +69,14 @@ class TrainingRuntime:
         torch.distributed.all_reduce(value)
         return bool(value.item() > 0)
 
+    def agreed_max(self, value: float) -> float:
+        """The largest of the ranks' values: each rank reads its own clock, but they must share one LR."""
+        if not self.distributed:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+        return tensor.item()
+
     def barrier(self) -> None:
         if self.distributed:
             torch.distributed.barrier()

@@ -17,6 +17,7 @@ from bertforge import contract
 from bertforge.config import ConfigError
 from bertforge.errors import BertforgeError
 from bertforge.files import remove_leftover_staging, staged_folder
+from train.budget import BudgetClock
 from train.checkpoint import latest_complete_checkpoint, load_checkpoint, save_checkpoint
 from train.config import TrainConfig
 from train.init import unigram_output_bias
@@ -24,6 +25,7 @@ from train.logger import MetricsLogger, plot_loss_curve
 from train.model import MaskedLMObjective, build_model, flops_per_token, peak_flops
 from train.optim import build_optimizer, lr_at
 from train.prepare import prepare_data, prepare_run_dir, prepare_tokenizer
+from train.probe import mean_pooled_encoder, run_probes
 from train.runtime import TrainingRuntime, start_runtime
 
 # Config keys that must match to resume a run: what the weights and the data position depend on
@@ -40,7 +42,12 @@ class TrainingDiverged(BertforgeError):
 def run_training(config: TrainConfig, run_dir: str | Path | None = None, resume: bool = False) -> Path:
     runtime = start_runtime(config.train)
     try:
-        return _train(config, Path(run_dir or Path("runs") / config.name), resume, runtime)
+        run_dir = Path(run_dir or Path("runs") / config.name)
+        if config.train.objective == "simcse":
+            from train.simcse import train_simcse
+
+            return train_simcse(config, run_dir, resume, runtime)
+        return _train(config, run_dir, resume, runtime)
     finally:
         runtime.close()
 
@@ -54,10 +61,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: TrainingRu
     data = prepare_data(config, tokenizer, runtime)
 
     # Model, objective (sparse MLM head), DDP, optimizer, loss scaling
-    torch.manual_seed(config.train.seed)
-    mlm = build_model(config.model, len(tokenizer), tokenizer.pad_token_id).to(runtime.device)
-    if config.model.output_bias_init == "unigram":
-        unigram_output_bias(mlm, data.blocks, data.spec.special_ids)
+    mlm = initial_model(config, tokenizer, data, runtime)
     objective = MaskedLMObjective(mlm, sparse_head=config.train.sparse_head, compile_encoder=config.train.compile)
     step_module = objective
     if runtime.world_size > 1:
@@ -96,13 +100,14 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: TrainingRu
                         "precision_reason": runtime.precision_reason})
         progress = _progress_bar(master and config.log.progress, state["step"], max_steps)
         consecutive_bad, window_start, window_tokens = 0, time.perf_counter(), 0
-        run_start, elapsed_before = time.perf_counter(), state["elapsed_s"]
-        step = state["step"]
+        clock = BudgetClock(config.train.max_minutes * 60, state["elapsed_s"])
+        step, out_of_time = state["step"], False
 
         mlm.train()
-        while step < max_steps:
-            # Set this step's learning rate
-            lr = lr_at(step, max_steps, config.optim)
+        while step < max_steps and not out_of_time:
+            # This step's learning rate, over the steps or the wall-clock budget, whichever is further along
+            budget_used = runtime.agreed_max(clock.used_by_next_step()) if clock.budget_s else 0.0
+            lr = lr_at(step, max_steps, config.optim, budget_used)
             for group in optimizer.param_groups:
                 group["lr"] = lr
 
@@ -149,52 +154,67 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: TrainingRu
             if scaler:
                 scaler.update()
             optimizer.zero_grad(set_to_none=True)
-            step += 1
+            clock.step_done()
+            step, out_of_time = step + 1, budget_used >= 1.0  # the step that used up the budget ran at the floor
             state["step"], state["tokens_seen"] = step, state["tokens_seen"] + tokens_per_step
             window_tokens += tokens_per_step
             progress.update(1)
 
             # Log every N steps (and the last): loss, LR, grad-norm, tokens/s, MFU on CUDA
-            if master and (step % config.log.every == 0 or step == max_steps):
-                seconds = time.perf_counter() - window_start
-                tokens_per_s = window_tokens / max(seconds, 1e-9)
-                record = {
+            if master and (step % config.log.every == 0 or step == max_steps or out_of_time):
+                tokens_per_s = window_tokens / max(time.perf_counter() - window_start, 1e-9)
+                logger.log({
                     "step": step, "loss": loss, "accuracy": (correct_total / masked).item(), "lr": lr,
                     "grad_norm": grad_norm.item(), "tokens_per_s": tokens_per_s, "tokens_seen": state["tokens_seen"],
-                    "bad_steps": state["bad_steps"], "elapsed_s": elapsed_before + time.perf_counter() - run_start,
-                }
-                if peak:
-                    record["mfu"] = step_flops * tokens_per_s / (peak * runtime.world_size)
-                logger.log(record)
+                    "bad_steps": state["bad_steps"], "elapsed_s": clock.elapsed(),
+                    **({"mfu": step_flops * tokens_per_s / (peak * runtime.world_size)} if peak else {}),
+                })
                 progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
                 window_start, window_tokens = time.perf_counter(), 0
 
-            # Evaluate on the held-out set, checkpoint, stop on the wall-clock budget
+            # Evaluate on the held-out set, checkpoint (the last step always)
             if master and config.train.eval_every and step % config.train.eval_every == 0 and step < max_steps:
                 logger.log({"step": step, **evaluate(objective, data.eval_batches(), runtime)})
-            out_of_time = runtime.any_rank(
-                config.train.max_minutes > 0 and time.perf_counter() - run_start > config.train.max_minutes * 60
-            )
             if master and (step % config.checkpoint.every == 0 or step == max_steps or out_of_time):
-                state["elapsed_s"] = elapsed_before + time.perf_counter() - run_start
+                state["elapsed_s"] = clock.elapsed()
                 save_checkpoint(checkpoints, step, mlm, optimizer, scaler, state, config, config.checkpoint.keep)
-            if out_of_time:
-                runtime.print(f"[train] wall-clock budget of {config.train.max_minutes} min reached at step {step}")
-                break
         progress.close()
+        if out_of_time:
+            runtime.print(f"[train] wall-clock budget of {config.train.max_minutes} min used up at step {step} "
+                          f"(LR {lr:.2g}); raise train.max_minutes to train further")
         runtime.barrier()
 
         # Final held-out evaluation, model/ folder for transformers.pipeline, loss curve
         if master:
             logger.log({"step": step, **evaluate(objective, data.eval_batches(), runtime)})
-            logger.close()  # before the loss curve reads metrics.jsonl
             _save_final_model(mlm, tokenizer, run_dir / "model")
+            if config.log.probe:  # the mean-pooled states `embed` serves, on text never trained on
+                logger.log({"step": step, **run_probes(mean_pooled_encoder(mlm, tokenizer, runtime.device), config)})
+            logger.close()  # before the loss curve reads metrics.jsonl
             plot_loss_curve(run_dir)
             runtime.print(f"[train] done: {step} steps; model saved to {run_dir / 'model'}")
     finally:  # a failed or interrupted run still flushes and closes its metrics (and TensorBoard) files
         if logger is not None:
             logger.close()
     return run_dir
+
+
+def initial_model(config: TrainConfig, tokenizer, data, runtime: TrainingRuntime):
+    """A fresh BertForMaskedLM, or the model.init_from folder's weights (continued pretraining)."""
+    torch.manual_seed(config.train.seed)  # a fresh model's (or a fresh MLM head's) weights
+    head_loaded = False
+    if config.model.init_from:
+        from train.continued import load_source_model
+
+        dropout = (config.model.hidden_dropout_prob, config.model.attention_probs_dropout_prob)
+        mlm, head_loaded = load_source_model(config.model.init_from, dropout, len(tokenizer))
+        runtime.print(f"[train] continuing from {config.model.init_from} "
+                      f"({'with its MLM head' if head_loaded else 'no MLM head there: a fresh one'})")
+    else:
+        mlm = build_model(config.model, len(tokenizer), tokenizer.pad_token_id)
+    if config.model.output_bias_init == "unigram" and not head_loaded:
+        unigram_output_bias(mlm, data.blocks, data.spec.special_ids)
+    return mlm.to(runtime.device)
 
 
 @torch.no_grad()

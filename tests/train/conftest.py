@@ -75,3 +75,21 @@ def trained_run(tiny_config_file, tmp_path_factory) -> Path:
                      env_extra={"BERTFORGE_CACHE": str(tmp_path_factory.getbasetemp() / "bertforge-cache")})
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def continued_config_file(tiny_corpus_dir, tmp_path_factory):
+    """The tiny run config without its own tokenizer (the source folder brings one)."""
+    text = TINY_CONFIG.format(corpus=tiny_corpus_dir, tokenizer="")
+    text = "\n".join(line for line in text.splitlines() if not line.startswith("tokenizer ="))
+    path = tmp_path_factory.mktemp("continued") / "tiny.toml"
+    path.write_text(text + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def source_mlm(tiny_tokenizer_dir, tmp_path_factory) -> Path:
+    """A random tiny BertForMaskedLM folder to continue from."""
+    from tests.conftest import build_tiny_bert
+
+    return build_tiny_bert(tmp_path_factory.mktemp("source_mlm"), tiny_tokenizer_dir, seed=7)
