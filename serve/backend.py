@@ -19,6 +19,9 @@ from serve.runtime import ModelRuntime, RequestError, TextRequest, load_runtime
 
 
 class ServedModel:
+    # how a task's runtime is built from <repo>/<model>/1 (subclasses for other tasks name their own)
+    load_runtime = staticmethod(load_runtime)
+
     def __init__(self, runtime: ModelRuntime, pb_utils: Any):
         self.runtime = runtime
         self.pb_utils = pb_utils
@@ -27,7 +30,7 @@ class ServedModel:
     def from_triton_args(cls, args: dict, pb_utils: Any) -> ServedModel:
         version_dir = Path(args["model_repository"]) / args["model_version"]
         device_id = int(args["model_instance_device_id"]) if args.get("model_instance_kind") == "GPU" else None
-        runtime = load_runtime(version_dir, device_id)
+        runtime = cls.load_runtime(version_dir, device_id)
         pb_utils.Logger.log_info(f"bertforge {args['model_name']}: task={runtime.settings.task} "
                                  f"precision={runtime.settings.precision} providers={runtime.providers}")
         return cls(runtime, pb_utils)

@@ -7,7 +7,6 @@ token-budgeted sub-batches, one response each); only parsing (TEXT + TEXT_PAIR) 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from bertforge import contract
@@ -17,14 +16,7 @@ from serve.runtime import RequestError
 
 
 class PairServedModel(ServedModel):
-    @classmethod
-    def from_triton_args(cls, args: dict, pb_utils: Any) -> PairServedModel:
-        version_dir = Path(args["model_repository"]) / args["model_version"]
-        device_id = int(args["model_instance_device_id"]) if args.get("model_instance_kind") == "GPU" else None
-        runtime = load_pair_runtime(version_dir, device_id)
-        pb_utils.Logger.log_info(f"bertforge {args['model_name']}: task={runtime.settings.task} "
-                                 f"labels={len(runtime.settings.labels)} providers={runtime.providers}")
-        return cls(runtime, pb_utils)
+    load_runtime = staticmethod(load_pair_runtime)
 
     def _parse(self, request: Any) -> PairRequest:
         texts = []

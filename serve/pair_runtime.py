@@ -14,7 +14,7 @@ import numpy as np
 
 from bertforge import contract
 from serve.repository import ServingSettings, load_serving_settings
-from serve.runtime import RequestError, _create_session, load_tokenizer, plan_batches
+from serve.runtime import RequestError, _create_session, decode_text, load_tokenizer, plan_batches
 
 
 @dataclass
@@ -113,22 +113,3 @@ def pair_tokenizers(tokenizer_file: Path, max_length: int):
     return single, pair
 
 
-def decode_text(raw: object, settings: ServingSettings, what: str) -> str:
-    """One UTF-8 string within the model's byte and character limits, not empty."""
-    if isinstance(raw, np.ndarray):
-        raw = raw.item() if raw.size == 1 else raw
-    if isinstance(raw, str):
-        raw = raw.encode()
-    if not isinstance(raw, bytes):
-        raise RequestError(f"the {what} must be one UTF-8 string per request")
-    if len(raw) > settings.max_text_bytes:
-        raise RequestError(f"the {what} is {len(raw)} bytes; the limit is {settings.max_text_bytes} bytes")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise RequestError(f"the {what} is not valid UTF-8 ({error.reason} at byte {error.start})") from None
-    if len(text) > settings.max_text_chars:
-        raise RequestError(f"the {what} is {len(text)} characters; the limit is {settings.max_text_chars}")
-    if not text.strip():
-        raise RequestError(f"the {what} is empty")
-    return text

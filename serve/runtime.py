@@ -75,32 +75,11 @@ class ModelRuntime:
     def parse(self, raw: object, parameters: dict) -> TextRequest:
         """Check one request's text and parameters; raises RequestError with what to fix."""
         request = self._parse_parameters(parameters)
-        text = self._parse_text(raw, allow_empty=request.token_ids is not None)
+        text = decode_text(raw, self.settings, allow_empty=request.token_ids is not None)
         if request.token_ids is not None and text:
             raise RequestError("send either a text or token_ids, not both (TEXT must be empty with token_ids)")
         request.text = text
         return request
-
-    def _parse_text(self, raw: object, allow_empty: bool) -> str:
-        if isinstance(raw, np.ndarray):
-            raw = raw.item() if raw.size == 1 else raw
-        if isinstance(raw, str):
-            raw = raw.encode()
-        if not isinstance(raw, bytes):
-            raise RequestError(f"{contract.TEXT_INPUT} must hold one UTF-8 string per request")
-        if len(raw) > self.settings.max_text_bytes:
-            raise RequestError(f"text is {len(raw)} bytes; the limit is {self.settings.max_text_bytes} bytes "
-                               "(split it or raise serving.max_text_bytes)")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise RequestError(f"text is not valid UTF-8 ({error.reason} at byte {error.start})") from None
-        if len(text) > self.settings.max_text_chars:
-            raise RequestError(f"text is {len(text)} characters; the limit is {self.settings.max_text_chars} characters "
-                               "(split it or raise serving.max_text_chars)")
-        if not text.strip() and not allow_empty:
-            raise RequestError("text is empty")
-        return text
 
     def _parse_parameters(self, parameters: dict) -> TextRequest:
         if not parameters:  # the common request: the model's defaults (checked when the settings loaded)
@@ -328,6 +307,30 @@ def _static_width(session) -> int:
         if output.name == contract.ONNX_SENTENCE_EMBEDDING and isinstance(output.shape[-1], int):
             return output.shape[-1]
     return 0
+
+
+def decode_text(raw: object, settings: ServingSettings, what: str = "text", allow_empty: bool = False) -> str:
+    """One request's string (`what`: text, query, document) as UTF-8, within the model's byte and character
+    limits and, unless `allow_empty`, not blank; a RequestError naming the limit otherwise."""
+    if isinstance(raw, np.ndarray):
+        raw = raw.item() if raw.size == 1 else raw
+    if isinstance(raw, str):
+        raw = raw.encode()
+    if not isinstance(raw, bytes):
+        raise RequestError(f"the {what} must be one UTF-8 string per request")
+    if len(raw) > settings.max_text_bytes:
+        raise RequestError(f"{what} is {len(raw)} bytes; the limit is {settings.max_text_bytes} bytes "
+                           "(split it or raise serving.max_text_bytes)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise RequestError(f"{what} is not valid UTF-8 ({error.reason} at byte {error.start})") from None
+    if len(text) > settings.max_text_chars:
+        raise RequestError(f"{what} is {len(text)} characters; the limit is {settings.max_text_chars} characters "
+                           "(split it or raise serving.max_text_chars)")
+    if not text.strip() and not allow_empty:
+        raise RequestError(f"{what} is empty")
+    return text
 
 
 def special_tokens(tokenizer_dir: Path) -> dict[str, str]:

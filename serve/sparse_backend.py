@@ -7,7 +7,6 @@ Requests, tokenization, truncation and batching are the `embed` model's (`serve.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -43,13 +42,7 @@ def load_sparse_runtime(version_dir: Path, device_id: int | None = None) -> Spar
 
 
 class SparseServedModel(ServedModel):
-    @classmethod
-    def from_triton_args(cls, args: dict, pb_utils: Any) -> SparseServedModel:
-        version_dir = Path(args["model_repository"]) / args["model_version"]
-        device_id = int(args["model_instance_device_id"]) if args.get("model_instance_kind") == "GPU" else None
-        runtime = load_sparse_runtime(version_dir, device_id)
-        pb_utils.Logger.log_info(f"bertforge {args['model_name']}: task=embed_sparse providers={runtime.providers}")
-        return cls(runtime, pb_utils)
+    load_runtime = staticmethod(load_sparse_runtime)
 
     def _run(self, text_requests: list[TextRequest]) -> list:
         Tensor, Response = self.pb_utils.Tensor, self.pb_utils.InferenceResponse

@@ -215,14 +215,19 @@ def _texts(inputs: Any, request: Request, route: str) -> list[Any]:
     """A string, a list of strings, a token-id array or a list of them, as a list of inputs (checked: count)."""
     single = isinstance(inputs, str) or (bool(inputs) and isinstance(inputs[0], int))
     texts = [inputs] if single else list(inputs)
-    config = request.app.state.config
-    if not texts:
-        raise APIError(400, "input is an empty list; send at least one text", "empty_input")
-    if len(texts) > config.max_inputs:
-        raise APIError(413, f"{len(texts)} texts in one request; the limit is {config.max_inputs} "
-                            "(serve.api.max_inputs): split the list", "too_many_inputs")
-    request.app.state.metrics.batch_size.labels(route).observe(len(texts))
+    check_input_count(request, len(texts), route, "texts", "input is an empty list; send at least one text")
     return texts
+
+
+def check_input_count(request: Request, count: int, route: str, noun: str, empty: str) -> None:
+    """400 (`empty`) for no inputs, 413 past serve.api.max_inputs; else the count goes to the batch-size metric."""
+    limit = request.app.state.config.max_inputs
+    if not count:
+        raise APIError(400, empty, "empty_input")
+    if count > limit:
+        raise APIError(413, f"{count} {noun} in one request; the limit is {limit} (serve.api.max_inputs): split "
+                            "the list", "too_many_inputs")
+    request.app.state.metrics.batch_size.labels(route).observe(count)
 
 
 def _count_tokens(model: ServedModel, texts: list[Any], request: Request, prompt: str = "",

@@ -15,7 +15,7 @@ from starlette.responses import Response
 from bertforge import contract
 from serve.api.errors import APIError
 from serve.api.forward import ServedModel
-from serve.api.routes import _forwarder, _json, _texts
+from serve.api.routes import _forwarder, _json, _texts, check_input_count
 from serve.api.schemas import CohereRerankRequest, PredictRequest, RerankRequest, SparseEmbedRequest
 from serve.client import sigmoid
 
@@ -99,13 +99,8 @@ async def _rerank(request: Request, model: ServedModel, query: str, texts: list[
 
 async def _logits(request: Request, model: ServedModel, texts: list[str], pairs: list[str | None],
                   truncation: str | None, route: str) -> np.ndarray:
-    config = request.app.state.config
-    if not texts:
-        raise APIError(400, "no documents (or inputs) given; send at least one", "empty_input")
-    if len(texts) > config.max_inputs:
-        raise APIError(413, f"{len(texts)} documents (or inputs) in one request; the limit is {config.max_inputs} "
-                            "(serve.api.max_inputs): split the list", "too_many_inputs")
-    request.app.state.metrics.batch_size.labels(route).observe(len(texts))
+    check_input_count(request, len(texts), route, "documents (or inputs)",
+                      "no documents (or inputs) given; send at least one")
     model.check_sizes([*texts[:1], *[pair for pair in pairs if pair is not None]])
     with request.app.state.limiter:
         return await _forwarder(request).pair_logits(model, texts, pairs, truncation)
