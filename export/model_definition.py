@@ -141,23 +141,12 @@ def resolve_embedding(definition: ModelDefinition, pooling: str | None, normaliz
         unknown = [mode for mode in modes if mode not in POOLING_MODES]
         if unknown:
             raise ExportError(f"--pooling {pooling!r}: modes are {', '.join(POOLING_MODES)}, joined by '+'")
-        if modes != definition.pooling and definition.sentence_transformers:
-            notes.append(f"WARNING: --pooling {pooling} contradicts the model's own definition "
-                         f"({sources['pooling']}: {'+'.join(definition.pooling)}); exporting {pooling} as asked, "
-                         "so the served vectors will NOT match SentenceTransformer.encode")
-            sources["pooling"] = FLAG_SOURCE
-        elif not definition.sentence_transformers:
-            sources["pooling"] = "explicit --pooling"
-        used_pooling = modes
+        used_pooling = _honour_flag(definition, "pooling", modes, definition.pooling, pooling,
+                                    f"{sources['pooling']}: {'+'.join(definition.pooling)}", sources, notes)
     if normalize is not None:
-        if normalize != definition.normalize and definition.sentence_transformers:
-            notes.append(f"WARNING: --normalize={normalize} contradicts the model's own definition ({MODULES_FILE} "
-                         f"{'has' if definition.normalize else 'has no'} Normalize module); exporting as asked, so "
-                         "the served vectors will NOT match SentenceTransformer.encode")
-            sources["normalize"] = FLAG_SOURCE
-        elif not definition.sentence_transformers:
-            sources["normalize"] = "explicit --normalize"
-        used_normalize = normalize
+        authored = f"{MODULES_FILE} {'has' if definition.normalize else 'has no'} Normalize module"
+        used_normalize = _honour_flag(definition, "normalize", normalize, definition.normalize, f"={normalize}",
+                                      authored, sources, notes)
     if definition.dense and len(used_pooling) != len(definition.pooling):
         raise ExportError(f"--pooling {'+'.join(used_pooling)} changes the pooled width, but the model's Dense module "
                           f"{definition.dense[0].name} expects {definition.dense[0].weight.shape[1]} inputs; "
@@ -165,6 +154,20 @@ def resolve_embedding(definition: ModelDefinition, pooling: str | None, normaliz
     agrees = (used_pooling, used_normalize) == (definition.pooling, definition.normalize) or not definition.sentence_transformers
     return EmbeddingPlan(pooling=used_pooling, normalize=used_normalize, dense=definition.dense,
                          agrees_with_author=agrees, sources=sources), notes
+
+
+def _honour_flag(definition: ModelDefinition, key: str, value, authored_value, shown: str, authored: str,
+                 sources: dict, notes: list[str]):
+    """An explicit --pooling/--normalize: kept, with a warning note where it contradicts a sentence-transformers
+    folder's own definition (`authored` says what the folder defines); `sources[key]` records where it came from."""
+    flag = f"--{key}{shown if shown.startswith('=') else ' ' + shown}"
+    if value != authored_value and definition.sentence_transformers:
+        notes.append(f"WARNING: {flag} contradicts the model's own definition ({authored}); exporting as asked, so "
+                     "the served vectors will NOT match SentenceTransformer.encode")
+        sources[key] = FLAG_SOURCE
+    elif not definition.sentence_transformers:
+        sources[key] = f"explicit --{key}"
+    return value
 
 
 def reference_model(definition: ModelDefinition, plan: EmbeddingPlan, max_length: int):
