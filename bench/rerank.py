@@ -29,17 +29,24 @@ def main() -> None:
     for flag, default in (("--layers", 6), ("--hidden", 384), ("--documents", 20), ("--clients", 16), ("--rounds", 2)):
         parser.add_argument(flag, type=int, default=default)
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--model", default=None, help="a cross-encoder folder (one-label *ForSequenceClassification) "
+                        "to serve instead of the random-weight one; exported with --precision")
+    parser.add_argument("--precision", default=None, help="export precision (default: fp32 for the random model, "
+                        "auto for --model)")
     parser.add_argument("--idle-models", action="store_true", help="measure idle extra models' cost on embed")
     args = parser.parse_args()
     if args.idle_models:
         return idle_models(args)
     with tempfile.TemporaryDirectory(prefix="bertforge-bench-rerank-") as scratch:
-        folder = build_cross_encoder(Path(scratch) / "model", args.layers, args.hidden)
+        folder = Path(args.model) if args.model else build_cross_encoder(Path(scratch) / "model", args.layers, args.hidden)
         queries, documents = query_lists(args.documents)
         from export import export_to_repository
         from serve.launcher import running_server
 
-        export_to_repository(folder, Path(scratch) / "repo", precision="fp32", progress=False)
+        precision = args.precision or ("auto" if args.model else "fp32")
+        report = export_to_repository(folder, Path(scratch) / "repo", precision=precision, progress=False)
+        chosen = report.get("chosen") or {"precision": precision}  # a task model's report (export/cross_encoder.py)
+        print(f"[bench] {report.get('task', 'rerank')}: serving {chosen['precision']} ({chosen.get('reason', 'as asked')})")
         results = {"in-process CrossEncoder.predict": [], f"served, {args.clients} clients": []}
         with running_server(Path(scratch) / "repo", grpc_port=0, http_port=0, metrics_port=0) as server:
             for _ in range(args.rounds):
