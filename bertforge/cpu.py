@@ -99,7 +99,8 @@ def int8_portability_warning(gate_cpu: dict[str, Any] | None, weights: str | Non
     return (f"the int8 graph was gated on {gated.model or 'another CPU'} (int8 kernel {gated.int8_kernel}, exact), "
             f"but this CPU's kernel ({here.int8_kernel}) sums u8 x s8 pairs in 16-bit lanes, which can saturate: "
             "its answers may differ from what the gate measured. Re-export on this CPU (`bertforge export "
-            "--precision auto`: saturation-free recipes are tried first here) or serve fp32")
+            "--precision auto`: saturation-free recipes are tried first here), export with `--set "
+            "int8_portable=true` (7-bit or u8 weights only, exact everywhere), or serve fp32")
 
 
 def detect_cpu(cpuinfo: str | Path = "/proc/cpuinfo", measure: bool = True) -> CpuInfo:

@@ -75,6 +75,9 @@ class ExportConfig:
     parity_file: Path | None = None
     parity_samples: int = 400  # texts read at most; the gate cuts them into windows until it has gates.min_masks
     search_seconds: float = 180.0  # int8 recipe search: stop trying further recipes after this long
+    # int8 that answers the same on every CPU: only 7-bit or u8 weights (exact on every int8 kernel,
+    # bertforge/cpu.py), for exporting on one CPU (say a VNNI build machine) and serving on others (AVX2)
+    int8_portable: bool = False
     seed: int = 0
     gates: ParityGates = field(default_factory=ParityGates)
     # how the exported models are served (max_batch_size, instance_count, ...): checked when the config loads

@@ -244,7 +244,8 @@ def _search_int8(target: _Target, progress) -> tuple[str, Path, dict]:
     progress.step(f"{target.name} int8: searching recipes (at most {target.config.search_seconds:.0f} s)")
     result = search_int8(target.fused, target.folder / "int8-search",
                          lambda path: target.evaluate(path, "int8")[:3], target.calibration_feeds,
-                         target.timing_feeds, seconds=target.config.search_seconds, progress=progress, label=f"{target.name} int8")
+                         target.timing_feeds, seconds=target.config.search_seconds, progress=progress, label=f"{target.name} int8",
+                         portable=target.config.int8_portable)
     if result.path is None:
         failures = [f"{target.name} int8: no recipe passed the gate ({len(result.candidates)} tried in "
                     f"{result.seconds:.0f} s); closest: {_closest(result)}"]

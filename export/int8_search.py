@@ -47,9 +47,12 @@ class SearchResult:
                 "candidates": self.candidates}
 
 
-def recipe_set_reason(cpu: CpuInfo) -> str:
+def recipe_set_reason(cpu: CpuInfo, portable: bool = False) -> str:
     """One sentence for the report: the CPU's int8 kernel and the recipes that fit it."""
-    names = ", ".join(recipe.name for recipe in quantize.search_recipes(cpu))
+    names = ", ".join(recipe.name for recipe in quantize.search_recipes(cpu, portable))
+    if portable:
+        return (f"int8_portable: only saturation-free recipes (7-bit or u8 weights), exact on every int8 kernel, so "
+                f"the gate run here (kernel {cpu.int8_kernel}) holds on any CPU: {names}")
     if cpu.int8_saturates:
         return (f"int8 kernel {cpu.int8_kernel} (no VNNI/AMX) sums u8 x s8 pairs in 16-bit lanes, which can "
                 f"saturate: saturation-free recipes (7-bit or u8 weights) first, the s8-weight ones only if none "
@@ -59,13 +62,13 @@ def recipe_set_reason(cpu: CpuInfo) -> str:
 
 def search_int8(fused: Path, workdir: Path, evaluate: Evaluate, calibration_feeds: list[dict], timing_feeds: dict,
                 seconds: float = 180.0, progress: ExportProgress | None = None, label: str = "int8",
-                cpu: CpuInfo | None = None) -> SearchResult:
+                cpu: CpuInfo | None = None, portable: bool = False) -> SearchResult:
     """Build and gate int8 recipes of `fused` for the CPU the gate runs on (`cpu`, detected when None: its int8
     kernel decides which recipes can be exact, see bertforge.cpu); return the fastest passing one (or none, with
-    every attempt)."""
+    every attempt). `portable`: saturation-free recipes only, so the graph answers the same on every CPU."""
     progress = progress or ExportProgress()
     cpu = cpu or detect_cpu()
-    tiers, bases = quantize.search_tiers(cpu), quantize.sensitivity_bases(cpu)
+    tiers, bases = quantize.search_tiers(cpu, portable), quantize.sensitivity_bases(cpu, portable)
     started = time.perf_counter()
     deadline = started + seconds
     workdir.mkdir(parents=True, exist_ok=True)
@@ -84,7 +87,7 @@ def search_int8(fused: Path, workdir: Path, evaluate: Evaluate, calibration_feed
         progress.outcome(f"{label} recipe {recipe.name}: {'PASS' if not failures else 'FAIL'} (error {error:.2e}{speed})")
         return failures, error
 
-    result = SearchResult(path=None, recipe=None, cpu=cpu.summary(), recipe_set=recipe_set_reason(cpu))
+    result = SearchResult(path=None, recipe=None, cpu=cpu.summary(), recipe_set=recipe_set_reason(cpu, portable))
     progress.step(f"{label}: {result.recipe_set}")
     # 1. the fixed recipes, expected fastest first, tier by tier (saturation-free ones first where the CPU's
     #    kernel saturates; the next tier only if none of a tier passed)

@@ -80,27 +80,30 @@ STRONG_SMOOTH = Recipe("dynamic-per-channel-smooth0.7",
 SENSITIVITY_BASES = (STRONG_SMOOTH, PER_CHANNEL)
 
 
-def search_tiers(cpu: CpuInfo) -> tuple[tuple[Recipe, ...], ...]:
+def search_tiers(cpu: CpuInfo, portable: bool = False) -> tuple[tuple[Recipe, ...], ...]:
     """The fixed recipes to try on `cpu`, in tiers: a later tier is tried only when no recipe of the earlier
     ones passed. Where int8 GEMMs can saturate (no VNNI/AMX) the first tier is the saturation-free twins:
     per-channel with 7-bit weights (the fast u8 x s8 kernel stays) and with u8 weights (full resolution), the
     smoothed and static recipes with u8 weights; the usual set follows only if none of them passes (it can
     still pass where a model's values are too small to saturate, and its gate ran under this arithmetic)."""
-    if not cpu.int8_saturates:
-        return (SEARCH_RECIPES,)
     free = (PER_CHANNEL.saturation_free_twin("int8-7bit"), PER_CHANNEL.saturation_free_twin("uint8"),
             SMOOTHED.saturation_free_twin("uint8"), STATIC.saturation_free_twin("uint8"))
+    if portable:  # int8_portable: what is gated here must answer the same on every CPU
+        return (free,)
+    if not cpu.int8_saturates:
+        return (SEARCH_RECIPES,)
     return free, SEARCH_RECIPES
 
 
-def search_recipes(cpu: CpuInfo) -> tuple[Recipe, ...]:
+def search_recipes(cpu: CpuInfo, portable: bool = False) -> tuple[Recipe, ...]:
     """Every fixed recipe the search may try on `cpu`, in order (`search_tiers` flattened)."""
-    return tuple(recipe for tier in search_tiers(cpu) for recipe in tier)
+    return tuple(recipe for tier in search_tiers(cpu, portable) for recipe in tier)
 
 
-def sensitivity_bases(cpu: CpuInfo) -> tuple[Recipe, ...]:
-    """The recipes nodes are kept fp32 from on `cpu`: their u8-weight twins where int8 GEMMs can saturate."""
-    if not cpu.int8_saturates:
+def sensitivity_bases(cpu: CpuInfo, portable: bool = False) -> tuple[Recipe, ...]:
+    """The recipes nodes are kept fp32 from on `cpu`: their u8-weight twins where int8 GEMMs can saturate (or
+    everywhere, `portable`)."""
+    if not cpu.int8_saturates and not portable:
         return SENSITIVITY_BASES
     return tuple(base.saturation_free_twin("uint8") for base in SENSITIVITY_BASES)
 

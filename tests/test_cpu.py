@@ -147,3 +147,21 @@ def test_s8_recipes_run_only_when_no_saturation_free_recipe_passes(tmp_path, mon
     assert (tried[len(first):] == [recipe.name for recipe in SEARCH_RECIPES]) == tried_second_tier
     assert len(tried) == len(first) + (len(SEARCH_RECIPES) if tried_second_tier else 0)
     assert result.recipe.name in passing and "saturate" in result.summary()["recipe_set"]
+
+
+def test_int8_portable_tries_only_recipes_exact_on_every_cpu(tmp_path, monkeypatch):
+    """export --set int8_portable=true on a VNNI machine: only 7-bit/u8 weights, so the serve warning never fires."""
+    import export.int8_search as search
+    from export.config import ExportConfig
+    from export.quantize import search_recipes, sensitivity_bases
+
+    assert ExportConfig().int8_portable is False
+    for cpu in (VNNI, AMX, AVX2):
+        assert all(recipe.saturation_free for recipe in search_recipes(cpu, portable=True))
+        assert all(base.saturation_free for base in sensitivity_bases(cpu, portable=True))
+    monkeypatch.setattr(search.quantize, "quantize", lambda fused, target, recipe, feeds: target.write_bytes(b""))
+    monkeypatch.setattr(search, "measure_latency", lambda path, feeds: 1.0)
+    result = search.search_int8(tmp_path / "fused.onnx", tmp_path / "work", lambda path: ({}, [], 0.0), [], {},
+                                cpu=VNNI, portable=True)
+    assert result.recipe.saturation_free and "int8_portable" in result.summary()["recipe_set"]
+    assert int8_portability_warning(VNNI.summary(), result.recipe.weights, AVX2) is None
