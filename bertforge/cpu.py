@@ -23,6 +23,7 @@ and the instructions ONNX Runtime can really run disagree.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,9 +104,11 @@ def int8_portability_warning(gate_cpu: dict[str, Any] | None, weights: str | Non
             "int8_portable=true` (7-bit or u8 weights only, exact everywhere), or serve fp32")
 
 
+@functools.cache
 def detect_cpu(cpuinfo: str | Path = "/proc/cpuinfo", measure: bool = True) -> CpuInfo:
     """This machine's CPU model and instruction-set flags (the first processor's; they are all alike), with
-    the int8 kernel's saturation measured when `measure` and ONNX Runtime is installed."""
+    the int8 kernel's saturation measured when `measure` and ONNX Runtime is installed. Once per process: the
+    export's report and every int8 search of it ask, and the CPU does not change."""
     model, flags = _read_cpuinfo(Path(cpuinfo))
     return CpuInfo(model=model, flags=flags, measured_saturation=measure_int8_saturation() if measure else None)
 
