@@ -18,6 +18,7 @@ from pathlib import Path
 
 from bench.stats import point_figures
 from bench.texts import RequestTexts
+from bertforge.tasks import FILL_MASK
 
 WARMUP_CALLS = 3
 
@@ -31,14 +32,14 @@ def measure_onnxruntime(repo: Path, task: str, texts: RequestTexts, batch_size: 
     runtime = load_runtime(Path(repo) / task / "1")
 
     def run(batch: list[str]) -> None:
-        requests = [runtime.parse(text.encode("utf-8"), {"top_k": top_k} if task == "fill_mask" else {})
+        requests = [runtime.parse(text.encode("utf-8"), {"top_k": top_k} if task == FILL_MASK else {})
                     for text in batch]
         errors = runtime.tokenize(requests)
         if any(errors):
             raise ValueError(f"in-process ONNX Runtime rejected a benchmark text: {next(e for e in errors if e)}")
         for indices in runtime.plan_batches(requests):
             chunk = [requests[index] for index in indices]
-            runtime.fill_mask(chunk) if task == "fill_mask" else runtime.embed(chunk)
+            runtime.fill_mask(chunk) if task == FILL_MASK else runtime.embed(chunk)
 
     details = {"providers": list(runtime.providers), "threads": runtime.settings.intra_op_threads or "default"}
     return [_measure(f"onnxruntime_b{size}", run, texts, size, max_requests, max_seconds, warmup_seconds, flops)
@@ -54,7 +55,7 @@ def measure_pipeline(model_dir: Path, task: str, texts: RequestTexts, batch_size
     if torch_threads:
         torch.set_num_threads(torch_threads)
 
-    if task == "fill_mask":
+    if task == FILL_MASK:
         from transformers import pipeline
 
         fill_mask = pipeline("fill-mask", model=str(model_dir), tokenizer=str(model_dir), device=-1)

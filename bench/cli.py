@@ -23,6 +23,7 @@ from pathlib import Path
 
 from bench.config import API_TASKS, CONFIG_DIR, BenchConfig
 from bertforge.cli_options import add_config_options, build_config, given
+from bertforge.tasks import DEFAULT_TASKS, FILL_MASK
 
 # benchmarks in a module of their own, each with `add_arguments(parser)` and `run_command(args) -> int`
 # (also `python -m <module>`); their flags are this subcommand's flags
@@ -88,7 +89,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repo", help="exported model repository (bertforge export)")
     parser.add_argument("--model", help="HF BERT folder: exported to a temporary repository when --repo is not "
                                         "given; feeds the PyTorch baseline")
-    parser.add_argument("--task", choices=["fill_mask", "embed"], help="served model (default fill_mask)")
+    parser.add_argument("--task", choices=DEFAULT_TASKS, help=f"served model (default {FILL_MASK})")
     parser.add_argument("--precision", help="precision when --model is exported on the fly (default auto, as bertforge export)")
     add_config_options(parser, config_help="BenchConfig TOML file", set_example="load.max_seconds=5",
                        presets=CONFIG_DIR, quick_help="short run (preset 'quick', <= 60 s)")

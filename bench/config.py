@@ -12,6 +12,7 @@ from typing import Literal
 
 from bertforge.cli_options import preset_file
 from bertforge.config import ConfigError
+from bertforge.tasks import DEFAULT_TASKS, EMBED, FILL_MASK
 from export.config import DEFAULT_PRECISION
 
 CONFIG_DIR = Path(__file__).with_name("configs")
@@ -115,12 +116,12 @@ class TuneConfig:
             raise ConfigError("tune: concurrency and max_requests >= 1, p99_bound_ms and max_seconds > 0")
 
 
-API_TASKS = {"openai": "embed", "tei": "embed", "hf": "fill_mask"}
+API_TASKS = {"openai": EMBED, "tei": EMBED, "hf": FILL_MASK}
 
 
 @dataclass(kw_only=True)
 class BenchConfig:
-    task: Literal["fill_mask", "embed"] = "fill_mask"
+    task: str = FILL_MASK  # one of bertforge.tasks.DEFAULT_TASKS
     precision: str = DEFAULT_PRECISION  # only when --model is exported on the fly (no --repo): the exporter's default
     rounds: int = 2  # alternating repetitions; figures = fastest round, goals = median of per-round ratios
     output: Path = Path("bench/results/serve.json")  # PNG plots are written next to it
@@ -130,17 +131,19 @@ class BenchConfig:
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     # also measure the HTTP API beside Triton (serve/api/), side by side with direct gRPC:
-    # "openai" (/v1/embeddings) and "tei" (/embed) need task "embed", "hf" (/fill-mask) task "fill_mask"
+    # "openai" (/v1/embeddings) and "tei" (/embed) need the embed task, "hf" (/fill-mask) the fill_mask task
     api: Literal["", "openai", "tei", "hf"] = ""
     # also measure another embedding server in the same rounds, with the same load generator and texts (contender
-    # "external"): its OpenAI-style embeddings URL, e.g. Infinity's http://127.0.0.1:7997/embeddings; task "embed"
+    # "external"): its OpenAI-style embeddings URL, e.g. Infinity's http://127.0.0.1:7997/embeddings; the embed task
     compare_url: str = ""
 
     def __post_init__(self) -> None:
+        if self.task not in DEFAULT_TASKS:
+            raise ConfigError(f"bench.task must be one of {', '.join(DEFAULT_TASKS)}, got {self.task!r}")
         if self.api and API_TASKS[self.api] != self.task:
             raise ConfigError(f"--api {self.api} serves {API_TASKS[self.api]}; add --task {API_TASKS[self.api]} "
-                              f"(or pick --api {'hf' if self.task == 'fill_mask' else 'openai or tei'})")
-        if self.compare_url and (self.task != "embed" or not self.compare_url.startswith(("http://", "https://"))):
+                              f"(or pick --api {'hf' if self.task == FILL_MASK else 'openai or tei'})")
+        if self.compare_url and (self.task != EMBED or not self.compare_url.startswith(("http://", "https://"))):
             raise ConfigError(f"compare_url must be an http(s):// embeddings URL and needs --task embed, got "
                               f"{self.compare_url!r} with task {self.task}")
         if self.rounds < 1:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from bertforge import contract
+from bertforge.tasks import FILL_MASK
 
 SHAPES = ((1, 32), (8, 128))
 MASK_RATE = 0.15
@@ -56,7 +57,7 @@ def run(model_dir: Path, rounds: int = 30, threads: int | None = None, json_path
             for precision, path in built[task].items():
                 sessions[task][f"ORT {precision} (fused)"] = ort.InferenceSession(str(path), options,
                                                                                  providers=["CPUExecutionProvider"])
-        has_head = "fill_mask" in built
+        has_head = FILL_MASK in built
         mlm = BertForMaskedLM.from_pretrained(model_dir).eval() if has_head else None
         encoder = mlm.bert if has_head else BertModel.from_pretrained(model_dir, add_pooling_layer=False).eval()
         vocab = encoder.config.vocab_size
@@ -105,7 +106,7 @@ def _torch_contestants(task: str, mlm, encoder, feeds: dict, torch) -> dict:
             weights = inputs["attention_mask"].unsqueeze(-1).float()
             return (hidden * weights).sum(1) / weights.sum(1)
 
-    if task == "fill_mask":
+    if task == FILL_MASK:
         return {"torch eager fp32": full_head, "torch eager fp32 (masked head)": masked_head}
     return {"torch eager fp32": embed}
 

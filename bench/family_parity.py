@@ -18,6 +18,8 @@ import time
 import warnings
 from pathlib import Path
 
+from bertforge.tasks import EMBED
+
 CASES = [("bert", "cls", True), ("roberta", "mean", False), ("xlm-roberta", "mean", True), ("camembert", "mean", False),
          ("distilbert", "mean", False), ("mpnet", "mean", True), ("electra", "cls", False), ("modernbert", "mean", True)]
 
@@ -51,10 +53,10 @@ def main() -> None:
             for precision in ("auto", "int8", "fp32"):
                 started = time.perf_counter()
                 report = export_to_repository(folder, scratch / f"{kind}-{precision}", precision=precision,
-                                              tasks=("embed",), progress=False, search_seconds=args.search_seconds)
+                                              tasks=(EMBED,), progress=False, search_seconds=args.search_seconds)
                 served = served_embeddings(scratch / f"{kind}-{precision}", texts)
                 cos = cosines(served, expected)
-                (chosen, variant), = report["tasks"]["embed"]["variants"].items()
+                (chosen, variant), = report["tasks"][EMBED]["variants"].items()
                 row[precision] = {"chosen": chosen + (f" ({variant['recipe']['name']})" if variant.get("recipe") else ""),
                                   "min_cosine": round(float(cos.min()), 6), "mean_cosine": round(float(cos.mean()), 6),
                                   "export_s": round(time.perf_counter() - started, 1)}

@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bertforge.tasks import FILL_MASK
+
 
 def run(models: list[Path], outliers: bool = False, json_path: Path | None = None) -> dict:
     from bench.outliers import plant_outlier_dimensions
@@ -73,7 +75,7 @@ def _print_model(name: str, result: dict) -> None:
 
     for task, summary in result["tasks"].items():
         table = Table(title=f"{name} {task}: winner {summary['winner']} (search {summary['search_seconds']} s)")
-        fill = task == "fill_mask"
+        fill = task == FILL_MASK
         columns = ["recipe", "gate"] + (["tie-aware", "top-1", "top-5", "mean TV", "masks"] if fill
                                         else ["min cos", "mean cos", "texts"]) + ["ms / 8x128"]
         for column in columns:

@@ -19,6 +19,7 @@ from typing import Any
 
 from bench.stats import point_figures
 from bench.texts import RequestTexts
+from bertforge.tasks import EMBED, FILL_MASK
 
 
 def measure_served_point(url: str | None, task: str, texts: RequestTexts, *, concurrency: int = 1, request_rate: float = 0.0,
@@ -78,7 +79,7 @@ async def _sender(url: str, task: str, timeout_s: float, top_k: int, api: str,
 
     if not api:
         async with AsyncBertforgeClient(url, timeout_s=timeout_s, retries=0) as client:
-            yield (lambda text: client.fill_mask(text, top_k=top_k)) if task == "fill_mask" else client.embed
+            yield (lambda text: client.fill_mask(text, top_k=top_k)) if task == FILL_MASK else client.embed
         return
     import aiohttp
 
@@ -108,7 +109,7 @@ async def _sender(url: str, task: str, timeout_s: float, top_k: int, api: str,
 
 # the HTTP API's request per --api: (route, body of one text)
 API_REQUESTS = {
-    "openai": ("/v1/embeddings", lambda text, top_k: {"model": "embed", "input": text}),
+    "openai": ("/v1/embeddings", lambda text, top_k: {"model": EMBED, "input": text}),
     "tei": ("/embed", lambda text, top_k: {"inputs": text, "normalize": False}),
     "hf": ("/fill-mask", lambda text, top_k: {"inputs": text, "parameters": {"top_k": top_k}}),
     "external": ("", lambda text, top_k: {"model": "default", "input": [text]}),  # route: from its URL

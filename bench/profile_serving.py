@@ -25,6 +25,7 @@ from bench.load import measure_served_point
 from bench.serving import request_texts, variant_repository
 from bench.texts import RequestTexts
 from bertforge import contract
+from bertforge.tasks import FILL_MASK
 
 # Reads TEXT like the real backend and answers a constant of the task's output shape: the cost of serving itself
 CONSTANT_MODEL = '''
@@ -76,7 +77,7 @@ def op_profile(repo: Path, task: str, texts: RequestTexts, batch_size: int) -> d
         options.enable_profiling, options.profile_file_prefix = True, str(Path(scratch) / "ort")
         runtime.session = ort.InferenceSession(str(Path(repo) / task / "1" / "model.onnx"), options,
                                                providers=runtime.providers)
-        run = runtime.fill_mask if task == contract.FILL_MASK_MODEL else runtime.embed
+        run = runtime.fill_mask if task == FILL_MASK else runtime.embed
         started = time.perf_counter()
         for start in range(0, len(texts.texts), batch_size):
             requests = [runtime.parse(text.encode(), {}) for text in texts.texts[start:start + batch_size]]
@@ -156,7 +157,7 @@ def single_client_floor(repo: Path, task: str, texts: RequestTexts, seconds: flo
 
 def write_constant_model(model_file: Path, task: str, top_k: int) -> None:
     """Replace a (copied) model.py with the constant-answer model of the task's outputs."""
-    if task == contract.FILL_MASK_MODEL:
+    if task == FILL_MASK:
         outputs = {contract.TOKENS_OUTPUT: ([[[b"x"] * top_k]], "object"),
                    contract.TOKEN_IDS_OUTPUT: ([[[0] * top_k]], "int64"),
                    contract.SCORES_OUTPUT: ([[[0.0] * top_k]], "float32")}

@@ -27,6 +27,7 @@ from bench.load import measure_served_point
 from bench.stats import best_round, encoder_flops, median
 from bench.texts import RequestTexts, build_request_texts
 from bertforge.errors import UserError
+from bertforge.tasks import FILL_MASK
 from export.config import DEFAULT_PRECISION
 
 SERVED = "triton"
@@ -122,7 +123,7 @@ def goals(rounds: list[list[dict]], task: str) -> dict:
     def find(points: list[dict], contender: str, concurrency: int | None = None) -> dict | None:
         return next((p for p in points if p["contender"] == contender and p.get("concurrency") == concurrency), None)
 
-    pipeline_name = "pipeline_fill_mask_b1" if task == "fill_mask" else "pytorch_mean_pooling_b1"
+    pipeline_name = "pipeline_fill_mask_b1" if task == FILL_MASK else "pytorch_mean_pooling_b1"
     values: dict[str, list[float]] = {"served_vs_pipeline": [], "batching_on_vs_off": [], "c1_p50_overhead_ms": [],
                                       "served_vs_inprocess_best": []}
     for points in rounds:
@@ -205,7 +206,7 @@ def resolve_repository(repo: Path | None, model_dir: Path | None, scratch: Path,
                        log: Callable[[str], None], precision: str = DEFAULT_PRECISION) -> Path:
     """The repository to serve: `repo` as given, else `model_dir` exported into `scratch`."""
     if repo is not None:
-        from serve.repository import ServedModelDir
+        from bertforge.served_model import ServedModelDir
 
         model = ServedModelDir.in_repo(repo, task)
         if not model.is_complete():
@@ -223,7 +224,7 @@ def resolve_repository(repo: Path | None, model_dir: Path | None, scratch: Path,
 
 def variant_repository(repo: Path, target: Path, task: str, **changes) -> Path:
     """A copy of one model of `repo` (weights linked, not copied) with changed ServingSettings."""
-    from serve.repository import ServedModelDir
+    from bertforge.served_model import ServedModelDir
 
     ServedModelDir.in_repo(repo, task).copy_to(target, **changes)
     return target
@@ -231,7 +232,7 @@ def variant_repository(repo: Path, target: Path, task: str, **changes) -> Path:
 
 def serving_document(repo: Path, task: str) -> dict:
     from bertforge.config import to_dict
-    from serve.repository import ServedModelDir
+    from bertforge.served_model import ServedModelDir
 
     model = ServedModelDir.in_repo(repo, task)
     return to_dict(model.settings()) | {"info": model.info()}
@@ -252,7 +253,7 @@ def text_flops(repo: Path, task: str, texts: RequestTexts) -> list[float] | None
         return None
     from bertforge import contract
 
-    masks = [text.count(contract.MASK_TOKEN) if task == "fill_mask" else 0 for text in texts.texts]
+    masks = [text.count(contract.MASK_TOKEN) if task == FILL_MASK else 0 for text in texts.texts]
     return [encoder_flops(tokens, **shape, masks=count) for tokens, count in zip(texts.tokens, masks)]
 
 

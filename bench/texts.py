@@ -19,6 +19,7 @@ from pathlib import Path
 from bench.config import TextsConfig
 from bertforge import contract
 from bertforge.errors import UserError
+from bertforge.tasks import FILL_MASK
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(A-Z0-9])")
 MASKABLE = re.compile(r"^([A-Za-z]{2,})([.,;:!?]*)$")
@@ -60,13 +61,13 @@ def build_request_texts(config: TextsConfig, task: str, tokenizer_file: Path, ma
         if len(texts) == config.count:
             break
         words, start = _take_words(sentences, start, _draw_length(config, rng))
-        if task == "fill_mask":
+        if task == FILL_MASK:
             words = mask_words(words, config.masks_per_text, rng, max_position=max_length // 2)
             if words is None:
                 continue
         text = " ".join(words)
         encoding = tokenizer.encode(text)
-        if task == "fill_mask" and mask_id not in encoding.ids:
+        if task == FILL_MASK and mask_id not in encoding.ids:
             continue  # the mask was truncated away (very long words); draw another text
         texts.append(text)
         tokens.append(len(encoding.ids))

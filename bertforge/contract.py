@@ -14,23 +14,16 @@ SPECIAL_TOKENS = (PAD_TOKEN, UNK_TOKEN, CLS_TOKEN, SEP_TOKEN, MASK_TOKEN)
 SPECIAL_TOKEN_IDS = {token: index for index, token in enumerate(SPECIAL_TOKENS)}  # bertforge-trained tokenizers
 IGNORE_INDEX = -100  # MLM labels of positions that are not predicted (PyTorch's cross-entropy default)
 
-# --- Triton models and their tensors (see README "Serving contract") ---
-FILL_MASK_MODEL = "fill_mask"
-EMBED_MODEL = "embed"
-SERVED_MODELS = (FILL_MASK_MODEL, EMBED_MODEL)  # every model a repository can hold, in this order
+# --- Triton tensors (see README "Serving contract"); the tasks that use them: bertforge/tasks.py ---
 TEXT_INPUT = "TEXT"  # BYTES [1]: one UTF-8 string per request
 EMBEDDING_OUTPUT = "EMBEDDING"  # FP32 [hidden]
 TOKENS_OUTPUT = "TOKENS"  # BYTES [num_masks, top_k]
 TOKEN_IDS_OUTPUT = "TOKEN_IDS"  # INT64 [num_masks, top_k]
 SCORES_OUTPUT = "SCORES"  # FP32 [num_masks, top_k]: probabilities
 # Sequence-classification models (docs/tasks.md): one query/document pair or one text (+ optional pair) per request
-RERANK_MODEL = "rerank"  # *ForSequenceClassification with one label: relevance of TEXT_PAIR (document) to TEXT (query)
-CLASSIFY_MODEL = "classify"  # *ForSequenceClassification with several labels (id2label)
-PAIR_MODELS = (RERANK_MODEL, CLASSIFY_MODEL)
 TEXT_PAIR_INPUT = "TEXT_PAIR"  # BYTES [1]: the document (rerank) or the second text (classify, optional)
 LOGITS_OUTPUT = "LOGITS"  # FP32 [num_labels]: the head's raw logits (sigmoid/softmax applied by the client/API)
 # Sparse (SPLADE) embeddings of an MLM folder: max over positions of log(1 + ReLU(MLM logits)), non-zeros only
-EMBED_SPARSE_MODEL = "embed_sparse"
 SPARSE_INDICES_OUTPUT = "SPARSE_INDICES"  # INT64 [non_zeros]: vocabulary ids, ascending
 SPARSE_VALUES_OUTPUT = "SPARSE_VALUES"  # FP32 [non_zeros]
 ONNX_SPARSE_EMBEDDING = "sparse_embedding"  # float32 [batch, vocab]
@@ -54,8 +47,4 @@ DEFAULT_HOST = "127.0.0.1"
 READY_TIMEOUT_S = 120.0  # how long `bertforge serve`, tests and bench wait for tritonserver to become ready
 TRUNCATION_POLICIES = ("truncate", "error")  # what a served model does with a text longer than max_length
 TRUNCATION_DIRECTIONS = ("right", "left")  # which end of a too long text is cut (TEI's truncation_direction)
-# Triton request parameters a served model accepts (docs/serve.md "Request parameters"); the rest are refused
-FILL_MASK_PARAMETERS = ("top_k", "truncation", "truncation_direction")
-PAIR_PARAMETERS = ("truncation",)  # rerank and classify: the document (second text) is what gets cut
-EMBED_PARAMETERS = ("truncation", "truncation_direction", "prompt_name", "dimensions", "normalize", "token_ids")
 DEMO_CORPUS_FOLDER = "demo_corpus"  # under the cache folder: train.jsonl, eval.jsonl (`bertforge data demo`)

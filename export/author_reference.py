@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bertforge.tasks import EMBED
 from export.config import ExportConfig
 from export.model_folder import ModelFolderInfo
 
@@ -97,7 +98,7 @@ def author_agreement(fp32_path: Path, batches: list, definition, max_length: int
     from export.parity import compare
 
     session = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"])
-    metrics = compare(session, batches, author_outputs(author_model(definition, max_length), batches, definition), "embed")
+    metrics = compare(session, batches, author_outputs(author_model(definition, max_length), batches, definition), EMBED)
     return {"min_cosine": metrics["min_cosine"], "mean_cosine": metrics["mean_cosine"],
             "agrees": metrics["min_cosine"] >= 0.9999,
             "note": "the graph follows explicit flags; these figures compare it with SentenceTransformer(folder).encode"}

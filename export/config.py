@@ -7,13 +7,14 @@ from pathlib import Path
 
 from bertforge import contract
 from bertforge.config import ConfigError, load_config
-from serve.repository import ServingOptions
+from bertforge.served_model import ServingOptions
+from bertforge.tasks import DEFAULT_TASKS, EMBED_SPARSE, PAIR_TASKS
 
 PRECISIONS = ("fp32", "int8", "int8-static", "fp16")  # what "all" means in --output mode
 AUTO = "auto"  # the fastest variant that passes: the int8 recipe search, else fused fp32
 DEFAULT_PRECISION = AUTO
-TASKS = contract.SERVED_MODELS  # the default: what an MLM folder exports
-ALL_TASKS = (*contract.SERVED_MODELS, *contract.PAIR_MODELS, contract.EMBED_SPARSE_MODEL)  # see export/task_models.py
+TASKS = DEFAULT_TASKS  # the default: what an MLM folder exports
+ALL_TASKS = (*DEFAULT_TASKS, *PAIR_TASKS, EMBED_SPARSE)  # see export/task_models.py
 
 
 @dataclass(kw_only=True)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from bertforge import contract
+from bertforge.tasks import DEFAULT_TASKS
 from export.config import AUTO, ExportConfig
 from export.errors import ExportError, ParityError
 from export.progress import ExportProgress
@@ -169,7 +170,7 @@ def _check_request(config: ExportConfig, task: str) -> str:
         raise ExportError(f"{config.model} is a {task} model: export it into a repository (--repo DIR); --output "
                           "writes fill_mask/embed variants only")
     asked = set(config.tasks)
-    if asked != set(contract.SERVED_MODELS) and asked != {task}:  # the default tasks mean "what the folder has"
+    if asked != set(DEFAULT_TASKS) and asked != {task}:  # the default tasks mean "what the folder has"
         raise ExportError(f"{config.model} has a sequence-classification head with "
                           f"{'one label' if task == 'rerank' else 'several labels'}: it exports task {task!r} only, "
                           f"not {sorted(asked)}; pass --tasks {task}")

@@ -17,17 +17,18 @@ from bertforge import contract
 from bertforge.config import save_config, to_dict
 from bertforge.cpu import detect_cpu
 from bertforge.files import write_json_atomically
+from bertforge.served_model import REPORT_FILE, TOKENIZER_DIR
+from bertforge.tasks import EMBED, FILL_MASK
 from export.author_reference import read_author
 from export.config import AUTO, DEFAULT_PRECISION, ExportConfig, ParityGates
 from export.errors import ExportError, ParityError
 from export.model_folder import ModelFolderInfo, inspect_model_folder
 from export.progress import ExportProgress, PrintProgress
-from serve.repository import REPORT_FILE, TOKENIZER_DIR
 
 FAILED_REPORT_FILE = "export_report.failed.json"  # when an earlier, good export is still in place
 CONFIG_FILE = "export_config.toml"  # the resolved config, saved next to what it produced
 # --output mode: folders loadable by optimum.onnxruntime.ORTModelForMaskedLM / ORTModelForFeatureExtraction
-PLAIN_FOLDERS = {"fill_mask": "masked-lm", "embed": "feature-extraction"}
+PLAIN_FOLDERS = {FILL_MASK: "masked-lm", EMBED: "feature-extraction"}
 
 
 def export_to_repository(model_dir: str | Path, repo_dir: str | Path, precision: str = DEFAULT_PRECISION,
@@ -144,7 +145,7 @@ def _build_and_check(config: ExportConfig, info: ModelFolderInfo, author: tuple,
     graph_inputs = {node.name for node in encoder.graph.input} | {contract.ONNX_MASK_POSITIONS}
     calibration_feeds = [{name: value for name, value in batch.feeds.items() if name in graph_inputs}
                          for batch in calibration.fill_mask if batch.source == "text"]
-    if "embed" in tasks:
+    if EMBED in tasks:
         inputs.embed = embed_gate_batches(inputs, texts, scratch / TOKENIZER_DIR, max_length, tokenizer, definition)
     report["gate_inputs"] = {"texts": len(texts), "source": _text_source(config),
                              "fill_mask_batches": len(inputs.fill_mask), "embed_batches": len(inputs.embed),
@@ -155,7 +156,7 @@ def _build_and_check(config: ExportConfig, info: ModelFolderInfo, author: tuple,
     for name, task, kind in _targets(tasks, plain=plain):
         # 3. fp32 graph: gather + MLM head + top-k, pooling, or (plain) logits / last_hidden_state; then fused
         pooling, normalize = (plan.pooling_name, plan.normalize) if kind == "served" else ("mean", False)
-        if task == "fill_mask":
+        if task == FILL_MASK:
             head, head_module = mlm_head(torch_model)
             graph = add_fill_mask_head(encoder, head, top_k) if kind == "served" else add_logits_head(encoder, head)
         else:
@@ -163,10 +164,10 @@ def _build_and_check(config: ExportConfig, info: ModelFolderInfo, author: tuple,
         fp32_path = scratch / name / "model.fp32.onnx"
         fp32_path.parent.mkdir(parents=True)
         onnx.save(graph, str(fp32_path))
-        fused = fused_graph(fp32_path, scratch / name, info, config, plan if task == "embed" and kind == "served" else None)
+        fused = fused_graph(fp32_path, scratch / name, info, config, plan if task == EMBED and kind == "served" else None)
         batches = inputs.for_task(task)
         key = (task, pooling, normalize)
-        if key not in references and task == "embed" and kind == "served":
+        if key not in references and task == EMBED and kind == "served":
             # the author's computation: sentence-transformers on the same texts / ids (flags that contradict the
             # folder replace its Pooling/Normalize with sentence-transformers' own, as asked)
             references[key] = author_outputs(reference_model(definition, plan, max_length), batches, definition)
@@ -174,8 +175,8 @@ def _build_and_check(config: ExportConfig, info: ModelFolderInfo, author: tuple,
                 report["definition"]["author_agreement"] = author_agreement(fp32_path, batches, definition, max_length)
         elif key not in references:
             references[key] = reference_outputs(torch_model, batches, task, pooling, normalize, top_k,
-                                                head=head_module if task == "fill_mask" else None)
-        feeds = calibration_feeds if task == "fill_mask" and kind == "served" else [_encoder_only(f) for f in calibration_feeds]
+                                                head=head_module if task == FILL_MASK else None)
+        feeds = calibration_feeds if task == FILL_MASK and kind == "served" else [_encoder_only(f) for f in calibration_feeds]
         timing_feeds = {name: value for name, value in _timing_feeds(tokenizer, max_length, task, kind).items()
                         if name in graph_inputs}
         target = _Target(name=name, task=task, kind=kind, fused=fused, folder=scratch / name, batches=batches,
@@ -315,7 +316,7 @@ def _timing_feeds(tokenizer, max_length: int, task: str, kind: str) -> dict:
     length = min(128, max_length)
     rows = [[ids["cls"], *rng.integers(5, len(tokenizer), size=length - 2).tolist(), ids["sep"]] for _ in range(8)]
     positions = [sorted(rng.choice(np.arange(1, length - 1), size=max(1, length * 15 // 100), replace=False).tolist())
-                 for _ in rows] if task == "fill_mask" and kind == "served" else None
+                 for _ in rows] if task == FILL_MASK and kind == "served" else None
     return pad_rows(rows, ids["pad"], positions, ids["mask"])
 
 
@@ -335,8 +336,8 @@ def _targets(tasks: list[str], plain: bool) -> list[tuple[str, str, str]]:
 
 def _tasks(config: ExportConfig, info: ModelFolderInfo) -> tuple[list[str], list[str]]:
     tasks, notes = list(config.tasks), []
-    if "fill_mask" in tasks and not info.has_mlm_head:
-        tasks.remove("fill_mask")
+    if FILL_MASK in tasks and not info.has_mlm_head:
+        tasks.remove(FILL_MASK)
         notes.append(f"{info.folder} has no MLM head (cls.predictions.*): exporting embed only, no fill_mask model")
     if not tasks:
         raise ExportError(f"nothing to export: {info.folder} has no MLM head and only fill_mask was asked; "
@@ -403,7 +404,7 @@ def _summary(metrics: dict, task: str, precision: str) -> str:
     from export.parity import judged_figures
 
     source, figures = judged_figures(metrics, precision)
-    if task == "fill_mask":
+    if task == FILL_MASK:
         if precision == "fp32":
             return (f"top-1 agreement {figures['top1_agreement']:.4f} on {figures['masked_tokens']} masks, "
                     f"max |dp| {figures['max_abs_diff']:.2e}")
@@ -427,7 +428,7 @@ def _config(**fields: Any) -> ExportConfig:
     """ExportConfig from keyword options; ServingOptions names go to `serving`, gate names to `gates`."""
     import dataclasses
 
-    from serve.repository import ServingOptions, option_fields
+    from bertforge.served_model import ServingOptions, option_fields
 
     own = {f.name for f in dataclasses.fields(ExportConfig)}
     gate_names = {f.name for f in dataclasses.fields(ParityGates)}

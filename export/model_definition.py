@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from bertforge.pooling import POOLING_MODES
 from export.errors import ExportError
-from serve.repository import POOLING_MODES
 
 MODULES_FILE = "modules.json"
 DEFAULT_SOURCE = "bertforge default (the folder has no sentence-transformers definition)"
@@ -203,7 +203,7 @@ def author_model(definition: ModelDefinition, max_length: int):
 
 
 def served_fields(family: str, hidden_size: int, definition: ModelDefinition, plan: EmbeddingPlan) -> dict:
-    """What serving.json records about the model (serve.repository.ServingSettings): pooling as used, prompts and
+    """What serving.json records about the model (bertforge.served_model.ServingSettings): pooling as used, prompts and
     the default prompt from the folder, the family, the embedding width."""
     width = plan.dense[-1].weight.shape[0] if plan.dense else hidden_size * len(plan.pooling)
     return {"pooling": plan.pooling_name, "normalize": plan.normalize, "prompts": dict(definition.prompts),

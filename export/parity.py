@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bertforge import contract
+from bertforge.tasks import FILL_MASK
 
 RANDOM_SHAPES = ((1, 8), (3, 17), (8, 48))  # (batch, longest length); other rows are shorter (padding)
 MASK_RATE = 0.15
@@ -48,7 +49,7 @@ class ParityInputs:
     embed: list[ParityBatch]
 
     def for_task(self, task: str) -> list[ParityBatch]:
-        return self.fill_mask if task == "fill_mask" else self.embed
+        return self.fill_mask if task == FILL_MASK else self.embed
 
 
 def make_parity_inputs(tokenizer, texts: list[str], max_length: int, seed: int, min_masks: int,
@@ -119,7 +120,7 @@ def reference_outputs(torch_model, batches: list[ParityBatch], task: str, poolin
         for batch in batches:
             inputs = {name: torch.from_numpy(batch.feeds[name]) for name in contract.ONNX_ENCODER_INPUTS if name in names}
             hidden = encoder(**inputs).last_hidden_state  # (B, T, H)
-            if task == "fill_mask":
+            if task == FILL_MASK:
                 # transformers' own modules: the encoder, then its MLM head on the masked rows only
                 masked = hidden.reshape(-1, hidden.shape[-1])[torch.from_numpy(batch.feeds[contract.ONNX_MASK_POSITIONS])]
                 probs = torch.softmax(head(masked).double(), dim=-1)  # (M, V)
@@ -194,7 +195,7 @@ def compare(session, batches: list[ParityBatch], references: list[dict], task: s
     output_names = {o.name for o in session.get_outputs()}
     for batch, reference in zip(batches, references):
         feeds = {name: value for name, value in batch.feeds.items() if name in input_names}
-        if task == "fill_mask":
+        if task == FILL_MASK:
             top_ids, top_probs, probs = _fill_mask_outputs(session, feeds, batch, reference, graph, output_names)
             figures = _fill_mask_figures(top_ids, probs, reference, tie_margin)
             difference = float(np.abs(top_probs - reference[contract.ONNX_TOP_PROBS]).max(initial=0.0))
@@ -226,11 +227,11 @@ def gate(metrics: dict, name: str, precision: str, gates, task: str | None = Non
     checks: list[tuple[str, float, float, bool]] = []  # (name, value, threshold, higher_is_better)
     if precision == "fp32":
         checks.append(("max_abs_diff", figures["max_abs_diff"], gates.fp32_max_abs_diff, False))
-        if task == "fill_mask":
+        if task == FILL_MASK:
             checks.append(("top1_agreement", figures["top1_agreement"], 1.0, True))
     else:
         family = "int8" if precision.startswith("int8") else "fp16"
-        if task == "fill_mask":
+        if task == FILL_MASK:
             checks += [("tie_aware_agreement", figures["tie_aware_agreement"], getattr(gates, f"{family}_tie_aware"), True),
                        ("top5_containment", figures["top5_containment"], getattr(gates, f"{family}_top5"), True),
                        ("mean_total_variation", figures.get("mean_total_variation", float("inf")),
@@ -239,7 +240,7 @@ def gate(metrics: dict, name: str, precision: str, gates, task: str | None = Non
             checks += [("min_cosine", figures["min_cosine"], getattr(gates, f"{family}_cosine"), True),
                        ("mean_cosine", figures["mean_cosine"], getattr(gates, f"{family}_mean_cosine"), True)]
     failures = []
-    count = f"{figures['masked_tokens']} masks" if task == "fill_mask" else f"{figures['texts']} texts"
+    count = f"{figures['masked_tokens']} masks" if task == FILL_MASK else f"{figures['texts']} texts"
     for metric, value, threshold, higher_is_better in checks:
         passed = value >= threshold if higher_is_better else value <= threshold
         if not passed:
@@ -252,7 +253,7 @@ def gate(metrics: dict, name: str, precision: str, gates, task: str | None = Non
 def task_error(metrics: dict, task: str) -> float:
     """One number to rank candidates by (lower is closer to PyTorch), on the judged (text) inputs."""
     _, figures = judged_figures(metrics, "int8")
-    if task == "fill_mask":
+    if task == FILL_MASK:
         return float(figures["mean_total_variation"])
     return float(1.0 - figures["mean_cosine"])
 
@@ -311,7 +312,7 @@ def _embedding_output(session, feeds, batch, graph) -> np.ndarray:
 
 def _summarise(parts: list[dict], task: str, max_abs_diff: float) -> dict:
     joined = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]} if parts else {}
-    if task != "fill_mask":
+    if task != FILL_MASK:
         cosines = joined.get("cosine", np.ones(0))
         return {"max_abs_diff": max_abs_diff, "texts": int(len(cosines)),
                 "min_cosine": float(cosines.min(initial=1.0)), "mean_cosine": float(cosines.mean()) if len(cosines) else 1.0}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from bertforge import contract
 from bertforge.files import staged_folder, write_json_atomically
+from bertforge.tasks import EMBED_SPARSE, PAIR_TASKS
 from export.config import ExportConfig
 from export.errors import ExportError
 from export.progress import ExportProgress
@@ -21,22 +22,22 @@ def export_if_task_model(config: ExportConfig, progress: ExportProgress) -> dict
     export/sparse.py, then the other tasks by the encoder exporter. None: only fill_mask/embed, the exporter's own."""
     from export.cross_encoder import export_sequence_classifier, sequence_classification_task
 
-    if config.name and not (sequence_classification_task(config.model) or config.tasks == (contract.EMBED_SPARSE_MODEL,)):
+    if config.name and not (sequence_classification_task(config.model) or config.tasks == (EMBED_SPARSE,)):
         raise ExportError(f"--name {config.name} names one rerank, classify or embed_sparse model; fill_mask and "
                           "embed keep their names (export embed_sparse alone: --tasks embed_sparse --name NAME)")
     if sequence_classification_task(config.model) is not None:
         return export_sequence_classifier(config, progress)
-    asked = sorted(set(config.tasks) & set(contract.PAIR_MODELS))
+    asked = sorted(set(config.tasks) & set(PAIR_TASKS))
     if asked:
         raise ExportError(f"tasks {asked} need a *ForSequenceClassification folder (config.json architectures); "
                           f"{config.model} has none: export fill_mask/embed from it, or a fine-tuned classifier")
-    if contract.EMBED_SPARSE_MODEL not in config.tasks:
+    if EMBED_SPARSE not in config.tasks:
         return None
     from export.exporter import run_export
     from export.sparse import export_sparse
 
     sparse = export_sparse(config, progress)
-    rest = tuple(task for task in config.tasks if task != contract.EMBED_SPARSE_MODEL)
+    rest = tuple(task for task in config.tasks if task != EMBED_SPARSE)
     if not rest:
         return sparse
     report = run_export(dataclasses.replace(config, tasks=rest), progress)
@@ -54,7 +55,7 @@ def model_max_length(info, tokenizer, config: ExportConfig) -> int:
 def task_settings(config: ExportConfig, **fixed):
     """ServingSettings of one exported task model; an option that does not fit fails before the export's work."""
     from bertforge.config import ConfigError
-    from serve.repository import ServedModelDir, ServingSettings
+    from bertforge.served_model import ServedModelDir, ServingSettings
 
     try:
         settings = ServingSettings.for_export(config.serving, name=config.name or "", **fixed)
@@ -72,7 +73,7 @@ def write_task_model(repo: Path, settings, onnx_path: Path, source: Path, report
     `<repo>/export_report.<model>.json` (the fill_mask/embed report is left alone)."""
     from transformers import AutoTokenizer
 
-    from serve.repository import ServedModelDir
+    from bertforge.served_model import ServedModelDir
 
     variant = report["variants"][settings.precision]
     with staged_folder(repo / settings.model_name, stage_above_parent=True) as staged:

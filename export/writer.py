@@ -8,10 +8,10 @@ import tempfile
 from pathlib import Path
 
 from bertforge.files import staged_folder, write_json_atomically
+from bertforge.served_model import REPORT_FILE, ServedModelDir, ServingSettings
 from export.config import ExportConfig
 from export.errors import ExportError
 from export.model_folder import ModelFolderInfo
-from serve.repository import REPORT_FILE, ServedModelDir, ServingSettings
 
 
 def prepare_destination(destination: Path, replaces_whole_folder: bool = False) -> None:
@@ -48,7 +48,7 @@ def serving_settings(task: str, precision: str, config: ExportConfig, max_length
 
 def write_repository(repo: Path, built: dict[str, dict[str, Path]], tokenizer_dir: Path, info: ModelFolderInfo,
                      config: ExportConfig, report: dict) -> None:
-    """One Triton model per task (see `serve.repository.ServedModelDir`), each swapped in whole, then the report."""
+    """One Triton model per task (see `bertforge.served_model.ServedModelDir`), each swapped in whole, then the report."""
     repo.mkdir(parents=True, exist_ok=True)
     for task, variants in built.items():
         (precision, onnx_path), = variants.items()

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from bertforge import contract
+from bertforge.tasks import EMBED
 from serve.runtime import ModelRuntime, RequestError, TextRequest, load_runtime
 
 
@@ -108,7 +109,7 @@ class ServedModel:
 
     def _run(self, text_requests: list[TextRequest]) -> list:
         Tensor, Response = self.pb_utils.Tensor, self.pb_utils.InferenceResponse
-        if self.runtime.settings.task == "embed":
+        if self.runtime.settings.task == EMBED:
             # per request: its vector (hidden, or the dimensions it asked for) or why it could not have it
             return [self._error(str(row)) if isinstance(row, RequestError)
                     else Response(output_tensors=[Tensor(contract.EMBEDDING_OUTPUT, row[None, :])])

@@ -55,10 +55,10 @@ def run(args: argparse.Namespace) -> int:
 
     from bertforge.config import load_config, save_config
     from bertforge.errors import UserError
+    from bertforge.served_model import served_models
     from serve.api.process import ApiLaunchError, running_api
     from serve.config import API_KEY_ENV, ServeConfig, env_overrides
     from serve.launcher import LaunchError, check_passthrough, running_server
-    from serve.repository import served_models
 
     # Config: defaults < file < BERTFORGE_SERVE_* environment < --set < explicit flags (bertforge/cli_options.py)
     config = build_config(partial(load_config, ServeConfig), args, environment=env_overrides(), flags=_flags(args))
@@ -152,7 +152,7 @@ def _served_repository(config, stack: contextlib.ExitStack) -> Path:
 
     from bertforge.config import ConfigError
     from bertforge.errors import UserError
-    from serve.repository import copy_repository
+    from bertforge.served_model import copy_repository
 
     changes = config.serving_changes()
     if not changes:
@@ -169,7 +169,7 @@ def _served_repository(config, stack: contextlib.ExitStack) -> Path:
 def int8_warnings(repo: str | Path) -> list[str]:
     """One line per int8 model whose gate ran under other int8 arithmetic than this CPU's (bertforge/cpu.py)."""
     from bertforge.cpu import detect_cpu, int8_portability_warning
-    from serve.repository import served_models
+    from bertforge.served_model import served_models
 
     models = [model for model in served_models(repo) if model.is_complete() and model.settings().precision == "int8"]
     if not models:

@@ -7,13 +7,16 @@ import argparse
 import json
 
 from bertforge import contract
+from bertforge.tasks import CLASSIFY, RERANK, TASKS
+
+COMMANDS = {name.replace("_", "-"): name for name in TASKS}  # `bertforge client fill-mask` asks the fill_mask task
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "client", help="query a running server: fill-mask, embed, rerank or classify",
         description="Send each TEXT as one request to a running `bertforge serve` (gRPC) and print the answers.")
-    parser.add_argument("task", choices=["fill-mask", "embed", "embed-sparse", "rerank", "classify", "health"],
+    parser.add_argument("task", choices=[*COMMANDS, "health"],
                         help="what to ask the server")
     parser.add_argument("texts", nargs="*", metavar="TEXT", help="texts (fill-mask: with at least one [MASK]; rerank: "
                         "the query, then the documents)")
@@ -102,12 +105,11 @@ def _print_sparse(texts: list[str], vectors: list, as_json: bool) -> None:
 
 def _print_pairs(client, args: argparse.Namespace) -> None:
     """rerank: the documents, most relevant first, with their score; classify: each text's logits."""
-    from bertforge import contract
 
     if args.task == "rerank":
         query, documents = args.texts[0], args.texts[1:]
         scores = client.rerank(query, documents, args.truncation, raw_scores=args.raw_scores,
-                               model=args.model or contract.RERANK_MODEL)
+                               model=args.model or RERANK)
         ranked = sorted(range(len(documents)), key=lambda index: -scores[index])
         if args.json:
             print(json.dumps([{"index": index, "score": float(scores[index]), "text": documents[index]}
@@ -116,7 +118,7 @@ def _print_pairs(client, args: argparse.Namespace) -> None:
         for rank, index in enumerate(ranked, start=1):
             print(f"{rank:>3}  {scores[index]:.4f}  [{index}] {documents[index]}")
         return
-    logits = client.classify(args.texts, None, args.truncation, model=args.model or contract.CLASSIFY_MODEL)
+    logits = client.classify(args.texts, None, args.truncation, model=args.model or CLASSIFY)
     if args.json:
         print(json.dumps([{"text": text, "logits": row.tolist()} for text, row in zip(args.texts, logits)],
                          ensure_ascii=False))

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from bertforge import contract
+from bertforge.tasks import CLASSIFY, DEFAULT_TASKS, EMBED, EMBED_SPARSE, FILL_MASK, RERANK
 
 DEFAULT_URL = f"{contract.DEFAULT_HOST}:{contract.DEFAULT_GRPC_PORT}"
 RETRYABLE = ("StatusCode.UNAVAILABLE", "UNAVAILABLE")
@@ -114,24 +115,24 @@ class BertforgeClient(_ClientBase):
                                      normalize=normalize, truncation_direction=truncation_direction))
 
     def rerank(self, query: str, documents: list[str], truncation: str | None = None, *, raw_scores: bool = False,
-               model: str = contract.RERANK_MODEL) -> np.ndarray:
+               model: str = RERANK) -> np.ndarray:
         """Relevance of each document to the query, float32 (num_documents,), in the documents' order:
         sigmoid of the cross-encoder's logit (raw_scores=True: the logit). Only documents are truncated."""
         return self._run(_rerank_call(query, documents, truncation, raw_scores, model))
 
     def classify(self, texts: str | list[str], text_pairs: list[str] | None = None, truncation: str | None = None, *,
-                 model: str = contract.CLASSIFY_MODEL) -> np.ndarray:
+                 model: str = CLASSIFY) -> np.ndarray:
         """The classifier's logits, float32 (num_texts, num_labels); with text_pairs each text is classified with its
         pair (the pair is what gets truncated). Labels, in logit order: the model's serving.json (GET /v1/models)."""
         return self._run(_classify_call(texts, text_pairs, truncation, model))
 
     def embed_sparse(self, texts: str | list[str], truncation: str | None = None, *,
                      truncation_direction: str | None = None,
-                     model: str = contract.EMBED_SPARSE_MODEL) -> list[tuple[np.ndarray, np.ndarray]]:
+                     model: str = EMBED_SPARSE) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per text its SPLADE weights' non-zeros: (vocabulary ids int64 ascending, values float32)."""
         return self._run(_sparse_call(texts, truncation, truncation_direction, model))
 
-    def health(self, models: tuple[str, ...] = contract.SERVED_MODELS) -> dict[str, Any]:
+    def health(self, models: tuple[str, ...] = DEFAULT_TASKS) -> dict[str, Any]:
         """{'live', 'ready', 'models': {name: ready}}; never raises for an unreachable server."""
         try:
             return _health_report([probe() for probe in self._health_probes(models)], models)
@@ -208,19 +209,19 @@ class AsyncBertforgeClient(_ClientBase):
                                            normalize=normalize, truncation_direction=truncation_direction))
 
     async def rerank(self, query: str, documents: list[str], truncation: str | None = None, *,
-                     raw_scores: bool = False, model: str = contract.RERANK_MODEL) -> np.ndarray:
+                     raw_scores: bool = False, model: str = RERANK) -> np.ndarray:
         return await self._run(_rerank_call(query, documents, truncation, raw_scores, model))
 
     async def classify(self, texts: str | list[str], text_pairs: list[str] | None = None,
-                       truncation: str | None = None, *, model: str = contract.CLASSIFY_MODEL) -> np.ndarray:
+                       truncation: str | None = None, *, model: str = CLASSIFY) -> np.ndarray:
         return await self._run(_classify_call(texts, text_pairs, truncation, model))
 
     async def embed_sparse(self, texts: str | list[str], truncation: str | None = None, *,
                            truncation_direction: str | None = None,
-                           model: str = contract.EMBED_SPARSE_MODEL) -> list[tuple[np.ndarray, np.ndarray]]:
+                           model: str = EMBED_SPARSE) -> list[tuple[np.ndarray, np.ndarray]]:
         return await self._run(_sparse_call(texts, truncation, truncation_direction, model))
 
-    async def health(self, models: tuple[str, ...] = contract.SERVED_MODELS) -> dict[str, Any]:
+    async def health(self, models: tuple[str, ...] = DEFAULT_TASKS) -> dict[str, Any]:
         try:
             return _health_report([await probe() for probe in self._health_probes(models)], models)
         except self._grpc.InferenceServerException as error:
@@ -296,7 +297,7 @@ def channel_args() -> list[tuple[str, int]]:
 
 def _fill_mask_call(texts: str | list[str], top_k: int, truncation: str | None) -> _Call:
     texts = _as_list(texts)
-    return _Call(contract.FILL_MASK_MODEL, texts, [_parameters(top_k=top_k, truncation=truncation)] * len(texts),
+    return _Call(FILL_MASK, texts, [_parameters(top_k=top_k, truncation=truncation)] * len(texts),
                  lambda results: [parse_fill_mask(result) for result in results])
 
 
@@ -307,7 +308,7 @@ def _embed_call(inputs: str | list[str] | list[list[int]], truncation: str | Non
     texts = [item if isinstance(item, str) else "" for item in inputs]
     parameters = [shared if isinstance(item, str) else {**shared, "token_ids": json.dumps([int(i) for i in item])}
                   for item in inputs]
-    return _Call(contract.EMBED_MODEL, texts, parameters, _parse_embeddings)
+    return _Call(EMBED, texts, parameters, _parse_embeddings)
 
 
 def _rerank_call(query: str, documents: list[str], truncation: str | None, raw_scores: bool, model: str) -> _Call:

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from bertforge import contract
-from serve.repository import ServingSettings, load_serving_settings
+from bertforge.served_model import ServingSettings, load_serving_settings
+from bertforge.tasks import RERANK, TASKS
 from serve.runtime import RequestError, _create_session, decode_text, load_tokenizer, plan_batches
 
 
@@ -46,10 +47,10 @@ class PairRuntime:
     # --- request parsing -------------------------------------------------------------------------
     def parse(self, text: object, pair: object, parameters: dict) -> PairRequest:
         """Check one request's texts and parameters; raises RequestError with what to fix."""
-        unknown = sorted(key for key in parameters if key not in contract.PAIR_PARAMETERS)
+        unknown = sorted(key for key in parameters if key not in TASKS[RERANK].parameters)
         if unknown:
             raise RequestError(f"unknown parameter(s) {unknown} for {self.settings.model_name}; valid: "
-                               f"{list(contract.PAIR_PARAMETERS)}")
+                               f"{list(TASKS[RERANK].parameters)}")
         truncation = parameters.get("truncation", self.settings.truncation)
         if truncation not in contract.TRUNCATION_POLICIES:
             raise RequestError(f"truncation must be one of {list(contract.TRUNCATION_POLICIES)}, got {truncation!r}")

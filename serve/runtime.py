@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from bertforge import contract
-from serve.repository import ServingSettings, load_serving_settings
+from bertforge.served_model import ServingSettings, load_serving_settings
+from bertforge.tasks import EMBED, FILL_MASK, TASKS
 
 TRUNCATION_POLICIES = contract.TRUNCATION_POLICIES
 TRUNCATION_DIRECTIONS = contract.TRUNCATION_DIRECTIONS
@@ -63,7 +64,7 @@ class ModelRuntime:
         tokens = special_tokens(Path(tokenizer_dir))
         self.mask_token = tokens["mask_token"]
         self.pad_id = self._special_id(tokens["pad_token"])
-        self.mask_id = self._special_id(self.mask_token) if settings.task == "fill_mask" else self.tokenizer.token_to_id(self.mask_token)
+        self.mask_id = self._special_id(self.mask_token) if settings.task == FILL_MASK else self.tokenizer.token_to_id(self.mask_token)
         self.encoder = TextEncoder(self.tokenizer, settings)
         self._decoded: dict[int, str] = {}
         # ONNX Runtime session on the first available provider of the preference list
@@ -85,7 +86,7 @@ class ModelRuntime:
         if not parameters:  # the common request: the model's defaults (checked when the settings loaded)
             return TextRequest(text="", top_k=self.settings.default_top_k, truncation=self.settings.truncation,
                                prompt=self.encoder.default_prompt)
-        valid = contract.EMBED_PARAMETERS if self.settings.task == "embed" else contract.FILL_MASK_PARAMETERS
+        valid = TASKS[EMBED].parameters if self.settings.task == EMBED else TASKS[FILL_MASK].parameters
         unknown = sorted(key for key in parameters if key not in valid)
         if unknown:
             raise RequestError(f"unknown parameter(s) {unknown} for {self.settings.model_name}; valid: {list(valid)}")
@@ -120,7 +121,7 @@ class ModelRuntime:
         if truncated and request.truncation == "error":
             return RequestError(f"text is longer than the model's maximum of {self.settings.max_length} tokens "
                                 "(send truncation=truncate (TEI: truncate=true) to cut it, or shorten it)")
-        if self.settings.task == "fill_mask" and self.mask_id not in request.ids:
+        if self.settings.task == FILL_MASK and self.mask_id not in request.ids:
             where = f" within the first {self.settings.max_length} tokens" if truncated else ""
             return RequestError(f"text has no {self.mask_token} token{where}; fill_mask needs at least one")
         return None

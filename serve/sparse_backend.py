@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 
 from bertforge import contract
+from bertforge.served_model import load_serving_settings
+from bertforge.tasks import EMBED_SPARSE, TASKS
 from serve.backend import ServedModel
-from serve.repository import load_serving_settings
 from serve.runtime import ModelRuntime, RequestError, TextRequest
 
-SPARSE_PARAMETERS = ("truncation", "truncation_direction")
+SPARSE_PARAMETERS = TASKS[EMBED_SPARSE].parameters
 
 
 class SparseRuntime(ModelRuntime):

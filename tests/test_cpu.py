@@ -112,7 +112,7 @@ def test_local_error_ranks_seven_bit_weights_below_eight():
 def test_serve_names_the_int8_models_gated_under_other_arithmetic(tmp_path, monkeypatch):
     """`bertforge serve` prints one warning per int8 model whose gate CPU summed exactly where this one saturates."""
     import serve.cli
-    from serve.repository import ServedModelDir, ServingSettings
+    from bertforge.served_model import ServedModelDir, ServingSettings
 
     def exported(task: str, precision: str, weights: str) -> None:
         model = ServedModelDir.in_repo(tmp_path, task)

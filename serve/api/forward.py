@@ -16,21 +16,22 @@ from typing import Any
 import numpy as np
 
 from bertforge import contract
+from bertforge.served_model import ServedModelDir, ServingSettings, served_models
+from bertforge.tasks import CLASSIFY, EMBED, EMBED_SPARSE, FILL_MASK, PAIR_TASKS, RERANK
 from serve.api.errors import APIError, from_serving_error
 from serve.client import AsyncBertforgeClient, ServingError
 from serve.config import ApiConfig
-from serve.repository import ServedModelDir, ServingSettings, served_models
 from serve.runtime import RequestError, TextEncoder, TextRequest, special_tokens
 
-HEALTH_TEXTS = {contract.FILL_MASK_MODEL: f"health {contract.MASK_TOKEN} check", contract.EMBED_MODEL: "health check",
-                contract.RERANK_MODEL: "health check", contract.CLASSIFY_MODEL: "health check",
-                contract.EMBED_SPARSE_MODEL: "health check"}  # by task; fill_mask's mask token is the model's own
+HEALTH_TEXTS = {FILL_MASK: f"health {contract.MASK_TOKEN} check", EMBED: "health check",
+                RERANK: "health check", CLASSIFY: "health check",
+                EMBED_SPARSE: "health check"}  # by task; fill_mask's mask token is the model's own
 
 
 def health_text(repo: Path, model: str, task: str) -> str:
     """The probe text for `model` (serving `task`) of `repo`: fill_mask's holds the model's own mask token
     ([MASK], <mask>, ...)."""
-    if task != contract.FILL_MASK_MODEL:
+    if task != FILL_MASK:
         return HEALTH_TEXTS[task]
     mask = special_tokens(ServedModelDir.in_repo(repo, model).tokenizer_dir)["mask_token"]
     return f"health {mask} check"
@@ -101,7 +102,7 @@ class TritonForwarder:
         self.models = {folder.name: ServedModel(folder.name, folder.version_dir) for folder in served_models(repo)
                        if folder.serving_file.is_file()}  # fill_mask, embed, rerank, classify
         if not self.models:
-            raise FileNotFoundError(f"{repo} holds neither {contract.FILL_MASK_MODEL} nor {contract.EMBED_MODEL} "
+            raise FileNotFoundError(f"{repo} holds neither {FILL_MASK} nor {EMBED} "
                                     "(no <model>/1/serving.json); run `bertforge export` first")
         self.client: AsyncBertforgeClient | None = None
         self.dimension: int | None = None  # embed's output size, learnt from the first answer
@@ -177,7 +178,7 @@ class TritonForwarder:
 
     async def embedding_dimension(self) -> int:
         if self.dimension is None:
-            await self.embed([self.models[contract.EMBED_MODEL].health_text], None)
+            await self.embed([self.models[EMBED].health_text], None)
         return self.dimension
 
     async def ready(self) -> dict:
@@ -212,8 +213,8 @@ class TritonForwarder:
 def health_probe(client: Any, name: str, task: str, text: str) -> Any:
     """One tiny real inference of `text` (`health_text`) on the model `name` serving `task`: the answer of a
     BertforgeClient, an awaitable of an AsyncBertforgeClient (the API's /health and the supervisor share it)."""
-    if task in contract.PAIR_MODELS:
+    if task in PAIR_TASKS:
         return client.classify([text], [text], model=name)
-    if task == contract.EMBED_SPARSE_MODEL:
+    if task == EMBED_SPARSE:
         return client.embed_sparse(text, model=name)
-    return client.fill_mask(text, top_k=1) if task == contract.FILL_MASK_MODEL else client.embed(text)
+    return client.fill_mask(text, top_k=1) if task == FILL_MASK else client.embed(text)

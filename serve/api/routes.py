@@ -12,7 +12,8 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from bertforge import __version__, contract
+from bertforge import __version__
+from bertforge.tasks import EMBED, FILL_MASK
 from serve.api.errors import APIError
 from serve.api.forward import ServedModel, TritonForwarder
 from serve.api.metrics import ApiMetrics
@@ -50,7 +51,7 @@ async def openai_embeddings(body: EmbeddingsRequest, request: Request) -> Respon
     else:
         embeddings = list(vectors)  # rows stay float32 numpy arrays: orjson writes them
     tokens = sum(len(item.ids) for item in encoded)
-    return _json({"object": "list", "model": contract.EMBED_MODEL,
+    return _json({"object": "list", "model": EMBED,
                   "data": [{"object": "embedding", "index": index, "embedding": embedding}
                            for index, embedding in enumerate(embeddings)],
                   "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
@@ -58,7 +59,7 @@ async def openai_embeddings(body: EmbeddingsRequest, request: Request) -> Respon
 
 async def _embed(request: Request, inputs: list[str] | list[list[int]], options: dict[str, Any]) -> tuple[Any, list]:
     """Embed through Triton (options: AsyncBertforgeClient.embed's) and count the tokens the model ran on."""
-    forwarder, model = _forwarder(request), _forwarder(request).model(contract.EMBED_MODEL)
+    forwarder, model = _forwarder(request), _forwarder(request).model(EMBED)
     prompt = model.prompt(options.get("prompt_name"))  # an unknown name is 400 here, before anything is sent
     with request.app.state.limiter:
         model.check_sizes(inputs)
@@ -90,7 +91,7 @@ async def tei_embed(body: EmbedRequest, request: Request) -> Response:
 
 @router.post("/tokenize", tags=["tei"], summary="text-embeddings-inference /tokenize: the tokens the model runs on")
 async def tei_tokenize(body: TokenizeRequest, request: Request) -> Response:
-    model = _forwarder(request).model(contract.EMBED_MODEL)
+    model = _forwarder(request).model(EMBED)
     texts = _texts(body.inputs, request, "/tokenize")
     model.check_sizes(texts)
     prompted = [model.prompt(body.prompt_name) + text for text in texts]
@@ -110,7 +111,7 @@ def _token(text: str, token_id: int, token: str, special: int, offsets: tuple[in
 
 @router.post("/decode", tags=["tei"], summary="text-embeddings-inference /decode: token ids back to text")
 async def tei_decode(body: DecodeRequest, request: Request) -> Response:
-    model = _forwarder(request).model(contract.EMBED_MODEL)
+    model = _forwarder(request).model(EMBED)
     batch = [body.ids] if not body.ids or isinstance(body.ids[0], int) else body.ids
     vocabulary = model.encoder.vocab_size
     for ids in batch:
@@ -124,7 +125,7 @@ async def tei_decode(body: DecodeRequest, request: Request) -> Response:
 @router.get("/info", tags=["tei"], summary="text-embeddings-inference /info: the served embedding model")
 async def tei_info(request: Request) -> Response:
     forwarder = _forwarder(request)
-    model, config = forwarder.model(contract.EMBED_MODEL), request.app.state.config
+    model, config = forwarder.model(EMBED), request.app.state.config
     settings = model.settings
     return _json({
         "model_id": model.source, "model_sha": None, "model_dtype": PRECISION_DTYPES.get(settings.precision,
@@ -152,7 +153,7 @@ async def _probed_width(forwarder: TritonForwarder) -> int | None:
 @router.post("/fill-mask", tags=["huggingface"], summary="Hugging Face fill-mask: score, token, token_str, sequence")
 @router.post("/models/fill_mask", include_in_schema=False)
 async def hf_fill_mask(body: FillMaskRequest, request: Request) -> Response:
-    forwarder, model = _forwarder(request), _forwarder(request).model(contract.FILL_MASK_MODEL)
+    forwarder, model = _forwarder(request), _forwarder(request).model(FILL_MASK)
     texts = _texts(body.inputs, request, "/fill-mask")
     parameters = body.parameters
     top_k = parameters.top_k if parameters and parameters.top_k is not None else model.settings.default_top_k

@@ -12,7 +12,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from bertforge import contract
+from bertforge.tasks import CLASSIFY, EMBED_SPARSE, RERANK
 from serve.api.errors import APIError
 from serve.api.forward import ServedModel
 from serve.api.routes import _forwarder, _json, _texts, check_input_count
@@ -24,7 +24,7 @@ router = APIRouter()
 
 @router.post("/rerank", tags=["tei"], summary="text-embeddings-inference /rerank: [{index, score, text?}], best first")
 async def tei_rerank(body: RerankRequest, request: Request) -> Response:
-    model = _forwarder(request).for_task(contract.RERANK_MODEL)
+    model = _forwarder(request).for_task(RERANK)
     logits = await _rerank(request, model, body.query, body.texts, {None: None, True: "truncate", False: "error"}[
         body.truncate], "/rerank")
     scores = logits if body.raw_scores else sigmoid(logits)
@@ -36,7 +36,7 @@ async def tei_rerank(body: RerankRequest, request: Request) -> Response:
 @router.post("/v1/rerank", tags=["cohere"], summary="Cohere rerank: {results: [{index, relevance_score}], id, meta}")
 @router.post("/v2/rerank", tags=["cohere"], summary="Cohere v2 rerank (the cohere SDK's ClientV2.rerank)")
 async def cohere_rerank(body: CohereRerankRequest, request: Request) -> Response:
-    model = _forwarder(request).for_task(contract.RERANK_MODEL, body.model)
+    model = _forwarder(request).for_task(RERANK, body.model)
     texts = [document if isinstance(document, str) else document.text for document in body.documents]
     if body.top_n is not None and body.top_n < 1:
         raise APIError(400, f"top_n must be >= 1, got {body.top_n}", "invalid_top_n")
@@ -52,7 +52,7 @@ async def cohere_rerank(body: CohereRerankRequest, request: Request) -> Response
 @router.post("/predict", tags=["tei"], summary="text-embeddings-inference /predict: [{label, score}], best first")
 @router.post("/models/classify", tags=["huggingface"], summary="Hugging Face text-classification: [[{label, score}]]")
 async def tei_predict(body: PredictRequest, request: Request) -> Response:
-    model = _forwarder(request).for_task(contract.CLASSIFY_MODEL)
+    model = _forwarder(request).for_task(CLASSIFY)
     # TEI's reading: "a" and ["a", "b"] (a pair) are one input; a list of them is a batch
     single = isinstance(body.inputs, str) or (len(body.inputs) == 2 and all(isinstance(x, str) for x in body.inputs))
     items = [body.inputs] if single else list(body.inputs)
@@ -78,7 +78,7 @@ async def tei_predict(body: PredictRequest, request: Request) -> Response:
 
 @router.post("/embed_sparse", tags=["tei"], summary="text-embeddings-inference /embed_sparse: [[{index, value}]]")
 async def tei_embed_sparse(body: SparseEmbedRequest, request: Request) -> Response:
-    model = _forwarder(request).for_task(contract.EMBED_SPARSE_MODEL)
+    model = _forwarder(request).for_task(EMBED_SPARSE)
     texts = _texts(body.inputs, request, "/embed_sparse")
     model.check_sizes(texts)
     truncation = {None: None, True: "truncate", False: "error"}[body.truncate]

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from bertforge import contract
 from bertforge.cli import main
+from bertforge.tasks import EMBED, FILL_MASK
 
 
 def test_help_lists_flags():
@@ -26,11 +26,11 @@ def test_config_file_set_and_flags(tmp_path, tiny_bert_dir, capsys):
     code = main(["export", "--model", str(tiny_bert_dir), "--repo", str(repo), "--config", str(config),
                  "--set", "pooling=cls", "--precision", "fp32", "--quiet"])
     assert code == 0
-    settings = json.loads((repo / contract.EMBED_MODEL / "1" / "serving.json").read_text())["settings"]
+    settings = json.loads((repo / EMBED / "1" / "serving.json").read_text())["settings"]
     assert settings["precision"] == "fp32"  # the flag wins over the file
     assert settings["pooling"] == "cls" and settings["instance_count"] == 2
-    assert "count: 2" in (repo / contract.EMBED_MODEL / "config.pbtxt").read_text()
-    assert not (repo / contract.FILL_MASK_MODEL).exists()
+    assert "count: 2" in (repo / EMBED / "config.pbtxt").read_text()
+    assert not (repo / FILL_MASK).exists()
     assert (repo / "export_config.toml").is_file()
     assert "fp32" in capsys.readouterr().out  # the summary table
 
@@ -58,8 +58,8 @@ def test_misspelt_serving_key_fails_when_the_config_loads(tmp_path):
 def test_presets_load():
     from pathlib import Path
 
+    from bertforge.served_model import ServingOptions
     from export.config import load_export_config
-    from serve.repository import ServingOptions
 
     presets = sorted((Path(__file__).resolve().parents[2] / "export" / "configs").glob("*.toml"))
     assert presets

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bertforge import contract
+from bertforge.tasks import EMBED, FILL_MASK
 from export.errors import ExportError
 
 
@@ -113,7 +113,7 @@ def test_parity_gate_refuses_corrupted_weight(tmp_path, tiny_bert_dir, monkeypat
     repo = tmp_path / "repo"
     with pytest.raises(ParityError, match=r"fill_mask fp32: .* \(missed by .*\)") as caught:
         _export(tiny_bert_dir, repo)
-    assert not (repo / contract.FILL_MASK_MODEL).exists() and not (repo / contract.EMBED_MODEL).exists()
+    assert not (repo / FILL_MASK).exists() and not (repo / EMBED).exists()
     report = json.loads((repo / "export_report.json").read_text())
     assert report["passed"] is False and report["written"] is False
     assert report["tasks"]["embed"]["variants"]["fp32"]["parity"]["max_abs_diff"] > 1e-4
@@ -122,7 +122,7 @@ def test_parity_gate_refuses_corrupted_weight(tmp_path, tiny_bert_dir, monkeypat
     # the CLI says the same and exits non-zero
     assert main(["export", "--model", str(tiny_bert_dir), "--repo", str(tmp_path / "cli_repo"), "--precision", "fp32",
                  "--quiet"]) == 2
-    assert not (tmp_path / "cli_repo" / contract.FILL_MASK_MODEL).exists()
+    assert not (tmp_path / "cli_repo" / FILL_MASK).exists()
 
 
 def test_output_mode_refuses_a_foreign_folder(tmp_path, tiny_bert_dir):

@@ -63,7 +63,7 @@ def family_exports(tmp_path_factory, family_folders):
 def served_embeddings(repo, texts: list[str], prompt: str = "") -> np.ndarray:
     """The exported embed model as the server loads it (serve.runtime: its tokenizer with truncation at max_length,
     the tokenizer's own pad token, only the inputs the graph has); `prompt` is put before each text here."""
-    from serve.repository import ServedModelDir
+    from bertforge.served_model import ServedModelDir
     from serve.runtime import load_runtime
 
     runtime = load_runtime(ServedModelDir.in_repo(repo, "embed").version_dir)
@@ -116,7 +116,7 @@ def test_family_fill_mask_uses_its_own_mask_token(kind, family_folders, family_e
     import torch
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    from serve.repository import ServedModelDir
+    from bertforge.served_model import ServedModelDir
     from serve.runtime import TextRequest, load_runtime
 
     repo, _ = family_exports[kind]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from bertforge import contract
+from bertforge.tasks import EMBED
 
 
 def _outlier_bert(folder, tokenizer_dir, initializer_range: float):
@@ -55,7 +55,7 @@ def test_search_finds_a_recipe_where_per_tensor_int8_fails(outlier_bert_dir, tmp
     text = variant["parity"]["by_source"]["text"]
     assert text["min_cosine"] >= 0.99 and text["mean_cosine"] >= 0.995
     assert all("latency_ms" in c for c in candidates.values() if c["passed"])  # every passing one was timed
-    serving = json.loads((repo / contract.EMBED_MODEL / "1" / "serving.json").read_text())
+    serving = json.loads((repo / EMBED / "1" / "serving.json").read_text())
     assert serving["settings"]["precision"] == "int8"
     assert serving["info"]["recipe"]["name"] == variant["recipe"]["name"]
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from bertforge import contract
+from bertforge.tasks import EMBED, FILL_MASK
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def fp32_repo(tmp_path_factory, tiny_bert_dir):
 
 def test_repository_layout_and_report(fp32_repo):
     repo, report = fp32_repo
-    for model in (contract.FILL_MASK_MODEL, contract.EMBED_MODEL):
+    for model in (FILL_MASK, EMBED):
         version = repo / model / "1"
         for name in ("model.onnx", "model.py", "serving.json", "tokenizer/tokenizer.json"):
             assert (version / name).is_file(), f"{model}/1/{name} missing"
@@ -45,13 +46,13 @@ def test_graph_contract_names_and_dtypes(fp32_repo):
     import onnx
 
     repo, _ = fp32_repo
-    fill = onnx.load(str(repo / contract.FILL_MASK_MODEL / "1" / "model.onnx"))
+    fill = onnx.load(str(repo / FILL_MASK / "1" / "model.onnx"))
     inputs = {i.name: i.type.tensor_type.elem_type for i in fill.graph.input}
     assert inputs == {**{name: onnx.TensorProto.INT64 for name in contract.ONNX_ENCODER_INPUTS},
                       contract.ONNX_MASK_POSITIONS: onnx.TensorProto.INT64}
     outputs = {o.name: o.type.tensor_type.elem_type for o in fill.graph.output}
     assert outputs == {contract.ONNX_TOP_IDS: onnx.TensorProto.INT64, contract.ONNX_TOP_PROBS: onnx.TensorProto.FLOAT}
-    embed = onnx.load(str(repo / contract.EMBED_MODEL / "1" / "model.onnx"))
+    embed = onnx.load(str(repo / EMBED / "1" / "model.onnx"))
     assert [o.name for o in embed.graph.output] == [contract.ONNX_SENTENCE_EMBEDDING]
     assert {i.name for i in embed.graph.input} == set(contract.ONNX_ENCODER_INPUTS)
     assert max(opset.version for opset in fill.opset_import if opset.domain in ("", "ai.onnx")) >= 17
@@ -62,7 +63,7 @@ def test_head_runs_only_at_mask_positions(fp32_repo):
     import onnx
 
     repo, _ = fp32_repo
-    graph = onnx.load(str(repo / contract.FILL_MASK_MODEL / "1" / "model.onnx")).graph
+    graph = onnx.load(str(repo / FILL_MASK / "1" / "model.onnx")).graph
     producers = {output: node for node in graph.node for output in node.output}
     decoder = next(node for node in graph.node if "head/decoder_weight" in node.input)
     # walk back from the decoder input to the encoder output
@@ -88,7 +89,7 @@ def test_served_fill_mask_matches_pytorch(fp32_repo, tiny_bert_dir):
     from serve.runtime import TextRequest, load_runtime
 
     repo, _ = fp32_repo
-    runtime = load_runtime(repo / contract.FILL_MASK_MODEL / "1")
+    runtime = load_runtime(repo / FILL_MASK / "1")
     texts = ["the minister [MASK] the new budget on monday .", "a [MASK] rejected the report [MASK] ."]
     requests = [TextRequest(text=text, top_k=5, truncation="truncate") for text in texts]
     assert runtime.tokenize(requests) == [None, None]
@@ -113,7 +114,7 @@ def test_served_embeddings_mean_pool_real_tokens(fp32_repo, tiny_bert_dir):
     from serve.runtime import TextRequest, load_runtime
 
     repo, _ = fp32_repo
-    runtime = load_runtime(repo / contract.EMBED_MODEL / "1")
+    runtime = load_runtime(repo / EMBED / "1")
     texts = ["short text .", "a much longer text about the committee and the budget and the bank ."]
     requests = [TextRequest(text=text, top_k=1, truncation="truncate") for text in texts]
     runtime.tokenize(requests)
@@ -131,11 +132,11 @@ def test_rewrite_swaps_models_atomically(fp32_repo, tiny_bert_dir):
     from export import export_to_repository
 
     repo, _ = fp32_repo
-    before = (repo / contract.EMBED_MODEL / "1" / "model.onnx").stat().st_ino
+    before = (repo / EMBED / "1" / "model.onnx").stat().st_ino
     export_to_repository(tiny_bert_dir, repo, precision="fp32", tasks=("embed",), normalize=True, pooling="cls",
                          progress=False)
-    serving = json.loads((repo / contract.EMBED_MODEL / "1" / "serving.json").read_text())["settings"]
+    serving = json.loads((repo / EMBED / "1" / "serving.json").read_text())["settings"]
     assert serving["pooling"] == "cls" and serving["normalize"] is True
-    assert (repo / contract.EMBED_MODEL / "1" / "model.onnx").stat().st_ino != before
-    assert (repo / contract.FILL_MASK_MODEL / "1" / "model.onnx").is_file()  # untouched
+    assert (repo / EMBED / "1" / "model.onnx").stat().st_ino != before
+    assert (repo / FILL_MASK / "1" / "model.onnx").is_file()  # untouched
     assert not [p for p in repo.parent.iterdir() if "staging" in p.name]

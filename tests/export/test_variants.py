@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 
-from bertforge import contract
-from serve.repository import ServingOptions
+from bertforge.served_model import ServingOptions
+from bertforge.tasks import EMBED, FILL_MASK
 
 
 def _ops(path) -> dict[str, int]:
@@ -28,10 +28,10 @@ def test_int8_repository_is_fused_quantized_and_within_gates(tmp_path, tiny_bert
     assert fill["passed"] and text["tie_aware_agreement"] >= 0.98 and text["masked_tokens"] >= 2000
     assert report["tasks"]["embed"]["variants"]["int8"]["parity"]["by_source"]["text"]["min_cosine"] >= 0.99
     assert fill["recipe"]["name"] == fill["search"]["winner"]
-    ops = _ops(repo / contract.FILL_MASK_MODEL / "1" / "model.onnx")
+    ops = _ops(repo / FILL_MASK / "1" / "model.onnx")
     assert ops["SkipLayerNormalization"] == 4
     assert ops["QAttention"] + ops["MatMulInteger"] + ops["QLinearMatMul"] > 0  # quantized, whichever recipe won
-    serving = json.loads((repo / contract.EMBED_MODEL / "1" / "serving.json").read_text())["settings"]
+    serving = json.loads((repo / EMBED / "1" / "serving.json").read_text())["settings"]
     assert serving["precision"] == "int8"
     assert serving["max_batch_size"] == ServingOptions().max_batch_size  # the token budget splits, not a request cap
     assert serving["max_batch_tokens"] == ServingOptions().max_batch_tokens
@@ -51,9 +51,9 @@ def test_other_config_without_mlm_head(tmp_path, tiny_corpus_dir):
     repo = tmp_path / "repo"
     report = export_to_repository(model, repo, precision="int8", pooling="cls", normalize=True, progress=False)
     assert list(report["tasks"]) == ["embed"] and "no MLM head" in report["notes"][0]
-    assert not (repo / contract.FILL_MASK_MODEL).exists()
+    assert not (repo / FILL_MASK).exists()
     assert report["max_length"] == 40
-    runtime = load_runtime(repo / contract.EMBED_MODEL / "1")
+    runtime = load_runtime(repo / EMBED / "1")
     requests = [TextRequest(text=text, top_k=1, truncation="truncate") for text in make_sentences(3, seed=9)]
     runtime.tokenize(requests)
     embeddings = runtime.embed(requests)
@@ -103,4 +103,4 @@ def test_folder_with_only_vocab_txt(tmp_path, tiny_bert_dir):
     (model / "tokenizer.json").unlink()
     repo = tmp_path / "repo"
     export_to_repository(model, repo, precision="fp32", tasks=("embed",), progress=False)
-    assert (repo / contract.EMBED_MODEL / "1" / "tokenizer" / "tokenizer.json").is_file()
+    assert (repo / EMBED / "1" / "tokenizer" / "tokenizer.json").is_file()

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from bertforge.tasks import EMBED, FILL_MASK
+
 MAX_TOP_K = 20
 
 
@@ -38,7 +40,6 @@ def reliability_server(reliability_repo):
 
 @pytest.fixture(scope="session")
 def references(reliability_repo):
-    from bertforge import contract
     from tests.reliability.reference import OrtReference
 
-    return {model: OrtReference(reliability_repo, model) for model in (contract.FILL_MASK_MODEL, contract.EMBED_MODEL)}
+    return {model: OrtReference(reliability_repo, model) for model in (FILL_MASK, EMBED)}

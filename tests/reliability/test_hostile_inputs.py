@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 
 from bertforge import contract
+from bertforge.tasks import EMBED, FILL_MASK
 from serve.client import parse_fill_mask
 from tests.reliability.reference import assert_embedding_matches, assert_fill_mask_matches
 
 pytestmark = pytest.mark.slow  # starts tritonserver
 
-FILL, EMBED = contract.FILL_MASK_MODEL, contract.EMBED_MODEL
+FILL, EMBED = FILL_MASK, EMBED
 OK = "OK"
 
 
@@ -118,7 +119,7 @@ CATALOGUE: dict[str, Case] = {
 
 @pytest.fixture(scope="module")
 def server_pid(reliability_server, reliability_repo):
-    from serve.repository import load_serving_settings
+    from bertforge.served_model import load_serving_settings
 
     assert load_serving_settings(reliability_repo / FILL / "1").max_batch_size == MAX_BATCH
     return reliability_server.pid

@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from bertforge import contract
+from bertforge.tasks import EMBED, FILL_MASK
 from tests.conftest import make_sentences
 from tests.reliability.reference import assert_embedding_matches, assert_fill_mask_matches
 
@@ -68,10 +69,10 @@ def test_killed_server_gives_unavailable_and_the_same_client_recovers_after_rest
         embeddings = loop.run_until_complete(client.embed(texts[:8]))
         (masks,) = loop.run_until_complete(client.fill_mask("the minister [MASK] the report.", top_k=3))
         for text, embedding in zip(texts[:8], embeddings):
-            assert_embedding_matches(embedding, references[contract.EMBED_MODEL].embed(text), text)
-        assert_fill_mask_matches(masks, references[contract.FILL_MASK_MODEL].fill_mask("the minister [MASK] the report."),
+            assert_embedding_matches(embedding, references[EMBED].embed(text), text)
+        assert_fill_mask_matches(masks, references[FILL_MASK].fill_mask("the minister [MASK] the report."),
                                  3, "after restart")
-        assert_embedding_matches(sync_client.embed(texts[0])[0], references[contract.EMBED_MODEL].embed(texts[0]), "sync")
+        assert_embedding_matches(sync_client.embed(texts[0])[0], references[EMBED].embed(texts[0]), "sync")
         sync_client.close()
         loop.run_until_complete(client.close())
     finally:
@@ -138,7 +139,7 @@ def test_supervisor_heals_a_killed_python_stub_under_load(reliability_repo, refe
     from serve.supervisor import Supervisor
 
     texts = make_sentences(32, seed=5)
-    expected = {text: references[contract.EMBED_MODEL].embed(text) for text in texts}
+    expected = {text: references[EMBED].embed(text) for text in texts}
     server = TritonServer(reliability_repo, contract.DEFAULT_HOST, 0, 0, 0)
     log_lines: list[str] = []
     outcomes: list = []  # (sent, finished, "ok" | "wrong" | ServingError)
@@ -163,7 +164,7 @@ def test_supervisor_heals_a_killed_python_stub_under_load(reliability_repo, refe
                 index += 4
 
     endpoints = server.start()
-    supervisor = Supervisor(server, [contract.FILL_MASK_MODEL, contract.EMBED_MODEL], interval_s=1.0,
+    supervisor = Supervisor(server, [FILL_MASK, EMBED], interval_s=1.0,
                             log=log_lines.append).start()
     threads = [threading.Thread(target=client_thread, args=(offset,)) for offset in range(4)]
     recoveries = []
@@ -219,7 +220,7 @@ def test_supervisor_restarts_a_killed_tritonserver_on_the_same_ports(reliability
     log_lines: list[str] = []
     try:
         endpoints = server.start()
-        supervisor = Supervisor(server, [contract.EMBED_MODEL], interval_s=0.5, log=log_lines.append).start()
+        supervisor = Supervisor(server, [EMBED], interval_s=0.5, log=log_lines.append).start()
         first_pid = server.pid
         os.kill(first_pid, signal.SIGKILL)
         killed_at = time.monotonic()
@@ -228,7 +229,7 @@ def test_supervisor_restarts_a_killed_tritonserver_on_the_same_ports(reliability
         assert server.endpoints == endpoints  # the same ports: clients and the API reconnect by themselves
         with BertforgeClient(endpoints.grpc_url, timeout_s=10) as client:
             assert_embedding_matches(client.embed("after the restart")[0],
-                                     references[contract.EMBED_MODEL].embed("after the restart"), "restarted")
+                                     references[EMBED].embed("after the restart"), "restarted")
         print(f"tritonserver SIGKILL -> ready again in {time.monotonic() - killed_at:.1f} s")
         assert any("reason exited" in line and "code -9" in line for line in log_lines), log_lines
         supervisor.stop()

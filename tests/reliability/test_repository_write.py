@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bertforge import contract
+from bertforge.tasks import EMBED, FILL_MASK
 from tests.conftest import build_tiny_bert, make_sentences
 from tests.reliability.conftest import MAX_TOP_K
 from tests.reliability.reference import OrtReference, assert_embedding_matches, assert_fill_mask_matches
 
 pytestmark = pytest.mark.slow  # two exports and two tritonserver starts
 
-MODELS = (contract.FILL_MASK_MODEL, contract.EMBED_MODEL)
+MODELS = (FILL_MASK, EMBED)
 FILL_TEXT = "the committee [MASK] the new budget [MASK] monday."
 
 
@@ -54,19 +54,19 @@ def test_export_into_a_running_repository_never_exposes_a_partial_model(repo_cop
         assert not sender.errors, sender.errors[:3]
         assert len(sender.answers) >= 10, "too few answers during the export"
         for masks, embeddings in sender.answers:
-            assert_fill_mask_matches(masks, references[contract.FILL_MASK_MODEL].fill_mask(FILL_TEXT), 5, "during export")
+            assert_fill_mask_matches(masks, references[FILL_MASK].fill_mask(FILL_TEXT), 5, "during export")
             for text, embedding in zip(texts, embeddings):
-                assert_embedding_matches(embedding, references[contract.EMBED_MODEL].embed(text), text)
+                assert_embedding_matches(embedding, references[EMBED].embed(text), text)
 
     # A restarted server serves the new model
-    new_embed = OrtReference(repo_copy, contract.EMBED_MODEL)
-    new_fill = OrtReference(repo_copy, contract.FILL_MASK_MODEL)
+    new_embed = OrtReference(repo_copy, EMBED)
+    new_fill = OrtReference(repo_copy, FILL_MASK)
     with running_server(repo_copy, grpc_port=0, http_port=0, metrics_port=0) as server:
         masks, embeddings = AnswerCollector(server.endpoints.grpc_url, texts).ask_once()
     assert_fill_mask_matches(masks, new_fill.fill_mask(FILL_TEXT), 5, "after restart")
     for text, embedding in zip(texts, embeddings):
         assert_embedding_matches(embedding, new_embed.embed(text), text)
-        assert not np.allclose(embedding, references[contract.EMBED_MODEL].embed(text), atol=1e-3), "still the old model"
+        assert not np.allclose(embedding, references[EMBED].embed(text), atol=1e-3), "still the old model"
 
 
 def snapshot(model_dir: Path, dir_fd: int | None = None) -> frozenset[tuple[str, str]]:

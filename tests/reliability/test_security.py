@@ -9,6 +9,7 @@ import urllib.request
 import pytest
 
 from bertforge import contract
+from bertforge.tasks import EMBED, FILL_MASK
 
 
 def test_launch_command_binds_loopback_and_turns_model_control_off(tmp_path):
@@ -30,7 +31,7 @@ def test_runtime_limits_apply_before_tokenization(reliability_repo, monkeypatch)
     """A text over the byte or character limit is refused without ever reaching the tokenizer."""
     from serve.runtime import RequestError, load_runtime
 
-    runtime = load_runtime(reliability_repo / contract.EMBED_MODEL / "1")
+    runtime = load_runtime(reliability_repo / EMBED / "1")
     monkeypatch.setattr(runtime, "tokenizer", None)  # any tokenizer use would raise AttributeError
     settings = runtime.settings
     with pytest.raises(RequestError, match=f"the limit is {settings.max_text_bytes} bytes"):
@@ -47,14 +48,14 @@ def test_model_control_api_is_refused_on_a_running_server(reliability_server):
     with grpcclient.InferenceServerClient(reliability_server.endpoints.grpc_url) as client:
         for action in (client.unload_model, client.load_model):
             with pytest.raises(grpcclient.InferenceServerException, match="explicit model load / unload is not allowed"):
-                action(contract.EMBED_MODEL)
-        assert client.is_model_ready(contract.EMBED_MODEL) and client.is_model_ready(contract.FILL_MASK_MODEL)
+                action(EMBED)
+        assert client.is_model_ready(EMBED) and client.is_model_ready(FILL_MASK)
     http = reliability_server.endpoints.http_url
     for action in ("unload", "load"):
-        request = urllib.request.Request(f"{http}/v2/repository/models/{contract.FILL_MASK_MODEL}/{action}", data=b"{}",
+        request = urllib.request.Request(f"{http}/v2/repository/models/{FILL_MASK}/{action}", data=b"{}",
                                          method="POST")
         with pytest.raises(urllib.error.HTTPError) as caught:
             urllib.request.urlopen(request, timeout=10)
         assert caught.value.code >= 400
-    with urllib.request.urlopen(f"{http}/v2/models/{contract.FILL_MASK_MODEL}/ready", timeout=10) as reply:
+    with urllib.request.urlopen(f"{http}/v2/models/{FILL_MASK}/ready", timeout=10) as reply:
         assert reply.status == 200

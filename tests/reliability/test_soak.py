@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from bertforge import contract
+from bertforge.tasks import EMBED, FILL_MASK
 from tests.conftest import make_sentences
 from tests.reliability.reference import assert_embedding_matches, assert_fill_mask_matches
 
@@ -30,12 +31,12 @@ MAX_RSS_GROWTH = 0.10
 POOL_SIZE = 120  # distinct good texts per model; every answer is checked against its reference
 BAD_SHARE = 0.05
 BAD_REQUESTS = [  # (model, text, parameters, message fragment)
-    (contract.FILL_MASK_MODEL, "", {}, "text is empty"),
-    (contract.FILL_MASK_MODEL, "no mask in this text", {}, "has no [MASK] token"),
-    (contract.FILL_MASK_MODEL, "the [MASK] report", {"top_k": 0}, "top_k must be an integer"),
-    (contract.EMBED_MODEL, "hello", {"truncation": "sometimes"}, "truncation must be one of"),
-    (contract.EMBED_MODEL, "x" * 70_000, {}, "the limit is 65536 bytes"),
-    (contract.EMBED_MODEL, "budget " * 100, {"truncation": "error"}, "longer than the model's maximum"),
+    (FILL_MASK, "", {}, "text is empty"),
+    (FILL_MASK, "no mask in this text", {}, "has no [MASK] token"),
+    (FILL_MASK, "the [MASK] report", {"top_k": 0}, "top_k must be an integer"),
+    (EMBED, "hello", {"truncation": "sometimes"}, "truncation must be one of"),
+    (EMBED, "x" * 70_000, {}, "the limit is 65536 bytes"),
+    (EMBED, "budget " * 100, {"truncation": "error"}, "longer than the model's maximum"),
 ]
 
 
@@ -52,7 +53,7 @@ def test_soak_mixed_load_is_correct_and_memory_stays_flat(reliability_server, re
 
     rng = random.Random(int.from_bytes(os.urandom(2), "little"))
     pools = {model: good_texts(model, references[model], rng) for model in references}
-    expected = {(model, text): (references[model].fill_mask(text) if model == contract.FILL_MASK_MODEL
+    expected = {(model, text): (references[model].fill_mask(text) if model == FILL_MASK
                                 else references[model].embed(text)) for model, texts in pools.items() for text in texts}
     url = reliability_server.endpoints.grpc_url
 
@@ -88,11 +89,11 @@ def good_texts(model: str, reference, rng: random.Random) -> list[str]:
         length = rng.choice([1, 2, 3] + list(range(4, 90)))  # tokens: 3 up to > max_length (truncated)
         start = rng.randrange(len(words) - length)
         chosen = words[start : start + length]
-        if model == contract.FILL_MASK_MODEL:
+        if model == FILL_MASK:
             for position in rng.sample(range(min(length, 40)), rng.randint(1, min(5, length))):
                 chosen[position] = contract.MASK_TOKEN
         text = " ".join(chosen)
-        if model == contract.FILL_MASK_MODEL and len(reference.fill_mask(text)[0]) == 0:
+        if model == FILL_MASK and len(reference.fill_mask(text)[0]) == 0:
             continue  # every mask truncated away: that is a bad request, covered in BAD_REQUESTS
         texts.append(text)
     return texts
@@ -106,7 +107,7 @@ def workload(count: int, pools: dict[str, list[str]], rng: random.Random) -> lis
             requests.append(Request(model, text, parameters, bad=message))
             continue
         model = rng.choice(sorted(pools))
-        parameters = {"top_k": rng.randint(1, 20)} if model == contract.FILL_MASK_MODEL else {}
+        parameters = {"top_k": rng.randint(1, 20)} if model == FILL_MASK else {}
         requests.append(Request(model, rng.choice(pools[model]), parameters))
     return requests
 
@@ -122,7 +123,7 @@ async def run_load(url: str, requests: list[Request]) -> tuple[list, float]:
         for index in queue:
             request = requests[index]
             try:
-                if request.model == contract.FILL_MASK_MODEL:
+                if request.model == FILL_MASK:
                     (outcomes[index],) = await client.fill_mask(request.text, top_k=request.parameters.get("top_k", 5),
                                                                 truncation=request.parameters.get("truncation"))
                 else:
@@ -158,7 +159,7 @@ def check_outcomes(requests: list[Request], outcomes: list, expected: dict) -> d
             continue
         try:
             reference = expected[(request.model, request.text)]
-            if request.model == contract.FILL_MASK_MODEL:
+            if request.model == FILL_MASK:
                 assert_fill_mask_matches(outcome, reference, request.parameters.get("top_k", 5), context)
             else:
                 assert_embedding_matches(outcome, reference, context)

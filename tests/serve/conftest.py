@@ -10,8 +10,8 @@ import pytest
 @pytest.fixture(scope="session")
 def served_repo(tmp_path_factory, tiny_bert_dir) -> Path:
     """fill_mask + embed (fp32) exported from the session's tiny BERT by the real exporter."""
+    from bertforge.served_model import ServedModelDir
     from export import export_to_repository
-    from serve.repository import ServedModelDir
 
     repo = tmp_path_factory.mktemp("repo_fp32")
     export_to_repository(tiny_bert_dir, repo, precision="fp32", max_top_k=TEST_MAX_TOP_K, progress=False)
@@ -28,7 +28,7 @@ def sentence_transformer(served_repo, tiny_bert_dir):
     mean pooling (the exporter's default for a plain HF folder) and the served prompts, in PyTorch fp32."""
     from sentence_transformers import SentenceTransformer, models
 
-    from serve.repository import ServedModelDir
+    from bertforge.served_model import ServedModelDir
 
     settings = ServedModelDir.in_repo(served_repo, "embed").settings()
     transformer = models.Transformer(str(tiny_bert_dir), max_seq_length=settings.max_length)
@@ -43,7 +43,7 @@ TEST_QUEUE_DELAY_US = 2000
 
 
 def with_queue_delay(repo: Path, delay_us: int) -> Path:
-    from serve.repository import served_models
+    from bertforge.served_model import served_models
 
     for model in served_models(repo):
         model.update(max_queue_delay_microseconds=delay_us)

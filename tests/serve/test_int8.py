@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bertforge.served_model import load_serving_settings
 from serve.client import BertforgeClient
 from serve.launcher import running_server
-from serve.repository import load_serving_settings
 from tests.serve.test_server import masked_texts, torch_mask_probs, torch_mean_pooled
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""`serve.repository`: config.pbtxt/model.py/serving.json written by code, committed copies in sync."""
+"""`bertforge.served_model`: config.pbtxt/model.py/serving.json written by code, committed copies in sync."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ import pytest
 
 from bertforge import contract
 from bertforge.config import ConfigError
-from serve.repository import (
-    MODEL_TEMPLATE,
+from bertforge.served_model import (
     ServedModelDir,
     ServingSettings,
     copy_repository,
+    render_backend,
     render_config_pbtxt,
     served_models,
 )
+from bertforge.tasks import FILL_MASK
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,14 +29,14 @@ def test_write_triton_model_round_trips_settings(tmp_path):
     model.write(settings, info={"source": "tiny"})
 
     config = model.config_file.read_text()
-    assert f'name: "{contract.FILL_MASK_MODEL}"' in config
+    assert f'name: "{FILL_MASK}"' in config
     assert "max_batch_size: 8" in config
     assert "preferred_batch_size: [ 2, 4 ]" in config
     assert "max_queue_delay_microseconds: 250" in config
     for name in (contract.TEXT_INPUT, contract.TOKENS_OUTPUT, contract.TOKEN_IDS_OUTPUT, contract.SCORES_OUTPUT):
         assert f'name: "{name}"' in config
-    assert model.path == tmp_path / contract.FILL_MASK_MODEL
-    assert (model.path / "1" / "model.py").read_text() == MODEL_TEMPLATE.read_text()
+    assert model.path == tmp_path / FILL_MASK
+    assert (model.path / "1" / "model.py").read_text() == render_backend(FILL_MASK)
     assert model.settings() == settings
     assert json.loads((model.path / "1" / "serving.json").read_text())["info"] == {"source": "tiny"}
 
@@ -103,4 +104,4 @@ def test_committed_repository_matches_default_settings(task, tmp_path):
         generated = (tmp_path / settings.model_name / relative).read_text()
         assert (committed / relative).read_text() == generated, (
             f"model_repository/{settings.model_name}/{relative} is out of date: "
-            "run `python -m serve.repository model_repository`")
+            "run `python -m bertforge.served_model model_repository`")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from bertforge import contract
+from bertforge.tasks import EMBED, FILL_MASK
 from serve.backend import ServedModel
 from serve.runtime import PROVIDERS_ENV, RequestError, choose_providers, load_runtime, plan_batches
 
@@ -43,7 +44,7 @@ def test_choose_providers_prefers_available_ones_and_honours_the_environment(mon
 
 @pytest.fixture(scope="module")
 def fill_mask_runtime(served_repo):
-    return load_runtime(served_repo / contract.FILL_MASK_MODEL / "1")
+    return load_runtime(served_repo / FILL_MASK / "1")
 
 
 def test_parse_rejects_bad_parameters(fill_mask_runtime):
@@ -160,7 +161,7 @@ ST_TEXTS = ["the minister spoke to parliament.", "a short one", "the committee a
 
 @pytest.fixture(scope="module")
 def embed_runtime(served_repo):
-    return load_runtime(served_repo / contract.EMBED_MODEL / "1")
+    return load_runtime(served_repo / EMBED / "1")
 
 
 def embed(runtime, texts, **parameters) -> np.ndarray:
@@ -209,7 +210,7 @@ def test_a_normalising_model_is_renormalised_after_dimensions(embed_runtime, mon
 
 
 def test_the_default_prompt_applies_unless_a_request_names_none(served_repo, tmp_path, sentence_transformer):
-    from serve.repository import ServedModelDir
+    from bertforge.served_model import ServedModelDir
 
     copy = ServedModelDir.in_repo(served_repo, "embed").copy_to(tmp_path, default_prompt_name="query")
     runtime = load_runtime(copy.version_dir)
@@ -283,7 +284,7 @@ def test_token_ids_get_the_special_tokens_of_a_roberta_style_tokenizer():
     tokenizer, not assumed to be BERT's [CLS] ... [SEP]."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 
-    from serve.repository import ServingSettings
+    from bertforge.served_model import ServingSettings
     from serve.runtime import TextEncoder, TextRequest
     from tests.conftest import make_sentences
 

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from bertforge import contract
+from bertforge.served_model import load_serving_settings
+from bertforge.tasks import EMBED, FILL_MASK
 from serve.client import AsyncBertforgeClient, BertforgeClient, ServingError
-from serve.repository import load_serving_settings
 from tests.conftest import make_sentences
 
 pytestmark = pytest.mark.slow  # starts tritonserver (a few seconds) and PyTorch references
@@ -98,12 +99,12 @@ def test_concurrent_requests_of_different_lengths_are_batched_and_each_correct(g
             return await aio.embed(texts, truncation="truncate")
 
     stats_client = grpcclient.InferenceServerClient(grpc_url)
-    before = stats_client.get_inference_statistics(contract.EMBED_MODEL).model_stats[0]
+    before = stats_client.get_inference_statistics(EMBED).model_stats[0]
     served = asyncio.run(send_all())
     # responses are sent before `execute` returns, and Triton records the statistics just after: poll briefly
     deadline = time.monotonic() + 10
     while True:
-        after = stats_client.get_inference_statistics(contract.EMBED_MODEL).model_stats[0]
+        after = stats_client.get_inference_statistics(EMBED).model_stats[0]
         if after.inference_count - before.inference_count >= len(texts) or time.monotonic() > deadline:
             break
         time.sleep(0.05)
@@ -128,17 +129,17 @@ def test_top_k_parameter_and_several_masks(client):
 
 
 BAD_REQUESTS = [
-    (contract.FILL_MASK_MODEL, "", {}, "text is empty"),
-    (contract.FILL_MASK_MODEL, "   ", {}, "text is empty"),
-    (contract.FILL_MASK_MODEL, "no mask in this text", {}, "no [MASK]"),
-    (contract.EMBED_MODEL, "budget " * 100, {"truncation": "error"}, "longer than the model's maximum of 64 tokens"),
-    (contract.FILL_MASK_MODEL, "budget " * 100 + "[MASK]", {}, "no [MASK] token within the first 64 tokens"),
-    (contract.FILL_MASK_MODEL, b"caf\xe9 [MASK]", {}, "not valid UTF-8"),
-    (contract.FILL_MASK_MODEL, "the [MASK]", {"top_k": 0}, "top_k must be an integer in 1..20"),
-    (contract.FILL_MASK_MODEL, "the [MASK]", {"top_k": 99}, "top_k must be an integer in 1..20"),
-    (contract.EMBED_MODEL, "hello", {"truncation": "sometimes"}, "truncation must be one of"),
-    (contract.EMBED_MODEL, "hello", {"colour": "red"}, "unknown parameter"),
-    (contract.EMBED_MODEL, "x" * 70_000, {}, "text is 70000 bytes; the limit is 65536"),
+    (FILL_MASK, "", {}, "text is empty"),
+    (FILL_MASK, "   ", {}, "text is empty"),
+    (FILL_MASK, "no mask in this text", {}, "no [MASK]"),
+    (EMBED, "budget " * 100, {"truncation": "error"}, "longer than the model's maximum of 64 tokens"),
+    (FILL_MASK, "budget " * 100 + "[MASK]", {}, "no [MASK] token within the first 64 tokens"),
+    (FILL_MASK, b"caf\xe9 [MASK]", {}, "not valid UTF-8"),
+    (FILL_MASK, "the [MASK]", {"top_k": 0}, "top_k must be an integer in 1..20"),
+    (FILL_MASK, "the [MASK]", {"top_k": 99}, "top_k must be an integer in 1..20"),
+    (EMBED, "hello", {"truncation": "sometimes"}, "truncation must be one of"),
+    (EMBED, "hello", {"colour": "red"}, "unknown parameter"),
+    (EMBED, "x" * 70_000, {}, "text is 70000 bytes; the limit is 65536"),
 ]
 
 
@@ -167,9 +168,9 @@ def _raw_infer(grpc_url, model, name, datatype, array):
 
 
 def test_bad_tensors_models_and_batches_are_rejected(grpc_url, client, served_repo):
-    max_batch_size = load_serving_settings(served_repo / contract.FILL_MASK_MODEL / "1").max_batch_size
+    max_batch_size = load_serving_settings(served_repo / FILL_MASK / "1").max_batch_size
     text = np.array([[b"the [MASK]"]], dtype=np.object_)
-    fill = contract.FILL_MASK_MODEL
+    fill = FILL_MASK
     assert "unexpected inference input 'TEXTS'" in _raw_infer(grpc_url, fill, "TEXTS", "BYTES", text)
     assert "data-type is 'INT64', but model 'fill_mask' expects 'BYTES'" in _raw_infer(grpc_url, fill, "TEXT", "INT64", np.zeros((1, 1), np.int64))
     assert "unexpected shape" in _raw_infer(grpc_url, fill, "TEXT", "BYTES", np.repeat(text, 2, axis=1))
@@ -202,15 +203,15 @@ def test_long_text_is_truncated_by_default(client):
 def test_health_endpoints_and_metrics_show_average_batch_size(triton_server, client):
     client.embed(make_sentences(6, seed=5))
     endpoints = triton_server.endpoints
-    for path in ("/v2/health/live", "/v2/health/ready", f"/v2/models/{contract.EMBED_MODEL}/ready"):
+    for path in ("/v2/health/live", "/v2/health/ready", f"/v2/models/{EMBED}/ready"):
         with urllib.request.urlopen(endpoints.http_url + path, timeout=5) as reply:
             assert reply.status == 200
     deadline = time.monotonic() + 10
     while True:  # counters are updated right after each execution: poll briefly
         with urllib.request.urlopen(endpoints.metrics_url, timeout=5) as reply:
             metrics = reply.read().decode()
-        requests = _metric(metrics, "nv_inference_request_success", contract.EMBED_MODEL)
-        executions = _metric(metrics, "nv_inference_exec_count", contract.EMBED_MODEL)
+        requests = _metric(metrics, "nv_inference_request_success", EMBED)
+        executions = _metric(metrics, "nv_inference_exec_count", EMBED)
         if requests >= 6 or time.monotonic() > deadline:
             break
         time.sleep(0.1)

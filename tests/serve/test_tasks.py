@@ -13,6 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
+from bertforge.tasks import TASKS
 from serve.api.process import running_api
 from serve.client import BertforgeClient, ServingError
 from serve.config import ApiConfig
@@ -332,8 +333,8 @@ def test_supervisor_probes_every_task_model(pair_server):
 
 
 def test_auto_serves_only_a_variant_that_passed(cross_encoder_dir, tmp_path):
+    from bertforge.served_model import ServedModelDir
     from export import export_to_repository
-    from serve.repository import ServedModelDir
 
     report = export_to_repository(cross_encoder_dir, tmp_path, precision="auto", progress=False)
     chosen = report["chosen"]["precision"]
@@ -345,11 +346,19 @@ def test_auto_serves_only_a_variant_that_passed(cross_encoder_dir, tmp_path):
 
 
 def test_every_task_renders_its_triton_tensors_and_backend():
-    from serve.repository import TASK_TO_MODEL, ServingSettings, backend_template, render_config_pbtxt
+    import importlib
 
-    for task in TASK_TO_MODEL:
+    from bertforge.served_model import ServingSettings, render_backend, render_config_pbtxt
+
+    for task, spec in TASKS.items():
         config = render_config_pbtxt(ServingSettings(task=task))
-        assert f'name: "{task}"' in config and backend_template(task).is_file()
+        assert f'name: "{task}"' in config
+        for tensor in (*spec.inputs, *spec.outputs):
+            assert f'name: "{tensor.name}"' in config
+        # the rendered model.py imports a class that exists and builds itself from Triton's arguments
+        assert f"from {spec.backend_module} import {spec.backend_class}" in render_backend(task)
+        backend = getattr(importlib.import_module(spec.backend_module), spec.backend_class)
+        assert callable(backend.from_triton_args)
     assert "optional: true" in render_config_pbtxt(ServingSettings(task="classify"))
     assert "optional" not in render_config_pbtxt(ServingSettings(task="rerank"))  # a document is required
     assert 'name: "rerank-b"' in render_config_pbtxt(ServingSettings(task="rerank", name="rerank-b"))

@@ -1,4 +1,4 @@
-"""Triton python-backend entry point, copied here by `serve.repository.ServedModelDir.write`.
+"""Triton python-backend entry point, written by `bertforge.served_model.ServedModelDir.write`.
 
 Do not edit: the logic lives in the installed `bertforge` package (`serve/backend.py`), which the
 python backend stub imports from the environment that launched `tritonserver`.

@@ -1,9 +1,11 @@
 """The served model folder (`ServedModelDir`) and how one model is served (`ServingSettings`).
 
-The export stage calls `ServedModelDir.write` after it has put `1/model.onnx` and `1/tokenizer/`
-in place; serve and bench read and copy models only through `ServedModelDir`. Everything here is rendered by code from `bertforge/contract.py` and `ServingSettings`,
-so the committed `model_repository/*/config.pbtxt` and `model.py` are exactly what default
-settings produce (a test keeps them in sync).
+The hand-over between export and serve, so it lives on the ground floor: the export stage calls
+`ServedModelDir.write` after it has put `1/model.onnx` and `1/tokenizer/` in place; serve and bench
+read and copy models only through `ServedModelDir`. `config.pbtxt` and `1/model.py` are rendered
+from the task registry (`bertforge/tasks.py`) and `ServingSettings`, so the committed
+`model_repository/*/` files are exactly what default settings produce (a test keeps them in sync;
+regenerate with `python -m bertforge.served_model model_repository`).
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from bertforge import contract
+from bertforge import contract, tasks
 from bertforge.config import ConfigError, from_dict, to_dict
 from bertforge.files import write_json_atomically, write_text_atomically
+from bertforge.pooling import POOLING_MODES
 
-Task = Literal["fill_mask", "embed", "rerank", "classify", "embed_sparse"]
 # The served model folder: <repo>/<model>/{config.pbtxt, 1/{model.py, serving.json, model.onnx, tokenizer/}}
 CONFIG_FILE = "config.pbtxt"
 VERSION = "1"
@@ -30,16 +32,8 @@ SERVING_FILE = "serving.json"
 ONNX_FILE = "model.onnx"
 TOKENIZER_DIR = "tokenizer"
 REPORT_FILE = "export_report.json"  # <repo>/export_report.json: what the export measured and chose
-MODEL_TEMPLATE = Path(__file__).with_name("model_template.py")
-PAIR_MODEL_TEMPLATE = Path(__file__).with_name("pair_model_template.py")  # rerank, classify (serve/pair_backend.py)
-SPARSE_MODEL_TEMPLATE = Path(__file__).with_name("sparse_model_template.py")  # embed_sparse (serve/sparse_backend.py)
 DEFAULT_MAX_BATCH_TOKENS = 4096  # padded tokens per ONNX run (docs/serve.md "Tuning")
-TASK_TO_MODEL = {"fill_mask": contract.FILL_MASK_MODEL, "embed": contract.EMBED_MODEL,
-                 "rerank": contract.RERANK_MODEL, "classify": contract.CLASSIFY_MODEL,
-                 "embed_sparse": contract.EMBED_SPARSE_MODEL}
-# sentence-transformers' pooling modes (its Pooling module); a model may combine several, concatenated in its order
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a Triton model (folder) name
-POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 
 
 @dataclass(kw_only=True)
@@ -87,7 +81,7 @@ class ServingOptions:
 class ServingSettings(ServingOptions):
     """How one model is served: the user's options plus what its export fixed. Written to `1/serving.json`."""
 
-    task: Task
+    task: str  # a name in bertforge.tasks.TASKS
     max_length: int = contract.DEFAULT_MAX_LENGTH  # tokens incl. [CLS]/[SEP]; the model's max positions
     max_top_k: int = contract.MAX_TOP_K  # fill_mask: k of the top-k inside the ONNX graph
     # embed (the graph pools; recorded here so clients and docs can say what they get). Read from the model's
@@ -111,8 +105,8 @@ class ServingSettings(ServingOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.task not in TASK_TO_MODEL:
-            raise ConfigError(f"serving task {self.task!r} is not one of {sorted(TASK_TO_MODEL)}")
+        if self.task not in tasks.TASKS:
+            raise ConfigError(f"serving task {self.task!r} is not one of {sorted(tasks.TASKS)}")
         if self.max_length < 3:
             raise ConfigError("serving.max_length must leave room for [CLS] text [SEP] (>= 3)")
         if self.max_top_k < 1:
@@ -126,7 +120,7 @@ class ServingSettings(ServingOptions):
             raise ConfigError(f"serving.default_prompt_name {self.default_prompt_name!r} is not one of the prompts "
                               f"{sorted(self.prompts)}")
         if self.name and (not MODEL_NAME.fullmatch(self.name)
-                          or (self.name in TASK_TO_MODEL.values() and self.name != TASK_TO_MODEL[self.task])):
+                          or (self.name in tasks.TASKS and self.name != self.task)):
             raise ConfigError(f"model name {self.name!r}: use letters, digits, '_', '-' and '.' (at most 64, starting "
                               "with a letter or digit), and not another task's name")
         if self.max_batch_tokens < self.max_length:
@@ -135,7 +129,7 @@ class ServingSettings(ServingOptions):
 
     @property
     def model_name(self) -> str:
-        return self.name or TASK_TO_MODEL[self.task]
+        return self.name or self.task
 
 
 class ServedModelDir:
@@ -151,8 +145,8 @@ class ServedModelDir:
 
     @classmethod
     def in_repo(cls, repo: str | Path, model: str) -> ServedModelDir:
-        """`<repo>/<model>`; a task name (`fill_mask`, `embed`) is its model name."""
-        return cls(Path(repo) / TASK_TO_MODEL.get(model, model))  # type: ignore[arg-type]
+        """`<repo>/<model>`; a task's name is its default model's name."""
+        return cls(Path(repo) / model)
 
     def __repr__(self) -> str:
         return f"ServedModelDir({str(self.path)!r})"
@@ -223,7 +217,7 @@ class ServedModelDir:
                               f"{self.path.parent / settings.model_name}, got {self.path}")
         self.version_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomically(self.config_file, render_config_pbtxt(settings))
-        write_text_atomically(self.backend_file, backend_template(settings.task).read_text())
+        write_text_atomically(self.backend_file, render_backend(settings.task))
         write_json_atomically(self.serving_file, {"settings": to_dict(settings), "info": info or {}})
 
     def update(self, **changes: Any) -> ServingSettings:
@@ -271,49 +265,56 @@ def _link_or_copy(source: str, destination: str) -> str:
     return destination
 
 
-# Each task's Triton tensors: inputs (name, optional), BYTES [1] each; outputs (name, type, dims per request)
-TASK_TENSORS: dict[str, tuple[list[tuple[str, bool]], list[tuple[str, str, str]]]] = {
-    "fill_mask": ([(contract.TEXT_INPUT, False)],
-                  [(contract.TOKENS_OUTPUT, "TYPE_STRING", "-1, -1"),  # [num_masks, top_k]
-                   (contract.TOKEN_IDS_OUTPUT, "TYPE_INT64", "-1, -1"),
-                   (contract.SCORES_OUTPUT, "TYPE_FP32", "-1, -1")]),
-    "embed": ([(contract.TEXT_INPUT, False)], [(contract.EMBEDDING_OUTPUT, "TYPE_FP32", "-1")]),  # [hidden]
-    "rerank": ([(contract.TEXT_INPUT, False), (contract.TEXT_PAIR_INPUT, False)],  # query, document
-               [(contract.LOGITS_OUTPUT, "TYPE_FP32", "-1")]),  # [1]
-    "classify": ([(contract.TEXT_INPUT, False), (contract.TEXT_PAIR_INPUT, True)],  # a text, or a pair
-                 [(contract.LOGITS_OUTPUT, "TYPE_FP32", "-1")]),  # [num_labels]
-    "embed_sparse": ([(contract.TEXT_INPUT, False)],
-                     [(contract.SPARSE_INDICES_OUTPUT, "TYPE_INT64", "-1"),  # [non_zeros]
-                      (contract.SPARSE_VALUES_OUTPUT, "TYPE_FP32", "-1")]),
-}
+BACKEND_TEMPLATE = '''"""Triton python-backend entry point, written by `bertforge.served_model.ServedModelDir.write`.
+
+Do not edit: the logic lives in the installed `bertforge` package (`{path}`), which the
+python backend stub imports from the environment that launched `tritonserver`.
+"""
+
+import triton_python_backend_utils as pb_utils
+
+from {module} import {cls}
 
 
-def backend_template(task: str) -> Path:
-    """The `1/model.py` a task's folder gets: pair tasks read two texts and answer logits."""
-    if task == contract.EMBED_SPARSE_MODEL:
-        return SPARSE_MODEL_TEMPLATE
-    return PAIR_MODEL_TEMPLATE if task in contract.PAIR_MODELS else MODEL_TEMPLATE
+class TritonPythonModel:
+    def initialize(self, args):
+        self.model = {cls}.from_triton_args(args, pb_utils)
+
+    def execute(self, requests):
+        return self.model.execute(requests)
+
+    def finalize(self):
+        self.model.close()
+'''
+
+
+def render_backend(task: str) -> str:
+    """The `1/model.py` of a task's folder: it imports the task's backend class (`bertforge.tasks`)."""
+    spec = tasks.task(task)
+    return BACKEND_TEMPLATE.format(path=spec.backend_module.replace(".", "/") + ".py", module=spec.backend_module,
+                                   cls=spec.backend_class)
 
 
 def render_config_pbtxt(settings: ServingSettings) -> str:
     """The Triton model configuration for `settings`, as protobuf text."""
-    inputs, outputs = TASK_TENSORS[settings.task]
+    spec = tasks.task(settings.task)
     lines = [
-        "# Generated by serve.repository.ServedModelDir.write from bertforge/contract.py and ServingSettings.",
+        "# Generated by bertforge.served_model.ServedModelDir.write from bertforge/tasks.py and ServingSettings.",
         "# Edit the settings (bertforge export), not this file. Tensors are documented in docs/serve.md.",
         f'name: "{settings.model_name}"',
         'backend: "python"',
         f"max_batch_size: {settings.max_batch_size}",
         "input [",
     ]
-    for index, (name, optional) in enumerate(inputs):
-        lines += ["  {", f'    name: "{name}"', "    data_type: TYPE_STRING", "    dims: [ 1 ]"]
-        lines += ["    optional: true"] if optional else []
-        lines.append("  }," if index < len(inputs) - 1 else "  }")
+    for index, tensor in enumerate(spec.inputs):
+        lines += ["  {", f'    name: "{tensor.name}"', "    data_type: TYPE_STRING", "    dims: [ 1 ]"]
+        lines += ["    optional: true"] if tensor.optional else []
+        lines.append("  }," if index < len(spec.inputs) - 1 else "  }")
     lines += ["]", "output ["]
-    for index, (name, data_type, dims) in enumerate(outputs):
-        closing = "  }," if index < len(outputs) - 1 else "  }"
-        lines += ["  {", f'    name: "{name}"', f"    data_type: {data_type}", f"    dims: [ {dims} ]", closing]
+    for index, output in enumerate(spec.outputs):
+        closing = "  }," if index < len(spec.outputs) - 1 else "  }"
+        lines += ["  {", f'    name: "{output.name}"', f"    data_type: {output.data_type}", f"    dims: [ {output.dims} ]",
+                  closing]
     lines.append("]")
     if settings.dynamic_batching:
         lines.append("dynamic_batching {")
@@ -338,13 +339,13 @@ def option_fields() -> list[str]:
 
 
 def write_default_repository(repo: Path) -> None:
-    """Regenerate the committed `config.pbtxt` and `1/model.py` of both models (serving.json untouched)."""
-    for task in contract.SERVED_MODELS:
+    """Regenerate the committed `config.pbtxt` and `1/model.py` of the default models (serving.json untouched)."""
+    for task in tasks.DEFAULT_TASKS:
         settings = ServingSettings(task=task)
         model = ServedModelDir.in_repo(repo, task)
         model.version_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomically(model.config_file, render_config_pbtxt(settings))
-        write_text_atomically(model.backend_file, MODEL_TEMPLATE.read_text())
+        write_text_atomically(model.backend_file, render_backend(task))
 
 
 if __name__ == "__main__":
