@@ -42,7 +42,7 @@ class RequestTexts:
 
 def build_request_texts(config: TextsConfig, task: str, tokenizer_file: Path, max_length: int) -> RequestTexts:
     """`config.count` texts for `task` plus their token counts as the server tokenizes them."""
-    from serve.runtime import load_tokenizer
+    from bertforge.served_model import load_served_tokenizer
 
     source, documents = load_documents(config.source)
     rng = random.Random(config.seed)
@@ -51,7 +51,7 @@ def build_request_texts(config: TextsConfig, task: str, tokenizer_file: Path, ma
         raise UserError(f"{source} holds no text; point texts.source at a .jsonl or .txt file with prose")
     # the server's own tokenizer setup: sentence-transformers folders ship tokenizer.json with fixed padding
     # to 128, which made every text "128 tokens" with a bare Tokenizer.from_file (issue 12)
-    tokenizer = load_tokenizer(tokenizer_file, max_length)
+    tokenizer = load_served_tokenizer(tokenizer_file, max_length)
     mask_id = tokenizer.token_to_id(contract.MASK_TOKEN)
     texts: list[str] = []
     tokens: list[int] = []

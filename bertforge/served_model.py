@@ -257,6 +257,20 @@ def load_serving_settings(version_dir: Path) -> ServingSettings:
     return ServedModelDir(Path(version_dir).parent).settings()
 
 
+def load_served_tokenizer(tokenizer_file: Path, max_length: int):
+    """The fast (Rust) tokenizer exactly as the server runs it: no padding (a batch is padded to its longest
+    text; HF folders such as sentence-transformers' ship tokenizer.json with fixed padding to 128), truncation
+    at `max_length`. Anything that counts served tokens (bench) must use this, not a bare Tokenizer.from_file."""
+    from tokenizers import Tokenizer
+
+    if not Path(tokenizer_file).is_file():
+        raise FileNotFoundError(f"{tokenizer_file} is missing; the exporter must copy the HF tokenizer folder")
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=max_length)
+    return tokenizer
+
+
 def _link_or_copy(source: str, destination: str) -> str:
     try:
         os.link(source, destination)

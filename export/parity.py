@@ -162,9 +162,9 @@ def served_text_batches(tokenizer_file, texts: list[str], max_length: int, pad_i
                         batch_size: int = 8, limit: int = MAX_TEXT_WINDOWS) -> list[ParityBatch]:
     """Whole texts (with the prompt put before each) tokenized exactly as the server tokenizes them: its
     tokenizer.json, cut at max_length, padded on the right to the batch's longest."""
-    from serve.runtime import load_tokenizer
+    from bertforge.served_model import load_served_tokenizer
 
-    tokenizer = load_tokenizer(tokenizer_file, max_length)
+    tokenizer = load_served_tokenizer(tokenizer_file, max_length)
     texts = [text for text in texts if text.strip()][:limit]
     batches = []
     for start in range(0, len(texts), batch_size):

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from bertforge import contract
-from bertforge.served_model import ServingSettings, load_serving_settings
+from bertforge.served_model import ServingSettings, load_served_tokenizer, load_serving_settings
 from bertforge.tasks import RERANK, TASKS
-from serve.runtime import RequestError, _create_session, decode_text, load_tokenizer, plan_batches
+from serve.runtime import RequestError, _create_session, decode_text, plan_batches
 
 
 @dataclass
@@ -107,7 +107,7 @@ def pair_tokenizers(tokenizer_file: Path, max_length: int):
     """(single-text tokenizer, pair tokenizer that truncates only the second text), both as the server runs them."""
     from tokenizers import Tokenizer
 
-    single = load_tokenizer(tokenizer_file, max_length)
+    single = load_served_tokenizer(tokenizer_file, max_length)
     pair = Tokenizer.from_str(single.to_str())
     pair.no_padding()
     pair.enable_truncation(max_length=max_length, strategy="only_second")

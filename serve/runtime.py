@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from bertforge import contract
-from bertforge.served_model import ServingSettings, load_serving_settings
+from bertforge.served_model import ServingSettings, load_served_tokenizer, load_serving_settings
 from bertforge.tasks import EMBED, FILL_MASK, TASKS
 
 TRUNCATION_POLICIES = contract.TRUNCATION_POLICIES
@@ -59,7 +59,7 @@ def load_runtime(version_dir: Path, device_id: int | None = None) -> ModelRuntim
 class ModelRuntime:
     def __init__(self, settings: ServingSettings, tokenizer_dir: Path, onnx_path: Path, device_id: int | None = None):
         self.settings = settings
-        self.tokenizer = load_tokenizer(Path(tokenizer_dir) / "tokenizer.json", settings.max_length)
+        self.tokenizer = load_served_tokenizer(Path(tokenizer_dir) / "tokenizer.json", settings.max_length)
         # the tokenizer's own padding and mask tokens ([PAD]/[MASK] for BERT, <pad>/<mask> for RoBERTa, ...)
         tokens = special_tokens(Path(tokenizer_dir))
         self.mask_token = tokens["mask_token"]
@@ -350,20 +350,6 @@ def special_tokens(tokenizer_dir: Path) -> dict[str, str]:
                 if isinstance(value, str) and value:
                     found[key] = value
     return found
-
-
-def load_tokenizer(tokenizer_file: Path, max_length: int):
-    """The fast (Rust) tokenizer exactly as the server runs it: no padding (a batch is padded to its longest
-    text; HF folders such as sentence-transformers' ship tokenizer.json with fixed padding to 128), truncation
-    at `max_length`. Anything that counts served tokens (bench) must use this, not a bare Tokenizer.from_file."""
-    from tokenizers import Tokenizer
-
-    if not Path(tokenizer_file).is_file():
-        raise FileNotFoundError(f"{tokenizer_file} is missing; the exporter must copy the HF tokenizer folder")
-    tokenizer = Tokenizer.from_file(str(tokenizer_file))
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=max_length)
-    return tokenizer
 
 
 def plan_batches(lengths: list[int], max_batch_tokens: int, min_batch_fill: float = 0.0) -> list[list[int]]:

@@ -4,7 +4,7 @@ import json
 
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from serve.runtime import load_tokenizer
+from bertforge.served_model import load_served_tokenizer
 
 
 def _padded_tokenizer(path):
@@ -21,6 +21,6 @@ def _padded_tokenizer(path):
 def test_served_tokenizer_ignores_the_files_fixed_padding(tmp_path):
     path = _padded_tokenizer(tmp_path / "tokenizer.json")
     assert len(Tokenizer.from_file(str(path)).encode("hello world").ids) == 128  # the bug: every text "128 tokens"
-    served = load_tokenizer(path, max_length=64)
+    served = load_served_tokenizer(path, max_length=64)
     assert len(served.encode("hello world").ids) == 2
     assert len(served.encode("hello " * 100).ids) == 64  # truncation at the served max_length still holds
