@@ -1,9 +1,9 @@
 """In-process contenders on the same texts: ONNX Runtime on the exported graph, and plain PyTorch/transformers.
 
-- `onnxruntime`: `serve.runtime.ModelRuntime` on `<repo>/<task>/1` (same tokenizer, graph and post-processing
-  as the server, without Triton or gRPC): one text at a time, and in batches.
+- `onnxruntime`: `serve.runtime.ModelRuntime` on the served model `<repo>/<task>` (same tokenizer, graph and
+  post-processing as the server, without Triton or gRPC): one text at a time, and in batches.
 - `pipeline`: fill_mask = `transformers.pipeline("fill-mask")`; embed = `AutoModel` + attention-mask mean
-  pooling; one text at a time, and in batches. Needs the HF model folder.
+  pooling (`bertforge.pooling.pool`); one text at a time, and in batches. Needs the HF model folder.
 
 Each warms up first (at least WARMUP_CALLS calls and `warmup_seconds`: PyTorch's first calls per new
 sequence length are slow), then stops at max_requests texts or max_seconds. Latency is per call (per text
@@ -18,6 +18,8 @@ from pathlib import Path
 
 from bench.stats import point_figures
 from bench.texts import RequestTexts
+from bertforge.pooling import pool
+from bertforge.served_model import ServedModelDir
 from bertforge.tasks import FILL_MASK
 
 WARMUP_CALLS = 3
@@ -29,7 +31,7 @@ def measure_onnxruntime(repo: Path, task: str, texts: RequestTexts, batch_size: 
     """The served model's runtime in this process: [one-at-a-time point, batched point]."""
     from serve.runtime import load_runtime
 
-    runtime = load_runtime(Path(repo) / task / "1")
+    runtime = load_runtime(ServedModelDir.in_repo(repo, task).version_dir)
 
     def run(batch: list[str]) -> None:
         requests = [runtime.parse(text.encode("utf-8"), {"top_k": top_k} if task == FILL_MASK else {})
@@ -75,8 +77,7 @@ def measure_pipeline(model_dir: Path, task: str, texts: RequestTexts, batch_size
         def run(batch: list[str]) -> None:
             encoded = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
             hidden = model(**encoded).last_hidden_state  # (B, T, H)
-            weights = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-            (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)  # (B, H)
+            pool(hidden, encoded["attention_mask"], "mean")  # (B, H)
 
         name = "pytorch_mean_pooling"
     details = {"torch": torch.__version__, "threads": torch.get_num_threads()}

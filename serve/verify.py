@@ -5,9 +5,10 @@
     python -m serve.verify --model runs/demo/model --fill-mask fill.json --embed embed.json
 
 fill-mask: every [MASK]'s served top-1 is PyTorch's top-1 or a near-tie (PyTorch rates it within
-`tie_margin`, relative, of its own top-1: the export gate's rule), and the served probability of it is
-within `max_prob_diff` of PyTorch's. embed: cosine >= `min_cosine` to SentenceTransformer(folder).encode for a
-sentence-transformers folder, else to PyTorch's pooled embedding.
+`bertforge.pooling.TIE_MARGIN`, relative, of its own top-1: the export gate's rule), and the served
+probability of it is within `MAX_PROB_DIFF` of PyTorch's. embed: cosine >= `MIN_COSINE` to
+SentenceTransformer(folder).encode for a sentence-transformers folder, else to PyTorch's pooled embedding
+(`bertforge.pooling.pool`).
 The demo's last step and the end-to-end CLI test both run this on the printed answers.
 """
 
@@ -18,7 +19,8 @@ import json
 import sys
 from pathlib import Path
 
-TIE_MARGIN = 0.1  # as export.config.ParityGates.tie_margin
+from bertforge.pooling import TIE_MARGIN, is_near_tie, pool, tie_gap
+
 MAX_PROB_DIFF = 0.1  # int8 moves probabilities by a few hundredths on the demo model
 MIN_COSINE = 0.99  # as the export gate's int8 cosine
 
@@ -43,7 +45,7 @@ def check_fill_mask(model_dir: Path, answers: list[dict]) -> list[str]:
             reference = probs[position]
             best = int(reference.argmax())
             served_id, served_score = int(served[0]["token_id"]), float(served[0]["score"])
-            near_tie = float(reference[served_id]) >= (1 - TIE_MARGIN) * float(reference[best])
+            near_tie = bool(is_near_tie(float(tie_gap(reference, best, served_id)), TIE_MARGIN))
             prob_diff = abs(served_score - float(reference[served_id]))
             verdict = "PASS" if (served_id == best or near_tie) and prob_diff <= MAX_PROB_DIFF else "FAIL"
             lines.append(f"{verdict} fill-mask {answer['text']!r}: served {served[0]['token']!r} {served_score:.3f}, "
@@ -84,8 +86,8 @@ def _pytorch_pooled(model_dir: Path, pooling: str):
     def pooled(text: str):
         encoded = tokenizer(text, return_tensors="pt", truncation=True)
         with torch.no_grad():
-            hidden = model(**encoded).last_hidden_state[0]
-        return hidden[0] if pooling == "cls" else hidden.mean(0)
+            hidden = model(**encoded).last_hidden_state  # (1, T, H)
+        return pool(hidden, encoded["attention_mask"], pooling)[0]  # (H,)
 
     return pooled
 
