@@ -3,8 +3,9 @@
 Held-out text = the demo corpus' House of Commons speeches (never seen in training). Each request is
 a run of whole sentences whose word count is drawn from a log-normal around `median_words`, clipped to
 [min_words, max_words] (a sentence longer than its draw is cut); `length = "fixed"` gives exactly
-`fixed_words` words instead. For fill_mask, `masks_per_text` words become [MASK], always within the
-model's maximum length so no request is rejected for a truncated-away mask.
+`fixed_words` words instead. For fill_mask, `masks_per_text` words become the served model's own mask
+token ([MASK] for BERT, <mask> for the RoBERTa family), always within the model's maximum length so no
+request is rejected for a truncated-away mask.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.config import TextsConfig
-from bertforge import contract
 from bertforge.errors import UserError
 from bertforge.tasks import FILL_MASK
 
@@ -52,7 +52,11 @@ def build_request_texts(config: TextsConfig, task: str, tokenizer_file: Path, ma
     # the server's own tokenizer setup: sentence-transformers folders ship tokenizer.json with fixed padding
     # to 128, which made every text "128 tokens" with a bare Tokenizer.from_file (issue 12)
     tokenizer = load_served_tokenizer(tokenizer_file, max_length)
-    mask_id = tokenizer.token_to_id(contract.MASK_TOKEN)
+    mask_token = served_mask_token(tokenizer_file) if task == FILL_MASK else None
+    mask_id = tokenizer.token_to_id(mask_token) if mask_token else None
+    if mask_token and mask_id is None:
+        raise UserError(f"{tokenizer_file} has no id for the mask token {mask_token!r} that the files beside it "
+                        "name; fill_mask texts need it: re-export the model, which copies its whole tokenizer folder")
     texts: list[str] = []
     tokens: list[int] = []
     start = 0
@@ -62,7 +66,7 @@ def build_request_texts(config: TextsConfig, task: str, tokenizer_file: Path, ma
             break
         words, start = _take_words(sentences, start, _draw_length(config, rng))
         if task == FILL_MASK:
-            words = mask_words(words, config.masks_per_text, rng, max_position=max_length // 2)
+            words = mask_words(words, config.masks_per_text, rng, max_position=max_length // 2, mask_token=mask_token)
             if words is None:
                 continue
         text = " ".join(words)
@@ -92,18 +96,26 @@ def load_documents(source: str) -> tuple[str, list[str]]:
     return str(path), [line for line in lines if line.strip()]
 
 
+def served_mask_token(tokenizer_file: Path) -> str:
+    """The mask token of the served tokenizer whose `tokenizer.json` is `tokenizer_file`, as the server reads it
+    from the files beside it ([MASK], <mask>, ...)."""
+    from serve.runtime import special_tokens
+
+    return special_tokens(Path(tokenizer_file).parent)["mask_token"]
+
+
 def split_sentences(document: str) -> list[str]:
     return [sentence.strip() for sentence in SENTENCE_END.split(document) if sentence.strip()]
 
 
-def mask_words(words: list[str], count: int, rng: random.Random, max_position: int) -> list[str] | None:
-    """Replace `count` alphabetic words (keeping their punctuation) by [MASK]; None if there are too few."""
+def mask_words(words: list[str], count: int, rng: random.Random, max_position: int, mask_token: str) -> list[str] | None:
+    """Replace `count` alphabetic words (keeping their punctuation) by `mask_token`; None if there are too few."""
     candidates = [index for index, word in enumerate(words[:max_position]) if MASKABLE.match(word)]
     if len(candidates) < count:
         return None
     masked = list(words)
     for index in rng.sample(candidates, count):
-        masked[index] = MASKABLE.sub(contract.MASK_TOKEN + r"\2", words[index])
+        masked[index] = MASKABLE.sub(lambda match: mask_token + match.group(2), words[index])
     return masked
 
 

@@ -97,3 +97,18 @@ def test_tune_grid_limits_are_checked():
     for bad in ({"max_batch_sizes": (0,)}, {"min_batch_fills": (1.5,)}):
         with pytest.raises(ConfigError, match="max_batch_sizes"):
             TuneConfig(**bad)
+
+
+def test_fill_mask_texts_carry_the_models_own_mask_token(source_file, tmp_path):
+    """A RoBERTa-style byte-level BPE tokenizer masks with <mask>: a hard-coded [MASK] is no token there (it
+    would be split into pieces, no text would hold a mask, and no text could be cut)."""
+    from tests.conftest import make_sentences
+    from tests.export.family_models import byte_level_bpe
+
+    tokenizer = byte_level_bpe(tmp_path / "roberta", make_sentences(400, seed=3))
+    assert tokenizer.mask_token == "<mask>" and tokenizer.convert_tokens_to_ids(contract.MASK_TOKEN) == tokenizer.unk_token_id
+    texts = _build(source_file, tmp_path / "roberta", max_length=128, masks_per_text=2, min_words=5, median_words=8,
+                   max_words=16)
+    for text in texts.texts:
+        assert text.count("<mask>") == 2 and contract.MASK_TOKEN not in text
+        assert tokenizer(text)["input_ids"].count(tokenizer.mask_token_id) == 2
