@@ -3,23 +3,23 @@
     python -m bench.export_latency --model runs/demo/model [--rounds 30] [--json bench/results/export_latency.json]
     python -m bench.export_latency --build-mini /tmp/mini   # random 4-layer, 256-hidden, 16k-vocab BERT, then bench it
 
-Shapes: batch 1 x 32 tokens and batch 8 x 128 tokens (15% [MASK]). For fill-mask the PyTorch baseline is
-BertForMaskedLM's forward (logits at every position) followed by gather/softmax/top-k at the masks; a second
+Shapes: batch 1 x 32 tokens and batch 8 x 128 tokens of random ordinary tokens, 15% of them the model's own
+mask token ([MASK], <mask>, ...: read from its tokenizer). For fill-mask the PyTorch baseline is the
+*ForMaskedLM forward (logits at every position) followed by gather/softmax/top-k at the masks; a second
 baseline runs PyTorch with the head only at the masks ("torch masked head"), so the graph-level gain and the
 kernel-level gain can be told apart. Each round runs every contestant once, in rotating order; we report medians.
-Imports torch only inside `run` (the baseline needs it).
+The JSON goes through `bench.report.write_results` (with provenance). Imports torch only inside `run`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from bertforge import contract
+from bertforge.pooling import pool
 from bertforge.tasks import FILL_MASK
 
 SHAPES = ((1, 32), (8, 128))
@@ -31,10 +31,12 @@ def run(model_dir: Path, rounds: int = 30, threads: int | None = None, json_path
     import numpy as np
     import onnxruntime as ort
     import torch
-    from transformers import BertForMaskedLM, BertModel
+    from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
 
+    from bench.report import provenance, write_results
     from export.config import ExportConfig
     from export.exporter import build_checked_variants
+    from export.families import encoder_of, mlm_head
 
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -58,24 +60,25 @@ def run(model_dir: Path, rounds: int = 30, threads: int | None = None, json_path
                 sessions[task][f"ORT {precision} (fused)"] = ort.InferenceSession(str(path), options,
                                                                                  providers=["CPUExecutionProvider"])
         has_head = FILL_MASK in built
-        mlm = BertForMaskedLM.from_pretrained(model_dir).eval() if has_head else None
-        encoder = mlm.bert if has_head else BertModel.from_pretrained(model_dir, add_pooling_layer=False).eval()
-        vocab = encoder.config.vocab_size
+        mlm = AutoModelForMaskedLM.from_pretrained(model_dir).eval() if has_head else None
+        encoder = encoder_of(mlm) if has_head else AutoModel.from_pretrained(model_dir, add_pooling_layer=False).eval()
+        head = mlm_head(mlm)[1] if has_head else None  # the author's head: hidden (M, H) -> logits (M, V)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
         rng = np.random.default_rng(0)
         for batch, length in SHAPES:
             length = min(length, encoder.config.max_position_embeddings)
-            feeds = _inputs(rng, batch, length, vocab)
+            feeds = random_inputs(rng, batch, length, tokenizer, encoder.config.vocab_size)
             shape_key = f"b{batch}x{length}"
             results["shapes"][shape_key] = {}
             for task in built:
-                contestants = _torch_contestants(task, mlm, encoder, feeds, torch)
+                contestants = _torch_contestants(task, mlm, encoder, head, feeds, torch)
                 for name, session in sessions[task].items():
                     contestants[name] = _onnx_runner(session, feeds)
                 results["shapes"][shape_key][task] = _time_interleaved(contestants, rounds)
     _print(results)
     if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(results, indent=2) + "\n")
+        write_results(provenance({"model": str(model_dir), "rounds": rounds, "threads": threads}) | results, json_path,
+                      plots=False)
     return results
 
 
@@ -85,8 +88,9 @@ def _onnx_runner(session, feeds: dict):
     return lambda: session.run(None, session_feeds)
 
 
-def _torch_contestants(task: str, mlm, encoder, feeds: dict, torch) -> dict:
-    inputs = {name: torch.from_numpy(feeds[name]) for name in ("input_ids", "attention_mask", "token_type_ids")}
+def _torch_contestants(task: str, mlm, encoder, head, feeds: dict, torch) -> dict:
+    inputs = {name: torch.from_numpy(feeds[name]) for name in ("input_ids", "attention_mask", "token_type_ids")
+              if name in feeds}
     positions = torch.from_numpy(feeds["mask_positions"])
 
     def full_head():
@@ -98,13 +102,12 @@ def _torch_contestants(task: str, mlm, encoder, feeds: dict, torch) -> dict:
         with torch.inference_mode():
             hidden = encoder(**inputs).last_hidden_state
             picked = hidden.reshape(-1, hidden.shape[-1])[positions]  # (M, H)
-            return torch.softmax(mlm.cls(picked), -1).topk(50)
+            return torch.softmax(head(picked), -1).topk(50)
 
     def embed():
         with torch.inference_mode():
-            hidden = encoder(**inputs).last_hidden_state
-            weights = inputs["attention_mask"].unsqueeze(-1).float()
-            return (hidden * weights).sum(1) / weights.sum(1)
+            hidden = encoder(**inputs).last_hidden_state  # (B, T, H)
+            return pool(hidden, inputs["attention_mask"], "mean")  # (B, H)
 
     if task == FILL_MASK:
         return {"torch eager fp32": full_head, "torch eager fp32 (masked head)": masked_head}
@@ -128,18 +131,25 @@ def _time_interleaved(contestants: dict, rounds: int) -> dict:
                    "speedup_vs_torch": round(baseline / statistics.median(times), 2)} for name, times in timings.items()}
 
 
-def _inputs(rng, batch: int, length: int, vocab: int) -> dict:
+def random_inputs(rng, batch: int, length: int, tokenizer, vocab_size: int) -> dict:
+    """Feeds of `batch` texts of `length` random ordinary tokens between the tokenizer's own start and end
+    tokens ([CLS]/[SEP], <s>/</s>), about MASK_RATE of them (and always the first) its mask token; with
+    `mask_positions` (flat indices of the masks) and token_type_ids only where the tokenizer has them."""
     import numpy as np
 
-    input_ids = rng.integers(len(contract.SPECIAL_TOKENS), vocab, size=(batch, length), dtype=np.int64)
-    ids = contract.SPECIAL_TOKEN_IDS
-    input_ids[:, 0], input_ids[:, -1] = ids[contract.CLS_TOKEN], ids[contract.SEP_TOKEN]
+    special = set(tokenizer.all_special_ids)
+    ordinary = np.array([index for index in range(vocab_size) if index not in special], dtype=np.int64)
+    input_ids = rng.choice(ordinary, size=(batch, length))  # (B, T)
+    input_ids[:, 0], input_ids[:, -1] = tokenizer.cls_token_id, tokenizer.sep_token_id
     masked = rng.random((batch, length)) < MASK_RATE
     masked[:, 0] = masked[:, -1] = False
     masked[:, 1] = True
-    input_ids[masked] = ids[contract.MASK_TOKEN]
-    return {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids), "token_type_ids": np.zeros_like(input_ids),
-            "mask_positions": np.flatnonzero(masked).astype(np.int64)}
+    input_ids[masked] = tokenizer.mask_token_id
+    feeds = {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids),
+             "mask_positions": np.flatnonzero(masked).astype(np.int64)}
+    if "token_type_ids" in tokenizer.model_input_names:
+        feeds["token_type_ids"] = np.zeros_like(input_ids)
+    return feeds
 
 
 def _print(results: dict) -> None:
