@@ -361,7 +361,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare-queue-only", action="store_true",
                         help="also plot the rule with queue time as its only metric, at the same peak")
     parser.add_argument("--out", type=Path, default=Path("bench/results/autoscale.png"), help="PNG to write")
-    parser.add_argument("--json", type=Path, help="also write the figures as JSON")
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON (with provenance, bench/report.py)")
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -399,7 +399,9 @@ def run_command(args: argparse.Namespace) -> int:
                                 "requests": r.requests} for label, r in results.items()}}
     print(json.dumps(summary, indent=2))
     if args.json:
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+        from bench.report import arguments_config, provenance, write_results
+
+        write_results(provenance(arguments_config(args)) | summary, args.json, plots=False)
     print(f"written: {args.out}")
     return 0
 

@@ -6,6 +6,7 @@ two files can be compared later (`bertforge bench compare A.json B.json`).
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -37,6 +38,13 @@ def provenance(config: dict | None = None) -> dict:
         "git": git_state(),
         "config": config or {},
     }
+
+
+def arguments_config(args: argparse.Namespace) -> dict:
+    """A benchmark's command-line flags as the `config` of its provenance: JSON values (paths as text),
+    without what argparse carries besides them (the subcommand's `run` function)."""
+    return {name: str(value) if isinstance(value, Path) else value for name, value in vars(args).items()
+            if not callable(value)}
 
 
 def git_state() -> dict:

@@ -125,3 +125,6 @@ def test_cli_writes_the_png_and_figures(tmp_path, capsys):
     summary = json.loads(figures.read_text())
     assert summary["plotted_peak_rps"] == 60 and set(summary["runs"]) == {"shipped rule", "queue time only"}
     assert summary["runs"]["shipped rule"]["requests"] > 10_000
+    # written through bench.report: provenance beside the figures, the flags as its config
+    assert {"machine", "versions", "git", "command"} <= set(summary)
+    assert summary["config"]["peak"] == 60 and summary["config"]["out"] == str(out)
