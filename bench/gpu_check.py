@@ -10,14 +10,14 @@ to a multiple of 64 (tokens/s, MFU against the datasheet dense bf16 peak and aga
 matmul peak; model FLOPs count the unpadded vocabulary); encoder inference
 latency at batch 1 x 128 and throughput at batch 64 x 128 in fp16 and bf16 through PyTorch, and through
 ONNX Runtime's CUDA execution provider when it is installed. Timing uses CUDA events after warm-up,
-median of repeats, on fresh random token ids (never zeros). Writes JSON next to the table with --output.
+median of repeats, on fresh random token ids (never zeros). With --output, also writes the rows as JSON
+(`rows`, beside bench/report.py's provenance), rewritten after every row.
 A row that fails (out of memory, a compile error) is written as an error row and the exit status is 1.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=256, help="training sequences per step (H200: 256; "
                         "the batch lever row doubles it)")
     parser.add_argument("--skip-compile", action="store_true")
-    parser.add_argument("--output", default="", help="also write the rows as JSON here")
+    parser.add_argument("--output", default="", help="also write the rows as JSON here ({'rows': [...]} with "
+                        "provenance)")
     args = parser.parse_args(argv)
 
     import torch
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = SIZES["dry"] if args.dry_run else SIZES["base"]
     steps = 2 if args.dry_run else args.train_steps
     batch = 4 if args.dry_run else args.batch_size
-    rows = _Rows(args.output)  # written after every row: a run cut short by its time limit keeps what it measured
+    rows = _Rows(args.output, args)  # written after every row: a run cut short by its time limit keeps what it measured
     rows += [environment_row(device), matmul_peak_row(device, dry=args.dry_run)]
     measured_peak = rows[1].get("flops_per_s")
 
@@ -268,11 +269,14 @@ def print_table(rows: list[dict]) -> None:
 
 
 class _Rows(list):
-    """A list of rows that rewrites the --output JSON whenever rows are added."""
+    """A list of rows that rewrites the --output JSON (bench.report.write_results) whenever rows are added."""
 
-    def __init__(self, output: str):
+    def __init__(self, output: str, args: argparse.Namespace):
+        from bench.report import arguments_config, provenance
+
         super().__init__()
         self.output = output
+        self.provenance = provenance(arguments_config(args)) if output else {}
 
     def append(self, row) -> None:
         super().append(row)
@@ -284,8 +288,10 @@ class _Rows(list):
         return self
 
     def _write(self) -> None:
+        from bench.report import write_results
+
         if self.output:
-            Path(self.output).write_text(json.dumps(list(self), indent=1))
+            write_results(self.provenance | {"rows": list(self)}, Path(self.output), plots=False)
 
 
 def _with_vocab(config, vocab: int):

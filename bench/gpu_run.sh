@@ -18,6 +18,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
+ARGUMENTS=("$@")  # recorded in gpu_run.json's provenance
 DRY=0
 OUT_DIR=${OUT:-/tmp/gpu_run_out}
 TRAIN_SOURCE=demo
@@ -62,15 +63,19 @@ step() {
   return $rc
 }
 
-# write_report: every figure so far into $OUT/gpu_run.json (after each step: a cut-short run keeps its figures)
+# write_report: every figure so far into $OUT/gpu_run.json through bench.report.write_results, with provenance
+# (after each step: a cut-short run keeps its figures)
 write_report() {
   cp "$WORK/run/metrics.jsonl" "$OUT_DIR/metrics.jsonl" 2>/dev/null
   cp "$WORK/run/loss_curve.png" "$OUT_DIR/loss_curve.png" 2>/dev/null
-  "$PY" - "$WORK" "$OUT_DIR/gpu_run.json" "$DRY" <<'PY'
+  "$PY" - "$WORK" "$OUT_DIR/gpu_run.json" "$DRY" ${ARGUMENTS[@]+"${ARGUMENTS[@]}"} <<'PY'
 import datetime, json, statistics, sys
 from pathlib import Path
 
+from bench.report import provenance, write_results
+
 work, output, dry = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1"
+sys.argv = ["bash", "bench/gpu_run.sh", *sys.argv[4:]]  # provenance's command: this script's, not the heredoc's
 
 def load(path, default=None):
     try:
@@ -91,7 +96,7 @@ report = {
     "dry_run": dry,
     "environment": load(work / "environment.json"),
     "steps": steps,
-    "gpu_check": load(work / "gpu_check.json", []),
+    "gpu_check": load(work / "gpu_check.json", {}).get("rows", []),  # its provenance is this file's
     "train": {
         "precision": next((m.get("precision") for m in metrics if "precision" in m), None),
         "steps_in_budget": resumed_from,
@@ -105,7 +110,7 @@ report = {
     "export_fp16": {"rc": next((s["rc"] for s in steps if s["step"].startswith("export_fp16")), None),
                     "report": load(work / "onnx/export_report.json")},
 }
-output.write_text(json.dumps(report, indent=1, default=str))
+write_results(provenance({"dry_run": dry, "arguments": sys.argv[2:]}) | report, output, plots=False)
 print(json.dumps({k: report[k] for k in ("environment", "steps", "train")}, indent=1, default=str)[:4000])
 PY
 }

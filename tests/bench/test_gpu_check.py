@@ -13,7 +13,9 @@ def test_gpu_check_dry_run_produces_every_row(tmp_path):
     result = subprocess.run([sys.executable, "bench/gpu_check.py", "--dry-run", "--output", str(output)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = {row["row"]: row for row in json.loads(output.read_text())}
+    results = json.loads(output.read_text())
+    assert {"machine", "versions", "git", "command"} <= set(results) and results["config"]["dry_run"]  # bench.report
+    rows = {row["row"]: row for row in results["rows"]}
     assert not [row for row in rows.values() if "error" in row]
     train_rows = [name for name in rows if name.startswith("train ")]
     levers = ["train fp32 compiled sparse head b8", "train fp32 compiled sparse head b4 vocab 512"]  # 500 -> 512
@@ -57,6 +59,8 @@ def test_gpu_run_dry_run_rehearses_the_device_session(tmp_path, tiny_corpus_dir)
                             capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     report = json.loads((out / "gpu_run.json").read_text())
+    assert report["command"].startswith("bash bench/gpu_run.sh --dry-run --out") and report["config"]["dry_run"]
+    assert {"machine", "versions", "git"} <= set(report)  # written through bench.report, like every benchmark
     steps = {step["step"]: step["rc"] for step in report["steps"]}
     assert {name: steps.get(name) for name in ("environment", "gpu_check", "train", "resume")} == dict.fromkeys(
         ("environment", "gpu_check", "train", "resume"), 0), steps
