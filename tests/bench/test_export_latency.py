@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from bertforge import contract
+from bertforge.tasks import EMBED, FILL_MASK
 
 
 def test_random_inputs_mask_with_a_roberta_tokenizers_own_tokens(tmp_path):
@@ -50,6 +51,6 @@ def test_bench_export_writes_its_figures_with_provenance(tmp_path, tiny_bert_dir
     assert {"model", "threads", "rounds", "shapes", "parity"} <= set(results)  # the keys docs/export.md describes
     assert {"machine", "versions", "git", "command", "config"} <= set(results)  # bench.report's provenance
     assert results["config"] == {"model": str(tiny_bert_dir), "rounds": 2, "threads": 1}
-    rows = results["shapes"]["b1x32"]["fill_mask"]
+    rows = results["shapes"]["b1x32"][FILL_MASK]
     assert rows["torch eager fp32"]["speedup_vs_torch"] == 1.0 and "torch eager fp32 (masked head)" in rows
-    assert results["shapes"]["b1x32"]["embed"]["torch eager fp32"]["median_ms"] > 0
+    assert results["shapes"]["b1x32"][EMBED]["torch eager fp32"]["median_ms"] > 0

@@ -4,6 +4,7 @@ import pytest
 
 from bench.serving import goals, summarize_rounds
 from bench.stats import best_round, compare_results, latency_summary, median, pick_best, point_figures
+from bertforge.tasks import EMBED, FILL_MASK
 
 
 def test_latency_percentiles_on_known_samples():
@@ -75,7 +76,7 @@ def test_goals_are_median_of_per_round_ratios():
                 {"contender": "onnxruntime_b1", "concurrency": None, "requests_per_s": 1, "p50_ms": runtime_p50}]
 
     rounds = [round_points(100, 40, 20, 5.0, 4.5), round_points(90, 60, 30, 6.0, 4.0), round_points(120, 50, 20, 5.2, 4.5)]
-    result = goals(rounds, "fill_mask")
+    result = goals(rounds, FILL_MASK)
     assert result["served_vs_pipeline"]["value"] == pytest.approx(5.0)  # ratios 5, 3, 6 -> 5
     assert result["served_vs_pipeline"]["met"] is True
     assert result["batching_on_vs_off"]["value"] == pytest.approx(2.4)  # 2.5, 1.5, 2.4 -> 2.4
@@ -85,7 +86,7 @@ def test_goals_are_median_of_per_round_ratios():
 
 
 def test_goals_without_contenders_are_unknown_not_met():
-    result = goals([[_point("triton", 16, 100, 1)]], "embed")
+    result = goals([[_point("triton", 16, 100, 1)]], EMBED)
     assert all(goal["value"] is None and goal["met"] is None for goal in result.values())
 
 

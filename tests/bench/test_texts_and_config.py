@@ -7,6 +7,7 @@ import pytest
 from bench.config import BenchConfig, TextsConfig, preset_path
 from bertforge import contract
 from bertforge.config import ConfigError, load_config
+from bertforge.tasks import EMBED, FILL_MASK
 from tests.conftest import make_documents
 
 
@@ -17,7 +18,7 @@ def source_file(tmp_path_factory):
     return path
 
 
-def _build(source_file, tokenizer_dir, task="fill_mask", max_length=64, **options):
+def _build(source_file, tokenizer_dir, task=FILL_MASK, max_length=64, **options):
     from bench.texts import build_request_texts
 
     config = TextsConfig(source=str(source_file), count=60, **options)
@@ -25,7 +26,7 @@ def _build(source_file, tokenizer_dir, task="fill_mask", max_length=64, **option
 
 
 def test_length_mix_stays_within_bounds_and_varies(source_file, tiny_tokenizer_dir):
-    texts = _build(source_file, tiny_tokenizer_dir, task="embed", min_words=5, median_words=12, max_words=30)
+    texts = _build(source_file, tiny_tokenizer_dir, task=EMBED, min_words=5, median_words=12, max_words=30)
     words = [len(text.split()) for text in texts.texts]
     assert len(words) == 60 and min(words) >= 5 and max(words) <= 30
     assert len(set(words)) > 5  # a mix, not one length
@@ -33,7 +34,7 @@ def test_length_mix_stays_within_bounds_and_varies(source_file, tiny_tokenizer_d
 
 
 def test_fixed_length_mode(source_file, tiny_tokenizer_dir):
-    texts = _build(source_file, tiny_tokenizer_dir, task="embed", length="fixed", fixed_words=9)
+    texts = _build(source_file, tiny_tokenizer_dir, task=EMBED, length="fixed", fixed_words=9)
     assert {len(text.split()) for text in texts.texts} == {9}
 
 
@@ -66,8 +67,8 @@ def test_presets_load(name):
 
 
 def test_overrides_and_validation_errors():
-    config = load_config(BenchConfig, None, ["load.concurrency=[2, 8]", 'task="embed"', "tune.preferred_batch_sizes=[[], [4, 8]]"])
-    assert config.load.concurrency == (2, 8) and config.task == "embed"
+    config = load_config(BenchConfig, None, ["load.concurrency=[2, 8]", f'task="{EMBED}"', "tune.preferred_batch_sizes=[[], [4, 8]]"])
+    assert config.load.concurrency == (2, 8) and config.task == EMBED
     assert config.tune.preferred_batch_sizes == ((), (4, 8))
     with pytest.raises(ConfigError, match="load.concurrency"):
         load_config(BenchConfig, None, ["load.concurrency=[0]"])
@@ -83,9 +84,9 @@ def test_compare_url_needs_an_http_url_and_the_embed_task():
     from bench.config import BenchConfig
     from bertforge.config import ConfigError
 
-    assert BenchConfig(task="embed", compare_url="http://127.0.0.1:7997/embeddings").compare_url
-    for bad in ({"task": "fill_mask", "compare_url": "http://127.0.0.1:7997/embeddings"},
-                {"task": "embed", "compare_url": "127.0.0.1:7997"}):
+    assert BenchConfig(task=EMBED, compare_url="http://127.0.0.1:7997/embeddings").compare_url
+    for bad in ({"task": FILL_MASK, "compare_url": "http://127.0.0.1:7997/embeddings"},
+                {"task": EMBED, "compare_url": "127.0.0.1:7997"}):
         with pytest.raises(ConfigError, match="compare_url"):
             BenchConfig(**bad)
 
