@@ -158,7 +158,7 @@ def sentence_transformers_outputs(model, batches: list[ParityBatch], prompt: str
     return results
 
 
-def served_text_batches(tokenizer_file, texts: list[str], max_length: int, pad_id: int, prompt: str = "",
+def text_batches_as_served(tokenizer_file, texts: list[str], max_length: int, pad_id: int, prompt: str = "",
                         batch_size: int = 8, limit: int = MAX_TEXT_WINDOWS) -> list[ParityBatch]:
     """Whole texts (with the prompt put before each) tokenized exactly as the server tokenizes them: its
     tokenizer.json, cut at max_length, padded on the right to the batch's longest."""

@@ -41,7 +41,7 @@ def prepare_destination(destination: Path, replaces_whole_folder: bool = False) 
 def serving_settings(task: str, precision: str, config: ExportConfig, max_length: int, max_top_k: int,
                      model_fields: dict) -> ServingSettings:
     """How one exported model is served: the user's `serving.*` options plus what the export fixed, and what the
-    model's definition says (export.model_definition.served_fields: pooling, normalize, prompts, family, width)."""
+    model's definition says (export.model_definition.serving_fields: pooling, normalize, prompts, family, width)."""
     return ServingSettings.for_export(config.serving, task=task, precision=precision, max_length=max_length,
                                       max_top_k=max_top_k, **model_fields)
 

@@ -170,14 +170,14 @@ def test_gate_fails_a_graph_that_pools_unlike_the_author(tmp_path, family_folder
     from export.exporter import _optimum_encoder
     from export.graphs import add_pooling
     from export.model_definition import author_model, read_definition
-    from export.parity import compare, gate, served_text_batches
+    from export.parity import compare, gate, text_batches_as_served
 
     folder = family_folders["bert"]
     definition = read_definition(folder)
     assert definition.pooling == ("cls",) and definition.normalize
     encoder = onnx.load(str(_optimum_encoder(folder, tmp_path / "optimum", 18)))
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    batches = served_text_batches(folder / "tokenizer.json", make_sentences(16, seed=3), 48, tokenizer.pad_token_id)
+    batches = text_batches_as_served(folder / "tokenizer.json", make_sentences(16, seed=3), 48, tokenizer.pad_token_id)
     reference = author_outputs(author_model(definition, 48), batches, definition)
     verdicts = {}
     for pooling in ("mean", "cls"):
