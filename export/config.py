@@ -7,6 +7,7 @@ from pathlib import Path
 
 from bertforge import contract
 from bertforge.config import ConfigError, load_config
+from bertforge.pooling import TIE_MARGIN
 from bertforge.served_model import ServingOptions
 from bertforge.tasks import DEFAULT_TASKS, EMBED_SPARSE, PAIR_TASKS
 
@@ -27,7 +28,7 @@ class ParityGates:
 
     fp32_max_abs_diff: float = 1e-4  # probabilities and embeddings; top-1 must also be identical
     min_masks: int = 2000  # masks of real text per fill-mask verdict: one mask moves agreement by <= 0.0005
-    tie_margin: float = 0.1  # a different top-1 counts only if PyTorch rates it >10% (relative) below its own
+    tie_margin: float = TIE_MARGIN  # a different top-1 counts only if PyTorch rates it >10% (relative) below its own
     int8_tie_aware: float = 0.98  # masks where the variant's top-1 is PyTorch's or a near-tie (passing: >=0.997)
     int8_top5: float = 0.98  # masks where PyTorch's top-1 is in the variant's top 5 (passing: 1.000)
     int8_total_variation: float = 0.03  # mean total variation distance (passing: <=0.012; broken: >=0.06)
