@@ -147,3 +147,29 @@ def test_a_failed_task_model_keeps_its_null_choice():
                 "chosen": {"requested": "fp32", "precision": None, "reason": "fp32 missed the gate"}}
     report = ExportReport.from_dict(document)
     assert report.target.chosen.precision is None and report.to_dict() == document
+
+
+@pytest.mark.slow
+def test_task_model_exports_write_flat_reports_that_read_back(tmp_path, tiny_bert_dir, tiny_tokenizer_dir):
+    """A classify head and embed_sparse (with embed beside it): each task model's own flat report file, the
+    fill_mask/embed report beside it, all read back as written; the returned report nests embed_sparse's."""
+    from bertforge.served_model import REPORT_FILE
+    from bertforge.tasks import EMBED_SPARSE
+    from export import export_to_repository
+    from tests.serve.test_tasks import build_classifier
+
+    repo = tmp_path / "repo"
+    classifier = build_classifier(tmp_path / "classifier", tiny_tokenizer_dir, 3)
+    report = export_to_repository(classifier, repo, precision="fp32", progress=False)
+    assert report.task == CLASSIFY and report.target.chosen.precision == "fp32" and report.passed
+    saved = json.loads((repo / task_report_file(CLASSIFY)).read_text())
+    assert "tasks" not in saved and saved["variants"]["fp32"]["passed"] and saved["chosen"]["precision"] == "fp32"
+    assert read_report(repo / task_report_file(CLASSIFY)).to_dict() == saved == report.to_dict()
+    report = export_to_repository(tiny_bert_dir, repo, precision="fp32", tasks=(EMBED, EMBED_SPARSE), progress=False)
+    assert report.task is None and list(report.tasks) == [EMBED] and report.embed_sparse.task == EMBED_SPARSE
+    saved = json.loads((repo / REPORT_FILE).read_text())
+    assert read_report(repo / REPORT_FILE).to_dict() == saved  # embed_sparse's verdict is in its own file:
+    sparse = json.loads((repo / task_report_file(EMBED_SPARSE)).read_text())
+    assert report.to_dict() == {**saved, "embed_sparse": sparse}  # the returned report holds both
+    assert sparse["variants"]["fp32"]["passed"] and "tasks" not in sparse
+    assert read_report(repo / task_report_file(EMBED_SPARSE)).target.chosen.reason.startswith("embed_sparse is served")

@@ -32,6 +32,9 @@ def test_repository_layout_and_report(fp32_repo):
         assert serving["settings"]["max_length"] == 64  # the tiny model's positions
     saved = json.loads((repo / "export_report.json").read_text())
     assert saved["passed"] is True and saved["written"] is True
+    from export import read_report
+
+    assert read_report(repo / "export_report.json").to_dict() == saved == report.to_dict()  # one shape, both ways
     assert report.tasks["fill_mask"].variants["fp32"].parity["top1_agreement"] == 1.0
     assert report.tasks["fill_mask"].variants["fp32"].parity["max_abs_diff"] <= 1e-4
     assert report.tasks["embed"].variants["fp32"].parity["max_abs_diff"] <= 1e-4
