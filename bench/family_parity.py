@@ -56,14 +56,16 @@ def main() -> None:
                                               tasks=(EMBED,), progress=False, search_seconds=args.search_seconds)
                 served = served_embeddings(scratch / f"{kind}-{precision}", texts)
                 cos = cosines(served, expected)
-                (chosen, variant), = report["tasks"][EMBED]["variants"].items()
-                row[precision] = {"chosen": chosen + (f" ({variant['recipe']['name']})" if variant.get("recipe") else ""),
+                chosen, variant = report.tasks[EMBED].served
+                row[precision] = {"chosen": chosen + (f" ({variant.recipe['name']})" if variant.recipe else ""),
                                   "min_cosine": round(float(cos.min()), 6), "mean_cosine": round(float(cos.mean()), 6),
                                   "export_s": round(time.perf_counter() - started, 1)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=1))
+        from bench.report import write_results
+
+        write_results(rows, Path(args.out), plots=False)
     print("| family | pooling | default (auto) serves | min / mean cos | int8 (search) min / mean cos | fp32 min cos |")
     print("|---|---|---|---|---|---|")
     for row in rows:

@@ -13,12 +13,15 @@ winner. This is the measurement behind the gate's thresholds (docs/export.md, "T
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bertforge.tasks import FILL_MASK
+
+if TYPE_CHECKING:
+    from export.report import TargetReport
 
 
 def run(models: list[Path], outliers: bool = False, json_path: Path | None = None) -> dict:
@@ -38,26 +41,24 @@ def run(models: list[Path], outliers: bool = False, json_path: Path | None = Non
                                   progress=False)
             _, report = build_checked_variants(config, Path(scratch) / name)
             results["models"][name] = {"path": str(model), "seconds": round(time.perf_counter() - started, 1),
-                                       "tasks": {task: _task_rows(target) for task, target in report["tasks"].items()}}
+                                       "tasks": {task: _task_rows(target) for task, target in report.tasks.items()}}
             _print_model(name, results["models"][name])
     if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(results, indent=2) + "\n")
+        from bench.report import write_results
+
+        write_results(results, json_path, plots=False)
         print(f"wrote {json_path}")
     return results
 
 
-def _task_rows(target: dict) -> dict:
-    variants = target["variants"]
-    fp32 = variants["fp32"]
-    int8 = variants["int8"]
-    rows = [{"recipe": "fp32 (fused)", "passed": fp32["passed"], **_figures(fp32["parity"], "fp32")}]
-    for candidate in int8.get("search", {}).get("candidates", []):
+def _task_rows(target: TargetReport) -> dict:
+    fp32, int8 = target.variants["fp32"], target.variants["int8"]
+    rows = [{"recipe": "fp32 (fused)", "passed": fp32.passed, **_figures(fp32.parity, "fp32")}]
+    for candidate in (int8.search or {}).get("candidates", []):
         if "passed" in candidate:
             rows.append({"recipe": candidate["name"], "passed": candidate["passed"], "latency_ms": candidate.get("latency_ms"),
                          "kept_fp32": len(candidate["keep_fp32"]), **_figures(candidate["parity"], "int8")})
-    return {"winner": int8.get("recipe", {}).get("name"), "rows": rows,
-            "search_seconds": int8.get("search", {}).get("seconds")}
+    return {"winner": (int8.recipe or {}).get("name"), "rows": rows, "search_seconds": (int8.search or {}).get("seconds")}
 
 
 def _figures(parity: dict, precision: str) -> dict:

@@ -68,9 +68,9 @@ def export_stage(model_dir: Path, repo: Path, precision: str | None) -> dict:
     print(f"[pipeline] exporting {model_dir} -> {repo}")
     options = {} if precision is None else {"precision": precision}
     report = export_to_repository(model_dir, repo, **options)
-    for name, target in report["tasks"].items():
-        (served, variant), = target["variants"].items()
-        why = target.get("chosen", {}).get("reason", f"--precision {served}")
-        recipe = f" ({variant['recipe']['name']})" if variant.get("recipe") else ""
+    for name, target in report.tasks.items():
+        served, variant = target.served
+        why = target.chosen.reason if target.chosen else f"--precision {served}"
+        recipe = f" ({variant.recipe['name']})" if variant.recipe else ""
         print(f"[pipeline] {name}: serving {served}{recipe}: {why}")
     return report

@@ -18,14 +18,14 @@ from export.model_folder import ModelFolderInfo
 
 def definition_report(info: ModelFolderInfo, config: ExportConfig, definition, plan) -> dict:
     """The report's `definition`: the family, what the author defines, what the graph computes and where each
-    choice came from, and the fields serving.json records (export.model_definition.served_fields)."""
-    from export.model_definition import served_fields
+    choice came from, and the fields serving.json records (export.model_definition.serving_fields)."""
+    from export.model_definition import serving_fields
 
     return {"family": info.family.model_type, "fusion": info.family.fusion if config.optimize else None,
             "author": definition.summary(),
             "used": {"pooling": plan.pooling_name, "normalize": plan.normalize, "dense": len(plan.dense),
                      "sources": plan.sources, "agrees_with_author": plan.agrees_with_author},
-            "served": served_fields(info.family.model_type, info.hidden_size, definition, plan)}
+            "served": serving_fields(info.family.model_type, info.hidden_size, definition, plan)}
 
 
 def fused_graph(fp32_path: Path, folder: Path, info: ModelFolderInfo, config: ExportConfig, plan) -> Path:
@@ -70,11 +70,11 @@ def save_served_tokenizer(definition, info: ModelFolderInfo, target: Path):
 def embed_gate_batches(inputs, texts: list[str], tokenizer_dir: Path, max_length: int, tokenizer, definition) -> list:
     """The embed gate's inputs: the random-id batches, then whole texts tokenized as the server does (with the
     default prompt, when the folder sets one), which the reference encodes from the text itself."""
-    from export.parity import served_text_batches, special_ids
+    from export.parity import special_ids, text_batches_as_served
 
     random_batches = [batch for batch in inputs.embed if batch.source == "random"]
-    return random_batches + served_text_batches(tokenizer_dir / "tokenizer.json", texts, max_length,
-                                                special_ids(tokenizer)["pad"], prompt=definition.default_prompt)
+    return random_batches + text_batches_as_served(tokenizer_dir / "tokenizer.json", texts, max_length,
+                                                   special_ids(tokenizer)["pad"], prompt=definition.default_prompt)
 
 
 def reference_name(definition) -> str:

@@ -7,8 +7,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from bertforge.cli_options import add_config_options, build_config, given
+
+if TYPE_CHECKING:
+    from export.report import ExportReport
 
 PRECISION_HELP = ("auto (the fastest variant that passes the gate: int8 recipe search, else fp32) | fp32 | int8 (recipe "
                   "search, fails if none passes) | int8-static (calibrated) | fp16 (GPU); with --output also a comma list or 'all'")
@@ -59,7 +63,11 @@ def _flags(args: argparse.Namespace) -> list[tuple[str, object]]:
     def path(value: str | None) -> Path | None:
         return None if value is None else Path(value)
 
-    flags = given({"name": args.name, "precision": args.precision, "pooling": args.pooling, "normalize": args.normalize,
+    from export.precision import Precision
+
+    # --precision parsed here, so a misspelling fails before the config loads; the config keeps its text
+    precision = None if args.precision is None else Precision.parse(args.precision).text
+    flags = given({"name": args.name, "precision": precision, "pooling": args.pooling, "normalize": args.normalize,
                    "optimize": args.optimize, "model": path(args.model), "calibration_file": path(args.calibration_file),
                    "parity_file": path(args.parity_file), "repo": path(args.repo),
                    "tasks": None if args.tasks is None else tuple(task.strip() for task in args.tasks.split(",")
@@ -77,11 +85,11 @@ def _run_with_progress(config, quiet: bool) -> int:
     console = Console(stderr=True, quiet=quiet)
     with console.status("[bold]exporting…") as status:
         report = run_export(config, progress=_StatusProgress(console, status))
-    if "tasks" in report:
+    if report.task is None:
         _print_summary(report)
-    else:  # rerank / classify (export/cross_encoder.py): its verdicts were printed as outcomes
-        print(f"{report['task']}: precision {report['chosen']['requested']} chose {report['chosen']['precision']}: "
-              f"{report['chosen']['reason']}")
+    else:  # rerank / classify / embed_sparse (export/task_models.py): its verdicts were printed as outcomes
+        chosen = report.target.chosen
+        print(f"{report.task}: precision {chosen.requested} chose {chosen.precision}: {chosen.reason}")
     return 0
 
 
@@ -99,18 +107,18 @@ class _StatusProgress:
         self.console.print(f"[export] {message}", highlight=False, markup=False, soft_wrap=True)
 
 
-def _print_summary(report: dict) -> None:
+def _print_summary(report: ExportReport) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from export.parity import judged_figures
 
-    table = Table(title=f"bertforge export -> {report['destination']}")
+    table = Table(title=f"bertforge export -> {report.destination}")
     for column in ("model", "precision", "fused ops", "parity", "size MB"):
         table.add_column(column)
-    for name, target in report["tasks"].items():
-        for precision, variant in target["variants"].items():
-            source, parity = judged_figures(variant["parity"], precision)
+    for name, target in report.tasks.items():
+        for precision, variant in target.variants.items():
+            source, parity = judged_figures(variant.parity, precision)
             if "masked_tokens" in parity and precision == "fp32":
                 summary = f"top-1 {parity['top1_agreement']:.4f}, max|dp| {parity['max_abs_diff']:.1e} ({source})"
             elif "masked_tokens" in parity:
@@ -118,13 +126,13 @@ def _print_summary(report: dict) -> None:
                            f"TV {parity.get('mean_total_variation', float('nan')):.4f} ({parity['masked_tokens']} masks)")
             else:
                 summary = f"cos min {parity['min_cosine']:.5f} mean {parity['mean_cosine']:.5f} ({parity['texts']} texts)"
-            recipe = variant.get("recipe", {}).get("name")
+            recipe = (variant.recipe or {}).get("name")
             precision = f"{precision} ({recipe})" if recipe else precision
-            fused = ",".join(f"{op}×{count}" for op, count in variant["fused_ops"].items()) or "-"
-            table.add_row(name, precision, fused, summary, f"{variant['bytes'] / 1e6:.1f}")
+            fused = ",".join(f"{op}×{count}" for op, count in (variant.fused_ops or {}).items()) or "-"
+            table.add_row(name, precision, fused, summary, f"{variant.bytes / 1e6:.1f}")
     Console().print(table)
-    for name, target in report["tasks"].items():
-        if "chosen" in target:
-            print(f"{name}: precision auto chose {target['chosen']['precision']}: {target['chosen']['reason']}")
-    for note in report.get("notes", []):
+    for name, target in report.tasks.items():
+        if target.chosen is not None:
+            print(f"{name}: precision auto chose {target.chosen.precision}: {target.chosen.reason}")
+    for note in report.notes or []:
         print(f"note: {note}")

@@ -7,12 +7,13 @@ from pathlib import Path
 
 from bertforge import contract
 from bertforge.config import ConfigError, load_config
+from bertforge.pooling import TIE_MARGIN
 from bertforge.served_model import ServingOptions
 from bertforge.tasks import DEFAULT_TASKS, EMBED_SPARSE, PAIR_TASKS
+from export.precision import AUTO, DEFAULT_PRECISION, PRECISIONS, Precision
 
-PRECISIONS = ("fp32", "int8", "int8-static", "fp16")  # what "all" means in --output mode
-AUTO = "auto"  # the fastest variant that passes: the int8 recipe search, else fused fp32
-DEFAULT_PRECISION = AUTO
+__all__ = ["AUTO", "ALL_TASKS", "DEFAULT_PRECISION", "PRECISIONS", "TASKS", "ExportConfig", "ParityGates", "Precision",
+           "load_export_config"]
 TASKS = DEFAULT_TASKS  # the default: what an MLM folder exports
 ALL_TASKS = (*DEFAULT_TASKS, *PAIR_TASKS, EMBED_SPARSE)  # see export/task_models.py
 
@@ -27,7 +28,7 @@ class ParityGates:
 
     fp32_max_abs_diff: float = 1e-4  # probabilities and embeddings; top-1 must also be identical
     min_masks: int = 2000  # masks of real text per fill-mask verdict: one mask moves agreement by <= 0.0005
-    tie_margin: float = 0.1  # a different top-1 counts only if PyTorch rates it >10% (relative) below its own
+    tie_margin: float = TIE_MARGIN  # a different top-1 counts only if PyTorch rates it >10% (relative) below its own
     int8_tie_aware: float = 0.98  # masks where the variant's top-1 is PyTorch's or a near-tie (passing: >=0.997)
     int8_top5: float = 0.98  # masks where PyTorch's top-1 is in the variant's top 5 (passing: 1.000)
     int8_total_variation: float = 0.03  # mean total variation distance (passing: <=0.012; broken: >=0.06)
@@ -58,7 +59,9 @@ class ExportConfig:
     model: Path | None = None  # HF or sentence-transformers folder (config.json, weights, tokenizer[, modules.json])
     repo: Path | None = Path("model_repository")  # Triton model repository to write (None with `output`)
     output: Path | None = None  # plain mode: only ONNX variants + report, no Triton files
-    precision: str = DEFAULT_PRECISION  # "auto" or one of PRECISIONS; `output` mode also takes a comma list or "all"
+    # "auto" or one of PRECISIONS; `output` mode also takes a comma list or "all" (export/precision.py): kept as
+    # written, parsed once into `requested_precision`
+    precision: str = DEFAULT_PRECISION
     tasks: tuple[str, ...] = TASKS  # fill_mask needs an MLM head; without one only embed is written
     name: str | None = None  # rerank/classify/embed_sparse: the model's name in the repository (default: the task's)
     optimize: bool = True  # ONNX Runtime transformer fusions (Attention, SkipLayerNorm, Gelu)
@@ -86,12 +89,11 @@ class ExportConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for precision in self.precisions:
-            if precision not in (*PRECISIONS, AUTO):
-                raise ConfigError(f"precision {precision!r} is not one of {[AUTO, *PRECISIONS]} (or 'all' with --output)")
+        self.precision = str(self.precision)  # a Precision given as a value: its text (TOML keeps the spelling)
+        self._requested_precision = Precision.parse(self.precision)
         if self.output is None and self.repo is None:
             raise ConfigError("give a repository (--repo DIR) or a plain output folder (--output DIR)")
-        if self.output is None and len(self.precisions) != 1:
+        if self.output is None and self.requested_precision.single is None:
             raise ConfigError(f"a Triton repository serves one precision; got {list(self.precisions)} "
                               "(use --output DIR to write several variants)")
         unknown = sorted(set(self.tasks) - set(ALL_TASKS))
@@ -109,10 +111,14 @@ class ExportConfig:
             raise ConfigError(f"search_seconds must be > 0 (the int8 recipe search's time budget), got {self.search_seconds}")
 
     @property
+    def requested_precision(self) -> Precision:
+        """`precision`, parsed (export/precision.py)."""
+        return self._requested_precision
+
+    @property
     def precisions(self) -> tuple[str, ...]:
-        if self.precision == "all":
-            return PRECISIONS
-        return tuple(part.strip() for part in self.precision.split(",") if part.strip())
+        """The precisions to build, in order (`all`: every one of PRECISIONS)."""
+        return self._requested_precision.names
 
 
 def load_export_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExportConfig:

@@ -17,15 +17,15 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from bertforge import contract
-from bertforge.tasks import DEFAULT_TASKS
+from bertforge.tasks import CLASSIFY, DEFAULT_TASKS, RERANK
 from export.config import AUTO, ExportConfig
 from export.errors import ExportError, ParityError
 from export.progress import ExportProgress
+from export.report import Choice, ExportReport, TargetReport, VariantReport
 from export.task_models import model_max_length, task_settings, write_task_model
 
 SEQUENCE_CLASSIFICATION = "ForSequenceClassification"  # the architectures suffix that marks the head
@@ -44,10 +44,10 @@ def sequence_classification_task(folder: str | Path) -> str | None:
     config = json.loads(config_file.read_text())
     if not any(str(name).endswith(SEQUENCE_CLASSIFICATION) for name in config.get("architectures") or []):
         return None
-    return "rerank" if len(_labels(config)) == 1 else "classify"
+    return RERANK if len(_labels(config)) == 1 else CLASSIFY
 
 
-def export_sequence_classifier(config: ExportConfig, progress: ExportProgress) -> dict:
+def export_sequence_classifier(config: ExportConfig, progress: ExportProgress) -> ExportReport:
     """Export, gate and write the rerank/classify model of `config.model` into `config.repo`; returns the report."""
     from transformers import AutoTokenizer
 
@@ -65,8 +65,8 @@ def export_sequence_classifier(config: ExportConfig, progress: ExportProgress) -
     tokenizer = AutoTokenizer.from_pretrained(info.folder)
     max_length = model_max_length(info, tokenizer, config)
     settings = _settings(config, task, "fp32", max_length, labels)  # fails before the export if they do not fit
-    report: dict[str, Any] = {"model": str(config.model), "destination": str(config.repo), "task": task,
-                              "labels": list(labels), "max_length": max_length, "variants": {}}
+    report = ExportReport(model=str(config.model), destination=str(config.repo), task=task, labels=list(labels),
+                          max_length=max_length, tasks={task: TargetReport(task=task)})
     with tempfile.TemporaryDirectory(prefix="bertforge-export-") as scratch:
         scratch = Path(scratch)
         # 1. Optimum's text-classification graph, fused
@@ -76,7 +76,7 @@ def export_sequence_classifier(config: ExportConfig, progress: ExportProgress) -
         queries, documents = gate_pairs(config)
         features = [pair_features(tokenizer, query, documents, max_length) for query in queries]
         reference = _torch_logits(info.folder, features)
-        report["gate_inputs"] = {"queries": len(queries), "documents_per_query": len(documents)}
+        report.gate_inputs = {"queries": len(queries), "documents_per_query": len(documents)}
         # 3. each candidate precision: build, run, gate
         candidates = ["fp32", "int8"] if precision == AUTO else [precision]
         paths = {}
@@ -87,22 +87,21 @@ def export_sequence_classifier(config: ExportConfig, progress: ExportProgress) -
             details = build_variant(fused, candidate, path)
             metrics = compare_logits(_onnx_logits(path, features), reference, task)
             failures = gate_failures(metrics, candidate, task, config.gates.fp32_max_abs_diff)
-            report["variants"][candidate] = {**details, "parity": metrics, "failures": failures, "passed": not failures}
+            report.target.variants[candidate] = VariantReport.gated(details, metrics, failures)
             progress.outcome(f"{task} {candidate}: {'PASS' if not failures else 'FAIL'} {summary(metrics, task)}")
             if not failures:
                 paths[candidate] = path
         chosen, reason = _choose(paths, precision, features)
-        report["chosen"] = {"requested": precision, "precision": chosen, "reason": reason}
-        report["passed"] = chosen is not None
-        report["seconds"] = round(time.perf_counter() - started, 1)
+        report.target.chosen = Choice(requested=precision, precision=chosen, reason=reason)
+        report.passed = chosen is not None
+        report.seconds = round(time.perf_counter() - started, 1)
         if chosen is None:
-            failures = [line for variant in report["variants"].values() for line in variant["failures"]]
-            raise ParityError(failures, report)
+            raise ParityError(report.failures, report)
         progress.outcome(f"{task}: serving {chosen} ({reason})")
         # 4. write <repo>/<model> whole (a running server never sees half a model), then this model's report
         settings = _settings(config, task, chosen, max_length, labels)
         write_task_model(Path(config.repo), settings, paths[chosen], info.folder, report)
-    progress.outcome(f"wrote {Path(config.repo) / settings.model_name} in {report['seconds']} s")
+    progress.outcome(f"wrote {Path(config.repo) / settings.model_name} in {report.seconds} s")
     return report
 
 
@@ -129,7 +128,7 @@ def pair_features(tokenizer, query: str, documents: list[str], max_length: int) 
 
 def compare_logits(logits: list[np.ndarray], reference: list[np.ndarray], task: str) -> dict:
     """Per query (rows: documents): max |d logit|, Spearman of the ranking, same best document, same label."""
-    spearman = [_spearman(got[:, 0], want[:, 0]) for got, want in zip(logits, reference)] if task == "rerank" else []
+    spearman = [_spearman(got[:, 0], want[:, 0]) for got, want in zip(logits, reference)] if task == RERANK else []
     top1 = [int(np.argmax(got[:, 0]) == np.argmax(want[:, 0])) for got, want in zip(logits, reference)]
     labels = [float(np.mean(got.argmax(1) == want.argmax(1))) for got, want in zip(logits, reference)]
     return {"pairs": int(sum(len(want) for want in reference)),
@@ -146,7 +145,7 @@ def gate_failures(metrics: dict, precision: str, task: str, fp32_max_abs_diff: f
             return [f"{name}: max |d logit| {metrics['max_abs_diff']:.2e} > {fp32_max_abs_diff:.0e} vs PyTorch fp32"]
         return []
     failures = []
-    if task == "rerank":
+    if task == RERANK:
         if metrics["mean_spearman"] < INT8_MIN_SPEARMAN or metrics["min_spearman"] < INT8_MIN_SPEARMAN - 0.05:
             failures.append(f"{name}: Spearman mean {metrics['mean_spearman']:.4f} / min {metrics['min_spearman']:.4f} "
                             f"below {INT8_MIN_SPEARMAN} / {INT8_MIN_SPEARMAN - 0.05:.2f}")
@@ -159,7 +158,7 @@ def gate_failures(metrics: dict, precision: str, task: str, fp32_max_abs_diff: f
 
 def summary(metrics: dict, task: str) -> str:
     ranking = (f"Spearman mean {metrics['mean_spearman']:.4f} min {metrics['min_spearman']:.4f}, "
-               if task == "rerank" else f"label agreement {metrics['label_agreement']:.4f}, ")
+               if task == RERANK else f"label agreement {metrics['label_agreement']:.4f}, ")
     return (f"{ranking}top-1 {metrics['top1_agreement']:.3f}, max |d logit| {metrics['max_abs_diff']:.2e} "
             f"on {metrics['pairs']} pairs")
 
@@ -172,9 +171,9 @@ def _check_request(config: ExportConfig, task: str) -> str:
     asked = set(config.tasks)
     if asked != set(DEFAULT_TASKS) and asked != {task}:  # the default tasks mean "what the folder has"
         raise ExportError(f"{config.model} has a sequence-classification head with "
-                          f"{'one label' if task == 'rerank' else 'several labels'}: it exports task {task!r} only, "
+                          f"{'one label' if task == RERANK else 'several labels'}: it exports task {task!r} only, "
                           f"not {sorted(asked)}; pass --tasks {task}")
-    (precision,) = config.precisions
+    precision = config.requested_precision.single
     if precision not in (AUTO, "fp32", "int8"):
         raise ExportError(f"precision {precision!r} is not available for {task}; use auto, fp32 or int8")
     return precision

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from bertforge.errors import UserError
+
+if TYPE_CHECKING:
+    from export.report import ExportReport
 
 
 class ExportError(UserError):
@@ -12,7 +17,7 @@ class ExportError(UserError):
 class ParityError(ExportError):
     """A variant missed its parity gate; nothing of it was written."""
 
-    def __init__(self, failures: list[str], report: dict):
+    def __init__(self, failures: list[str], report: ExportReport):
         super().__init__("parity gate failed, nothing written:\n  " + "\n  ".join(failures))
         self.failures = failures
         self.report = report

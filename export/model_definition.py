@@ -202,7 +202,7 @@ def author_model(definition: ModelDefinition, max_length: int):
     return definition.model
 
 
-def served_fields(family: str, hidden_size: int, definition: ModelDefinition, plan: EmbeddingPlan) -> dict:
+def serving_fields(family: str, hidden_size: int, definition: ModelDefinition, plan: EmbeddingPlan) -> dict:
     """What serving.json records about the model (bertforge.served_model.ServingSettings): pooling as used, prompts and
     the default prompt from the folder, the family, the embedding width."""
     width = plan.dense[-1].weight.shape[0] if plan.dense else hidden_size * len(plan.pooling)

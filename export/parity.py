@@ -8,7 +8,8 @@ Two sources of inputs, reported separately (`export_report.json` keeps every fig
   holds at least `min_masks` masks, so one near-tie cannot decide a verdict. Lossy variants are judged here.
 
 Fill-mask figures (all over masks): exact top-1 agreement; tie-aware agreement (a different top-1 counts
-only when PyTorch rates the variant's choice more than `tie_margin` (relative) below its own top-1);
+only when PyTorch rates the variant's choice more than `tie_margin` (relative) below its own top-1: the near-tie
+rule of bertforge.pooling, with the margin the gates configure, `ParityGates.tie_margin`);
 top-5 containment (PyTorch's top-1 is in the variant's top 5); total variation distance between the two
 full distributions. Embedding figures: cosine to PyTorch's pooled vector, min and mean.
 The reference is computed by PyTorch from the checkpoint, pooled/softmaxed by independent PyTorch code.
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bertforge import contract
+from bertforge.pooling import TIE_MARGIN, is_near_tie, pool, tie_gap
 from bertforge.tasks import FILL_MASK
 
 RANDOM_SHAPES = ((1, 8), (3, 17), (8, 48))  # (batch, longest length); other rows are shorter (padding)
@@ -128,11 +130,7 @@ def reference_outputs(torch_model, batches: list[ParityBatch], task: str, poolin
                 results.append({contract.ONNX_TOP_IDS: top_ids.numpy(), contract.ONNX_TOP_PROBS: top_probs.float().numpy(),
                                 PROBS_OUTPUT: probs.to(torch.float16).numpy()})
             else:
-                if pooling == "cls":
-                    pooled = hidden[:, 0]
-                else:
-                    weights = inputs["attention_mask"].unsqueeze(-1).float()
-                    pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+                pooled = pool(hidden, inputs["attention_mask"], "cls" if pooling == "cls" else "mean")  # (B, H)
                 if normalize:
                     pooled = torch.nn.functional.normalize(pooled, dim=-1)
                 results.append({contract.ONNX_SENTENCE_EMBEDDING: pooled.numpy()})
@@ -158,7 +156,7 @@ def sentence_transformers_outputs(model, batches: list[ParityBatch], prompt: str
     return results
 
 
-def served_text_batches(tokenizer_file, texts: list[str], max_length: int, pad_id: int, prompt: str = "",
+def text_batches_as_served(tokenizer_file, texts: list[str], max_length: int, pad_id: int, prompt: str = "",
                         batch_size: int = 8, limit: int = MAX_TEXT_WINDOWS) -> list[ParityBatch]:
     """Whole texts (with the prompt put before each) tokenized exactly as the server tokenizes them: its
     tokenizer.json, cut at max_length, padded on the right to the batch's longest."""
@@ -184,7 +182,7 @@ def _forward_inputs(encoder) -> set[str]:
 
 
 def compare(session, batches: list[ParityBatch], references: list[dict], task: str, graph: str = "served",
-            tie_margin: float = 0.05) -> dict:
+            tie_margin: float = TIE_MARGIN) -> dict:
     """Run the variant on every batch; figures over all inputs at the top level and per source in `by_source`.
 
     graph="served": the contract graphs (top_ids/top_probs [+ head/probs], sentence_embedding); graph="plain":
@@ -288,12 +286,9 @@ def _fill_mask_outputs(session, feeds, batch, reference, graph, output_names):
 def _fill_mask_figures(top_ids: np.ndarray, probs: np.ndarray | None, reference: dict, tie_margin: float) -> dict:
     reference_probs = reference[PROBS_OUTPUT].astype(np.float32)  # (M, V)
     reference_top1 = reference[contract.ONNX_TOP_IDS][:, 0]
-    rows = np.arange(len(top_ids))
     chosen = top_ids[:, 0]
-    # how much less likely (to PyTorch, relative to its own top-1) the variant's choice is: 0 = a perfect tie
-    best = reference_probs[rows, reference_top1]
-    gap = (best - reference_probs[rows, chosen]) / np.maximum(best, 1e-12)
-    figures = {"top1": chosen == reference_top1, "tie_aware": (chosen == reference_top1) | (gap <= tie_margin),
+    gap = tie_gap(reference_probs, reference_top1, chosen)  # 0 = a perfect tie (bertforge.pooling)
+    figures = {"top1": chosen == reference_top1, "tie_aware": (chosen == reference_top1) | is_near_tie(gap, tie_margin),
                "top5": (top_ids[:, :TOP_CONTAINMENT_K] == reference_top1[:, None]).any(-1),
                "gap": np.where(chosen == reference_top1, 0.0, gap)}
     if probs is not None:
@@ -304,8 +299,7 @@ def _fill_mask_figures(top_ids: np.ndarray, probs: np.ndarray | None, reference:
 def _embedding_output(session, feeds, batch, graph) -> np.ndarray:
     if graph == "plain":
         hidden = session.run(["last_hidden_state"], feeds)[0]  # (B, T, H)
-        weights = batch.feeds["attention_mask"][..., None].astype(np.float32)
-        return (hidden * weights).sum(1) / np.maximum(weights.sum(1), 1e-9)
+        return pool(hidden, batch.feeds["attention_mask"], "mean")  # (B, H)
     (embedding,) = session.run([contract.ONNX_SENTENCE_EMBEDDING], feeds)
     return embedding
 

@@ -14,14 +14,15 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from bertforge import contract
+from bertforge.tasks import EMBED_SPARSE
 from export.config import AUTO, ExportConfig
 from export.errors import ExportError, ParityError
 from export.progress import ExportProgress
+from export.report import Choice, ExportReport, TargetReport, VariantReport
 from export.task_models import model_max_length, task_settings, write_task_model
 
 TOP_K = 32
@@ -30,7 +31,7 @@ MIN_COSINE = 0.99  # lowest per-text cosine of the full vectors
 BATCH = 16
 
 
-def export_sparse(config: ExportConfig, progress: ExportProgress) -> dict:
+def export_sparse(config: ExportConfig, progress: ExportProgress) -> ExportReport:
     """Export, gate and write `<repo>/embed_sparse` from the MLM folder `config.model`; returns the report."""
     from transformers import AutoTokenizer
 
@@ -42,14 +43,14 @@ def export_sparse(config: ExportConfig, progress: ExportProgress) -> dict:
     if not info.has_mlm_head:
         raise ExportError(f"embed_sparse needs the MLM head (cls.predictions.*); {info.folder} has none: export a "
                           "BertForMaskedLM folder (bertforge's own runs are)")
-    if config.output is not None or config.precisions not in ((AUTO,), ("fp32",)):
+    if config.output is not None or config.requested_precision.single not in (AUTO, "fp32"):
         raise ExportError("embed_sparse is exported into a repository (--repo) in fp32 (precision auto or fp32)")
     prepare_destination(config.repo)
     tokenizer = AutoTokenizer.from_pretrained(info.folder)
     max_length = model_max_length(info, tokenizer, config)
-    settings = task_settings(config, task="embed_sparse", precision="fp32", max_length=max_length)
-    report: dict[str, Any] = {"model": str(config.model), "destination": str(config.repo), "task": "embed_sparse",
-                              "max_length": max_length, "variants": {}}
+    settings = task_settings(config, task=EMBED_SPARSE, precision="fp32", max_length=max_length)
+    report = ExportReport(model=str(config.model), destination=str(config.repo), task=EMBED_SPARSE,
+                          max_length=max_length, tasks={EMBED_SPARSE: TargetReport(task=EMBED_SPARSE)})
     with tempfile.TemporaryDirectory(prefix="bertforge-export-") as scratch:
         scratch = Path(scratch)
         progress.step(f"embed_sparse: optimum export of {info.folder}")
@@ -57,17 +58,17 @@ def export_sparse(config: ExportConfig, progress: ExportProgress) -> dict:
         features = _features(tokenizer, config, max_length)
         metrics = compare_sparse(_onnx_weights(path, features), torch_sparse(torch_model, features))
         failures = gate_failures(metrics, config.gates.fp32_max_abs_diff)
-        report["variants"]["fp32"] = {**details, "parity": metrics, "failures": failures, "passed": not failures}
-        report["chosen"] = {"requested": config.precision, "precision": "fp32",
-                            "reason": "embed_sparse is served in fp32 (no int8 search for it yet)"}
-        report["passed"], report["seconds"] = not failures, round(time.perf_counter() - started, 1)
+        report.target.variants["fp32"] = VariantReport.gated(details, metrics, failures)
+        report.target.chosen = Choice(requested=config.precision, precision="fp32",
+                                      reason="embed_sparse is served in fp32 (no int8 search for it yet)")
+        report.passed, report.seconds = not failures, round(time.perf_counter() - started, 1)
         progress.outcome(f"embed_sparse fp32: {'PASS' if not failures else 'FAIL'} top-{TOP_K} overlap mean "
                          f"{metrics['mean_top_overlap']:.4f}, cosine min {metrics['min_cosine']:.6f}, max |d| "
                          f"{metrics['max_abs_diff']:.2e} on {metrics['texts']} texts")
         if failures:
             raise ParityError(failures, report)
         write_task_model(Path(config.repo), settings, path, info.folder, report)
-    progress.outcome(f"wrote {Path(config.repo) / settings.model_name} in {report['seconds']} s")
+    progress.outcome(f"wrote {Path(config.repo) / settings.model_name} in {report.seconds} s")
     return report
 
 
@@ -137,13 +138,13 @@ def _build(info, scratch: Path, config: ExportConfig):
     import onnx
     from transformers import BertForMaskedLM
 
-    from export.exporter import _optimum_encoder
     from export.families import mlm_head
     from export.graphs import add_logits_head
+    from export.targets import optimum_encoder
     from export.variants import build_variant, fuse
 
     torch_model = BertForMaskedLM.from_pretrained(info.folder, use_safetensors=True).eval()
-    encoder = onnx.load(str(_optimum_encoder(info.folder, scratch / "optimum", config.opset)))
+    encoder = onnx.load(str(optimum_encoder(info.folder, scratch / "optimum", config.opset)))
     graph = add_sparse_head(add_logits_head(encoder, mlm_head(torch_model)[0]))
     onnx.save(graph, str(scratch / "model.fp32.onnx"))
     fused = fuse(scratch / "model.fp32.onnx", scratch / "model.fused.onnx", num_heads=info.num_heads,

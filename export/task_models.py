@@ -10,14 +10,15 @@ import shutil
 from pathlib import Path
 
 from bertforge import contract
-from bertforge.files import staged_folder, write_json_atomically
+from bertforge.files import staged_folder
 from bertforge.tasks import EMBED_SPARSE, PAIR_TASKS
 from export.config import ExportConfig
 from export.errors import ExportError
 from export.progress import ExportProgress
+from export.report import ExportReport, task_report_file, write_report
 
 
-def export_if_task_model(config: ExportConfig, progress: ExportProgress) -> dict | None:
+def export_if_task_model(config: ExportConfig, progress: ExportProgress) -> ExportReport | None:
     """A classification-head folder: rerank/classify (export/cross_encoder.py); `embed_sparse` among the tasks:
     export/sparse.py, then the other tasks by the encoder exporter. None: only fill_mask/embed, the exporter's own."""
     from export.cross_encoder import export_sequence_classifier, sequence_classification_task
@@ -41,7 +42,7 @@ def export_if_task_model(config: ExportConfig, progress: ExportProgress) -> dict
     if not rest:
         return sparse
     report = run_export(dataclasses.replace(config, tasks=rest), progress)
-    report["embed_sparse"] = sparse
+    report.embed_sparse = sparse
     return report
 
 
@@ -68,20 +69,21 @@ def task_settings(config: ExportConfig, **fixed):
     return settings
 
 
-def write_task_model(repo: Path, settings, onnx_path: Path, source: Path, report: dict) -> None:
+def write_task_model(repo: Path, settings, onnx_path: Path, source: Path, report: ExportReport) -> None:
     """`<repo>/<model>` swapped in whole (a running server never sees half a model), then its own report
     `<repo>/export_report.<model>.json` (the fill_mask/embed report is left alone)."""
     from transformers import AutoTokenizer
 
     from bertforge.served_model import ServedModelDir
 
-    variant = report["variants"][settings.precision]
+    target = report.target
+    variant = target.variants[settings.precision]
     with staged_folder(repo / settings.model_name, stage_above_parent=True) as staged:
         model = ServedModelDir(staged)
         model.version_dir.mkdir()
         shutil.copyfile(onnx_path, model.onnx_file)
         AutoTokenizer.from_pretrained(source).save_pretrained(model.tokenizer_dir)
         model.write(settings, info={"source": str(source), "precision": settings.precision,
-                                    "chosen": report["chosen"], "parity": variant["parity"],
-                                    "fused_ops": variant.get("fused_ops")})
-    write_json_atomically(repo / f"export_report.{settings.model_name}.json", report)
+                                    "chosen": target.chosen.to_dict(), "parity": variant.parity,
+                                    "fused_ops": variant.fused_ops})
+    write_report(repo / task_report_file(settings.model_name), report)

@@ -7,11 +7,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bertforge.files import staged_folder, write_json_atomically
+from bertforge.files import staged_folder
 from bertforge.served_model import REPORT_FILE, ServedModelDir, ServingSettings
 from export.config import ExportConfig
 from export.errors import ExportError
 from export.model_folder import ModelFolderInfo
+from export.report import ExportReport, write_report
 
 
 def prepare_destination(destination: Path, replaces_whole_folder: bool = False) -> None:
@@ -41,43 +42,43 @@ def prepare_destination(destination: Path, replaces_whole_folder: bool = False) 
 def serving_settings(task: str, precision: str, config: ExportConfig, max_length: int, max_top_k: int,
                      model_fields: dict) -> ServingSettings:
     """How one exported model is served: the user's `serving.*` options plus what the export fixed, and what the
-    model's definition says (export.model_definition.served_fields: pooling, normalize, prompts, family, width)."""
+    model's definition says (export.model_definition.serving_fields: pooling, normalize, prompts, family, width)."""
     return ServingSettings.for_export(config.serving, task=task, precision=precision, max_length=max_length,
                                       max_top_k=max_top_k, **model_fields)
 
 
 def write_repository(repo: Path, built: dict[str, dict[str, Path]], tokenizer_dir: Path, info: ModelFolderInfo,
-                     config: ExportConfig, report: dict) -> None:
+                     config: ExportConfig, report: ExportReport) -> None:
     """One Triton model per task (see `bertforge.served_model.ServedModelDir`), each swapped in whole, then the report."""
     repo.mkdir(parents=True, exist_ok=True)
     for task, variants in built.items():
         (precision, onnx_path), = variants.items()
-        settings = serving_settings(task, precision, config, report["max_length"], report["max_top_k"],
-                                    report["definition"]["served"])
+        settings = serving_settings(task, precision, config, report.max_length, report.max_top_k,
+                                    report.definition["served"])
+        target = report.tasks[task]
         with staged_folder(repo / settings.model_name, stage_above_parent=True) as staged:
             model = ServedModelDir(staged)
             model.version_dir.mkdir()
             shutil.copyfile(onnx_path, model.onnx_file)
             shutil.copytree(tokenizer_dir, model.tokenizer_dir)
-            variant = report["tasks"][task]["variants"][precision]
-            model.write(settings, info={"source": str(info.folder), "precision": precision,
-                                        "recipe": variant.get("recipe"), "chosen": report["tasks"][task].get("chosen"),
-                                        "parity": variant["parity"], "fused_ops": variant["fused_ops"],
-                                        "gate_cpu": report.get("cpu"),  # the CPU every gate ran on
+            variant = target.variants[precision]
+            model.write(settings, info={"source": str(info.folder), "precision": precision, "recipe": variant.recipe,
+                                        "chosen": target.chosen and target.chosen.to_dict(),
+                                        "parity": variant.parity, "fused_ops": variant.fused_ops,
+                                        "gate_cpu": report.cpu,  # the CPU every gate ran on
                                         # what the graph computes and which file (or flag) each choice came from
-                                        "definition": report["definition"]["used"]})
-            report["tasks"][task]["model_dir"] = str(repo / settings.model_name)
-            report["tasks"][task]["serving"] = {"max_batch_size": settings.max_batch_size,
-                                                "max_batch_tokens": settings.max_batch_tokens,
-                                                "max_length": settings.max_length, "max_top_k": settings.max_top_k,
-                                                "pooling": settings.pooling, "normalize": settings.normalize,
-                                                "family": settings.family, "embedding_dim": settings.embedding_dim,
-                                                "default_prompt_name": settings.default_prompt_name}
-    write_json_atomically(repo / REPORT_FILE, report)
+                                        "definition": report.definition["used"]})
+            target.model_dir = str(repo / settings.model_name)
+            target.serving = {"max_batch_size": settings.max_batch_size, "max_batch_tokens": settings.max_batch_tokens,
+                              "max_length": settings.max_length, "max_top_k": settings.max_top_k,
+                              "pooling": settings.pooling, "normalize": settings.normalize,
+                              "family": settings.family, "embedding_dim": settings.embedding_dim,
+                              "default_prompt_name": settings.default_prompt_name}
+    write_report(repo / REPORT_FILE, report)
 
 
 def write_output_folder(output: Path, built: dict[str, dict[str, Path]], tokenizer_dir: Path, info: ModelFolderInfo,
-                        report: dict) -> None:
+                        report: ExportReport) -> None:
     """`<output>/<task>/model_<precision>.onnx` + config.json + tokenizer per task, and the report."""
     with staged_folder(output) as folder:
         for task, variants in built.items():
@@ -87,7 +88,7 @@ def write_output_folder(output: Path, built: dict[str, dict[str, Path]], tokeniz
                 shutil.copyfile(onnx_path, task_dir / _variant_file(precision))
             shutil.copyfile(info.folder / "config.json", task_dir / "config.json")
             shutil.copytree(tokenizer_dir, task_dir, dirs_exist_ok=True)
-        write_json_atomically(folder / REPORT_FILE, report)
+        write_report(folder / REPORT_FILE, report)
 
 
 def _variant_file(precision: str) -> str:

@@ -105,10 +105,10 @@ def test_family_served_as_sentence_transformers_encodes(kind, family_folders, fa
     assert settings["max_length"] == 48  # the folder's max_seq_length, not the positions
     if options.get("prompts"):
         assert settings["prompts"]["query"] == "query: " and settings["default_prompt_name"] == "query"
-    assert report["definition"]["used"]["sources"]["pooling"] == "1_Pooling/config.json"
+    assert report.definition["used"]["sources"]["pooling"] == "1_Pooling/config.json"
     info = json.loads((repo / "embed" / "1" / "serving.json").read_text())["info"]
     assert info["definition"]["agrees_with_author"] is True and info["definition"]["sources"]["pooling"] == "1_Pooling/config.json"
-    assert report["gate_inputs"]["embed_reference"].startswith("SentenceTransformer(folder).encode")
+    assert report.gate_inputs["embed_reference"].startswith("SentenceTransformer(folder).encode")
 
 
 @pytest.mark.parametrize("kind", ["roberta", "modernbert"])
@@ -136,7 +136,7 @@ def test_family_fill_mask_uses_its_own_mask_token(kind, family_folders, family_e
 
 def test_fusions_apply_per_family(family_exports):
     """ONNX Runtime's BERT fusions: Attention where its matcher knows the family's attention, else LayerNorm/Gelu."""
-    fused = {kind: report["tasks"]["embed"]["variants"]["fp32"]["fused_ops"] for kind, (_, report) in family_exports.items()}
+    fused = {kind: report.tasks["embed"].variants["fp32"].fused_ops for kind, (_, report) in family_exports.items()}
     for kind in ("bert", "roberta", "xlm-roberta", "camembert", "distilbert", "electra"):
         assert fused[kind].get("Attention") == 2, (kind, fused[kind])
     assert fused["mpnet"].get("SkipLayerNormalization")
@@ -151,10 +151,10 @@ def test_forced_pooling_is_warned_and_reported_as_disagreeing(tmp_path, family_f
     report = export_to_repository(family_folders["bert"], tmp_path / "repo", precision="fp32", tasks=("embed",),
                                   pooling="mean", parity_samples=24)
     assert "WARNING: --pooling mean contradicts the model's own definition (1_Pooling/config.json: cls)" in capsys.readouterr().out
-    assert report["definition"]["used"]["agrees_with_author"] is False
-    assert report["definition"]["used"]["sources"]["pooling"].startswith("explicit --pooling")
-    assert report["definition"]["author_agreement"]["agrees"] is False
-    assert report["definition"]["author_agreement"]["min_cosine"] < 0.99
+    assert report.definition["used"]["agrees_with_author"] is False
+    assert report.definition["used"]["sources"]["pooling"].startswith("explicit --pooling")
+    assert report.definition["author_agreement"]["agrees"] is False
+    assert report.definition["author_agreement"]["min_cosine"] < 0.99
     assert json.loads((tmp_path / "repo" / "embed" / "1" / "serving.json").read_text())["settings"]["pooling"] == "mean"
 
 
@@ -167,17 +167,17 @@ def test_gate_fails_a_graph_that_pools_unlike_the_author(tmp_path, family_folder
 
     from export.author_reference import author_outputs
     from export.config import ParityGates
-    from export.exporter import _optimum_encoder
     from export.graphs import add_pooling
     from export.model_definition import author_model, read_definition
-    from export.parity import compare, gate, served_text_batches
+    from export.parity import compare, gate, text_batches_as_served
+    from export.targets import optimum_encoder
 
     folder = family_folders["bert"]
     definition = read_definition(folder)
     assert definition.pooling == ("cls",) and definition.normalize
-    encoder = onnx.load(str(_optimum_encoder(folder, tmp_path / "optimum", 18)))
+    encoder = onnx.load(str(optimum_encoder(folder, tmp_path / "optimum", 18)))
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    batches = served_text_batches(folder / "tokenizer.json", make_sentences(16, seed=3), 48, tokenizer.pad_token_id)
+    batches = text_batches_as_served(folder / "tokenizer.json", make_sentences(16, seed=3), 48, tokenizer.pad_token_id)
     reference = author_outputs(author_model(definition, 48), batches, definition)
     verdicts = {}
     for pooling in ("mean", "cls"):
@@ -263,7 +263,7 @@ def test_int8_search_works_for_a_family_without_token_type_ids(tmp_path, family_
 
     report = export_to_repository(family_folders["xlm-roberta"], tmp_path / "repo", precision="int8", tasks=("embed",),
                                   progress=False, parity_samples=24, search_seconds=10)
-    assert report["tasks"]["embed"]["variants"]["int8"]["passed"]
+    assert report.tasks["embed"].variants["int8"].passed
     expected = SentenceTransformer(str(family_folders["xlm-roberta"]), device="cpu").encode(TEXTS, convert_to_numpy=True)
     assert cosines(served_embeddings(tmp_path / "repo", TEXTS), expected).min() >= 0.99
 
@@ -278,8 +278,8 @@ def test_do_lower_case_is_served(tmp_path, tiny_tokenizer_dir, family_texts):
     folder = build_family_folder("roberta", tmp_path / "cased", tiny_tokenizer_dir, family_texts, mlm_head=False)
     (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 48, "do_lower_case": True}))
     report = export_to_repository(folder, tmp_path / "repo", precision="fp32", progress=False, parity_samples=24)
-    assert report["definition"]["author"]["do_lower_case"] is True
-    assert report["definition"]["author"]["sources"]["do_lower_case"] == "sentence_bert_config.json"
+    assert report.definition["author"]["do_lower_case"] is True
+    assert report.definition["author"]["sources"]["do_lower_case"] == "sentence_bert_config.json"
     shouted = [text.upper() for text in TEXTS]
     expected = SentenceTransformer(str(folder), device="cpu").encode(shouted, convert_to_numpy=True)
     served = served_embeddings(tmp_path / "repo", shouted)

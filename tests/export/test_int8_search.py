@@ -48,16 +48,16 @@ def test_search_finds_a_recipe_where_per_tensor_int8_fails(outlier_bert_dir, tmp
 
     repo = tmp_path / "repo"
     report = export_to_repository(outlier_bert_dir, repo, precision="int8", tasks=("embed",), progress=False)
-    variant = report["tasks"]["embed"]["variants"]["int8"]
-    candidates = {c["name"]: c for c in variant["search"]["candidates"] if "passed" in c}
+    variant = report.tasks["embed"].variants["int8"]
+    candidates = {c["name"]: c for c in variant.search["candidates"] if "passed" in c}
     assert candidates["dynamic-per-tensor"]["passed"] is False  # the failure mode is real on this fixture
-    assert variant["passed"] and variant["recipe"]["name"] != "dynamic-per-tensor"
-    text = variant["parity"]["by_source"]["text"]
+    assert variant.passed and variant.recipe["name"] != "dynamic-per-tensor"
+    text = variant.parity["by_source"]["text"]
     assert text["min_cosine"] >= 0.99 and text["mean_cosine"] >= 0.995
     assert all("latency_ms" in c for c in candidates.values() if c["passed"])  # every passing one was timed
     serving = json.loads((repo / EMBED / "1" / "serving.json").read_text())
     assert serving["settings"]["precision"] == "int8"
-    assert serving["info"]["recipe"]["name"] == variant["recipe"]["name"]
+    assert serving["info"]["recipe"]["name"] == variant.recipe["name"]
 
 
 @pytest.mark.slow
@@ -68,18 +68,18 @@ def test_search_keeps_the_most_sensitive_nodes_fp32_when_no_fixed_recipe_passes(
 
     model = _outlier_bert(tmp_path, tiny_tokenizer_dir, initializer_range=0.3)  # stronger outliers' effect
     report = export_to_repository(model, tmp_path / "repo", precision="int8", tasks=("embed",), progress=False)
-    variant = report["tasks"]["embed"]["variants"]["int8"]
-    assert variant["search"]["cpu"] == report["cpu"] == detect_cpu().summary()  # the CPU the gate ran on
-    cpu = CpuInfo.from_summary(variant["search"]["cpu"])
-    assert cpu.int8_kernel in variant["search"]["recipe_set"]  # the report names the kernel and the recipes
-    fixed = variant["search"]["candidates"][:len(search_recipes(cpu))]
+    variant = report.tasks["embed"].variants["int8"]
+    assert variant.search["cpu"] == report.cpu == detect_cpu().summary()  # the CPU the gate ran on
+    cpu = CpuInfo.from_summary(variant.search["cpu"])
+    assert cpu.int8_kernel in variant.search["recipe_set"]  # the report names the kernel and the recipes
+    fixed = variant.search["candidates"][:len(search_recipes(cpu))]
     assert [c["name"] for c in fixed] == [recipe.name for recipe in search_recipes(cpu)]
     assert not any(c["passed"] for c in fixed)
-    kept = variant["recipe"]["keep_fp32"]
-    base = variant["recipe"]["name"].split("+")[0]  # each base ranks the nodes under its own quantization
-    ranking = next(c for c in variant["search"]["candidates"]
+    kept = variant.recipe["keep_fp32"]
+    base = variant.recipe["name"].split("+")[0]  # each base ranks the nodes under its own quantization
+    ranking = next(c for c in variant.search["candidates"]
                    if c["name"] == "sensitivity" and c["base"] == base)["local_error"]
-    assert variant["passed"] and 0 < len(kept) <= len(ranking) // 2
+    assert variant.passed and 0 < len(kept) <= len(ranking) // 2
     assert kept == list(ranking)[:len(kept)]  # the most sensitive first
     quantized = set(quantizable_nodes(tmp_path / "repo" / "embed" / "1" / "model.onnx"))
     assert set(kept) <= quantized and len(quantized) == len(kept)  # exactly those stayed float MatMul/Attention
@@ -94,8 +94,8 @@ def test_auto_falls_back_to_fp32_and_explicit_int8_fails(outlier_bert_dir, tmp_p
     impossible = {"int8_mean_cosine": 1.0, "int8_cosine": 1.0}
     report = export_to_repository(outlier_bert_dir, tmp_path / "repo", tasks=("embed",), search_seconds=5,
                                   progress=False, **impossible)
-    chosen = report["tasks"]["embed"]["chosen"]
-    assert chosen["requested"] == "auto" and chosen["precision"] == "fp32" and "no int8 recipe passed" in chosen["reason"]
+    chosen = report.tasks["embed"].chosen
+    assert chosen.requested == "auto" and chosen.precision == "fp32" and "no int8 recipe passed" in chosen.reason
     assert json.loads((tmp_path / "repo" / "embed" / "1" / "serving.json").read_text())["settings"]["precision"] == "fp32"
     code = main(["export", "--model", str(outlier_bert_dir), "--repo", str(tmp_path / "cli"), "--precision", "int8",
                  "--tasks", "embed", "--set", "gates.int8_mean_cosine=1.0", "--set", "search_seconds=5", "--quiet"])

@@ -32,11 +32,14 @@ def test_repository_layout_and_report(fp32_repo):
         assert serving["settings"]["max_length"] == 64  # the tiny model's positions
     saved = json.loads((repo / "export_report.json").read_text())
     assert saved["passed"] is True and saved["written"] is True
-    assert report["tasks"]["fill_mask"]["variants"]["fp32"]["parity"]["top1_agreement"] == 1.0
-    assert report["tasks"]["fill_mask"]["variants"]["fp32"]["parity"]["max_abs_diff"] <= 1e-4
-    assert report["tasks"]["embed"]["variants"]["fp32"]["parity"]["max_abs_diff"] <= 1e-4
+    from export import read_report
+
+    assert read_report(repo / "export_report.json").to_dict() == saved == report.to_dict()  # one shape, both ways
+    assert report.tasks["fill_mask"].variants["fp32"].parity["top1_agreement"] == 1.0
+    assert report.tasks["fill_mask"].variants["fp32"].parity["max_abs_diff"] <= 1e-4
+    assert report.tasks["embed"].variants["fp32"].parity["max_abs_diff"] <= 1e-4
     # fusions happened: Attention, SkipLayerNormalization, BiasGelu in the served graph
-    fused = report["tasks"]["embed"]["variants"]["fp32"]["fused_ops"]
+    fused = report.tasks["embed"].variants["fp32"].fused_ops
     assert {"Attention", "SkipLayerNormalization", "BiasGelu"} <= set(fused)
     # no staging folders left beside the repository
     assert not [p for p in repo.parent.iterdir() if "staging" in p.name]

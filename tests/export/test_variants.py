@@ -23,11 +23,11 @@ def test_int8_repository_is_fused_quantized_and_within_gates(tmp_path, tiny_bert
 
     repo = tmp_path / "repo"
     report = export_to_repository(tiny_bert_dir, repo, precision="int8", progress=False)
-    fill = report["tasks"]["fill_mask"]["variants"]["int8"]
-    text = fill["parity"]["by_source"]["text"]
-    assert fill["passed"] and text["tie_aware_agreement"] >= 0.98 and text["masked_tokens"] >= 2000
-    assert report["tasks"]["embed"]["variants"]["int8"]["parity"]["by_source"]["text"]["min_cosine"] >= 0.99
-    assert fill["recipe"]["name"] == fill["search"]["winner"]
+    fill = report.tasks["fill_mask"].variants["int8"]
+    text = fill.parity["by_source"]["text"]
+    assert fill.passed and text["tie_aware_agreement"] >= 0.98 and text["masked_tokens"] >= 2000
+    assert report.tasks["embed"].variants["int8"].parity["by_source"]["text"]["min_cosine"] >= 0.99
+    assert fill.recipe["name"] == fill.search["winner"]
     ops = _ops(repo / FILL_MASK / "1" / "model.onnx")
     assert ops["SkipLayerNormalization"] == 4
     assert ops["QAttention"] + ops["MatMulInteger"] + ops["QLinearMatMul"] > 0  # quantized, whichever recipe won
@@ -50,9 +50,9 @@ def test_other_config_without_mlm_head(tmp_path, tiny_corpus_dir):
                             num_attention_heads=3, num_hidden_layers=3, intermediate_size=96, max_position_embeddings=40)
     repo = tmp_path / "repo"
     report = export_to_repository(model, repo, precision="int8", pooling="cls", normalize=True, progress=False)
-    assert list(report["tasks"]) == ["embed"] and "no MLM head" in report["notes"][0]
+    assert list(report.tasks) == ["embed"] and "no MLM head" in report.notes[0]
     assert not (repo / FILL_MASK).exists()
-    assert report["max_length"] == 40
+    assert report.max_length == 40
     runtime = load_runtime(repo / EMBED / "1")
     requests = [TextRequest(text=text, top_k=1, truncation="truncate") for text in make_sentences(3, seed=9)]
     runtime.tokenize(requests)
@@ -71,10 +71,10 @@ def test_output_mode_all_variants_load_in_optimum(tmp_path, tiny_bert_dir):
 
     output = tmp_path / "onnx"
     report = export_onnx(tiny_bert_dir, output, precision="all", progress=False)
-    assert set(report["tasks"]) == {"fill_mask", "embed", "masked-lm", "feature-extraction"}
-    for target in report["tasks"].values():
-        assert set(target["variants"]) == {"fp32", "int8", "int8-static", "fp16"}
-        assert all(variant["passed"] for variant in target["variants"].values())
+    assert set(report.tasks) == {"fill_mask", "embed", "masked-lm", "feature-extraction"}
+    for target in report.tasks.values():
+        assert set(target.variants) == {"fp32", "int8", "int8-static", "fp16"}
+        assert all(variant.passed for variant in target.variants.values())
     assert json.loads((output / "export_report.json").read_text())["passed"] is True
     # static int8 has calibrated quantized MatMuls; fp16 keeps float32 outputs with fp16 weights inside
     static_ops = _ops(output / "fill_mask" / "model_int8_static.onnx")
@@ -82,7 +82,7 @@ def test_output_mode_all_variants_load_in_optimum(tmp_path, tiny_bert_dir):
     fp16 = onnx.load(str(output / "embed" / "model_fp16.onnx"))
     assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in fp16.graph.initializer)
     assert fp16.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-    assert report["tasks"]["fill_mask"]["variants"]["fp16"]["parity"]["top1_agreement"] >= 0.99
+    assert report.tasks["fill_mask"].variants["fp16"].parity["top1_agreement"] >= 0.99
     # Optimum loads the plain folders, and a transformers pipeline runs on them
     tokenizer = AutoTokenizer.from_pretrained(output / "masked-lm")
     masked_lm = ORTModelForMaskedLM.from_pretrained(output / "masked-lm", file_name="model_int8.onnx")
