@@ -45,9 +45,9 @@ def run(model_dir: Path, rounds: int = 30, threads: int | None = None, json_path
         config = ExportConfig(model=Path(model_dir), repo=None, output=Path(scratch) / "unused",
                               precision="fp32,int8,int8-static", progress=False)
         built, report = build_checked_variants(config, Path(scratch), plain=False)
-        results["parity"] = {name: {p: {k: v for k, v in variant["parity"].items() if not k.endswith("by_source")}
-                                    for p, variant in target["variants"].items()}
-                             for name, target in report["tasks"].items()}
+        results["parity"] = {name: {p: {k: v for k, v in variant.parity.items() if not k.endswith("by_source")}
+                                    for p, variant in target.variants.items()}
+                             for name, target in report.tasks.items()}
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         # no spin-waiting after a run: it would steal the cores from the next (interleaved) contestant

@@ -63,9 +63,9 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.out:
-        from bench.report import write_results
+        from bench.report import arguments_config, provenance, write_results
 
-        write_results(rows, Path(args.out), plots=False)
+        write_results(provenance(arguments_config(args)) | {"rows": rows}, Path(args.out), plots=False)
     print("| family | pooling | default (auto) serves | min / mean cos | int8 (search) min / mean cos | fp32 min cos |")
     print("|---|---|---|---|---|---|")
     for row in rows:
