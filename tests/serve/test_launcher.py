@@ -95,12 +95,13 @@ def test_wait_until_up_returns_the_probe_value_or_names_the_exit_and_the_timeout
     import subprocess
     import sys
 
-    from serve.launcher import LaunchError, wait_until_up
+    from serve.launcher import LaunchError
+    from serve.process import wait_until_up
 
     log = tmp_path / "server.log"
     exited = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
     with pytest.raises(LaunchError, match=rf"tritonserver exited with code 3 before it was ready \(log: {log}\):\nlast"):
-        wait_until_up(exited, lambda: None, 30, "tritonserver", "it was ready", log, lambda: "last")
+        wait_until_up(exited, lambda: None, 30, "tritonserver", "it was ready", log, lambda: "last", LaunchError)
     running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         with pytest.raises(RuntimeError, match="the API process: still not true that it listened after"):
