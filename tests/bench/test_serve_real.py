@@ -5,6 +5,7 @@ import json
 import pytest
 
 from bertforge.cli import main
+from bertforge.served_model import ServedModelDir
 
 pytestmark = pytest.mark.slow
 
@@ -183,4 +184,4 @@ def test_profile_splits_the_time_into_ops_processes_and_the_serving_floor(served
     assert 0 < floor["constant_p50_ms"] < floor["served_p50_ms"]
     assert floor["overhead_ms"] == pytest.approx(floor["served_p50_ms"] - floor["in_process_p50_ms"])
     # the benchmarked repository is untouched (the constant model went into a copy)
-    assert "ServedModel" in (served_repo / task / "1" / "model.py").read_text()
+    assert "ServedModel" in ServedModelDir.in_repo(served_repo, task).backend_file.read_text()

@@ -11,6 +11,8 @@ import time
 import psutil
 import pytest
 
+from bertforge.served_model import ServedModelDir
+from bertforge.tasks import EMBED, FILL_MASK
 from serve import launcher
 from serve.launcher import LaunchError, TritonServer, check_platform, running_server
 
@@ -52,7 +54,7 @@ def test_clean_exit_removes_the_work_folder_a_failed_start_keeps_it(served_repo,
     assert not server.workdir.exists()
     broken = tmp_path / "broken"
     shutil.copytree(served_repo, broken)
-    (broken / "fill_mask" / "1" / "model.onnx").write_bytes(b"not an onnx file")
+    ServedModelDir.in_repo(broken, FILL_MASK).onnx_file.write_bytes(b"not an onnx file")
     with pytest.raises(LaunchError) as caught:
         with running_server(broken, grpc_port=0, http_port=0, metrics_port=0, ready_timeout_s=60):
             pass
@@ -64,7 +66,7 @@ def test_clean_exit_removes_the_work_folder_a_failed_start_keeps_it(served_repo,
 def test_failed_start_reports_the_log_tail_and_leaves_no_process(served_repo, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(served_repo, broken)
-    (broken / "embed" / "1" / "model.onnx").write_bytes(b"not an onnx file")
+    ServedModelDir.in_repo(broken, EMBED).onnx_file.write_bytes(b"not an onnx file")
     server = TritonServer(broken, "127.0.0.1", 0, 0, 0)
     with pytest.raises(LaunchError, match=r"(?s)exited with code .*embed") as caught:
         server.start(ready_timeout_s=60)
