@@ -1,9 +1,9 @@
 """Start the real `tritonserver` (bundled in the nvidia-pytriton wheel) on a model repository.
 
-`running_server(repo, ...)` is what tests, `bertforge serve` and bench use: it checks the platform,
-builds the python-backend folder, sets the environment the stub needs (../shared/PLATFORM.md, "Real
-Triton on this machine"), picks free ports when asked (port 0), waits for readiness, and always stops
-the server by its PID (SIGTERM, then SIGKILL).
+`running_server(repo, ...)` is what `serve.stack.running_stack` (`bertforge serve`, bench, tests) starts first:
+it checks the platform, builds the python-backend folder, sets the environment the stub needs
+(../shared/PLATFORM.md, "Real Triton on this machine"), picks free ports when asked (port 0), waits for
+readiness, and always stops the server by its PID (SIGTERM, then SIGKILL; serve/process.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Run the API in its own process (uvicorn) next to tritonserver, and stop it by its PID.
 
-`running_api(repo, grpc_url, ...)` is what `bertforge serve`, tests and bench use; the child is
+`running_api(repo, grpc_url, ...)` is what `serve.stack.running_stack` starts beside tritonserver; the child is
 `python -m serve.api`, which binds its socket itself (port 0 = a free one, no race) and writes the
 address it listens on to a file once it is up. The API key travels in the child's environment, never
 on its command line (which any local user can read with ps).
