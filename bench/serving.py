@@ -28,6 +28,7 @@ from bench.load import measure_served_point
 from bench.stats import best_round, encoder_flops, median
 from bench.texts import RequestTexts, build_request_texts
 from bertforge.errors import UserError
+from bertforge.served_model import ServedModelDir
 from bertforge.tasks import FILL_MASK
 from export.config import DEFAULT_PRECISION
 
@@ -216,8 +217,6 @@ def resolve_repository(repo: Path | None, model_dir: Path | None, scratch: Path,
                        log: Callable[[str], None], precision: str = DEFAULT_PRECISION) -> Path:
     """The repository to serve: `repo` as given, else `model_dir` exported into `scratch`."""
     if repo is not None:
-        from bertforge.served_model import ServedModelDir
-
         model = ServedModelDir.in_repo(repo, task)
         if not model.is_complete():
             raise UserError(f"{repo} holds no exported {task} model ({', '.join(model.missing_files())} missing); "
@@ -234,15 +233,12 @@ def resolve_repository(repo: Path | None, model_dir: Path | None, scratch: Path,
 
 def variant_repository(repo: Path, target: Path, task: str, **changes) -> Path:
     """A copy of one model of `repo` (weights linked, not copied) with changed ServingSettings."""
-    from bertforge.served_model import ServedModelDir
-
     ServedModelDir.in_repo(repo, task).copy_to(target, **changes)
     return target
 
 
 def serving_document(repo: Path, task: str) -> dict:
     from bertforge.config import to_dict
-    from bertforge.served_model import ServedModelDir
 
     model = ServedModelDir.in_repo(repo, task)
     return to_dict(model.settings()) | {"info": model.info()}
@@ -250,8 +246,6 @@ def serving_document(repo: Path, task: str) -> dict:
 
 def request_texts(config: BenchConfig, repo: Path) -> RequestTexts:
     """The benchmark texts, with each one's token count as the server tokenizes it."""
-    from bertforge.served_model import ServedModelDir
-
     model = ServedModelDir.in_repo(repo, config.task)
     return build_request_texts(config.texts, config.task, model.tokenizer_dir / "tokenizer.json",
                                model.settings().max_length)
@@ -260,8 +254,6 @@ def request_texts(config: BenchConfig, repo: Path) -> RequestTexts:
 def text_flops(repo: Path, task: str, texts: RequestTexts) -> list[float] | None:
     """Model FLOPs of each text (real tokens, its [MASK]s through the fill-mask head); None when the graph's
     shape cannot be read (then no efficiency column)."""
-    from bertforge.served_model import ServedModelDir
-
     shape = encoder_shape(ServedModelDir.in_repo(repo, task).onnx_file)
     if shape is None:
         return None

@@ -66,6 +66,17 @@ def test_serve_sweep_with_every_baseline(served_repo, tiny_bert_dir, held_out_fi
     assert main(["bench", "compare", str(output), str(output)]) == 0
 
 
+def test_bench_serve_starts_tritonserver_and_the_api_as_one_stack(served_repo, held_out_file, tmp_path):
+    """Without --url, `--api` runs the API in front of bench's own tritonserver (serve.stack, as `bertforge serve`)."""
+    output = tmp_path / "stack.json"
+    assert main(["bench", "serve", "--repo", str(served_repo), "--api", "tei", "--concurrency", "1", "--seconds", "1",
+                 "--requests", "50", "--rounds", "1", "--no-baselines", "--no-plots", "--output", str(output),
+                 *_text_settings(held_out_file)]) == 0
+    points = json.loads(output.read_text())["points"]
+    assert {point["contender"] for point in points} == {"triton", "api_tei"}
+    assert all(point["errors"] == 0 and point["requests"] > 0 for point in points)
+
+
 def test_open_loop_rate_against_a_running_server(served_repo, grpc_url, held_out_file, tmp_path):
     output = tmp_path / "rate.json"
     code = main(["bench", "serve", "--repo", str(served_repo), "--url", grpc_url, "--task", "embed", "--rate", "40",
