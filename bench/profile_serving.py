@@ -25,6 +25,7 @@ from bench.load import measure_served_point
 from bench.serving import request_texts, variant_repository
 from bench.texts import RequestTexts
 from bertforge import contract
+from bertforge.served_model import ServedModelDir
 from bertforge.tasks import FILL_MASK
 
 # Reads TEXT like the real backend and answers a constant of the task's output shape: the cost of serving itself
@@ -69,13 +70,14 @@ def op_profile(repo: Path, task: str, texts: RequestTexts, batch_size: int) -> d
 
     from serve.runtime import load_runtime
 
-    runtime = load_runtime(Path(repo) / task / "1")
+    model = ServedModelDir.in_repo(repo, task)
+    runtime = load_runtime(model.version_dir)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = runtime.settings.intra_op_threads
     with tempfile.TemporaryDirectory(prefix="bertforge-profile-") as scratch:
         options.enable_profiling, options.profile_file_prefix = True, str(Path(scratch) / "ort")
-        runtime.session = ort.InferenceSession(str(Path(repo) / task / "1" / "model.onnx"), options,
+        runtime.session = ort.InferenceSession(str(model.onnx_file), options,
                                                providers=runtime.providers)
         run = runtime.fill_mask if task == FILL_MASK else runtime.embed
         started = time.perf_counter()
@@ -100,9 +102,10 @@ def cpu_shares(repo: Path, task: str, texts: RequestTexts, concurrency: int, sec
     """Cores used by each process (by name) and by this load generator during one closed-loop point."""
     import psutil
 
-    from serve.launcher import running_server
+    from bench.serving import start_stack
 
-    with running_server(repo, grpc_port=0, http_port=0, metrics_port=0) as server:
+    with start_stack(repo, lambda line: None, "profiled") as served:
+        server = served.server
         point = dict(concurrency=concurrency, max_requests=10**9, timeout_s=timeout_s, top_k=top_k)
         measure_served_point(server.endpoints.grpc_url, task, texts, max_seconds=1.0, warmup_seconds=0.5, **point)
         processes = [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)]
@@ -138,7 +141,7 @@ def single_client_floor(repo: Path, task: str, texts: RequestTexts, seconds: flo
             copy = variant_repository(repo, Path(stack.enter_context(tempfile.TemporaryDirectory(
                 prefix="bertforge-profile-"))), task)
             if kind == "constant":
-                write_constant_model(copy / task / "1" / "model.py", task, top_k)
+                write_constant_model(ServedModelDir.in_repo(copy, task).backend_file, task, top_k)
             urls[kind] = stack.enter_context(start_server(copy, lambda line: None, kind))
         for number in range(rounds):
             for kind in (list(p50s) if number % 2 == 0 else list(reversed(p50s))):

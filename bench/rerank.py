@@ -40,19 +40,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bertforge-bench-rerank-") as scratch:
         folder = Path(args.model) if args.model else build_cross_encoder(Path(scratch) / "model", args.layers, args.hidden)
         queries, documents = query_lists(args.documents)
+        from bertforge.tasks import RERANK
         from export import export_to_repository
-        from serve.launcher import running_server
+        from serve.stack import local_config, running_stack
 
         precision = args.precision or ("auto" if args.model else "fp32")
         report = export_to_repository(folder, Path(scratch) / "repo", precision=precision, progress=False)
         chosen = report.get("chosen") or {"precision": precision}  # a task model's report (export/cross_encoder.py)
-        print(f"[bench] {report.get('task', 'rerank')}: serving {chosen['precision']} ({chosen.get('reason', 'as asked')})")
+        print(f"[bench] {report.get('task', RERANK)}: serving {chosen['precision']} ({chosen.get('reason', 'as asked')})")
         results = {"in-process CrossEncoder.predict": [], f"served, {args.clients} clients": []}
-        with running_server(Path(scratch) / "repo", grpc_port=0, http_port=0, metrics_port=0) as server:
+        with running_stack(local_config(Path(scratch) / "repo")) as served:
             for _ in range(args.rounds):
                 results["in-process CrossEncoder.predict"].append(in_process(folder, queries, documents, args.seconds))
                 results[f"served, {args.clients} clients"].append(asyncio.run(
-                    served(server.endpoints.grpc_url, queries, documents, args.clients, args.seconds)))
+                    served_rate(served.grpc_url, queries, documents, args.clients, args.seconds)))
     for name, rates in results.items():
         print(f"{name:36s} pairs/s per round {', '.join(f'{rate:.0f}' for rate in rates)}  median "
               f"{statistics.median(rates):.0f}")
@@ -65,9 +66,10 @@ def idle_models(args: argparse.Namespace) -> None:
     from contextlib import ExitStack
 
     from bench.export_latency import build_mini_model
+    from bertforge.tasks import EMBED_SPARSE
     from export import export_to_repository
     from export.texts import built_in_texts
-    from serve.launcher import running_server
+    from serve.stack import local_config, running_stack
 
     with tempfile.TemporaryDirectory(prefix="bertforge-bench-idle-") as scratch, ExitStack() as stack:
         scratch = Path(scratch)
@@ -78,15 +80,13 @@ def idle_models(args: argparse.Namespace) -> None:
             export_to_repository(mlm, scratch / repo, precision="fp32", progress=False)
         export_to_repository(cross_encoder, scratch / "five", precision="fp32", progress=False)
         export_to_repository(classifier, scratch / "five", precision="fp32", progress=False)
-        export_to_repository(mlm, scratch / "five", precision="fp32", tasks=("embed_sparse",), progress=False)
-        servers = {name: stack.enter_context(running_server(scratch / name, grpc_port=0, http_port=0, metrics_port=0))
-                   for name in ("two", "five")}
+        export_to_repository(mlm, scratch / "five", precision="fp32", tasks=(EMBED_SPARSE,), progress=False)
+        servers = {name: stack.enter_context(running_stack(local_config(scratch / name))) for name in ("two", "five")}
         texts = [" ".join(text.split()[:40]) for text in built_in_texts()[:256]]
         rates: dict[str, list[float]] = {"fill_mask + embed": [], "+ 3 idle models": []}
         for _ in range(args.rounds):
             for label, name in zip(rates, servers):
-                rates[label].append(asyncio.run(embed_rate(servers[name].endpoints.grpc_url, texts, args.clients,
-                                                           args.seconds)))
+                rates[label].append(asyncio.run(embed_rate(servers[name].grpc_url, texts, args.clients, args.seconds)))
     for label, values in rates.items():
         print(f"embed texts/s, {label:18s} per round {', '.join(f'{v:.0f}' for v in values)}  median "
               f"{statistics.median(values):.0f}")
@@ -155,7 +155,7 @@ def in_process(folder: Path, queries: list[str], documents: list[list[str]], sec
     return pairs / (time.perf_counter() - started)
 
 
-async def served(url: str, queries: list[str], documents: list[list[str]], clients: int, seconds: float) -> float:
+async def served_rate(url: str, queries: list[str], documents: list[list[str]], clients: int, seconds: float) -> float:
     from serve.client import AsyncBertforgeClient
 
     # every pair of every client may be in flight at once, as 16 separate clients would send them

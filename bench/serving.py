@@ -20,6 +20,7 @@ import contextlib
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.baselines import measure_gemm_peak, measure_onnxruntime, measure_pipeline, peak_for_precision
 from bench.config import BenchConfig
@@ -27,14 +28,19 @@ from bench.load import measure_served_point
 from bench.stats import best_round, encoder_flops, median
 from bench.texts import RequestTexts, build_request_texts
 from bertforge.errors import UserError
+from bertforge.served_model import ServedModelDir
 from bertforge.tasks import FILL_MASK
 from export.config import DEFAULT_PRECISION
+
+if TYPE_CHECKING:
+    from serve.stack import ServingStack
 
 SERVED = "triton"
 SERVED_NO_BATCHING = "triton_no_batching"
 EXTERNAL = "external"  # another embedding server (config.compare_url), e.g. Infinity
 GOAL_CONCURRENCY = 16
 API_GOAL_CONCURRENCY = 32
+API_MAX_IN_FLIGHT = 4096  # the API must not refuse (429) what the sweep sends
 
 
 def run_serve_benchmark(config: BenchConfig, repo: Path | None = None, model_dir: Path | None = None,
@@ -53,11 +59,16 @@ def run_serve_benchmark(config: BenchConfig, repo: Path | None = None, model_dir
         log("[bench] GEMM peak now, {} threads: ".format(peak["threads"]) +
             ", ".join(f"{kind} {rate:,.0f}" for kind, rate in peak["gflops_per_s"].items()) + " G(FL)OP/s")
 
-        # Servers: ours (or the one at --url) and, on a repository copy, the same with batching off
-        servers = {SERVED: url or stack.enter_context(start_server(repo, log, "dynamic batching on"))}
+        # Servers: ours with its API (or the one at --url) and, on a repository copy, the same with batching off
         apis: dict[str, tuple[str, str]] = {}  # contender -> (API kind, its URL); its Triton is SERVED
+        if url is None:
+            served = stack.enter_context(start_stack(repo, log, "dynamic batching on", api=bool(config.api)))
+            servers, api_url = {SERVED: served.grpc_url}, served.api.url if served.api else None
+        else:
+            servers = {SERVED: url}
+            api_url = stack.enter_context(start_api(repo, url, log)) if config.api else None
         if config.api:
-            apis[api_contender(config.api)] = (config.api, stack.enter_context(start_api(repo, servers[SERVED], log)))
+            apis[api_contender(config.api)] = (config.api, api_url)
             servers[api_contender(config.api)] = servers[SERVED]
         if config.compare_url:
             servers[EXTERNAL], apis[EXTERNAL] = None, ("external", config.compare_url)
@@ -206,8 +217,6 @@ def resolve_repository(repo: Path | None, model_dir: Path | None, scratch: Path,
                        log: Callable[[str], None], precision: str = DEFAULT_PRECISION) -> Path:
     """The repository to serve: `repo` as given, else `model_dir` exported into `scratch`."""
     if repo is not None:
-        from bertforge.served_model import ServedModelDir
-
         model = ServedModelDir.in_repo(repo, task)
         if not model.is_complete():
             raise UserError(f"{repo} holds no exported {task} model ({', '.join(model.missing_files())} missing); "
@@ -224,15 +233,12 @@ def resolve_repository(repo: Path | None, model_dir: Path | None, scratch: Path,
 
 def variant_repository(repo: Path, target: Path, task: str, **changes) -> Path:
     """A copy of one model of `repo` (weights linked, not copied) with changed ServingSettings."""
-    from bertforge.served_model import ServedModelDir
-
     ServedModelDir.in_repo(repo, task).copy_to(target, **changes)
     return target
 
 
 def serving_document(repo: Path, task: str) -> dict:
     from bertforge.config import to_dict
-    from bertforge.served_model import ServedModelDir
 
     model = ServedModelDir.in_repo(repo, task)
     return to_dict(model.settings()) | {"info": model.info()}
@@ -240,15 +246,15 @@ def serving_document(repo: Path, task: str) -> dict:
 
 def request_texts(config: BenchConfig, repo: Path) -> RequestTexts:
     """The benchmark texts, with each one's token count as the server tokenizes it."""
-    settings = serving_document(repo, config.task)
-    tokenizer_file = Path(repo) / config.task / "1" / "tokenizer" / "tokenizer.json"
-    return build_request_texts(config.texts, config.task, tokenizer_file, settings["max_length"])
+    model = ServedModelDir.in_repo(repo, config.task)
+    return build_request_texts(config.texts, config.task, model.tokenizer_dir / "tokenizer.json",
+                               model.settings().max_length)
 
 
 def text_flops(repo: Path, task: str, texts: RequestTexts) -> list[float] | None:
     """Model FLOPs of each text (real tokens, its [MASK]s through the fill-mask head); None when the graph's
     shape cannot be read (then no efficiency column)."""
-    shape = encoder_shape(Path(repo) / task / "1" / "model.onnx")
+    shape = encoder_shape(ServedModelDir.in_repo(repo, task).onnx_file)
     if shape is None:
         return None
     from bertforge import contract
@@ -279,22 +285,33 @@ def encoder_shape(onnx_file: Path) -> dict | None:
 
 
 @contextlib.contextmanager
+def start_stack(repo: Path, log: Callable[[str], None], what: str, api: bool = False) -> Iterator[ServingStack]:
+    """A tritonserver on free loopback ports (serve/stack.py), with the HTTP API (serve/api/) in front when `api`."""
+    from serve.config import ApiConfig
+    from serve.stack import local_config, running_stack
+
+    with running_stack(local_config(repo, ApiConfig(port=0, max_in_flight=API_MAX_IN_FLIGHT) if api else None)) as served:
+        log(f"[bench] tritonserver ({what}) on {served.grpc_url}, pid {served.server.pid}")
+        if served.api is not None:
+            log(f"[bench] HTTP API on {served.api.url}, pid {served.api.pid}, forwarding to {served.grpc_url}")
+        yield served
+
+
+@contextlib.contextmanager
 def start_server(repo: Path, log: Callable[[str], None], what: str) -> Iterator[str]:
     """A tritonserver on free loopback ports; yields its gRPC URL."""
-    from serve.launcher import running_server
-
-    with running_server(repo, grpc_port=0, http_port=0, metrics_port=0) as server:
-        log(f"[bench] tritonserver ({what}) on {server.endpoints.grpc_url}, pid {server.pid}")
-        yield server.endpoints.grpc_url
+    with start_stack(repo, log, what) as served:
+        yield served.grpc_url
 
 
 @contextlib.contextmanager
 def start_api(repo: Path, grpc_url: str, log: Callable[[str], None]) -> Iterator[str]:
-    """The HTTP API (serve/api/) on a free loopback port, forwarding to the Triton at `grpc_url`; yields its URL."""
+    """The HTTP API alone on a free loopback port, forwarding to the Triton at `grpc_url` (--url: not ours to start);
+    yields its URL."""
     from serve.api.process import running_api
     from serve.config import ApiConfig
 
-    with running_api(repo, grpc_url, config=ApiConfig(port=0, max_in_flight=4096)) as api:
+    with running_api(repo, grpc_url, config=ApiConfig(port=0, max_in_flight=API_MAX_IN_FLIGHT)) as api:
         log(f"[bench] HTTP API on {api.url}, pid {api.pid}, forwarding to {grpc_url}")
         yield api.url
 

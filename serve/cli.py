@@ -13,8 +13,7 @@ from pathlib import Path
 
 from bertforge.cli_options import add_config_options, build_config, given
 
-ENDPOINTS_PREFIX = "BERTFORGE_ENDPOINTS "
-RESTARTS_FILE = "restarts.json"  # in the server's work folder: the supervisor writes it, the API's /metrics reads it  # then one JSON object: grpc, http, metrics, api, pid
+ENDPOINTS_PREFIX = "BERTFORGE_ENDPOINTS "  # then one JSON object: grpc, http, metrics, api, pid
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -56,9 +55,10 @@ def run(args: argparse.Namespace) -> int:
     from bertforge.config import load_config, save_config
     from bertforge.errors import UserError
     from bertforge.served_model import served_models
-    from serve.api.process import ApiLaunchError, running_api
+    from serve.api.process import ApiLaunchError
     from serve.config import API_KEY_ENV, ServeConfig, env_overrides
-    from serve.launcher import LaunchError, check_passthrough, running_server
+    from serve.launcher import LaunchError, check_passthrough
+    from serve.stack import running_stack
 
     # Config: defaults < file < BERTFORGE_SERVE_* environment < --set < explicit flags (bertforge/cli_options.py)
     config = build_config(partial(load_config, ServeConfig), args, environment=env_overrides(), flags=_flags(args))
@@ -80,27 +80,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         with contextlib.ExitStack() as stack:
             served_repo = _served_repository(config, stack)
-            server = stack.enter_context(running_server(
-                served_repo, config.host, config.grpc_port, config.http_port, config.metrics_port,
-                log_path=config.log_file, ready_timeout_s=config.ready_timeout_s, extra_args=triton_args,
-                exit_timeout_s=config.exit_timeout_s, keep_workdir=True))  # its log and serve.toml are printed below
-            endpoints = server.endpoints
-            api = None
-            if config.api.enabled:
-                api = stack.enter_context(running_api(served_repo, endpoints.grpc_url, config.host, config.api,
-                                                      api_key=api_key, log_path=server.workdir / "api.log",
-                                                      restarts_file=server.workdir / RESTARTS_FILE))
-            supervisor = None
-            if config.supervise:
-                from serve.api.forward import HEALTH_TEXTS
-                from serve.supervisor import Supervisor
-
-                tasks = {model.name: model.settings().task for model in served_models(served_repo)
-                         if model.serving_file.is_file()}
-                models = [name for name, task in tasks.items() if task in HEALTH_TEXTS]
-                supervisor = Supervisor(server, models, interval_s=config.supervise_interval_s,
-                                        counts_file=server.workdir / RESTARTS_FILE, tasks=tasks).start()
-                stack.callback(supervisor.stop)  # stopped before the server (the stack unwinds in reverse)
+            running = stack.enter_context(running_stack(config, served_repo, api_key=api_key, extra_args=triton_args,
+                                                        keep_workdir=True))  # its log and serve.toml are printed below
+            server, api, supervisor, endpoints = running.server, running.api, running.supervisor, running.endpoints
             save_config(config, server.workdir / "serve.toml")  # the resolved config, next to the log
             print(f"tritonserver ready (pid {server.pid}), models from {config.repo}", flush=True)
             print(f"  gRPC     {endpoints.grpc_url}    (bertforge client fill-mask ... --url {endpoints.grpc_url})")
@@ -122,14 +104,9 @@ def run(args: argparse.Namespace) -> int:
                        "api": api.url if api is not None else None, "pid": os.getpid()}
             print(ENDPOINTS_PREFIX + json.dumps(machine), flush=True)
             print("Ctrl-C to stop.", flush=True)
-            while True:  # until Ctrl-C / SIGTERM, or one of the two processes dies
-                if supervisor is None and server.process.poll() is not None:  # else the supervisor restarts it
-                    raise UserError(f"tritonserver exited with code {server.process.returncode}:\n"
-                                    f"{server.log_tail()}")
-                if api is not None and api.process.poll() is not None:
-                    raise UserError(f"the API process exited with code {api.process.returncode} "
-                                    f"(log {api.log_path}):\n{api.log_tail()}")
+            while (failure := running.failure()) is None:  # until Ctrl-C / SIGTERM, or a process dies
                 time.sleep(0.5)
+            raise UserError(failure)
     except (LaunchError, ApiLaunchError) as error:
         raise UserError(str(error)) from None
     except KeyboardInterrupt:

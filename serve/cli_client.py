@@ -7,7 +7,7 @@ import argparse
 import json
 
 from bertforge import contract
-from bertforge.tasks import CLASSIFY, RERANK, TASKS
+from bertforge.tasks import CLASSIFY, PAIR_TASKS, RERANK, TASKS
 
 COMMANDS = {name.replace("_", "-"): name for name in TASKS}  # `bertforge client fill-mask` asks the fill_mask task
 
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.task != "health" and not args.texts:
         raise UserError(f"client {args.task}: give at least one TEXT")
-    if args.task == "rerank" and len(args.texts) < 2:
+    if args.task == RERANK and len(args.texts) < 2:
         raise UserError("client rerank: give the QUERY and at least one DOCUMENT")
     with BertforgeClient(args.url or DEFAULT_URL, timeout_s=args.timeout, retries=args.retries) as client:
         try:
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
             if args.task == "embed-sparse":
                 _print_sparse(args.texts, client.embed_sparse(args.texts, args.truncation,
                                                               truncation_direction=args.truncation_direction), args.json)
-            elif args.task in ("rerank", "classify"):
+            elif args.task in PAIR_TASKS:
                 _print_pairs(client, args)
             elif args.task == "fill-mask":
                 top_k = args.top_k if args.top_k is not None else contract.DEFAULT_TOP_K
@@ -106,7 +106,7 @@ def _print_sparse(texts: list[str], vectors: list, as_json: bool) -> None:
 def _print_pairs(client, args: argparse.Namespace) -> None:
     """rerank: the documents, most relevant first, with their score; classify: each text's logits."""
 
-    if args.task == "rerank":
+    if args.task == RERANK:
         query, documents = args.texts[0], args.texts[1:]
         scores = client.rerank(query, documents, args.truncation, raw_scores=args.raw_scores,
                                model=args.model or RERANK)

@@ -1,62 +1,40 @@
 """Start the real `tritonserver` (bundled in the nvidia-pytriton wheel) on a model repository.
 
-`running_server(repo, ...)` is what tests, `bertforge serve` and bench use: it checks the platform,
-builds the python-backend folder, sets the environment the stub needs (../shared/PLATFORM.md, "Real
-Triton on this machine"), picks free ports when asked (port 0), waits for readiness, and always stops
-the server by its PID (SIGTERM, then SIGKILL).
+`running_server(repo, ...)` is what `serve.stack.running_stack` (`bertforge serve`, bench, tests) starts first:
+it checks the platform, builds the python-backend folder, sets the environment the stub needs
+(../shared/PLATFORM.md, "Real Triton on this machine"), picks free ports when asked (port 0), waits for
+readiness, and always stops the server by its PID (SIGTERM, then SIGKILL; serve/process.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 from bertforge import contract
+from bertforge.served_model import CONFIG_FILE, served_models
 from bertforge.versions import installed_version
+from serve.process import ManagedProcess, log_tail, url_host
 
 MIN_GLIBC = (2, 35)
 READY_TIMEOUT_S = contract.READY_TIMEOUT_S
 STOP_TIMEOUT_S = 10.0  # beyond Triton's own --exit-timeout-secs, then SIGKILL
 RESTART_STOP_TIMEOUT_S = 2.0  # drain before a healing restart, then SIGKILL
-EXIT_TIMEOUT_SECS = 10
-PR_SET_PDEATHSIG = 1  # linux/prctl.h  # Triton's own grace period for in-flight requests at shutdown
+EXIT_TIMEOUT_SECS = 10  # Triton's own grace period for in-flight requests at shutdown
+
 
 
 class LaunchError(RuntimeError):
     """tritonserver cannot run here or did not become ready; the message says why and what to do."""
-
-
-T = TypeVar("T")
-
-
-def wait_until_up(process: subprocess.Popen, probe: Callable[[], T | None], timeout_s: float, name: str,
-                  up: str, log_path: Path, log_tail: Callable[[], str], error: type[Exception] = LaunchError,
-                  poll_s: float = 0.1) -> T:
-    """Poll `probe` until it returns a value (not None); `error` naming the log if `process` exits first or
-    `timeout_s` passes. The one wait-until-up loop of tritonserver (here) and the API (serve/api/process.py)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise error(f"{name} exited with code {process.returncode} before {up} (log: {log_path}):\n{log_tail()}")
-        value = probe()
-        if value is not None:
-            return value
-        time.sleep(poll_s)
-    raise error(f"{name}: still not true that {up} after {timeout_s:.0f} s (log: {log_path}):\n{log_tail()}")
 
 
 @dataclass
@@ -80,7 +58,7 @@ class Endpoints:
 
     @property
     def _address(self) -> str:
-        return f"[{self.host}]" if ":" in self.host else self.host  # IPv6 literals need brackets in URLs
+        return url_host(self.host)
 
 
 @contextlib.contextmanager
@@ -123,7 +101,7 @@ class TritonServer:
         self.exit_timeout_s = exit_timeout_s  # Triton's grace for in-flight requests at SIGTERM
         self.workdir = Path(tempfile.mkdtemp(prefix="bertforge-triton-"))
         self.log_path = Path(log_path) if log_path else self.workdir / "tritonserver.log"
-        self.process: subprocess.Popen | None = None
+        self.process: ManagedProcess | None = None
         self.endpoints: Endpoints | None = None
         self._restarting = False
 
@@ -140,11 +118,9 @@ class TritonServer:
         for attempt in range(attempts):
             self.endpoints = _choose_ports(*self.requested)
             command = server_command(self.repo, backend_dir, self.endpoints, self.extra_args, self.exit_timeout_s)
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.log_path, "ab" if self._restarting else "wb") as log:  # a restart keeps the old log
-                self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                env=server_environment(), start_new_session=True,
-                                                preexec_fn=_stop_with_parent)
+            # its own session: a SIGKILL reaches its python stubs too; a restart keeps the old log
+            self.process = ManagedProcess.start("tritonserver", command, self.log_path, env=server_environment(),
+                                                own_session=True, append_log=self._restarting)
             try:
                 self._wait_ready(ready_timeout_s)
                 return self.endpoints
@@ -167,18 +143,9 @@ class TritonServer:
     def stop(self, timeout_s: float | None = None) -> int | None:
         """SIGTERM the server (it drains in-flight requests for exit_timeout_s), SIGKILL after `timeout_s`
         (default: exit_timeout_s + STOP_TIMEOUT_S). Returns its exit code."""
-        timeout_s = self.exit_timeout_s + STOP_TIMEOUT_S if timeout_s is None else timeout_s
-        process = self.process
-        if process is None or process.poll() is not None:
-            return process.returncode if process else None
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, signal.SIGTERM)
-        try:
-            return process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)  # its own session: the server and its python stubs
-            return process.wait(5)
+        if self.process is None:
+            return None
+        return self.process.stop(self.exit_timeout_s + STOP_TIMEOUT_S if timeout_s is None else timeout_s)
 
     def is_ready(self) -> bool:
         try:
@@ -188,14 +155,12 @@ class TritonServer:
             return False
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
+        return log_tail(self.log_path, lines)
 
     def _wait_ready(self, timeout_s: float) -> None:
-        wait_until_up(self.process, lambda: True if self.is_ready() else None, timeout_s, "tritonserver",
-                      "it was ready", self.log_path, self.log_tail, LaunchError, poll_s=0.2)
+        self.process.wait_until(lambda: True if self.is_ready() else None, timeout_s, "it was ready", LaunchError,
+                                poll_s=0.2)
+
 
 def server_command(repo: Path, backend_dir: Path, endpoints: Endpoints, extra_args: tuple[str, ...] = (),
                    exit_timeout_s: int = EXIT_TIMEOUT_SECS) -> list[str]:
@@ -304,11 +269,10 @@ def check_repository(repo: Path) -> None:
     """A clear message for the common mistakes before Triton prints pages of errors."""
     if not repo.is_dir():
         raise LaunchError(f"model repository not found: {repo}; run `bertforge export --model DIR --repo {repo}`")
-    models = [path.parent.name for path in sorted(repo.glob("*/config.pbtxt"))]
+    models = served_models(repo)
     if not models:
-        raise LaunchError(f"{repo} holds no model (no */config.pbtxt)")
-    missing = [f"{model}/1/{name}" for model in models for name in ("model.onnx", "serving.json")
-               if not (repo / model / "1" / name).is_file()]
+        raise LaunchError(f"{repo} holds no model (no */{CONFIG_FILE})")
+    missing = [path for model in models for path in model.missing_files()]
     if missing:
         raise LaunchError(f"{repo} is missing {', '.join(missing)}: the weights are not committed; "
                           f"run `bertforge export --model DIR --repo {repo}` first")
@@ -323,17 +287,6 @@ def free_port(host: str = contract.DEFAULT_HOST) -> int:
 
 def tritonserver_root() -> Path:
     return _site_packages() / "pytriton" / "tritonserver"
-
-
-def _stop_with_parent() -> None:
-    """In the child before exec: SIGTERM tritonserver if its launcher dies (even by SIGKILL).
-
-    Linux ties this to the launching *thread*: start the server from a thread that outlives it (tests,
-    the CLI and bench start it from the main thread)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: rely on stop()
-        pass
 
 
 def _choose_ports(host: str, grpc_port: int, http_port: int, metrics_port: int) -> Endpoints:

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from bertforge import contract
-from bertforge.served_model import ServingSettings, load_served_tokenizer, load_serving_settings
+from bertforge.served_model import ServingSettings, load_served_tokenizer
 from bertforge.tasks import RERANK, TASKS
-from serve.runtime import RequestError, _create_session, decode_text, plan_batches
+from serve.runtime import RequestError, _create_session, decode_text, plan_batches, served_model_of
 
 
 @dataclass
@@ -31,9 +31,8 @@ class PairRequest:
 
 def load_pair_runtime(version_dir: Path, device_id: int | None = None) -> PairRuntime:
     """The runtime of `<repo>/<model>/1` for a rerank or classify model."""
-    version_dir = Path(version_dir)
-    return PairRuntime(load_serving_settings(version_dir), version_dir / "tokenizer", version_dir / "model.onnx",
-                       device_id)
+    model = served_model_of(version_dir)
+    return PairRuntime(model.settings(), model.tokenizer_dir, model.onnx_file, device_id)
 
 
 class PairRuntime:
@@ -54,10 +53,10 @@ class PairRuntime:
         truncation = parameters.get("truncation", self.settings.truncation)
         if truncation not in contract.TRUNCATION_POLICIES:
             raise RequestError(f"truncation must be one of {list(contract.TRUNCATION_POLICIES)}, got {truncation!r}")
-        if pair is None and self.settings.task == "rerank":
+        if pair is None and self.settings.task == RERANK:
             raise RequestError(f"rerank needs a query ({contract.TEXT_INPUT}) and a document ({contract.TEXT_PAIR_INPUT})")
-        first = decode_text(text, self.settings, "query" if self.settings.task == "rerank" else "text")
-        second = None if pair is None else decode_text(pair, self.settings, "document" if self.settings.task == "rerank"
+        first = decode_text(text, self.settings, "query" if self.settings.task == RERANK else "text")
+        second = None if pair is None else decode_text(pair, self.settings, "document" if self.settings.task == RERANK
                                                        else "text pair")
         return PairRequest(text=first, pair=second, truncation=truncation)
 

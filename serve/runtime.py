@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from bertforge import contract
-from bertforge.served_model import ServingSettings, load_served_tokenizer, load_serving_settings
+from bertforge.served_model import ServedModelDir, ServingSettings, load_served_tokenizer
 from bertforge.tasks import EMBED, FILL_MASK, TASKS
 
 TRUNCATION_POLICIES = contract.TRUNCATION_POLICIES
@@ -50,10 +50,14 @@ class FillMaskResult:
 
 
 def load_runtime(version_dir: Path, device_id: int | None = None) -> ModelRuntime:
-    """Build the runtime for `<repo>/<model>/1` (serving.json, tokenizer/, model.onnx)."""
-    version_dir = Path(version_dir)
-    settings = load_serving_settings(version_dir)
-    return ModelRuntime(settings, version_dir / "tokenizer", version_dir / "model.onnx", device_id)
+    """Build the runtime for a model's version folder (what Triton hands the backend; `ServedModelDir.version_dir`)."""
+    model = served_model_of(version_dir)
+    return ModelRuntime(model.settings(), model.tokenizer_dir, model.onnx_file, device_id)
+
+
+def served_model_of(version_dir: Path) -> ServedModelDir:
+    """The served model folder whose version folder is `version_dir`."""
+    return ServedModelDir(Path(version_dir).parent)
 
 
 class ModelRuntime:

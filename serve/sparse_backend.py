@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from bertforge import contract
-from bertforge.served_model import load_serving_settings
 from bertforge.tasks import EMBED_SPARSE, TASKS
 from serve.backend import ServedModel
-from serve.runtime import ModelRuntime, RequestError, TextRequest
+from serve.runtime import ModelRuntime, RequestError, TextRequest, served_model_of
 
 SPARSE_PARAMETERS = TASKS[EMBED_SPARSE].parameters
 
@@ -37,9 +36,8 @@ class SparseRuntime(ModelRuntime):
 
 
 def load_sparse_runtime(version_dir: Path, device_id: int | None = None) -> SparseRuntime:
-    version_dir = Path(version_dir)
-    return SparseRuntime(load_serving_settings(version_dir), version_dir / "tokenizer", version_dir / "model.onnx",
-                         device_id)
+    model = served_model_of(version_dir)
+    return SparseRuntime(model.settings(), model.tokenizer_dir, model.onnx_file, device_id)
 
 
 class SparseServedModel(ServedModel):

@@ -1,7 +1,7 @@
 """Self-healing: watch tritonserver with a real inference per model; restart it on the same ports when one fails.
 
 `Supervisor(server).start()` runs a thread that every `interval_s` sends each model a tiny request through
-gRPC with a deadline (the texts of the API's /health probe). A failed probe (e.g. "Stub process 'embed_0_0' is
+gRPC with a deadline (serve/health.py: the probe of the API's /health). A failed probe (e.g. "Stub process 'embed_0_0' is
 not healthy" after its python stub died), a probe past its deadline, or tritonserver's exit restarts
 tritonserver on the SAME ports, with exponential backoff between restarts (capped). Each event is one log line;
 `restarts` counts them by reason.
@@ -45,8 +45,8 @@ class Supervisor:
 
     def check(self) -> tuple[str, str] | None:
         """(reason, detail) of the first failure, or None when tritonserver answers every model."""
-        from serve.api.forward import health_probe, health_text  # one owner of the probes: the API's /health
         from serve.client import BertforgeClient
+        from serve.health import probe, probe_text
 
         if self.server.process.poll() is not None:
             return "exited", f"tritonserver exited with code {self.server.process.returncode}"
@@ -54,7 +54,7 @@ class Supervisor:
             for model in self.models:
                 try:
                     task = self.tasks.get(model, model)
-                    health_probe(client, model, task, health_text(self.server.repo, model, task))
+                    probe(client, model, task, probe_text(self.server.repo, model, task))
                 except Exception as error:  # noqa: BLE001 - any failure of the probe is a failure of the model
                     status = getattr(error, "status", None)
                     reason = "probe_timeout" if status == "DEADLINE_EXCEEDED" else "probe_failed"

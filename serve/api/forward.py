@@ -15,26 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from bertforge import contract
-from bertforge.served_model import ServedModelDir, ServingSettings, served_models
-from bertforge.tasks import CLASSIFY, EMBED, EMBED_SPARSE, FILL_MASK, PAIR_TASKS, RERANK
+from bertforge.served_model import ServedModelDir, ServingSettings, load_served_tokenizer, served_models
+from bertforge.tasks import EMBED, FILL_MASK
 from serve.api.errors import APIError, from_serving_error
 from serve.client import AsyncBertforgeClient, ServingError
 from serve.config import ApiConfig
+from serve.health import probe, probe_text
 from serve.runtime import RequestError, TextEncoder, TextRequest, special_tokens
-
-HEALTH_TEXTS = {FILL_MASK: f"health {contract.MASK_TOKEN} check", EMBED: "health check",
-                RERANK: "health check", CLASSIFY: "health check",
-                EMBED_SPARSE: "health check"}  # by task; fill_mask's mask token is the model's own
-
-
-def health_text(repo: Path, model: str, task: str) -> str:
-    """The probe text for `model` (serving `task`) of `repo`: fill_mask's holds the model's own mask token
-    ([MASK], <mask>, ...)."""
-    if task != FILL_MASK:
-        return HEALTH_TEXTS[task]
-    mask = special_tokens(ServedModelDir.in_repo(repo, model).tokenizer_dir)["mask_token"]
-    return f"health {mask} check"
 
 
 @dataclass
@@ -43,21 +30,17 @@ class Encoded:
     truncated: bool
 
 
-class ServedModel:
-    """One model of the repository as the API sees it: its ServingSettings and its tokenizer."""
+class ApiModel:
+    """One model of the repository as the API sees it: its ServingSettings and its tokenizer (the python backend's
+    side of the same folder is serve.backend.ServedModel)."""
 
-    def __init__(self, name: str, version_dir: Path):
-        from tokenizers import Tokenizer
-
-        self.name = name
-        folder = ServedModelDir(Path(version_dir).parent)
+    def __init__(self, folder: ServedModelDir):
+        self.name = folder.name
         self.settings: ServingSettings = folder.settings()
-        self.source = str(folder.info().get("source", name))  # what was exported (a hub id or a folder)
-        self.tokenizer = Tokenizer.from_file(str(version_dir / "tokenizer" / "tokenizer.json"))
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(max_length=self.settings.max_length)
-        self.mask_id = self.tokenizer.token_to_id(special_tokens(version_dir / "tokenizer")["mask_token"])
-        self.health_text = health_text(Path(version_dir).parent.parent, name, self.settings.task)
+        self.source = str(folder.info().get("source", self.name))  # what was exported (a hub id or a folder)
+        self.tokenizer = load_served_tokenizer(folder.tokenizer_dir / "tokenizer.json", self.settings.max_length)
+        self.mask_id = self.tokenizer.token_to_id(special_tokens(folder.tokenizer_dir)["mask_token"])
+        self.health_text = probe_text(folder.path.parent, self.name, self.settings.task)
         self.encoder = TextEncoder(self.tokenizer, self.settings)
 
     def prompt(self, name: str | None) -> str:
@@ -99,7 +82,7 @@ class TritonForwarder:
 
     def __init__(self, grpc_url: str, repo: Path, config: ApiConfig):
         self.grpc_url, self.config = grpc_url, config
-        self.models = {folder.name: ServedModel(folder.name, folder.version_dir) for folder in served_models(repo)
+        self.models = {folder.name: ApiModel(folder) for folder in served_models(repo)
                        if folder.serving_file.is_file()}  # fill_mask, embed, rerank, classify
         if not self.models:
             raise FileNotFoundError(f"{repo} holds neither {FILL_MASK} nor {EMBED} "
@@ -119,13 +102,13 @@ class TritonForwarder:
         if self.client is not None:
             await self.client.close()
 
-    def model(self, name: str) -> ServedModel:
+    def model(self, name: str) -> ApiModel:
         if name not in self.models:
             raise APIError(404, f"this repository does not serve {name!r}; served: {sorted(self.models)}",
                            "model_not_found")
         return self.models[name]
 
-    def for_task(self, task: str, name: str | None = None) -> ServedModel:
+    def for_task(self, task: str, name: str | None = None) -> ApiModel:
         """The model that answers `task`: the one named, or the only one of that task whatever the name (as TEI
         and Infinity); no name (TEI's routes) and several: the one named after the task. 404 when none serves it or
         several do and the name picks none, 400 for another task's."""
@@ -145,7 +128,7 @@ class TritonForwarder:
                            "model_not_found")
         raise APIError(404, f"model {name!r} is not one of the {task} models here: {sorted(serving)}", "model_not_found")
 
-    async def pair_logits(self, model: ServedModel, texts: list[str], pairs: list[str | None],
+    async def pair_logits(self, model: ApiModel, texts: list[str], pairs: list[str | None],
                           truncation: str | None) -> np.ndarray:
         """(len(texts), num_labels) logits of a rerank/classify model, one request per (text, pair)."""
         try:
@@ -153,7 +136,7 @@ class TritonForwarder:
         except ServingError as error:
             raise from_serving_error(error) from None
 
-    async def sparse(self, model: ServedModel, texts: list[str], truncation: str | None,
+    async def sparse(self, model: ApiModel, texts: list[str], truncation: str | None,
                      direction: str | None) -> list[tuple[np.ndarray, np.ndarray]]:
         try:
             return await self.client.embed_sparse(texts, truncation, truncation_direction=direction, model=model.name)
@@ -200,7 +183,7 @@ class TritonForwarder:
 
     async def _probe(self, name: str) -> dict:
         started = time.perf_counter()
-        call = health_probe(self.client, name, self.models[name].settings.task, self.models[name].health_text)
+        call = probe(self.client, name, self.models[name].settings.task, self.models[name].health_text)
         try:
             await asyncio.wait_for(call, self.config.health_timeout_s)
         except TimeoutError:
@@ -209,12 +192,3 @@ class TritonForwarder:
             return {"ok": False, "reason": str(error)}
         return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
 
-
-def health_probe(client: Any, name: str, task: str, text: str) -> Any:
-    """One tiny real inference of `text` (`health_text`) on the model `name` serving `task`: the answer of a
-    BertforgeClient, an awaitable of an AsyncBertforgeClient (the API's /health and the supervisor share it)."""
-    if task in PAIR_TASKS:
-        return client.classify([text], [text], model=name)
-    if task == EMBED_SPARSE:
-        return client.embed_sparse(text, model=name)
-    return client.fill_mask(text, top_k=1) if task == FILL_MASK else client.embed(text)

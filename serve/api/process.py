@@ -1,6 +1,6 @@
 """Run the API in its own process (uvicorn) next to tritonserver, and stop it by its PID.
 
-`running_api(repo, grpc_url, ...)` is what `bertforge serve`, tests and bench use; the child is
+`running_api(repo, grpc_url, ...)` is what `serve.stack.running_stack` starts beside tritonserver; the child is
 `python -m serve.api`, which binds its socket itself (port 0 = a free one, no race) and writes the
 address it listens on to a file once it is up. The API key travels in the child's environment, never
 on its command line (which any local user can read with ps).
@@ -14,9 +14,7 @@ import contextlib
 import dataclasses
 import json
 import os
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -24,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from serve.config import API_KEY_ENV, ApiConfig
+from serve.process import ManagedProcess, url_host
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
@@ -35,19 +34,19 @@ class ApiLaunchError(RuntimeError):
 
 @dataclass
 class ApiProcess:
-    process: subprocess.Popen
+    process: ManagedProcess
     url: str
-    log_path: Path
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
+    @property
+    def log_path(self) -> Path:
+        return self.process.log_path
+
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
+        return self.process.log_tail(lines)
 
 
 @contextlib.contextmanager
@@ -55,8 +54,6 @@ def running_api(repo: str | Path, grpc_url: str, host: str = "127.0.0.1", config
                 api_key: str | None = None, log_path: str | Path | None = None,
                 start_timeout_s: float = START_TIMEOUT_S, restarts_file: Path | None = None) -> Iterator[ApiProcess]:
     """Context manager: the API process, up and listening; stopped (SIGTERM, then SIGKILL) on exit."""
-    from serve.launcher import _stop_with_parent
-
     config = config or ApiConfig()
     workdir = Path(tempfile.mkdtemp(prefix="bertforge-api-"))
     log_path = Path(log_path) if log_path else workdir / "api.log"
@@ -71,15 +68,11 @@ def running_api(repo: str | Path, grpc_url: str, host: str = "127.0.0.1", config
         env[RESTARTS_FILE_ENV] = str(restarts_file)
     command = [sys.executable, "-m", "serve.api", "--repo", str(repo), "--grpc-url", grpc_url, "--host", host,
                "--config-json", json.dumps(dataclasses.asdict(config)), "--address-file", str(address_file)]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                   preexec_fn=_stop_with_parent)
-    api = ApiProcess(process, "", log_path)
+    process = ManagedProcess.start("the API process", command, log_path, env=env)
     try:
-        api.url = _wait_for_address(api, address_file, start_timeout_s)
-        yield api
+        yield ApiProcess(process, _wait_for_address(process, address_file, start_timeout_s))
     finally:
-        _stop(process)
+        process.stop(STOP_TIMEOUT_S)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     # proxy_headers off: no proxy is trusted by default (X-Forwarded-For from anyone would be believed)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
                                            timeout_graceful_shutdown=5, proxy_headers=False, server_header=False))
-    url = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{bound_port}"
+    url = f"http://{url_host(args.host)}:{bound_port}"
 
     async def serve() -> None:
         task = asyncio.ensure_future(server.serve(sockets=[sock]))
@@ -146,27 +139,11 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _wait_for_address(api: ApiProcess, address_file: Path, timeout_s: float) -> str:
-    from serve.launcher import wait_until_up
-
+def _wait_for_address(process: ManagedProcess, address_file: Path, timeout_s: float) -> str:
     def listening_url() -> str | None:
         if address_file.is_file():
             with contextlib.suppress(json.JSONDecodeError, KeyError):
                 return json.loads(address_file.read_text())["url"]
         return None
 
-    return wait_until_up(api.process, listening_url, timeout_s, "the API process", "it listened", api.log_path,
-                         api.log_tail, ApiLaunchError, poll_s=0.05)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(process.pid, signal.SIGTERM)
-    try:
-        process.wait(STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, signal.SIGKILL)
-        process.wait(5)
+    return process.wait_until(listening_url, timeout_s, "it listened", ApiLaunchError, poll_s=0.05)

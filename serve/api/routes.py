@@ -15,7 +15,7 @@ from starlette.responses import Response
 from bertforge import __version__
 from bertforge.tasks import EMBED, FILL_MASK
 from serve.api.errors import APIError
-from serve.api.forward import ServedModel, TritonForwarder
+from serve.api.forward import ApiModel, TritonForwarder
 from serve.api.metrics import ApiMetrics
 from serve.api.schemas import DecodeRequest, EmbeddingsRequest, EmbedRequest, FillMaskRequest, TokenizeRequest
 
@@ -175,7 +175,7 @@ async def root(request: Request) -> Response:
                         "InferenceClient(model=f'{url}/fill-mask').fill_mask(...)", "unknown_route")
 
 
-def _hf_masks(model: ServedModel, encoded: Any, masks: list[list[Any]], top_k: int,
+def _hf_masks(model: ApiModel, encoded: Any, masks: list[list[Any]], top_k: int,
               targets: dict[int, str] | None) -> list[Any]:
     """Per mask: [{score, token, token_str, sequence}] as transformers' FillMaskPipeline; a list per mask if several."""
     positions = [index for index, token_id in enumerate(encoded.ids) if token_id == model.mask_id]
@@ -195,7 +195,7 @@ def _hf_masks(model: ServedModel, encoded: Any, masks: list[list[Any]], top_k: i
     return answer[0] if single else answer
 
 
-def _target_ids(model: ServedModel, targets: list[str]) -> dict[int, str]:
+def _target_ids(model: ApiModel, targets: list[str]) -> dict[int, str]:
     """As transformers: a target in the vocabulary is its id, otherwise the first token it tokenizes to."""
     if not targets:
         raise APIError(400, "parameters.targets is empty; give at least one token or omit it", "invalid_targets")
@@ -231,7 +231,7 @@ def check_input_count(request: Request, count: int, route: str, noun: str, empty
     request.app.state.metrics.batch_size.labels(route).observe(count)
 
 
-def _count_tokens(model: ServedModel, texts: list[Any], request: Request, prompt: str = "",
+def _count_tokens(model: ApiModel, texts: list[Any], request: Request, prompt: str = "",
                   direction: str = "right") -> list[Any]:
     encoded = model.encode(texts, prompt, direction)
     metrics: ApiMetrics = request.app.state.metrics

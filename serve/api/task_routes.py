@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from bertforge.tasks import CLASSIFY, EMBED_SPARSE, RERANK
 from serve.api.errors import APIError
-from serve.api.forward import ServedModel
+from serve.api.forward import ApiModel
 from serve.api.routes import _forwarder, _json, _texts, check_input_count
 from serve.api.schemas import CohereRerankRequest, PredictRequest, RerankRequest, SparseEmbedRequest
 from serve.client import sigmoid
@@ -89,7 +89,7 @@ async def tei_embed_sparse(body: SparseEmbedRequest, request: Request) -> Respon
                   for indices, values in vectors])
 
 
-async def _rerank(request: Request, model: ServedModel, query: str, texts: list[str], truncation: str | None,
+async def _rerank(request: Request, model: ApiModel, query: str, texts: list[str], truncation: str | None,
                   route: str) -> np.ndarray:
     """The logit of each (query, text), in the texts' order."""
     if not query.strip():
@@ -97,7 +97,7 @@ async def _rerank(request: Request, model: ServedModel, query: str, texts: list[
     return (await _logits(request, model, [query] * len(texts), texts, truncation, route))[:, 0]
 
 
-async def _logits(request: Request, model: ServedModel, texts: list[str], pairs: list[str | None],
+async def _logits(request: Request, model: ApiModel, texts: list[str], pairs: list[str | None],
                   truncation: str | None, route: str) -> np.ndarray:
     check_input_count(request, len(texts), route, "documents (or inputs)",
                       "no documents (or inputs) given; send at least one")
@@ -106,7 +106,7 @@ async def _logits(request: Request, model: ServedModel, texts: list[str], pairs:
         return await _forwarder(request).pair_logits(model, texts, pairs, truncation)
 
 
-def _labelled(model: ServedModel, logits: np.ndarray, function: str, top_k: int | None) -> list[dict[str, Any]]:
+def _labelled(model: ApiModel, logits: np.ndarray, function: str, top_k: int | None) -> list[dict[str, Any]]:
     """[{label, score}] sorted by score, as transformers' text-classification pipeline (top_k=None)."""
     if function == "softmax":
         exp = np.exp(logits.astype(np.float64) - logits.max())

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from bertforge.cli import main
+from bertforge.served_model import ServedModelDir
 
 pytestmark = pytest.mark.slow
 
@@ -63,6 +64,17 @@ def test_serve_sweep_with_every_baseline(served_repo, tiny_bert_dir, held_out_fi
 
     # Comparing a run with itself finds no regression
     assert main(["bench", "compare", str(output), str(output)]) == 0
+
+
+def test_bench_serve_starts_tritonserver_and_the_api_as_one_stack(served_repo, held_out_file, tmp_path):
+    """Without --url, `--api` runs the API in front of bench's own tritonserver (serve.stack, as `bertforge serve`)."""
+    output = tmp_path / "stack.json"
+    assert main(["bench", "serve", "--repo", str(served_repo), "--api", "tei", "--concurrency", "1", "--seconds", "1",
+                 "--requests", "50", "--rounds", "1", "--no-baselines", "--no-plots", "--output", str(output),
+                 *_text_settings(held_out_file)]) == 0
+    points = json.loads(output.read_text())["points"]
+    assert {point["contender"] for point in points} == {"triton", "api_tei"}
+    assert all(point["errors"] == 0 and point["requests"] > 0 for point in points)
 
 
 def test_open_loop_rate_against_a_running_server(served_repo, grpc_url, held_out_file, tmp_path):
@@ -183,4 +195,4 @@ def test_profile_splits_the_time_into_ops_processes_and_the_serving_floor(served
     assert 0 < floor["constant_p50_ms"] < floor["served_p50_ms"]
     assert floor["overhead_ms"] == pytest.approx(floor["served_p50_ms"] - floor["in_process_p50_ms"])
     # the benchmarked repository is untouched (the constant model went into a copy)
-    assert "ServedModel" in (served_repo / task / "1" / "model.py").read_text()
+    assert "ServedModel" in ServedModelDir.in_repo(served_repo, task).backend_file.read_text()

@@ -31,11 +31,11 @@ def repo_copy(reliability_repo, tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def reliability_server(reliability_repo):
-    """One real tritonserver on free loopback ports; stopped by PID even when tests fail."""
-    from serve.launcher import running_server
+    """One real tritonserver on free loopback ports (serve.stack); stopped by PID even when tests fail."""
+    from serve.stack import local_config, running_stack
 
-    with running_server(reliability_repo, grpc_port=0, http_port=0, metrics_port=0) as server:
-        yield server
+    with running_stack(local_config(reliability_repo)) as served:
+        yield served.server
 
 
 @pytest.fixture(scope="session")

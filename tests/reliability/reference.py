@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from bertforge import contract
+from bertforge.served_model import ServedModelDir
 
 
 class OrtReference:
@@ -21,19 +22,19 @@ class OrtReference:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
-        version = Path(repo) / model / "1"
-        settings = json.loads((version / "serving.json").read_text())["settings"]
+        folder = ServedModelDir.in_repo(repo, model)
+        settings = json.loads(folder.serving_file.read_text())["settings"]
         self.max_length = settings["max_length"]
-        self.tokenizer = Tokenizer.from_str((version / "tokenizer" / "tokenizer.json").read_text())
+        self.tokenizer = Tokenizer.from_str((folder.tokenizer_dir / "tokenizer.json").read_text())
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=self.max_length)
         self.mask_id = self.tokenizer.token_to_id(contract.MASK_TOKEN)
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
-        self.session = ort.InferenceSession((version / "model.onnx").read_bytes(), options,
+        self.session = ort.InferenceSession(folder.onnx_file.read_bytes(), options,
                                             providers=["CPUExecutionProvider"])
         self.input_names = {node.name for node in self.session.get_inputs()}
-        self.fingerprint = os.stat(version / "model.onnx").st_size
+        self.fingerprint = os.stat(folder.onnx_file).st_size
 
     def feeds(self, text: str) -> dict[str, np.ndarray]:
         encoding = self.tokenizer.encode(text)

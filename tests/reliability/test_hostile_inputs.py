@@ -119,9 +119,9 @@ CATALOGUE: dict[str, Case] = {
 
 @pytest.fixture(scope="module")
 def server_pid(reliability_server, reliability_repo):
-    from bertforge.served_model import load_serving_settings
+    from bertforge.served_model import ServedModelDir
 
-    assert load_serving_settings(reliability_repo / FILL / "1").max_batch_size == MAX_BATCH
+    assert ServedModelDir.in_repo(reliability_repo, FILL).settings().max_batch_size == MAX_BATCH
     return reliability_server.pid
 
 

@@ -9,6 +9,7 @@ import urllib.request
 import pytest
 
 from bertforge import contract
+from bertforge.served_model import ServedModelDir
 from bertforge.tasks import EMBED, FILL_MASK
 
 
@@ -31,7 +32,7 @@ def test_runtime_limits_apply_before_tokenization(reliability_repo, monkeypatch)
     """A text over the byte or character limit is refused without ever reaching the tokenizer."""
     from serve.runtime import RequestError, load_runtime
 
-    runtime = load_runtime(reliability_repo / EMBED / "1")
+    runtime = load_runtime(ServedModelDir.in_repo(reliability_repo, EMBED).version_dir)
     monkeypatch.setattr(runtime, "tokenizer", None)  # any tokenizer use would raise AttributeError
     settings = runtime.settings
     with pytest.raises(RequestError, match=f"the limit is {settings.max_text_bytes} bytes"):

@@ -52,12 +52,12 @@ def with_queue_delay(repo: Path, delay_us: int) -> Path:
 
 @pytest.fixture(scope="session")
 def triton_server(served_repo):
-    """One real tritonserver on free ports for the whole session; stopped (by PID) even when tests fail."""
-    from serve.launcher import running_server
+    """One real tritonserver on free ports for the whole session (serve.stack); stopped (by PID) even when tests fail."""
+    from serve.stack import local_config, running_stack
 
-    with running_server(served_repo, grpc_port=0, http_port=0, metrics_port=0) as server:
-        yield server
-    assert server.process.poll() is not None, "tritonserver still running after stop()"
+    with running_stack(local_config(served_repo)) as served:
+        yield served.server
+    assert served.server.process.poll() is not None, "tritonserver still running after stop()"
 
 
 @pytest.fixture(scope="session")

@@ -336,10 +336,10 @@ def test_health_sees_a_killed_backend_stub_that_triton_still_calls_ready(served_
 
     import psutil
 
-    from serve.launcher import running_server
+    from serve.stack import local_config, running_stack
 
-    with running_server(served_repo, grpc_port=0, http_port=0, metrics_port=0) as server, \
-            running_api(served_repo, server.endpoints.grpc_url, config=ApiConfig(port=0, health_cache_s=1)) as api:
+    with running_stack(local_config(served_repo, ApiConfig(port=0, health_cache_s=1))) as served:
+        server, api = served.server, served.api
         assert httpx.get(f"{api.url}/health", timeout=10).status_code == 200
         stubs = [child for child in psutil.Process(server.pid).children(recursive=True)
                  if "triton_python_backend_stub" in " ".join(child.cmdline()) and "/embed/" in " ".join(child.cmdline())]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bertforge.served_model import load_serving_settings
+from bertforge.served_model import ServedModelDir
+from bertforge.tasks import FILL_MASK
 from serve.client import BertforgeClient
 from serve.launcher import running_server
 from tests.serve.test_server import masked_texts, torch_mask_probs, torch_mean_pooled
@@ -14,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_int8_agreement_with_pytorch_fp32(served_repo_int8, reference, record_property):
-    assert load_serving_settings(served_repo_int8 / "fill_mask" / "1").precision == "int8"
+    assert ServedModelDir.in_repo(served_repo_int8, FILL_MASK).settings().precision == "int8"
     texts = masked_texts(60, seed=11)
     with running_server(served_repo_int8, grpc_port=0, http_port=0, metrics_port=0) as server:
         with BertforgeClient(server.endpoints.grpc_url, timeout_s=30) as client:

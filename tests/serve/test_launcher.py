@@ -11,6 +11,8 @@ import time
 import psutil
 import pytest
 
+from bertforge.served_model import ServedModelDir
+from bertforge.tasks import EMBED, FILL_MASK
 from serve import launcher
 from serve.launcher import LaunchError, TritonServer, check_platform, running_server
 
@@ -52,7 +54,7 @@ def test_clean_exit_removes_the_work_folder_a_failed_start_keeps_it(served_repo,
     assert not server.workdir.exists()
     broken = tmp_path / "broken"
     shutil.copytree(served_repo, broken)
-    (broken / "fill_mask" / "1" / "model.onnx").write_bytes(b"not an onnx file")
+    ServedModelDir.in_repo(broken, FILL_MASK).onnx_file.write_bytes(b"not an onnx file")
     with pytest.raises(LaunchError) as caught:
         with running_server(broken, grpc_port=0, http_port=0, metrics_port=0, ready_timeout_s=60):
             pass
@@ -64,7 +66,7 @@ def test_clean_exit_removes_the_work_folder_a_failed_start_keeps_it(served_repo,
 def test_failed_start_reports_the_log_tail_and_leaves_no_process(served_repo, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(served_repo, broken)
-    (broken / "embed" / "1" / "model.onnx").write_bytes(b"not an onnx file")
+    ServedModelDir.in_repo(broken, EMBED).onnx_file.write_bytes(b"not an onnx file")
     server = TritonServer(broken, "127.0.0.1", 0, 0, 0)
     with pytest.raises(LaunchError, match=r"(?s)exited with code .*embed") as caught:
         server.start(ready_timeout_s=60)
@@ -95,12 +97,13 @@ def test_wait_until_up_returns_the_probe_value_or_names_the_exit_and_the_timeout
     import subprocess
     import sys
 
-    from serve.launcher import LaunchError, wait_until_up
+    from serve.launcher import LaunchError
+    from serve.process import wait_until_up
 
     log = tmp_path / "server.log"
     exited = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
     with pytest.raises(LaunchError, match=rf"tritonserver exited with code 3 before it was ready \(log: {log}\):\nlast"):
-        wait_until_up(exited, lambda: None, 30, "tritonserver", "it was ready", log, lambda: "last")
+        wait_until_up(exited, lambda: None, 30, "tritonserver", "it was ready", log, lambda: "last", LaunchError)
     running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         with pytest.raises(RuntimeError, match="the API process: still not true that it listened after"):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from bertforge import contract
+from bertforge.served_model import ServedModelDir
 from bertforge.tasks import EMBED, FILL_MASK
 from serve.backend import ServedModel
 from serve.runtime import PROVIDERS_ENV, RequestError, choose_providers, load_runtime, plan_batches
@@ -44,7 +45,7 @@ def test_choose_providers_prefers_available_ones_and_honours_the_environment(mon
 
 @pytest.fixture(scope="module")
 def fill_mask_runtime(served_repo):
-    return load_runtime(served_repo / FILL_MASK / "1")
+    return load_runtime(ServedModelDir.in_repo(served_repo, FILL_MASK).version_dir)
 
 
 def test_parse_rejects_bad_parameters(fill_mask_runtime):
@@ -161,7 +162,7 @@ ST_TEXTS = ["the minister spoke to parliament.", "a short one", "the committee a
 
 @pytest.fixture(scope="module")
 def embed_runtime(served_repo):
-    return load_runtime(served_repo / EMBED / "1")
+    return load_runtime(ServedModelDir.in_repo(served_repo, EMBED).version_dir)
 
 
 def embed(runtime, texts, **parameters) -> np.ndarray:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from bertforge import contract
-from bertforge.served_model import load_serving_settings
+from bertforge.served_model import ServedModelDir
 from bertforge.tasks import EMBED, FILL_MASK
 from serve.client import AsyncBertforgeClient, BertforgeClient, ServingError
 from tests.conftest import make_sentences
@@ -168,7 +168,7 @@ def _raw_infer(grpc_url, model, name, datatype, array):
 
 
 def test_bad_tensors_models_and_batches_are_rejected(grpc_url, client, served_repo):
-    max_batch_size = load_serving_settings(served_repo / FILL_MASK / "1").max_batch_size
+    max_batch_size = ServedModelDir.in_repo(served_repo, FILL_MASK).settings().max_batch_size
     text = np.array([[b"the [MASK]"]], dtype=np.object_)
     fill = FILL_MASK
     assert "unexpected inference input 'TEXTS'" in _raw_infer(grpc_url, fill, "TEXTS", "BYTES", text)

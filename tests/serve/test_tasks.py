@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from bertforge.tasks import TASKS
-from serve.api.process import running_api
 from serve.client import BertforgeClient, ServingError
 from serve.config import ApiConfig
+from serve.stack import local_config, running_stack
 from tests.conftest import make_documents, make_sentences
 
 pytestmark = pytest.mark.slow
@@ -82,17 +82,20 @@ def pair_repo(tmp_path_factory, cross_encoder_dir, classifier_dir, tiny_bert_dir
 
 
 @pytest.fixture(scope="module")
-def pair_server(pair_repo):
-    from serve.launcher import running_server
-
-    with running_server(pair_repo, grpc_port=0, http_port=0, metrics_port=0) as server:
-        yield server
+def pair_stack(pair_repo):
+    """tritonserver and the API in front of it on free loopback ports (serve.stack, as `bertforge serve` runs them)."""
+    with running_stack(local_config(pair_repo, ApiConfig(port=0))) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
-def pair_api(pair_repo, pair_server):
-    with running_api(pair_repo, pair_server.endpoints.grpc_url, config=ApiConfig(port=0)) as process:
-        yield process
+def pair_server(pair_stack):
+    return pair_stack.server
+
+
+@pytest.fixture(scope="module")
+def pair_api(pair_stack):
+    return pair_stack.api
 
 
 @pytest.fixture(scope="module")
