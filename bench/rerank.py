@@ -46,8 +46,9 @@ def main() -> None:
 
         precision = args.precision or ("auto" if args.model else "fp32")
         report = export_to_repository(folder, Path(scratch) / "repo", precision=precision, progress=False)
-        chosen = report.get("chosen") or {"precision": precision}  # a task model's report (export/cross_encoder.py)
-        print(f"[bench] {report.get('task', RERANK)}: serving {chosen['precision']} ({chosen.get('reason', 'as asked')})")
+        served, _ = report.target.served  # a task model's report (export/report.py)
+        reason = report.target.chosen.reason if report.target.chosen else "as asked"
+        print(f"[bench] {report.task or RERANK}: serving {served} ({reason})")
         results = {"in-process CrossEncoder.predict": [], f"served, {args.clients} clients": []}
         with running_stack(local_config(Path(scratch) / "repo")) as served:
             for _ in range(args.rounds):

@@ -99,7 +99,7 @@ def load_documents(source: str) -> tuple[str, list[str]]:
 def served_mask_token(tokenizer_file: Path) -> str:
     """The mask token of the served tokenizer whose `tokenizer.json` is `tokenizer_file`, as the server reads it
     from the files beside it ([MASK], <mask>, ...)."""
-    from serve.runtime import special_tokens
+    from bertforge.served_model import special_tokens
 
     return special_tokens(Path(tokenizer_file).parent)["mask_token"]
 

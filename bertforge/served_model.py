@@ -271,6 +271,22 @@ def load_served_tokenizer(tokenizer_file: Path, max_length: int):
     return tokenizer
 
 
+def special_tokens(tokenizer_dir: Path) -> dict[str, str]:
+    """pad_token and mask_token as the exported tokenizer names them (tokenizer_config.json, else
+    special_tokens_map.json); BERT's [PAD]/[MASK] for tokenizers saved without either file."""
+    found = {"pad_token": contract.PAD_TOKEN, "mask_token": contract.MASK_TOKEN}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the later file wins
+        path = tokenizer_dir / name
+        if path.is_file():
+            values = json.loads(path.read_text())
+            for key in found:
+                value = values.get(key)
+                value = value.get("content") if isinstance(value, dict) else value
+                if isinstance(value, str) and value:
+                    found[key] = value
+    return found
+
+
 def _link_or_copy(source: str, destination: str) -> str:
     try:
         os.link(source, destination)

@@ -34,7 +34,7 @@ def probe_text(repo: str | Path, model: str, task: str) -> str:
     text = tasks.task(task).health_text
     if "{mask}" not in text:
         return text
-    from serve.runtime import special_tokens
+    from bertforge.served_model import special_tokens
 
     return text.format(mask=special_tokens(ServedModelDir.in_repo(repo, model).tokenizer_dir)["mask_token"])
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from bertforge import contract
-from bertforge.served_model import ServedModelDir, ServingSettings, load_served_tokenizer
+from bertforge.served_model import ServedModelDir, ServingSettings, load_served_tokenizer, special_tokens
 from bertforge.tasks import EMBED, FILL_MASK, TASKS
 
 TRUNCATION_POLICIES = contract.TRUNCATION_POLICIES
@@ -336,24 +336,6 @@ def decode_text(raw: object, settings: ServingSettings, what: str = "text", allo
     if not text.strip() and not allow_empty:
         raise RequestError(f"{what} is empty")
     return text
-
-
-def special_tokens(tokenizer_dir: Path) -> dict[str, str]:
-    """pad_token and mask_token as the exported tokenizer names them (tokenizer_config.json, else
-    special_tokens_map.json); BERT's [PAD]/[MASK] for tokenizers saved without either file."""
-    import json
-
-    found = {"pad_token": contract.PAD_TOKEN, "mask_token": contract.MASK_TOKEN}
-    for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the later file wins
-        path = tokenizer_dir / name
-        if path.is_file():
-            values = json.loads(path.read_text())
-            for key in found:
-                value = values.get(key)
-                value = value.get("content") if isinstance(value, dict) else value
-                if isinstance(value, str) and value:
-                    found[key] = value
-    return found
 
 
 def plan_batches(lengths: list[int], max_batch_tokens: int, min_batch_fill: float = 0.0) -> list[list[int]]:

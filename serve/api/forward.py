@@ -15,13 +15,19 @@ from typing import Any
 
 import numpy as np
 
-from bertforge.served_model import ServedModelDir, ServingSettings, load_served_tokenizer, served_models
+from bertforge.served_model import (
+    ServedModelDir,
+    ServingSettings,
+    load_served_tokenizer,
+    served_models,
+    special_tokens,
+)
 from bertforge.tasks import EMBED, FILL_MASK
 from serve.api.errors import APIError, from_serving_error
 from serve.client import AsyncBertforgeClient, ServingError
 from serve.config import ApiConfig
 from serve.health import probe, probe_text
-from serve.runtime import RequestError, TextEncoder, TextRequest, special_tokens
+from serve.runtime import RequestError, TextEncoder, TextRequest
 
 
 @dataclass

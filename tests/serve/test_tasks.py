@@ -69,9 +69,9 @@ def pair_repo(tmp_path_factory, cross_encoder_dir, classifier_dir, tiny_bert_dir
     assert done.returncode == 0, done.stderr[-2000:]
     assert "sequence-classification head with 1 label(s): exporting task rerank" in done.stderr
     report = export_to_repository(classifier_dir, repo, precision="fp32", progress=False)
-    assert report["task"] == "classify" and report["labels"] == list(LABELS.values())
+    assert report.task == "classify" and report.labels == list(LABELS.values())
     report = export_to_repository(tiny_bert_dir, repo, tasks=("embed_sparse",), progress=False)
-    assert report["passed"] and report["variants"]["fp32"]["parity"]["mean_top_overlap"] >= 0.95
+    assert report.passed and report.target.variants["fp32"].parity["mean_top_overlap"] >= 0.95
     # adding a named model leaves the others exactly as they were
     before = {path: (path.stat().st_ino, path.read_bytes()) for path in sorted(repo.glob("*/1/*")) if path.is_file()}
     assert main(["export", "--model", str(second_cross_encoder_dir), "--repo", str(repo), "--name", "rerank-b",
@@ -340,11 +340,11 @@ def test_auto_serves_only_a_variant_that_passed(cross_encoder_dir, tmp_path):
     from export import export_to_repository
 
     report = export_to_repository(cross_encoder_dir, tmp_path, precision="auto", progress=False)
-    chosen = report["chosen"]["precision"]
-    assert set(report["variants"]) == {"fp32", "int8"} and report["variants"][chosen]["passed"]
-    if not report["variants"]["int8"]["passed"]:
-        assert chosen == "fp32" and "int8 missed the gate" in report["chosen"]["reason"]
-    assert report["variants"]["int8"]["parity"]["mean_spearman"] is not None
+    chosen = report.target.chosen.precision
+    assert set(report.target.variants) == {"fp32", "int8"} and report.target.variants[chosen].passed
+    if not report.target.variants["int8"].passed:
+        assert chosen == "fp32" and "int8 missed the gate" in report.target.chosen.reason
+    assert report.target.variants["int8"].parity["mean_spearman"] is not None
     assert ServedModelDir(tmp_path / "rerank").settings().precision == chosen
 
 
