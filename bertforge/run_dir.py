@@ -60,11 +60,14 @@ class Resumability:
     differences: tuple[str, ...] = ()  # "key: old -> new" for each resume invariant that differs
 
 
+@dataclass(frozen=True)
 class RunDir:
     """One training run folder, `runs/<name>/`: the trainer writes it, the pipeline and bench read it."""
 
+    path: Path
+
     def __init__(self, path: str | os.PathLike[str]):
-        self.path = Path(path)
+        object.__setattr__(self, "path", Path(path))  # a str, a Path or another RunDir
 
     @classmethod
     def for_run(cls, name: str, run_dir: str | os.PathLike[str] | None = None) -> RunDir:
@@ -74,17 +77,8 @@ class RunDir:
     def __fspath__(self) -> str:  # RunDir(RunDir(...)), Path(RunDir(...)) and open() all work
         return str(self.path)
 
-    def __str__(self) -> str:
+    def __str__(self) -> str:  # messages name the folder
         return str(self.path)
-
-    def __repr__(self) -> str:
-        return f"RunDir({str(self.path)!r})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, RunDir) and other.path == self.path
-
-    def __hash__(self) -> int:
-        return hash(self.path)
 
     # --- layout --------------------------------------------------------------------------------------
     @property
