@@ -18,9 +18,12 @@ import sys
 from pathlib import Path
 from statistics import median
 
+from bench.report import provenance, write_results
+from bertforge.run_dir import RUNS as RUNS_ROOT
+
 DEMO = "train/configs/demo.toml"
 SIMCSE = "train/configs/simcse.toml"
-RUNS = Path("runs/figures")
+RUNS = RUNS_ROOT / "figures"
 QUIET = ["--set", "log.progress=false", "--set", "log.tensorboard=false"]
 
 
@@ -40,9 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     simcse.add_argument("--minutes", type=float, default=3.0)
     args = parser.parse_args(argv)
     summary = {"schedule": schedule_figure, "continued": continued_figure, "simcse": simcse_figure}[args.part](args)
-    output = Path("bench/results") / f"train_{args.part}.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(summary, indent=1))
+    write_results(provenance() | summary, Path("bench/results") / f"train_{args.part}.json", plots=False)
     print(json.dumps(summary, indent=1))
     return 0
 

@@ -12,7 +12,6 @@ noise hits both; then both models are scored on the same held-out blocks masked 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -50,12 +49,13 @@ def run_command(args: argparse.Namespace) -> int:
     from train.config import PRESET_DIR
 
     preset_file(PRESET_DIR, args.preset)  # an unknown size fails here, listing the known ones, before torch loads
-    results = run_benchmark(args)
+    from bench.report import provenance, write_results
+
+    # git commit, command line, time; the benchmark's own machine, versions and config keys win over provenance's
+    results = provenance() | run_benchmark(args)
     print_table(results)
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=1))
-    print(f"written: {output}")
+    for path in write_results(results, Path(args.output), plots=False):
+        print(f"written: {path}")
     return 0
 
 
@@ -65,6 +65,7 @@ def run_benchmark(args) -> dict:
 
     import torch
 
+    from bertforge.run_dir import RunDir
     from train.config import load_train_config
     from train.prepare import prepare_data, prepare_tokenizer
     from train.runtime import start_runtime
@@ -84,7 +85,7 @@ def run_benchmark(args) -> dict:
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, precision=runtime.precision))
     print(f"[bench] both contenders train in {runtime.precision} ({runtime.precision_reason})")
     workdir = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    tokenizer = prepare_tokenizer(config.data, workdir, runtime)
+    tokenizer = prepare_tokenizer(config.data, RunDir(workdir), runtime)  # workdir/tokenizer/: both contenders
     data = prepare_data(config, tokenizer, runtime)
 
     # Alternate the contenders; each round trains a fresh model for the same wall-clock budget
@@ -111,11 +112,13 @@ def train_ours(config, data, tokenizer, runtime, seconds: float, folder: Path) -
     """Our loop, stopped by a wall-clock budget; tokens/s from steps after warm-up."""
     import dataclasses
 
+    from bertforge.run_dir import RunDir
     from train.logger import read_metrics
     from train.trainer import run_training
 
     loop = dataclasses.replace(config.train, max_minutes=seconds / 60.0)
-    run_config = dataclasses.replace(config, train=loop, data=dataclasses.replace(config.data, tokenizer=str(folder.parent / "tokenizer")))
+    shared_tokenizer = dataclasses.replace(config.data, tokenizer=str(RunDir(folder.parent).tokenizer_dir))
+    run_config = dataclasses.replace(config, train=loop, data=shared_tokenizer)
     started = time.perf_counter()
     run_training(run_config, folder)
     wall = time.perf_counter() - started

@@ -25,7 +25,7 @@ COMMAND_MODULES = {
     "serve": "serve.cli",
     "client": "serve.cli_client",
     "bench": "bench.cli",
-    "pipeline": "bertforge.pipeline",
+    "pipeline": "pipeline.cli",
 }
 
 

@@ -1,5 +1,7 @@
 """Checkpoints: one folder per step, written in a staging folder, verified by checksums, swapped in atomically.
 
+Where they go (checkpoints/step-N/ in the run folder) is bertforge/run_dir.py's; what is in one is this module's:
+
 checkpoints/step-N/
   model.safetensors     weights (safetensors: no code can hide in them)
   optimizer.pt          optimizer and grad-scaler state (loaded with weights_only=True)
@@ -26,9 +28,9 @@ import torch
 from bertforge.config import save_config
 from bertforge.errors import BertforgeError
 from bertforge.files import remove_leftover_staging, staged_folder
+from bertforge.run_dir import CHECKPOINT_PREFIX, CONFIG_FILE, checkpoint_folder, checkpoint_folders
 
 MANIFEST = "manifest.json"
-PREFIX = "step-"
 
 
 class CheckpointError(BertforgeError):
@@ -41,7 +43,7 @@ def save_checkpoint(
     """Write checkpoints/step-<step>/ atomically and prune all but the newest `keep`."""
     from safetensors.torch import save_model
 
-    target = folder / f"{PREFIX}{step}"
+    target = checkpoint_folder(folder, step)
     try:
         # Write every piece into a staging folder beside the checkpoints (hidden: never taken for one)
         with staged_folder(target) as staged:
@@ -49,7 +51,7 @@ def save_checkpoint(
             torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None},
                        staged / "optimizer.pt")
             torch.save({**trainer_state, "rng": capture_rng_state()}, staged / "trainer_state.pt")
-            save_config(config, staged / "config.toml")
+            save_config(config, staged / CONFIG_FILE)
             # Checksums last, flushed to disk; leaving the block swaps the folder in with one rename
             files = {p.name: _sha256(p) for p in sorted(staged.iterdir())}
             (staged / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1))
@@ -63,8 +65,8 @@ def save_checkpoint(
     # Prune old checkpoints and the staging folders of killed runs
     for old in checkpoint_folders(folder)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    remove_leftover_staging(folder / f"{PREFIX}*")
-    for stale in folder.glob(f".tmp-{PREFIX}*"):  # named so by bertforge before staged_folder
+    remove_leftover_staging(folder / f"{CHECKPOINT_PREFIX}*")
+    for stale in folder.glob(f".tmp-{CHECKPOINT_PREFIX}*"):  # named so by bertforge before staged_folder
         shutil.rmtree(stale, ignore_errors=True)
     return target
 
@@ -122,14 +124,6 @@ def latest_complete_checkpoint(folder: Path, quiet: bool = False) -> Path | None
             if not quiet:
                 warnings.warn(f"skipping checkpoint: {error}", stacklevel=2)
     return None
-
-
-def checkpoint_folders(folder: Path) -> list[Path]:
-    """step-N folders sorted by N (temp folders excluded)."""
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -7,19 +7,22 @@ import math
 from pathlib import Path
 from typing import Any
 
+from bertforge.run_dir import RunDir
+
 
 class MetricsLogger:
     """Appends one JSON object per record; mirrors scalars to TensorBoard when available."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True):
-        self.path = run_dir / "metrics.jsonl"
+    def __init__(self, run_dir: RunDir | Path, tensorboard: bool = True):
+        run = RunDir(run_dir)
+        self.path = run.metrics_file
         self.handle = self.path.open("a")
         self.writer = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+                self.writer = SummaryWriter(log_dir=str(run.tensorboard_dir))
             except ImportError:
                 self.writer = None
 
@@ -39,14 +42,14 @@ class MetricsLogger:
             self.writer = None
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
+def read_metrics(run_dir: RunDir | Path) -> list[dict[str, Any]]:
+    path = RunDir(run_dir).metrics_file
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_loss_curve(run_dir: Path) -> Path | None:
+def plot_loss_curve(run_dir: RunDir | Path) -> Path | None:
     """loss_curve.png: training loss per logged step, held-out loss as points."""
     import matplotlib
 
@@ -68,13 +71,13 @@ def plot_loss_curve(run_dir: Path) -> Path | None:
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
-    output = Path(run_dir) / "loss_curve.png"
+    output = RunDir(run_dir).loss_curve_file
     figure.savefig(output, dpi=100)
     plt.close(figure)
     return output
 
 
-def run_summary(run_dir: Path) -> str:
+def run_summary(run_dir: RunDir | Path) -> str:
     """The run's final figures in a few lines: steps, final LR, held-out masked-token accuracy, embedding probe."""
     records = read_metrics(run_dir)
     steps = [r for r in records if "lr" in r]

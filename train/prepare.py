@@ -2,44 +2,42 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bertforge.config import ConfigError, save_config, to_dict
+from bertforge.config import ConfigError, save_config
 from bertforge.paths import cache_dir
+from bertforge.run_dir import RunDir
 from train.config import DataConfig, TrainConfig
 from train.data import BlockBatches, MaskedBlockDataset, build_blocks, masked_eval_batches, masking_spec
 from train.runtime import TrainingRuntime
 
 
-def prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool, runtime: TrainingRuntime, invariants) -> None:
+def prepare_run_dir(config: TrainConfig, run: RunDir, resume: bool, runtime: TrainingRuntime) -> None:
     """Create the run folder (rank 0); refuse to clobber a run or to resume with a different model."""
     if runtime.rank == 0:
-        saved_file = run_dir / "config.toml"
-        trained = (run_dir / "model").exists() or any((run_dir / "checkpoints").glob("step-*"))
-        if saved_file.is_file() and trained:
+        if run.holds_training():
             if not resume:
                 raise ConfigError(
-                    f"{run_dir} already holds a run; pass --resume to continue it or --run-dir for a new one"
+                    f"{run} already holds a run; pass --resume to continue it or --run-dir for a new one"
                 )
-            differing = config_differences(tomllib.loads(saved_file.read_text()), config, invariants)
-            if differing:
-                raise ConfigError(f"cannot resume {run_dir} with a different setup: {'; '.join(differing)}")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, saved_file)
+            verdict = run.resumability(config)
+            if not verdict.resumable:
+                raise ConfigError(f"cannot resume {run} with a different setup: {'; '.join(verdict.differences)}")
+        run.path.mkdir(parents=True, exist_ok=True)
+        save_config(config, run.config_file)
     runtime.barrier()
 
 
-def prepare_tokenizer(data: DataConfig, run_dir: Path, runtime: TrainingRuntime):
-    """run_dir/tokenizer: reused on resume, copied from data.tokenizer, or trained on the corpus."""
+def prepare_tokenizer(data: DataConfig, run: RunDir | Path, runtime: TrainingRuntime):
+    """The run's tokenizer/: reused on resume, copied from data.tokenizer, or trained on the corpus."""
     from train.corpus import load_text_dataset
     from train.tokenizer import load_tokenizer, train_wordpiece_tokenizer
 
-    folder = run_dir / "tokenizer"
+    folder = RunDir(run).tokenizer_dir
     if runtime.rank == 0 and not (folder / "tokenizer.json").is_file():
         if data.tokenizer:
             source = load_tokenizer(data.tokenizer)
@@ -108,16 +106,3 @@ def resolve_source(source: str, split: str) -> str:
 
     corpus = build_demo_corpus()
     return str(corpus.train if split == "train" else corpus.eval)
-
-
-def config_differences(saved: dict, current: TrainConfig, keys) -> list[str]:
-    """Dotted keys whose values differ between a saved config dict and the current config."""
-    now = to_dict(current)
-    differing = []
-    for key in keys:
-        old, new = saved, now
-        for part in key.split("."):
-            old, new = (old or {}).get(part), (new or {}).get(part)
-        if old != new:
-            differing.append(f"{key}: {old!r} -> {new!r}")
-    return differing

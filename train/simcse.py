@@ -4,7 +4,7 @@ Each sentence of the training corpus goes through the encoder twice; the two dro
 views of it, the positive pair, and the other sentences of the batch are the negatives (InfoNCE over
 cosine similarities / temperature). No labels, so it runs on the user's own corpus. The embedder is a
 sentence-transformers model (the masked-LM's encoder + pooling) saved as a sentence-transformers folder in
-run_dir/model; checkpoints and resume work as in the masked-LM loop (train/checkpoint.py). One process.
+the run's model/; checkpoints and resume work as in the masked-LM loop (train/checkpoint.py). One process.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from torch import nn
 
 from bertforge.config import ConfigError
 from bertforge.files import remove_leftover_staging, staged_folder
+from bertforge.run_dir import RunDir
 from train.budget import BudgetClock
 from train.checkpoint import latest_complete_checkpoint, load_checkpoint, save_checkpoint
 from train.config import TrainConfig
@@ -26,23 +27,19 @@ from train.optim import build_optimizer, lr_at
 from train.prepare import prepare_run_dir, resolve_source
 from train.runtime import TrainingRuntime
 
-# What the weights and the data position depend on (the rest may change between resumes)
-RESUME_INVARIANTS = ("model.init_from", "data.train", "data.seq_len", "train.batch_size", "train.seed",
-                     "simcse.pooling", "simcse.min_words", "simcse.max_sentences")
 
-
-def train_simcse(config: TrainConfig, run_dir: Path, resume: bool, runtime: TrainingRuntime) -> Path:
+def train_simcse(config: TrainConfig, run: RunDir, resume: bool, runtime: TrainingRuntime) -> Path:
     if runtime.world_size > 1:
         raise ConfigError("the SimCSE stage runs in one process; start it with `bertforge train`, not torchrun")
     # Run folder, training sentences, the embedder and its optimizer
-    prepare_run_dir(config, run_dir, resume, runtime, RESUME_INVARIANTS)
+    prepare_run_dir(config, run, resume, runtime)  # what must match to resume: RESUME_INVARIANTS['simcse']
     sentences = SentenceBatches(corpus_sentences(config), config.train.batch_size, config.train.seed)
     torch.manual_seed(config.train.seed)
     embedder = build_embedder(config, runtime.device)
     optimizer = build_optimizer(embedder, config.optim, runtime.device)
 
     # Resume from the newest complete checkpoint
-    checkpoints, max_steps = run_dir / "checkpoints", config.train.max_steps
+    checkpoints, max_steps = run.checkpoints_dir, config.train.max_steps
     state = {"step": 0, "elapsed_s": 0.0}
     resume_from = latest_complete_checkpoint(checkpoints) if resume else None
     if resume_from is not None:
@@ -50,7 +47,7 @@ def train_simcse(config: TrainConfig, run_dir: Path, resume: bool, runtime: Trai
         runtime.print(f"[simcse] resumed from {resume_from} (step {state['step']})")
     runtime.print(f"[simcse] {len(sentences.texts):,} training sentences; {runtime.device}, from {config.model.init_from}")
 
-    logger = MetricsLogger(run_dir, config.log.tensorboard)
+    logger = MetricsLogger(run, config.log.tensorboard)
     try:
         clock = BudgetClock(config.train.max_minutes * 60, state["elapsed_s"])
         step, out_of_time = state["step"], False
@@ -80,15 +77,15 @@ def train_simcse(config: TrainConfig, run_dir: Path, resume: bool, runtime: Trai
                 save_checkpoint(checkpoints, step, embedder, optimizer, None, state, config, config.checkpoint.keep)
 
         # The sentence-transformers folder, then the embedding probe on text it never saw
-        save_embedder(embedder, run_dir / "model")
+        save_embedder(embedder, run.model_dir)
         if config.log.probe:
             from train.probe import run_probes, sentence_transformer_encoder
 
             logger.log({"step": step, **run_probes(sentence_transformer_encoder(embedder), config)})
-        runtime.print(f"[simcse] done: {step} steps; sentence-transformers model saved to {run_dir / 'model'}")
+        runtime.print(f"[simcse] done: {step} steps; sentence-transformers model saved to {run.model_dir}")
     finally:
         logger.close()
-    return run_dir
+    return run.path
 
 
 def build_embedder(config: TrainConfig, device: torch.device):

@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from bertforge.cli_options import add_config_options, build_config
+from bertforge.run_dir import RunDir, RunStatus
 from train.cli import add_start_options, start_flags
 
 
@@ -35,31 +36,29 @@ def run(args: argparse.Namespace) -> int:
     config = build_config(load_train_config, args, flags=start_flags(args))
     config, run_dir = train_stage(config, args.config, args.run_dir)
     if not args.skip_export:
-        export_stage(run_dir / "model", Path(args.repo), args.precision)
+        export_stage(run_dir.model_dir, Path(args.repo), args.precision)
     return 0
 
 
-def train_stage(config, config_file: str, run_dir: str | None):
+def train_stage(config, config_file: str, run_dir: str | None) -> tuple[object, RunDir]:
     """Train `config` (a TrainConfig read from config_file), resume an interrupted run, or reuse a finished one."""
-    from bertforge.config import ConfigError, read_toml
-    from train.prepare import config_differences
-    from train.trainer import RESUME_INVARIANTS, run_training
+    from bertforge.config import ConfigError
+    from train.trainer import run_training
 
-    folder = Path(run_dir or Path("runs") / config.name)
-    # A finished run (model/ is written last, also when the wall-clock budget ended it) is reused as is,
-    # unless it is a different model than the config asks for
-    if (folder / "model" / "config.json").is_file():
-        differing = config_differences(read_toml(folder / "config.toml"), config, RESUME_INVARIANTS)
-        if differing:
-            raise ConfigError(f"{folder} holds a finished run of a different setup ({'; '.join(differing)}); "
-                              f"pass --run-dir for a new run, or remove {folder} to retrain it")
-        print(f"[pipeline] {folder} is already trained; reusing {folder / 'model'} "
-              f"(train further with: bertforge train --config {config_file} --run-dir {folder} --resume)")
-        return config, folder
-    started = (folder / "config.toml").is_file()
-    print(f"[pipeline] {'resuming' if started else 'training'} {folder}")
-    run_training(config, folder, resume=started)
-    return config, folder
+    run = RunDir.for_run(config.name, run_dir)
+    # A finished run is reused as is, unless it is a different model than the config asks for
+    if run.status is RunStatus.FINISHED:
+        verdict = run.resumability(config)
+        if not verdict.resumable:
+            raise ConfigError(f"{run} holds a finished run of a different setup ({'; '.join(verdict.differences)}); "
+                              f"pass --run-dir for a new run, or remove {run} to retrain it")
+        print(f"[pipeline] {run} is already trained; reusing {run.model_dir} "
+              f"(train further with: bertforge train --config {config_file} --run-dir {run} --resume)")
+        return config, run
+    started = run.status is RunStatus.STARTED
+    print(f"[pipeline] {'resuming' if started else 'training'} {run}")
+    run_training(config, run.path, resume=started)
+    return config, run
 
 
 def export_stage(model_dir: Path, repo: Path, precision: str | None) -> dict:

@@ -1,0 +1,1 @@
+"""`bertforge pipeline`: train then export in one command; above the stages, since it drives train and export."""
