@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bertforge.cli_options import add_config_options, build_config
 from bertforge.run_dir import RunDir, RunStatus
 from train.cli import add_start_options, start_flags
+
+if TYPE_CHECKING:
+    from export.report import ExportReport
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -61,7 +65,7 @@ def train_stage(config, config_file: str, run_dir: str | None) -> tuple[object, 
     return config, run
 
 
-def export_stage(model_dir: Path, repo: Path, precision: str | None) -> dict:
+def export_stage(model_dir: Path, repo: Path, precision: str | None) -> ExportReport:
     from export import export_to_repository
 
     print(f"[pipeline] exporting {model_dir} -> {repo}")
