@@ -8,10 +8,11 @@ the log when the child exits or the time runs out; `stop` sends SIGTERM, then SI
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -41,9 +42,11 @@ class ManagedProcess:
         (tests, the CLI and bench start it from the main thread)."""
         log_path = Path(log_path)
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        if shutil.which(command[0]) is None:  # as Popen would say, before the trampoline hides it
+            raise FileNotFoundError(f"{command[0]}: no such executable")
         with open(log_path, "ab" if append_log else "wb") as log:
-            popen = subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=env, start_new_session=own_session, preexec_fn=_stop_with_parent)
+            popen = subprocess.Popen(stopping_with_parent(command), stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env=env, start_new_session=own_session)
         return cls(popen, name, log_path, own_session)
 
     # --- state (the Popen's, so callers may treat it as one) -------------------------------------------
@@ -124,9 +127,26 @@ def url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _stop_with_parent() -> None:
-    """In the child before exec: SIGTERM it if its launcher dies (even by SIGKILL)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: rely on stop()
-        pass
+def stopping_with_parent(command: Sequence[str]) -> list[str]:
+    """`command`, run so that it gets SIGTERM when its launcher dies (even by SIGKILL): on Linux a tiny
+    Python trampoline sets PR_SET_PDEATHSIG, which survives exec, and then becomes the command (same PID).
+
+    Not `Popen(preexec_fn=...)`: preexec_fn forks with the interpreter's locks held, and that deadlocked when
+    another thread was starting a thread at the same moment (the supervisor restarting tritonserver while
+    gRPC client threads spun up: Popen never returned). Without preexec_fn, Popen forks and execs in C."""
+    if not sys.platform.startswith("linux"):
+        return list(command)  # elsewhere: rely on stop()
+    return [sys.executable, "-I", "-S", "-c", _PDEATHSIG_TRAMPOLINE, str(os.getpid()), *command]
+
+
+# argv: the launcher's PID, then the command. A launcher that died before prctl ran has orphaned us already:
+# then the command is not started at all.
+_PDEATHSIG_TRAMPOLINE = f"""import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None, use_errno=True).prctl({PR_SET_PDEATHSIG}, signal.SIGTERM)
+except (OSError, AttributeError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(143)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""

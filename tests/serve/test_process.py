@@ -69,3 +69,31 @@ def test_url_host_brackets_ipv6_literals():
     assert url_host("127.0.0.1") == "127.0.0.1"
     assert url_host("localhost") == "localhost"
     assert url_host("::1") == "[::1]"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_child_dies_with_a_launcher_killed_by_sigkill(tmp_path):
+    import os
+    import subprocess
+
+    launcher = (f"import os, sys; from serve.process import ManagedProcess; p = ManagedProcess.start('sleeper', "
+                f"[sys.executable, '-c', 'import time; time.sleep(60)'], {str(tmp_path / 'sleeper.log')!r}); "
+                "print(p.pid, flush=True); os.kill(os.getpid(), 9)")
+    result = subprocess.run([sys.executable, "-c", launcher], capture_output=True, text=True, timeout=60)
+    child = int(result.stdout.split()[-1])
+    deadline = time.monotonic() + 30  # a hang guard: the signal arrives at once
+    while os.path.exists(f"/proc/{child}") and "Z" not in _state(child):
+        assert time.monotonic() < deadline, "the child outlived its launcher's SIGKILL"
+        time.sleep(0.1)
+
+
+def test_missing_executable_is_named_before_anything_starts(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no-such-binary-here"):
+        ManagedProcess.start("ghost", ["no-such-binary-here"], tmp_path / "ghost.log")
+
+
+def _state(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return "Z"
