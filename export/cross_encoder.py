@@ -81,6 +81,12 @@ def export_sequence_classifier(config: ExportConfig, progress: ExportProgress) -
         candidates = ["fp32", "int8"] if precision == AUTO else [precision]
         paths = {}
         for candidate in candidates:
+            if candidate == "int8":  # the recipe search, as for embeddings: judged on the ranking / the label
+                path, report.target.variants[candidate] = _search_int8(fused, scratch, features, reference, task,
+                                                                       config, progress)
+                if path is not None:
+                    paths[candidate] = path
+                continue
             path = scratch / candidate / "model.onnx"
             from export.variants import build_variant
 
@@ -213,6 +219,33 @@ def _torch_logits(folder: Path, features: list[dict]) -> list[np.ndarray]:
     with torch.inference_mode():
         return [model(**{name: torch.from_numpy(value) for name, value in feeds.items()}).logits.float().numpy()
                 for feeds in features]
+
+
+def _search_int8(fused: Path, scratch: Path, features: list[dict], reference: list[np.ndarray], task: str,
+                 config: ExportConfig, progress: ExportProgress) -> tuple[Path | None, VariantReport]:
+    """int8 through export.int8_search (per-channel, SmoothQuant, static, then the most sensitive nodes kept
+    fp32), each recipe gated on the ranking (rerank) or the label (classify) of the gate pairs."""
+    from export.int8_search import search_int8
+    from export.variants import describe
+
+    def evaluate(path: Path) -> tuple[dict, list[str], float]:
+        metrics = compare_logits(_onnx_logits(path, features), reference, task)
+        agreement = metrics["mean_spearman"] if task == RERANK else metrics["label_agreement"]
+        return metrics, gate_failures(metrics, "int8", task, config.gates.fp32_max_abs_diff), 1.0 - agreement
+
+    result = search_int8(fused, scratch / "int8-search", evaluate, features, features[0], seconds=config.search_seconds,
+                         progress=progress, label=f"{task} int8", portable=config.int8_portable)
+    tried = [candidate for candidate in result.candidates if "parity" in candidate]
+    if result.path is None:
+        closest = min(tried, key=lambda candidate: candidate["error"] if candidate["error"] is not None else 1.0)
+        failures = [f"{task} int8: no recipe passed the gate ({len(tried)} tried in {result.seconds:.0f} s); "
+                    f"closest {closest['name']}: " + "; ".join(closest["failures"])]
+        progress.outcome(failures[0])
+        return None, VariantReport.gated({"precision": "int8"}, closest["parity"], failures, search=result.summary())
+    winner = next(c for c in tried if c["name"] == result.recipe.name and c["passed"])
+    progress.outcome(f"{task} int8: PASS with recipe {result.recipe.name}: {summary(winner['parity'], task)}")
+    return result.path, VariantReport.gated(describe(result.path, "int8"), winner["parity"], [],
+                                            recipe=result.recipe.summary(), search=result.summary())
 
 
 def _onnx_logits(path: Path, features: list[dict]) -> list[np.ndarray]:

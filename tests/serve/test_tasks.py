@@ -345,6 +345,7 @@ def test_auto_serves_only_a_variant_that_passed(cross_encoder_dir, tmp_path):
     if not report.target.variants["int8"].passed:
         assert chosen == "fp32" and "int8 missed the gate" in report.target.chosen.reason
     assert report.target.variants["int8"].parity["mean_spearman"] is not None
+    assert report.target.variants["int8"].search["candidates"], "int8 goes through the recipe search"
     assert ServedModelDir(tmp_path / "rerank").settings().precision == chosen
 
 
