@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bertforge.files import write_json_atomically
+from bertforge.served_model import REPORT_FILE
 
 TASK_REPORT_FILE = "export_report.{model}.json"  # a task model's own report, beside the fill_mask/embed one
 
@@ -149,8 +150,10 @@ def write_report(path: str | Path, report: ExportReport) -> None:
 
 def read_report(path: str | Path) -> ExportReport:
     """The report at `path` (`<repo>/export_report.json`, a task model's `export_report.<model>.json`, or an
-    `--output` folder's), whichever version of bertforge wrote it."""
+    `--output` folder's), whichever version of bertforge wrote it. A folder means its `export_report.json`."""
     path = Path(path)
+    if path.is_dir():
+        path = path / REPORT_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no export report at {path}; export a model there first (bertforge export)")
     return ExportReport.from_dict(json.loads(path.read_text()))

@@ -105,6 +105,11 @@ def test_a_report_built_in_memory_round_trips(tmp_path):
     assert read_report(path) == report
 
 
+def test_a_repository_folder_reads_its_export_report(tmp_path):
+    (tmp_path / "export_report.json").write_text(json.dumps(OLD_REPOSITORY_REPORT))
+    assert read_report(tmp_path) == read_report(tmp_path / "export_report.json")
+
+
 def test_a_missing_report_says_where_it_looked(tmp_path):
     with pytest.raises(FileNotFoundError, match="no export report at .*bertforge export"):
         read_report(tmp_path / "export_report.json")
