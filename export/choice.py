@@ -80,10 +80,10 @@ def search_int8(target: Target, progress) -> tuple[Path, VariantReport]:
                         label=f"{target.name} int8", portable=target.config.int8_portable)
     if result.path is None:
         failures = [f"{target.name} int8: no recipe passed the gate ({len(result.candidates)} tried in "
-                    f"{result.seconds:.0f} s); closest: {_closest(result)}"]
+                    f"{result.seconds:.0f} s); closest: {result.closest_failures()}"]
         progress.outcome(failures[0])
         return target.folder / "int8-search" / "none.onnx", VariantReport.gated(
-            {"precision": "int8"}, _best_parity(result), failures, search=result.summary())
+            {"precision": "int8"}, (result.closest() or {}).get("parity", {}), failures, search=result.summary())
     # the winner was gated in the search already: its figures are the candidate's
     winner = next(c for c in result.candidates if c.get("name") == result.recipe.name and c.get("passed"))
     metrics = winner["parity"]
@@ -118,19 +118,6 @@ def choose_auto(target: Target, progress) -> tuple[str, Path, VariantReport, Cho
     progress.outcome(f"{target.name} auto: chose fp32 ({reason})")
     return "fp32", fp32_path, dataclasses.replace(fp32, int8_search=int8.search), Choice(requested=AUTO,
                                                                                           precision="fp32", reason=reason)
-
-
-def _closest(result) -> str:
-    tried = [c for c in result.candidates if "error" in c]
-    if not tried:
-        return "none tried"
-    best = min(tried, key=lambda c: c["error"])
-    return f"{best['name']}: " + "; ".join(line.split(": ", 1)[-1] for line in best["failures"])
-
-
-def _best_parity(result) -> dict:
-    tried = [c for c in result.candidates if "error" in c]
-    return min(tried, key=lambda c: c["error"])["parity"] if tried else {}
 
 
 def _summary(metrics: dict, task: str, precision: str) -> str:

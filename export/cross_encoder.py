@@ -235,14 +235,13 @@ def _search_int8(fused: Path, scratch: Path, features: list[dict], reference: li
 
     result = search_int8(fused, scratch / "int8-search", evaluate, features, features[0], seconds=config.search_seconds,
                          progress=progress, label=f"{task} int8", portable=config.int8_portable)
-    tried = [candidate for candidate in result.candidates if "parity" in candidate]
     if result.path is None:
-        closest = min(tried, key=lambda candidate: candidate["error"] if candidate["error"] is not None else 1.0)
-        failures = [f"{task} int8: no recipe passed the gate ({len(tried)} tried in {result.seconds:.0f} s); "
-                    f"closest {closest['name']}: " + "; ".join(closest["failures"])]
+        failures = [f"{task} int8: no recipe passed the gate ({len(result.candidates)} tried in {result.seconds:.0f} s); "
+                    f"closest: {result.closest_failures()}"]
         progress.outcome(failures[0])
-        return None, VariantReport.gated({"precision": "int8"}, closest["parity"], failures, search=result.summary())
-    winner = next(c for c in tried if c["name"] == result.recipe.name and c["passed"])
+        return None, VariantReport.gated({"precision": "int8"}, (result.closest() or {}).get("parity", {}), failures,
+                                         search=result.summary())
+    winner = next(c for c in result.candidates if c.get("name") == result.recipe.name and c.get("passed"))
     progress.outcome(f"{task} int8: PASS with recipe {result.recipe.name}: {summary(winner['parity'], task)}")
     return result.path, VariantReport.gated(describe(result.path, "int8"), winner["parity"], [],
                                             recipe=result.recipe.summary(), search=result.summary())

@@ -41,6 +41,18 @@ class SearchResult:
     cpu: dict = field(default_factory=dict)  # the CPU the gate ran on (bertforge.cpu.CpuInfo.summary)
     recipe_set: str = ""  # which recipes were tried on it, and why
 
+    def closest(self) -> dict | None:
+        """The gated recipe nearest to passing (smallest error), for the report when none passed."""
+        tried = [candidate for candidate in self.candidates if "error" in candidate]
+        return min(tried, key=lambda candidate: candidate["error"]) if tried else None
+
+    def closest_failures(self) -> str:
+        """`<recipe>: <what it missed>` of `closest()`, or "none tried"."""
+        best = self.closest()
+        if best is None:
+            return "none tried"
+        return f"{best['name']}: " + "; ".join(line.split(": ", 1)[-1] for line in best["failures"])
+
     def summary(self) -> dict:
         return {"winner": self.recipe.name if self.recipe else None, "winner_latency_ms": self.latency_ms,
                 "seconds": round(self.seconds, 1), "cpu": self.cpu, "recipe_set": self.recipe_set,

@@ -8,6 +8,7 @@ the registry's (`bertforge.tasks.Task.health_text`); `{mask}` in it becomes the 
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,10 @@ def probe(client: Any, model: str, task: str, text: str) -> Any:
     raise ValueError(f"no health probe for task {task!r}; add one to serve/health.py")
 
 
+@lru_cache(maxsize=256)
 def probe_text(repo: str | Path, model: str, task: str) -> str:
-    """The text the probe of `model` (serving `task`) in `repo` sends; the tokenizer is read only for `{mask}`."""
+    """The text the probe of `model` (serving `task`) in `repo` sends; the tokenizer is read only for `{mask}`, once
+    per model (the supervisor probes every few seconds; Triton's model control is off, so a model does not change)."""
     text = tasks.task(task).health_text
     if "{mask}" not in text:
         return text

@@ -69,7 +69,17 @@ class ManagedProcess:
                    error: type[Exception] = RuntimeError, poll_s: float = 0.1) -> T:
         """Poll `probe` until it returns a value (not None); `error` naming the log and its tail if the process
         exits first or `timeout_s` passes. `up` says what was awaited ("it was ready")."""
-        return wait_until_up(self.popen, probe, timeout_s, self.name, up, self.log_path, self.log_tail, error, poll_s)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise error(f"{self.name} exited with code {self.popen.returncode} before {up} (log: {self.log_path}):\n"
+                            f"{self.log_tail()}")
+            value = probe()
+            if value is not None:
+                return value
+            time.sleep(poll_s)
+        raise error(f"{self.name}: still not true that {up} after {timeout_s:.0f} s (log: {self.log_path}):\n"
+                    f"{self.log_tail()}")
 
     # --- stop ------------------------------------------------------------------------------------------
     def stop(self, timeout_s: float) -> int | None:
@@ -97,22 +107,6 @@ class ManagedProcess:
     def log_tail(self, lines: int = 40) -> str:
         """The last `lines` lines of its log, for error messages."""
         return log_tail(self.log_path, lines)
-
-
-def wait_until_up(process: subprocess.Popen, probe: Callable[[], T | None], timeout_s: float, name: str,
-                  up: str, log_path: Path, tail: Callable[[], str], error: type[Exception] = RuntimeError,
-                  poll_s: float = 0.1) -> T:
-    """Poll `probe` until it returns a value (not None); `error` naming the log if `process` exits first or
-    `timeout_s` passes (ManagedProcess.wait_until, for a bare Popen)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise error(f"{name} exited with code {process.returncode} before {up} (log: {log_path}):\n{tail()}")
-        value = probe()
-        if value is not None:
-            return value
-        time.sleep(poll_s)
-    raise error(f"{name}: still not true that {up} after {timeout_s:.0f} s (log: {log_path}):\n{tail()}")
 
 
 def log_tail(log_path: Path, lines: int = 40) -> str:
