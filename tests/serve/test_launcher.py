@@ -93,23 +93,23 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_wait_until_up_returns_the_probe_value_or_names_the_exit_and_the_timeout(tmp_path):
-    import subprocess
+def test_wait_until_returns_the_probe_value_or_names_the_exit_and_the_timeout(tmp_path):
     import sys
 
     from serve.launcher import LaunchError
-    from serve.process import wait_until_up
+    from serve.process import ManagedProcess
 
     log = tmp_path / "server.log"
-    exited = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    exited = ManagedProcess.start("tritonserver", [sys.executable, "-c", "print('last'); raise SystemExit(3)"], log)
+    exited.wait(30)
     with pytest.raises(LaunchError, match=rf"tritonserver exited with code 3 before it was ready \(log: {log}\):\nlast"):
-        wait_until_up(exited, lambda: None, 30, "tritonserver", "it was ready", log, lambda: "last", LaunchError)
-    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        exited.wait_until(lambda: None, 30, "it was ready", LaunchError)
+    running = ManagedProcess.start("the API process", [sys.executable, "-c", "import time; time.sleep(30)"],
+                                   tmp_path / "api.log")
     try:
         with pytest.raises(RuntimeError, match="the API process: still not true that it listened after"):
-            wait_until_up(running, lambda: None, 0.3, "the API process", "it listened", log, lambda: "", RuntimeError)
+            running.wait_until(lambda: None, 0.3, "it listened")
         answers = iter([None, None, "http://127.0.0.1:1"])
-        assert wait_until_up(running, lambda: next(answers), 5, "x", "up", log, lambda: "", poll_s=0.01) == "http://127.0.0.1:1"
+        assert running.wait_until(lambda: next(answers), 5, "up", poll_s=0.01) == "http://127.0.0.1:1"
     finally:
         running.kill()
-        running.wait()
