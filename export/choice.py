@@ -25,13 +25,17 @@ class Target:
     name: str
     task: str
     kind: str  # "served" (the contract graph) or "plain" (Optimum-loadable, --output mode)
-    fused: Path
+    fused: Path  # what the CPU variants start from (export.layer_norm: the residual LayerNorm in its faster form)
     folder: Path
     batches: list
     references: list
     calibration_feeds: list
     config: ExportConfig
     timing_feeds: dict
+    gpu_fused: Path | None = None  # ONNX Runtime's fused graph as it is, for fp16 (GPU kernels); None = `fused`
+
+    def fused_for(self, precision: str) -> Path:
+        return (self.gpu_fused or self.fused) if precision == "fp16" else self.fused
 
     def evaluate(self, path: Path, precision: str) -> tuple[dict, list[str], float, list[str]]:
         """(metrics, failures, error, providers) of the variant at `path` against the reference."""
@@ -61,7 +65,7 @@ def build_and_gate(target: Target, precision: str, progress) -> tuple[Path, Vari
 
     progress.step(f"{target.name} {precision}: building")
     path = target.folder / precision / "model.onnx"
-    details = build_variant(target.fused, precision, path, calibration_feeds=target.calibration_feeds)
+    details = build_variant(target.fused_for(precision), precision, path, calibration_feeds=target.calibration_feeds)
     metrics, failures, _, providers = target.evaluate(path, precision)
     progress.outcome(f"{target.name} {precision}: " + ("PASS " if not failures else "FAIL ") + _summary(metrics, target.task,
                                                                                                   precision))

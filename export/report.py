@@ -76,6 +76,7 @@ class TargetReport:
     chosen: Choice | None = None  # precision auto (and every task model): what was served and why
     model_dir: str | None = None  # repository mode: where it was written
     serving: dict[str, Any] | None = None  # repository mode: the serving settings it was written with
+    layer_norm: dict[str, Any] | None = None  # export.layer_norm: the residual LayerNorm's form, as timed
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -41,6 +41,7 @@ def build_and_check(config: ExportConfig, info: ModelFolderInfo, author: tuple, 
     from export.choice import Target, build_precision
     from export.families import mlm_head
     from export.graphs import add_fill_mask_head, add_logits_head, add_pooling, encoder_only
+    from export.layer_norm import choose_layer_norm_form
     from export.model_definition import reference_model
     from export.parity import make_parity_inputs, reference_outputs
     from export.texts import calibration_texts, parity_texts
@@ -98,9 +99,15 @@ def build_and_check(config: ExportConfig, info: ModelFolderInfo, author: tuple, 
         feeds = calibration_feeds if task == FILL_MASK and kind == "served" else [_encoder_only(f) for f in calibration_feeds]
         timing_feeds = {name: value for name, value in _timing_feeds(tokenizer, max_length, task, kind).items()
                         if name in graph_inputs}
-        target = Target(name=name, task=task, kind=kind, fused=fused, folder=scratch / name, batches=batches,
-                        references=references[key], calibration_feeds=feeds, config=config, timing_feeds=timing_feeds)
+        # the residual LayerNorm in the form that is faster on this CPU (fp16 keeps ONNX Runtime's fusion)
         report.tasks[name] = TargetReport(task=task, graph=kind)
+        cpu_fused = fused
+        if any(precision != "fp16" for precision in config.precisions):
+            progress.step(f"{name}: timing SkipLayerNormalization against Add + LayerNormalization")
+            cpu_fused, report.tasks[name].layer_norm = choose_layer_norm_form(fused, timing_feeds)
+        target = Target(name=name, task=task, kind=kind, fused=cpu_fused, folder=scratch / name, batches=batches,
+                        references=references[key], calibration_feeds=feeds, config=config, timing_feeds=timing_feeds,
+                        gpu_fused=fused)
         # 4. each precision: build (auto and int8 search recipes), run on fresh inputs, gate
         for requested in config.precisions:
             precision, path, variant, choice = build_precision(target, requested, progress)

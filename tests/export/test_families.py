@@ -137,10 +137,13 @@ def test_family_fill_mask_uses_its_own_mask_token(kind, family_folders, family_e
 def test_fusions_apply_per_family(family_exports):
     """ONNX Runtime's BERT fusions: Attention where its matcher knows the family's attention, else LayerNorm/Gelu."""
     fused = {kind: report.tasks["embed"].variants["fp32"].fused_ops for kind, (_, report) in family_exports.items()}
+    # SkipLayerNormalizations fused, whether served fused or split again where that was timed faster
+    skip_layer_norms = {kind: report.tasks["embed"].layer_norm.get("nodes", 0)
+                        for kind, (_, report) in family_exports.items()}
     for kind in ("bert", "roberta", "xlm-roberta", "camembert", "distilbert", "electra"):
         assert fused[kind].get("Attention") == 2, (kind, fused[kind])
-    assert fused["mpnet"].get("SkipLayerNormalization")
-    assert fused["modernbert"].get("SkipLayerNormalization") and "Attention" not in fused["modernbert"]
+    assert skip_layer_norms["mpnet"] and skip_layer_norms["modernbert"]
+    assert "Attention" not in fused["modernbert"]
 
 
 def test_forced_pooling_is_warned_and_reported_as_disagreeing(tmp_path, family_folders, capsys):

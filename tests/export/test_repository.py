@@ -38,9 +38,12 @@ def test_repository_layout_and_report(fp32_repo):
     assert report.tasks["fill_mask"].variants["fp32"].parity["top1_agreement"] == 1.0
     assert report.tasks["fill_mask"].variants["fp32"].parity["max_abs_diff"] <= 1e-4
     assert report.tasks["embed"].variants["fp32"].parity["max_abs_diff"] <= 1e-4
-    # fusions happened: Attention, SkipLayerNormalization, BiasGelu in the served graph
+    # fusions happened: Attention and BiasGelu in the served graph, and the residual LayerNorms fused unless the
+    # split form was timed faster (export/layer_norm.py)
     fused = report.tasks["embed"].variants["fp32"].fused_ops
-    assert {"Attention", "SkipLayerNormalization", "BiasGelu"} <= set(fused)
+    assert {"Attention", "BiasGelu"} <= set(fused)
+    split = report.tasks["embed"].layer_norm["form"] != "SkipLayerNormalization"
+    assert ("SkipLayerNormalization" in fused) != split
     # no staging folders left beside the repository
     assert not [p for p in repo.parent.iterdir() if "staging" in p.name]
 

@@ -29,7 +29,9 @@ def test_int8_repository_is_fused_quantized_and_within_gates(tmp_path, tiny_bert
     assert report.tasks["embed"].variants["int8"].parity["by_source"]["text"]["min_cosine"] >= 0.99
     assert fill.recipe["name"] == fill.search["winner"]
     ops = _ops(repo / FILL_MASK / "1" / "model.onnx")
-    assert ops["SkipLayerNormalization"] == 4
+    # the residual LayerNorms: fused, or split where that was timed faster (export/layer_norm.py)
+    split = report.tasks["fill_mask"].layer_norm["form"] != "SkipLayerNormalization"
+    assert ops["LayerNormalization" if split else "SkipLayerNormalization"] >= 4
     assert ops["QAttention"] + ops["MatMulInteger"] + ops["QLinearMatMul"] > 0  # quantized, whichever recipe won
     serving = json.loads((repo / EMBED / "1" / "serving.json").read_text())["settings"]
     assert serving["precision"] == "int8"
