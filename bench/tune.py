@@ -34,8 +34,6 @@ def run_tuner(config: BenchConfig, repo: Path, log: Callable[[str], None] = prin
                    "instance_count": instances, "intra_op_threads": threads}
         setting |= {key: value for key, value in (("max_batch_size", max_batch), ("min_batch_fill", fill))
                     if value is not None}  # only the ones varied: the rest stay as exported
-        if fill is not None:  # a fill to try replaces the measured cost split (serve/batch_plan.py)
-            setting["batch_split"] = "fill"
         with tempfile.TemporaryDirectory(prefix="bertforge-tune-") as scratch:
             copy = variant_repository(repo, Path(scratch), config.task, **(setting | {
                 "preferred_batch_sizes": tuple(preferred)}))

@@ -52,10 +52,7 @@ class ServingOptions:
     max_queue_delay_microseconds: int = 0  # CPU runs take ms: requests queue and merge meanwhile anyway
     preferred_batch_sizes: tuple[int, ...] = ()  # none measurably helped on CPU; take all that is queued
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS  # padded tokens per ONNX run; larger batches are split
-    # "cost": split each merged batch at least estimated time, from the run costs measured at export (models
-    # exported before that: the fill rule); "fill": split while real/padded tokens would drop below min_batch_fill
-    batch_split: Literal["cost", "fill"] = "cost"
-    min_batch_fill: float = 0.75
+    min_batch_fill: float = 0.75  # split further while real/padded tokens of a sub-batch would drop below this
     instance_count: int = 1
     instance_kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU"
     # ONNX Runtime: first available provider wins (CPU always last)
@@ -74,24 +71,10 @@ class ServingOptions:
             raise ConfigError(f"serving.preferred_batch_sizes {bad} must lie in 1..max_batch_size ({self.max_batch_size})")
         if not 0.0 <= self.min_batch_fill <= 1.0:
             raise ConfigError(f"serving.min_batch_fill must be in 0..1 (0 = never split for padding), got {self.min_batch_fill}")
-        if self.batch_split not in ("cost", "fill"):
-            raise ConfigError(f"serving.batch_split must be 'cost' or 'fill', got {self.batch_split!r}")
         if self.intra_op_threads < 0:
             raise ConfigError("serving.intra_op_threads must be >= 0 (0 = ONNX Runtime default)")
         if not self.execution_providers:
             raise ConfigError("serving.execution_providers is empty; use e.g. ['CPUExecutionProvider']")
-
-
-@dataclass(frozen=True)
-class RunCost:
-    """Milliseconds of one ONNX run of a served graph: `overhead_ms` + `token_us` / 1000 per padded token
-    (measured at export: export/batch_cost.py; used to split batches: serve/batch_plan.py)."""
-
-    overhead_ms: float
-    token_us: float
-
-    def of(self, texts: int, longest: int) -> float:
-        return self.overhead_ms + self.token_us * texts * longest / 1000
 
 
 @dataclass(kw_only=True)
@@ -112,10 +95,6 @@ class ServingSettings(ServingOptions):
     labels: tuple[str, ...] = ()  # rerank/classify: the head's id2label, in logit order
     name: str = ""  # the model's name in the repository (`bertforge export --name`); "" = the task's name
     precision: str = "fp32"
-    # one ONNX run of the served graph, measured at export (export/batch_cost.py): fixed milliseconds and
-    # microseconds per padded token; 0 = not measured (exported before), so batches split by min_batch_fill
-    run_overhead_ms: float = 0.0
-    padded_token_us: float = 0.0
 
     @classmethod
     def for_export(cls, options: ServingOptions, **fixed: Any) -> ServingSettings:
@@ -151,14 +130,6 @@ class ServingSettings(ServingOptions):
     @property
     def model_name(self) -> str:
         return self.name or self.task
-
-    @property
-    def run_cost(self) -> RunCost | None:
-        """The cost model batches are split by, or None for the fill rule (not measured at this model's export,
-        or `batch_split = "fill"` asked for)."""
-        if self.batch_split != "cost" or self.padded_token_us <= 0:
-            return None
-        return RunCost(self.run_overhead_ms, self.padded_token_us)
 
 
 class ServedModelDir:

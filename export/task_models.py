@@ -75,12 +75,9 @@ def write_task_model(repo: Path, settings, onnx_path: Path, source: Path, report
     from transformers import AutoTokenizer
 
     from bertforge.served_model import ServedModelDir
-    from export.batch_cost import cost_fields, measure_run_cost
 
     target = report.target
     variant = target.variants[settings.precision]
-    # the served graph's cost per run on this CPU: how the server will split merged batches
-    settings = dataclasses.replace(settings, **cost_fields(measure_run_cost(onnx_path, settings.max_length)))
     with staged_folder(repo / settings.model_name, stage_above_parent=True) as staged:
         model = ServedModelDir(staged)
         model.version_dir.mkdir()

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from bertforge.files import staged_folder
 from bertforge.served_model import REPORT_FILE, ServedModelDir, ServingSettings
-from export.batch_cost import cost_fields, measure_run_cost
 from export.config import ExportConfig
 from export.errors import ExportError
 from export.model_folder import ModelFolderInfo
@@ -54,10 +53,8 @@ def write_repository(repo: Path, built: dict[str, dict[str, Path]], tokenizer_di
     repo.mkdir(parents=True, exist_ok=True)
     for task, variants in built.items():
         (precision, onnx_path), = variants.items()
-        # the served graph's cost per run on this CPU: how the server will split merged batches
-        cost = measure_run_cost(onnx_path, report.max_length)
         settings = serving_settings(task, precision, config, report.max_length, report.max_top_k,
-                                    report.definition["served"] | cost_fields(cost))
+                                    report.definition["served"])
         target = report.tasks[task]
         with staged_folder(repo / settings.model_name, stage_above_parent=True) as staged:
             model = ServedModelDir(staged)
@@ -76,8 +73,7 @@ def write_repository(repo: Path, built: dict[str, dict[str, Path]], tokenizer_di
                               "max_length": settings.max_length, "max_top_k": settings.max_top_k,
                               "pooling": settings.pooling, "normalize": settings.normalize,
                               "family": settings.family, "embedding_dim": settings.embedding_dim,
-                              "default_prompt_name": settings.default_prompt_name,
-                              **cost_fields(cost)}
+                              "default_prompt_name": settings.default_prompt_name}
     write_report(repo / REPORT_FILE, report)
 
 

@@ -15,8 +15,7 @@ import numpy as np
 from bertforge import contract
 from bertforge.served_model import ServingSettings, load_served_tokenizer
 from bertforge.tasks import RERANK, TASKS
-from serve.batch_plan import plan_batches
-from serve.runtime import RequestError, _create_session, decode_text, served_model_of
+from serve.runtime import RequestError, _create_session, decode_text, plan_batches, served_model_of
 
 
 @dataclass
@@ -86,7 +85,7 @@ class PairRuntime:
     def plan_batches(self, requests: list[PairRequest]) -> list[list[int]]:
         """Group request indices so each padded batch stays within max_batch_tokens (short pairs first)."""
         return plan_batches([len(request.ids) for request in requests], self.settings.max_batch_tokens,
-                            self.settings.min_batch_fill, self.settings.run_cost)
+                            self.settings.min_batch_fill)
 
     def logits(self, requests: list[PairRequest]) -> np.ndarray:
         """The head's logits (B, num_labels) for already tokenized requests (one ONNX run)."""

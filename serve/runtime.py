@@ -16,7 +16,6 @@ import numpy as np
 from bertforge import contract
 from bertforge.served_model import ServedModelDir, ServingSettings, load_served_tokenizer, special_tokens
 from bertforge.tasks import EMBED, FILL_MASK, TASKS
-from serve.batch_plan import plan_batches
 
 TRUNCATION_POLICIES = contract.TRUNCATION_POLICIES
 TRUNCATION_DIRECTIONS = contract.TRUNCATION_DIRECTIONS
@@ -71,7 +70,6 @@ class ModelRuntime:
         self.pad_id = self._special_id(tokens["pad_token"])
         self.mask_id = self._special_id(self.mask_token) if settings.task == FILL_MASK else self.tokenizer.token_to_id(self.mask_token)
         self.encoder = TextEncoder(self.tokenizer, settings)
-        self.run_cost = settings.run_cost  # how merged batches are split into runs (serve/batch_plan.py)
         self._decoded: dict[int, str] = {}
         # ONNX Runtime session on the first available provider of the preference list
         self.session, self.providers = _create_session(onnx_path, settings, device_id)
@@ -134,9 +132,9 @@ class ModelRuntime:
 
     # --- batching --------------------------------------------------------------------------------
     def plan_batches(self, requests: list[TextRequest]) -> list[list[int]]:
-        """Group request indices into runs within max_batch_tokens, short texts first (serve/batch_plan.py)."""
+        """Group request indices so each padded batch stays within max_batch_tokens (short texts first)."""
         lengths = [len(request.ids) for request in requests]
-        return plan_batches(lengths, self.settings.max_batch_tokens, self.settings.min_batch_fill, self.run_cost)
+        return plan_batches(lengths, self.settings.max_batch_tokens, self.settings.min_batch_fill)
 
     # --- inference -------------------------------------------------------------------------------
     def fill_mask(self, requests: list[TextRequest]) -> list[FillMaskResult]:
@@ -338,6 +336,26 @@ def decode_text(raw: object, settings: ServingSettings, what: str = "text", allo
     if not text.strip() and not allow_empty:
         raise RequestError(f"{what} is empty")
     return text
+
+
+def plan_batches(lengths: list[int], max_batch_tokens: int, min_batch_fill: float = 0.0) -> list[list[int]]:
+    """Sort by length and pack greedily: batch_size * longest <= max_batch_tokens, and real tokens at least
+    `min_batch_fill` of the padded ones (less padding waste on CPU, at the cost of more, smaller runs)."""
+    order = sorted(range(len(lengths)), key=lambda index: lengths[index])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    real_tokens = 0
+    for index in order:
+        longest = lengths[index]  # ascending order: the newcomer is the longest
+        padded = (len(current) + 1) * longest
+        if current and (padded > max_batch_tokens or real_tokens + longest < min_batch_fill * padded):
+            batches.append(current)
+            current, real_tokens = [], 0
+        current.append(index)
+        real_tokens += longest
+    if current:
+        batches.append(current)
+    return batches
 
 
 def choose_providers(preferred: tuple[str, ...] | list[str], available: list[str]) -> list[str]:
