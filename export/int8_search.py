@@ -7,7 +7,8 @@
 2. If none passes: sensitivity. Each quantizable node's output error under int8 is measured on calibration
    activations (`quantize.local_quantization_error`); the most sensitive nodes are kept fp32, the rest int8 by
    each recipe of `quantize.SENSITIVITY_BASES` in turn (strong SmoothQuant, then plain per-channel with fewer
-   kept), the smallest count that passes found by doubling and bisection, within the time.
+   kept), the smallest count that passes found by doubling and bisection, within the time. Then the same
+   nodes int8 again with one activation scale per token (`quantize.scale_rows`), gated like the rest.
 3. The fastest passing candidate wins. Every candidate's figures, speed and kept-fp32 nodes go to the report.
 
 Needs nothing from the user: the gate's own text and the reference model are the evaluation (Intel Neural
@@ -125,7 +126,11 @@ def search_int8(fused: Path, workdir: Path, evaluate: Evaluate, calibration_feed
             limit = max(1, int(len(ranked) * MAX_KEPT_FRACTION)) if limit is None else limit
             count = fewest_passing(base, ranked, limit, deadline, attempt)
             if count is not None:  # the next base only pays with fewer fp32 nodes than this one needed
-                fewest += [entry for entry in passed if entry[2] == base.keeping(ranked[:count])]
+                kept = base.keeping(ranked[:count])
+                fewest += [entry for entry in passed if entry[2] == kept]
+                # the same nodes int8 again, with one activation scale per token: faster when it passes
+                if time.perf_counter() < deadline and not attempt(kept.row_scaled_twin())[0]:
+                    fewest += [entry for entry in passed if entry[2] == kept.row_scaled_twin()]
                 limit = count - 1
             if limit < 1 or time.perf_counter() > deadline:
                 break

@@ -75,14 +75,24 @@ def test_search_keeps_the_most_sensitive_nodes_fp32_when_no_fixed_recipe_passes(
     fixed = variant.search["candidates"][:len(search_recipes(cpu))]
     assert [c["name"] for c in fixed] == [recipe.name for recipe in search_recipes(cpu)]
     assert not any(c["passed"] for c in fixed)
-    kept = variant.recipe["keep_fp32"]
+    # the winner keeps the most sensitive nodes fp32, or has them int8 with per-token scales (its twin)
+    kept = variant.recipe["keep_fp32"] or variant.recipe["row_scaled"]
     base = variant.recipe["name"].split("+")[0]  # each base ranks the nodes under its own quantization
     ranking = next(c for c in variant.search["candidates"]
                    if c["name"] == "sensitivity" and c["base"] == base)["local_error"]
     assert variant.passed and 0 < len(kept) <= len(ranking) // 2
     assert kept == list(ranking)[:len(kept)]  # the most sensitive first
     quantized = set(quantizable_nodes(tmp_path / "repo" / "embed" / "1" / "model.onnx"))
-    assert set(kept) <= quantized and len(quantized) == len(kept)  # exactly those stayed float MatMul/Attention
+    # exactly the fp32-kept nodes stayed float MatMul/Attention
+    assert set(variant.recipe["keep_fp32"]) == quantized
+    # every passing fp32-keeping count was followed by its row-scaled twin, with the same nodes
+    names = [c["name"] for c in variant.search["candidates"]]
+    for index, candidate in enumerate(variant.search["candidates"]):
+        if "+rowscale" in candidate["name"]:
+            twin_of = candidate["name"].replace("+rowscale", "+fp32x")
+            assert twin_of in names[:index] and candidate["row_scaled"] == next(
+                c for c in variant.search["candidates"] if c["name"] == twin_of)["keep_fp32"]
+    assert any("+rowscale" in name for name in names)
 
 
 @pytest.mark.slow
@@ -100,3 +110,43 @@ def test_auto_falls_back_to_fp32_and_explicit_int8_fails(outlier_bert_dir, tmp_p
     code = main(["export", "--model", str(outlier_bert_dir), "--repo", str(tmp_path / "cli"), "--precision", "int8",
                  "--tasks", "embed", "--set", "gates.int8_mean_cosine=1.0", "--set", "search_seconds=5", "--quiet"])
     assert code == 2 and not (tmp_path / "cli" / "embed").exists()
+
+
+def test_row_scaling_is_exact_in_fp32_and_gives_each_token_its_own_int8_scale(tmp_path):
+    """One token with 1000x larger activations: per-run int8 scales wipe out the other tokens' products;
+    row-scaled, every token keeps int8 accuracy. In fp32 the rewrite changes nothing."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from export.quantize import PER_CHANNEL, quantize, scale_rows
+
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(64, 32)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="dense/MatMul")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "tokens", 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "tokens", 32])],
+                              [numpy_helper.from_array(weight, "w")])
+    source = tmp_path / "dense.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9), str(source))
+    x = rng.normal(size=(2, 8, 64)).astype(np.float32)
+    x[0, 0] *= 1000.0  # the outlier token
+    exact = x @ weight
+
+    def run(path):
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    scale_rows(source, tmp_path / "scaled.onnx", ["dense/MatMul"])
+    np.testing.assert_allclose(run(tmp_path / "scaled.onnx"), exact, rtol=1e-4, atol=1e-3)
+
+    def worst_token_error(recipe) -> float:
+        quantize(source, tmp_path / f"{recipe.name}.onnx", recipe)
+        error = np.linalg.norm(run(tmp_path / f"{recipe.name}.onnx") - exact, axis=-1) / np.linalg.norm(exact, axis=-1)
+        return float(error.max())
+
+    per_run = worst_token_error(PER_CHANNEL)
+    per_token = worst_token_error(PER_CHANNEL.keeping(["dense/MatMul"]).row_scaled_twin())
+    assert per_run > 0.2 and per_token < 0.03, (per_run, per_token)
+    with pytest.raises(ValueError, match="no node"):
+        scale_rows(source, tmp_path / "bad.onnx", ["missing/MatMul"])
