@@ -39,11 +39,15 @@ class ParityGates:
     fp16_total_variation: float = 0.01
     fp16_cosine: float = 0.99
     fp16_mean_cosine: float = 0.995
+    # rerank / classify int8 (export/cross_encoder.py), on 8 queries x 16 documents of the gate texts
+    int8_rerank_spearman: float = 0.98  # mean Spearman over queries; no query below this - 0.05
+    int8_rerank_top1: float = 0.875  # queries whose best document is PyTorch's (7 of 8)
+    int8_label_agreement: float = 0.98  # classify: argmax label equal to PyTorch's
 
     def __post_init__(self) -> None:
         for name in ("tie_margin", "int8_tie_aware", "int8_top5", "int8_total_variation", "int8_cosine",
                      "int8_mean_cosine", "fp16_tie_aware", "fp16_top5", "fp16_total_variation", "fp16_cosine",
-                     "fp16_mean_cosine"):
+                     "fp16_mean_cosine", "int8_rerank_spearman", "int8_rerank_top1", "int8_label_agreement"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"gates.{name} must lie in 0..1, got {getattr(self, name)}")
         if self.fp32_max_abs_diff <= 0:

@@ -22,7 +22,7 @@ import numpy as np
 
 from bertforge import contract
 from bertforge.tasks import CLASSIFY, DEFAULT_TASKS, RERANK
-from export.config import AUTO, ExportConfig
+from export.config import AUTO, ExportConfig, ParityGates
 from export.errors import ExportError, ParityError
 from export.layer_norm import choose_layer_norm_form
 from export.progress import ExportProgress
@@ -32,9 +32,6 @@ from export.task_models import model_max_length, task_settings, write_task_model
 SEQUENCE_CLASSIFICATION = "ForSequenceClassification"  # the architectures suffix that marks the head
 QUERIES, DOCUMENTS_PER_QUERY = 8, 16  # gate pairs: 8 queries x 16 documents from the gate texts
 QUERY_WORDS, DOCUMENT_WORDS = 8, 80
-INT8_MIN_SPEARMAN = 0.98  # mean Spearman over queries; no query below INT8_MIN_SPEARMAN - 0.05
-INT8_MIN_TOP1 = 0.875  # queries whose best document is PyTorch's (7 of 8)
-INT8_MIN_LABEL_AGREEMENT = 0.98  # classify: argmax label equal to PyTorch's
 
 
 def sequence_classification_task(folder: str | Path) -> str | None:
@@ -95,7 +92,7 @@ def export_sequence_classifier(config: ExportConfig, progress: ExportProgress) -
 
             details = build_variant(fused, candidate, path)
             metrics = compare_logits(_onnx_logits(path, features), reference, task)
-            failures = gate_failures(metrics, candidate, task, config.gates.fp32_max_abs_diff)
+            failures = gate_failures(metrics, candidate, task, config.gates)
             report.target.variants[candidate] = VariantReport.gated(details, metrics, failures)
             progress.outcome(f"{task} {candidate}: {'PASS' if not failures else 'FAIL'} {summary(metrics, task)}")
             if not failures:
@@ -147,21 +144,23 @@ def compare_logits(logits: list[np.ndarray], reference: list[np.ndarray], task: 
             "top1_agreement": float(np.mean(top1)), "label_agreement": float(np.mean(labels))}
 
 
-def gate_failures(metrics: dict, precision: str, task: str, fp32_max_abs_diff: float) -> list[str]:
+def gate_failures(metrics: dict, precision: str, task: str, gates: ParityGates) -> list[str]:
     name = f"{task} {precision}"
     if precision == "fp32":
-        if metrics["max_abs_diff"] > fp32_max_abs_diff:
-            return [f"{name}: max |d logit| {metrics['max_abs_diff']:.2e} > {fp32_max_abs_diff:.0e} vs PyTorch fp32"]
+        if metrics["max_abs_diff"] > gates.fp32_max_abs_diff:
+            return [f"{name}: max |d logit| {metrics['max_abs_diff']:.2e} > {gates.fp32_max_abs_diff:.0e} vs "
+                    "PyTorch fp32"]
         return []
     failures = []
     if task == RERANK:
-        if metrics["mean_spearman"] < INT8_MIN_SPEARMAN or metrics["min_spearman"] < INT8_MIN_SPEARMAN - 0.05:
+        spearman, lowest = gates.int8_rerank_spearman, gates.int8_rerank_spearman - 0.05
+        if metrics["mean_spearman"] < spearman or metrics["min_spearman"] < lowest:
             failures.append(f"{name}: Spearman mean {metrics['mean_spearman']:.4f} / min {metrics['min_spearman']:.4f} "
-                            f"below {INT8_MIN_SPEARMAN} / {INT8_MIN_SPEARMAN - 0.05:.2f}")
-        if metrics["top1_agreement"] < INT8_MIN_TOP1:
-            failures.append(f"{name}: top-1 agreement {metrics['top1_agreement']:.3f} < {INT8_MIN_TOP1}")
-    elif metrics["label_agreement"] < INT8_MIN_LABEL_AGREEMENT:
-        failures.append(f"{name}: label agreement {metrics['label_agreement']:.3f} < {INT8_MIN_LABEL_AGREEMENT}")
+                            f"below {spearman} / {lowest:.2f}")
+        if metrics["top1_agreement"] < gates.int8_rerank_top1:
+            failures.append(f"{name}: top-1 agreement {metrics['top1_agreement']:.3f} < {gates.int8_rerank_top1}")
+    elif metrics["label_agreement"] < gates.int8_label_agreement:
+        failures.append(f"{name}: label agreement {metrics['label_agreement']:.3f} < {gates.int8_label_agreement}")
     return failures
 
 
@@ -234,7 +233,7 @@ def _search_int8(fused: Path, scratch: Path, features: list[dict], reference: li
     def evaluate(path: Path) -> tuple[dict, list[str], float]:
         metrics = compare_logits(_onnx_logits(path, features), reference, task)
         agreement = metrics["mean_spearman"] if task == RERANK else metrics["label_agreement"]
-        return metrics, gate_failures(metrics, "int8", task, config.gates.fp32_max_abs_diff), 1.0 - agreement
+        return metrics, gate_failures(metrics, "int8", task, config.gates), 1.0 - agreement
 
     result = search_int8(fused, scratch / "int8-search", evaluate, features, features[0], seconds=config.search_seconds,
                          progress=progress, label=f"{task} int8", portable=config.int8_portable)

@@ -366,3 +366,29 @@ def test_every_task_renders_its_triton_tensors_and_backend():
     assert "optional: true" in render_config_pbtxt(ServingSettings(task="classify"))
     assert "optional" not in render_config_pbtxt(ServingSettings(task="rerank"))  # a document is required
     assert 'name: "rerank-b"' in render_config_pbtxt(ServingSettings(task="rerank", name="rerank-b"))
+
+
+def test_rerank_int8_gate_is_the_users_to_tighten(cross_encoder_dir, tmp_path):
+    """gates.int8_rerank_* (export/config.py) decide the ranking gate; exports pass them through."""
+    from bertforge.config import ConfigError
+    from bertforge.tasks import RERANK
+    from export import export_to_repository
+    from export.config import ParityGates
+    from export.cross_encoder import gate_failures
+
+    metrics = {"mean_spearman": 0.985, "min_spearman": 0.96, "top1_agreement": 0.875}
+    assert gate_failures(metrics, "int8", RERANK, ParityGates()) == []
+    strict = gate_failures(metrics, "int8", RERANK, ParityGates(int8_rerank_spearman=0.99, int8_rerank_top1=1.0))
+    assert len(strict) == 2 and "below 0.99 / 0.94" in strict[0] and "< 1.0" in strict[1]
+    with pytest.raises(ConfigError, match="int8_rerank_top1"):
+        ParityGates(int8_rerank_top1=1.5)
+    # through an export: int8 is served only if it ranks exactly as PyTorch does
+    report = export_to_repository(cross_encoder_dir, tmp_path, precision="auto", progress=False, search_seconds=20,
+                                  int8_rerank_spearman=1.0, int8_rerank_top1=1.0)
+    int8 = report.target.variants["int8"]
+    if int8.passed:
+        assert int8.parity["mean_spearman"] == 1.0 and int8.parity["top1_agreement"] == 1.0
+    else:
+        assert report.target.chosen.precision == "fp32"
+        assert any("< 1.0" in line or "below 1.0" in line for c in int8.search["candidates"]
+                   for line in c.get("failures", []))
