@@ -126,11 +126,12 @@ def search_int8(fused: Path, workdir: Path, evaluate: Evaluate, calibration_feed
             limit = max(1, int(len(ranked) * MAX_KEPT_FRACTION)) if limit is None else limit
             count = fewest_passing(base, ranked, limit, deadline, attempt)
             if count is not None:  # the next base only pays with fewer fp32 nodes than this one needed
-                kept = base.keeping(ranked[:count])
-                fewest += [entry for entry in passed if entry[2] == kept]
-                # the same nodes int8 again, with one activation scale per token: faster when it passes
-                if time.perf_counter() < deadline and not attempt(kept.row_scaled_twin())[0]:
-                    fewest += [entry for entry in passed if entry[2] == kept.row_scaled_twin()]
+                # that count kept fp32, and the same nodes int8 with one activation scale per token (faster
+                # when it passes the gate too)
+                kept, row_scaled = base.keeping(ranked[:count]), base.row_scaling(ranked[:count])
+                if time.perf_counter() < deadline:
+                    attempt(row_scaled)
+                fewest += [entry for entry in passed if entry[2] in (kept, row_scaled)]
                 limit = count - 1
             if limit < 1 or time.perf_counter() > deadline:
                 break

@@ -75,4 +75,3 @@ def choose_layer_norm_form(fused: Path, feeds: dict) -> tuple[Path, dict]:
         split_path.unlink()
         return fused, measurement
     return split_path, measurement
-

@@ -44,12 +44,11 @@ class Recipe:
         return replace(self, name=f"{self.name}+fp32x{len(nodes)}", keep_fp32=tuple(nodes),
                        description=f"{self.description}; {len(nodes)} most sensitive node(s) kept fp32")
 
-    def row_scaled_twin(self) -> Recipe:
-        """This recipe with its fp32-kept nodes int8 again, each with per-token activation scales (`scale_rows`)."""
-        base = self.name.rsplit("+fp32x", 1)[0]
-        described = self.description.split(f"; {len(self.keep_fp32)} most sensitive")[0]
-        return replace(self, name=f"{base}+rowscale{len(self.keep_fp32)}", keep_fp32=(), row_scaled=self.keep_fp32,
-                       description=f"{described}; {len(self.keep_fp32)} most sensitive node(s) int8 with one "
+    def row_scaling(self, nodes: Sequence[str]) -> Recipe:
+        """This recipe with `nodes` int8 too, each with one activation scale per token (`scale_rows`): the
+        alternative to `keeping` them fp32."""
+        return replace(self, name=f"{self.name}+rowscale{len(nodes)}", row_scaled=tuple(nodes),
+                       description=f"{self.description}; {len(nodes)} most sensitive node(s) int8 with one "
                                    "activation scale per token")
 
     def summary(self) -> dict:
