@@ -80,7 +80,8 @@ def search_int8(target: Target, progress) -> tuple[Path, VariantReport]:
     progress.step(f"{target.name} int8: searching recipes (at most {target.config.search_seconds:.0f} s)")
     result = run_search(target.fused, target.folder / "int8-search",
                         lambda path: target.evaluate(path, "int8")[:3], target.calibration_feeds,
-                        target.timing_feeds, seconds=target.config.search_seconds, progress=progress,
+                        target.timing_feeds, seconds=target.config.search_seconds,
+                        candidates=target.config.search_candidates, progress=progress,
                         label=f"{target.name} int8", portable=target.config.int8_portable)
     if result.path is None:
         failures = [f"{target.name} int8: no recipe passed the gate ({len(result.candidates)} tried in "

@@ -83,6 +83,8 @@ class ExportConfig:
     parity_file: Path | None = None
     parity_samples: int = 400  # texts read at most; the gate cuts them into windows until it has gates.min_masks
     search_seconds: float = 180.0  # int8 recipe search: stop trying further recipes after this long
+    # ... or after this many gated candidates (0: no count limit); a count holds on any machine's speed
+    search_candidates: int = 0
     # int8 that answers the same on every CPU: only 7-bit or u8 weights (exact on every int8 kernel,
     # bertforge/cpu.py), for exporting on one CPU (say a VNNI build machine) and serving on others (AVX2)
     int8_portable: bool = False
@@ -113,6 +115,8 @@ class ExportConfig:
             raise ConfigError("calibration_samples and parity_samples must be >= 1")
         if self.search_seconds <= 0:
             raise ConfigError(f"search_seconds must be > 0 (the int8 recipe search's time budget), got {self.search_seconds}")
+        if self.search_candidates < 0:
+            raise ConfigError(f"search_candidates must be >= 0 (0: no count limit), got {self.search_candidates}")
 
     @property
     def requested_precision(self) -> Precision:

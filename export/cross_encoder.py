@@ -236,7 +236,8 @@ def _search_int8(fused: Path, scratch: Path, features: list[dict], reference: li
         return metrics, gate_failures(metrics, "int8", task, config.gates), 1.0 - agreement
 
     result = search_int8(fused, scratch / "int8-search", evaluate, features, features[0], seconds=config.search_seconds,
-                         progress=progress, label=f"{task} int8", portable=config.int8_portable)
+                         candidates=config.search_candidates, progress=progress, label=f"{task} int8",
+                         portable=config.int8_portable)
     if result.path is None:
         failures = [f"{task} int8: no recipe passed the gate ({len(result.candidates)} tried in {result.seconds:.0f} s); "
                     f"closest: {result.closest_failures()}"]

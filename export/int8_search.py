@@ -1,6 +1,6 @@
 """Accuracy-driven int8: try a small, ordered set of recipes and keep the fastest that passes the gate.
 
-    result = search_int8(fused, workdir, evaluate, calibration_feeds, timing_feeds, seconds=180)
+    result = search_int8(fused, workdir, evaluate, calibration_feeds, timing_feeds, seconds=180, candidates=0)
 
 1. Every recipe of `export.quantize.search_recipes(cpu)` is built, gated and, when it passes, timed (on a CPU whose
    int8 GEMMs can saturate, bertforge.cpu, the saturation-free recipes come first).
@@ -75,19 +75,22 @@ def recipe_set_reason(cpu: CpuInfo, portable: bool = False) -> str:
 
 def search_int8(fused: Path, workdir: Path, evaluate: Evaluate, calibration_feeds: list[dict], timing_feeds: dict,
                 seconds: float = 180.0, progress: ExportProgress | None = None, label: str = "int8",
-                cpu: CpuInfo | None = None, portable: bool = False) -> SearchResult:
+                cpu: CpuInfo | None = None, portable: bool = False, candidates: int = 0) -> SearchResult:
     """Build and gate int8 recipes of `fused` for the CPU the gate runs on (`cpu`, detected when None: its int8
     kernel decides which recipes can be exact, see bertforge.cpu); return the fastest passing one (or none, with
-    every attempt). `portable`: saturation-free recipes only, so the graph answers the same on every CPU."""
+    every attempt). `portable`: saturation-free recipes only, so the graph answers the same on every CPU. The
+    search stops after `seconds`, or after `candidates` gated graphs (0: no count limit): a count holds on a
+    machine of any speed (an emulated CPU runs about 50x slower), seconds do not."""
     progress = progress or ExportProgress()
     cpu = cpu or detect_cpu()
     tiers, bases = quantize.search_tiers(cpu, portable), quantize.sensitivity_bases(cpu, portable)
     started = time.perf_counter()
-    deadline = started + seconds
+    budget = SearchBudget(deadline=started + seconds, candidates=candidates)
     workdir.mkdir(parents=True, exist_ok=True)
     passed: list[tuple[float, Path, Recipe]] = []
 
     def attempt(recipe: Recipe) -> tuple[list[str], float]:
+        budget.gated += 1
         target = workdir / f"{recipe.name}.onnx"
         quantize.quantize(fused, target, recipe, calibration_feeds)
         metrics, failures, error = evaluate(target)
@@ -105,15 +108,15 @@ def search_int8(fused: Path, workdir: Path, evaluate: Evaluate, calibration_feed
     # 1. the fixed recipes, expected fastest first, tier by tier (saturation-free ones first where the CPU's
     #    kernel saturates; the next tier only if none of a tier passed)
     for recipe in (recipe for tier in tiers for recipe in tier):
-        if time.perf_counter() > deadline:
-            progress.outcome(f"{label}: search time ({seconds:.0f} s) is up before {recipe.name}")
+        if budget.spent():
+            progress.outcome(f"{label}: search budget ({budget.describe(seconds)}) is spent before {recipe.name}")
             break
         if passed and not any(recipe in tier and entry[2] in tier for tier in tiers for entry in passed):
             break  # an earlier tier passed: its recipes are exact on every CPU, the next tier's are not
         attempt(recipe)
     # 2. none passed: keep the nodes whose quantization hurts most in fp32, from each sensitivity base; per base
     #    the smallest count that passes, found by doubling, then bisection (the error falls as more stay fp32)
-    if not passed and time.perf_counter() < deadline:
+    if not passed and not budget.spent():
         progress.step(f"{label}: no recipe passed; keeping the most sensitive nodes in fp32")
         limit = None
         fewest: list[tuple[float, Path, Recipe]] = []
@@ -124,19 +127,19 @@ def search_int8(fused: Path, workdir: Path, evaluate: Evaluate, calibration_feed
             result.candidates.append({"name": "sensitivity", "base": base.name,
                                       "local_error": {node: errors[node] for node in ranked}})
             limit = max(1, int(len(ranked) * MAX_KEPT_FRACTION)) if limit is None else limit
-            count = fewest_passing(base, ranked, limit, deadline, attempt)
+            count = fewest_passing(base, ranked, limit, budget, attempt)
             if count is not None:  # the next base only pays with fewer fp32 nodes than this one needed
                 # that count kept fp32, and the same nodes int8 with one activation scale per token (faster
                 # when it passes the gate too)
                 kept, row_scaled = base.keeping(ranked[:count]), base.row_scaling(ranked[:count])
-                if time.perf_counter() < deadline:
+                if not budget.spent():
                     attempt(row_scaled)
                 fewest += [entry for entry in passed if entry[2] in (kept, row_scaled)]
                 limit = count - 1
-            if limit < 1 or time.perf_counter() > deadline:
+            if limit < 1 or budget.spent():
                 break
-        if time.perf_counter() > deadline:
-            progress.outcome(f"{label}: search time ({seconds:.0f} s) is up")
+        if budget.spent():
+            progress.outcome(f"{label}: search budget ({budget.describe(seconds)}) is spent")
         # per base only its smallest passing count (fewer fp32 nodes is faster by construction; timings are noisy)
         passed = fewest
     # 3. the fastest that passed
@@ -146,12 +149,29 @@ def search_int8(fused: Path, workdir: Path, evaluate: Evaluate, calibration_feed
     return result
 
 
-def fewest_passing(base: Recipe, ranked: list[str], limit: int, deadline: float,
+@dataclass
+class SearchBudget:
+    """When the search stops: at a deadline (perf_counter seconds) or after `candidates` gated graphs (0: no
+    count limit)."""
+
+    deadline: float
+    candidates: int = 0
+    gated: int = 0
+
+    def spent(self) -> bool:
+        return time.perf_counter() > self.deadline or 0 < self.candidates <= self.gated
+
+    def describe(self, seconds: float) -> str:
+        return f"{seconds:.0f} s" + (f" or {self.candidates} candidates" if self.candidates else "")
+
+
+def fewest_passing(base: Recipe, ranked: list[str], limit: int, budget: SearchBudget,
                    attempt: Callable[[Recipe], tuple[list[str], float]]) -> int | None:
     """The smallest n <= limit for which `base` with the n top-ranked nodes kept fp32 passes (None: none did
-    before the deadline): doubling from 1, then bisection between the last failing and first passing count."""
+    before the budget was spent): doubling from 1, then bisection between the last failing and first passing
+    count."""
     failing, passing, count = 0, None, 1
-    while time.perf_counter() < deadline:
+    while not budget.spent():
         failures, _ = attempt(base.keeping(ranked[:count]))
         if failures:
             failing = count

@@ -10,6 +10,9 @@ import pytest
 SUBJECTS = ["the minister", "the committee", "a reporter", "the council", "our government", "the bank", "the team"]
 VERBS = ["announced", "rejected", "discussed", "approved", "reviewed", "criticised", "supported"]
 OBJECTS = ["the new budget", "a housing plan", "the report", "an energy policy", "the trade deal", "the proposal"]
+# int8 searches in tests stop after a count of gated candidates, never on seconds: the int8_kernel set also runs
+# under an emulated CPU (scripts/test-int8-emulated.sh), about 50x slower, and must try the same recipes there
+COUNTED_SEARCH = {"search_seconds": 1e6, "search_candidates": 40}
 TAILS = ["on monday", "after a long debate", "in london", "this week", "despite strong opposition", "for the second time"]
 
 

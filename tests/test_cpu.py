@@ -26,6 +26,7 @@ def _matmul_integer(activations: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"A": activations})[0]
 
 
+@pytest.mark.int8_kernel
 def test_flags_and_the_measured_kernel_agree_on_this_cpu():
     cpu = detect_cpu()
     assert cpu.measured_saturation is not None  # onnxruntime is installed here
@@ -34,6 +35,7 @@ def test_flags_and_the_measured_kernel_agree_on_this_cpu():
 
 
 @pytest.mark.parametrize("weights", ["int8-7bit", "uint8"])
+@pytest.mark.int8_kernel
 def test_saturation_free_weights_are_exact_on_this_cpu(weights):
     """The worst case for 16-bit pair sums (every activation 255, every weight at its extreme) stays exact with
     7-bit or u8 weights, whatever kernel this CPU has; with s8 weights it is exact only where the kernel is."""

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import make_sentences
+from tests.conftest import COUNTED_SEARCH, make_sentences
 from tests.export.family_models import build_family_folder
 
 # (family, pooling, options): every sentence-transformers pooling mode at least once, Dense, Normalize, prompts
@@ -257,6 +257,7 @@ def test_verify_compares_with_the_authors_encode(family_folders, family_exports)
     assert any(line.startswith("FAIL") for line in lines)
 
 
+@pytest.mark.int8_kernel
 def test_int8_search_works_for_a_family_without_token_type_ids(tmp_path, family_folders):
     """The int8 search (calibration, timing) on XLM-RoBERTa, whose graph has no token_type_ids; the chosen int8
     graph still matches the author's encode."""
@@ -265,7 +266,7 @@ def test_int8_search_works_for_a_family_without_token_type_ids(tmp_path, family_
     from export import export_to_repository
 
     report = export_to_repository(family_folders["xlm-roberta"], tmp_path / "repo", precision="int8", tasks=("embed",),
-                                  progress=False, parity_samples=24, search_seconds=10)
+                                  progress=False, parity_samples=24, **COUNTED_SEARCH)
     assert report.tasks["embed"].variants["int8"].passed
     expected = SentenceTransformer(str(family_folders["xlm-roberta"]), device="cpu").encode(TEXTS, convert_to_numpy=True)
     assert cosines(served_embeddings(tmp_path / "repo", TEXTS), expected).min() >= 0.99

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from bertforge.tasks import EMBED
+from tests.conftest import COUNTED_SEARCH
 
 
 def _outlier_bert(folder, tokenizer_dir, initializer_range: float):
@@ -43,15 +44,23 @@ def test_planting_keeps_the_fp32_model(outlier_bert_dir, tiny_tokenizer_dir, tmp
 
 
 @pytest.mark.slow
-def test_search_finds_a_recipe_where_per_tensor_int8_fails(outlier_bert_dir, tmp_path):
+@pytest.mark.int8_kernel
+def test_search_finds_a_recipe_where_the_first_recipe_fails(outlier_bert_dir, tmp_path):
+    """The first recipe this CPU's search tries fails on the planted outliers (dynamic-per-tensor where int8 sums
+    are exact; 7-bit per-channel weights where they saturate, since s8 recipes are then tried last), and the
+    search goes on to one that passes. Per feature set, not per machine: the recipe list is `search_recipes`'."""
+    from bertforge.cpu import CpuInfo
     from export import export_to_repository
+    from export.quantize import search_recipes
 
     repo = tmp_path / "repo"
-    report = export_to_repository(outlier_bert_dir, repo, precision="int8", tasks=("embed",), progress=False)
+    report = export_to_repository(outlier_bert_dir, repo, precision="int8", tasks=("embed",), progress=False,
+                                  **COUNTED_SEARCH)
     variant = report.tasks["embed"].variants["int8"]
+    first = search_recipes(CpuInfo.from_summary(variant.search["cpu"]))[0].name
     candidates = {c["name"]: c for c in variant.search["candidates"] if "passed" in c}
-    assert candidates["dynamic-per-tensor"]["passed"] is False  # the failure mode is real on this fixture
-    assert variant.passed and variant.recipe["name"] != "dynamic-per-tensor"
+    assert candidates[first]["passed"] is False  # the failure mode is real on this fixture, on this kernel
+    assert variant.passed and variant.recipe["name"] != first
     text = variant.parity["by_source"]["text"]
     assert text["min_cosine"] >= 0.99 and text["mean_cosine"] >= 0.995
     assert all("latency_ms" in c for c in candidates.values() if c["passed"])  # every passing one was timed
@@ -61,13 +70,15 @@ def test_search_finds_a_recipe_where_per_tensor_int8_fails(outlier_bert_dir, tmp
 
 
 @pytest.mark.slow
+@pytest.mark.int8_kernel
 def test_search_keeps_the_most_sensitive_nodes_fp32_when_no_fixed_recipe_passes(tmp_path, tiny_tokenizer_dir):
     from bertforge.cpu import CpuInfo, detect_cpu
     from export import export_to_repository
     from export.quantize import quantizable_nodes, search_recipes
 
     model = _outlier_bert(tmp_path, tiny_tokenizer_dir, initializer_range=0.3)  # stronger outliers' effect
-    report = export_to_repository(model, tmp_path / "repo", precision="int8", tasks=("embed",), progress=False)
+    report = export_to_repository(model, tmp_path / "repo", precision="int8", tasks=("embed",), progress=False,
+                                  **COUNTED_SEARCH)
     variant = report.tasks["embed"].variants["int8"]
     assert variant.search["cpu"] == report.cpu == detect_cpu().summary()  # the CPU the gate ran on
     cpu = CpuInfo.from_summary(variant.search["cpu"])
@@ -96,22 +107,24 @@ def test_search_keeps_the_most_sensitive_nodes_fp32_when_no_fixed_recipe_passes(
 
 
 @pytest.mark.slow
+@pytest.mark.int8_kernel
 def test_auto_falls_back_to_fp32_and_explicit_int8_fails(outlier_bert_dir, tmp_path):
     """Impossible int8 gates: auto serves fp32 and says why; --precision int8 exits 2 and writes nothing."""
     from bertforge.cli import main
     from export import export_to_repository
 
     impossible = {"int8_mean_cosine": 1.0, "int8_cosine": 1.0}
-    report = export_to_repository(outlier_bert_dir, tmp_path / "repo", tasks=("embed",), search_seconds=5,
+    report = export_to_repository(outlier_bert_dir, tmp_path / "repo", tasks=("embed",), search_candidates=2,
                                   progress=False, **impossible)
     chosen = report.tasks["embed"].chosen
     assert chosen.requested == "auto" and chosen.precision == "fp32" and "no int8 recipe passed" in chosen.reason
     assert json.loads((tmp_path / "repo" / "embed" / "1" / "serving.json").read_text())["settings"]["precision"] == "fp32"
     code = main(["export", "--model", str(outlier_bert_dir), "--repo", str(tmp_path / "cli"), "--precision", "int8",
-                 "--tasks", "embed", "--set", "gates.int8_mean_cosine=1.0", "--set", "search_seconds=5", "--quiet"])
+                 "--tasks", "embed", "--set", "gates.int8_mean_cosine=1.0", "--set", "search_candidates=2", "--quiet"])
     assert code == 2 and not (tmp_path / "cli" / "embed").exists()
 
 
+@pytest.mark.int8_kernel
 def test_row_scaling_is_exact_in_fp32_and_gives_each_token_its_own_int8_scale(tmp_path):
     """One token with 1000x larger activations: per-run int8 scales wipe out the other tokens' products;
     row-scaled, every token keeps int8 accuracy. In fp32 the rewrite changes nothing."""
@@ -120,6 +133,7 @@ def test_row_scaling_is_exact_in_fp32_and_gives_each_token_its_own_int8_scale(tm
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
+    from bertforge.cpu import detect_cpu
     from export.quantize import PER_CHANNEL, quantize, scale_rows
 
     rng = np.random.default_rng(0)
@@ -145,8 +159,12 @@ def test_row_scaling_is_exact_in_fp32_and_gives_each_token_its_own_int8_scale(tm
         error = np.linalg.norm(run(tmp_path / f"{recipe.name}.onnx") - exact, axis=-1) / np.linalg.norm(exact, axis=-1)
         return float(error.max())
 
-    per_run = worst_token_error(PER_CHANNEL)
-    per_token = worst_token_error(PER_CHANNEL.row_scaling(["dense/MatMul"]))
-    assert per_run > 0.2 and per_token < 0.03, (per_run, per_token)
+    # u8 weights (exact on every int8 kernel) everywhere; s8 weights only where u8 x s8 sums cannot saturate in
+    # 16-bit lanes (VNNI/AMX): elsewhere their row-scaled error is ~0.13 and the search never uses them as a base
+    bases = [PER_CHANNEL.saturation_free_twin("uint8")] + ([] if detect_cpu().int8_saturates else [PER_CHANNEL])
+    for base in bases:
+        per_run = worst_token_error(base)
+        per_token = worst_token_error(base.row_scaling(["dense/MatMul"]))
+        assert per_run > 0.2 and per_token < 0.03, (base.name, per_run, per_token)
     with pytest.raises(ValueError, match="no node"):
         scale_rows(source, tmp_path / "bad.onnx", ["missing/MatMul"])

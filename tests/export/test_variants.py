@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from bertforge.served_model import ServingOptions
 from bertforge.tasks import EMBED, FILL_MASK
+from tests.conftest import COUNTED_SEARCH
 
 
 def _ops(path) -> dict[str, int]:
@@ -18,11 +20,12 @@ def _ops(path) -> dict[str, int]:
     return Counter(node.op_type for node in onnx.load(str(path)).graph.node)
 
 
+@pytest.mark.int8_kernel
 def test_int8_repository_is_fused_quantized_and_within_gates(tmp_path, tiny_bert_dir):
     from export import export_to_repository
 
     repo = tmp_path / "repo"
-    report = export_to_repository(tiny_bert_dir, repo, precision="int8", progress=False)
+    report = export_to_repository(tiny_bert_dir, repo, precision="int8", progress=False, **COUNTED_SEARCH)
     fill = report.tasks["fill_mask"].variants["int8"]
     text = fill.parity["by_source"]["text"]
     assert fill.passed and text["tie_aware_agreement"] >= 0.98 and text["masked_tokens"] >= 2000
@@ -39,6 +42,7 @@ def test_int8_repository_is_fused_quantized_and_within_gates(tmp_path, tiny_bert
     assert serving["max_batch_tokens"] == ServingOptions().max_batch_tokens
 
 
+@pytest.mark.int8_kernel
 def test_other_config_without_mlm_head(tmp_path, tiny_corpus_dir):
     """Another vocabulary, other sizes, BertModel only: embed is exported and verified, fill_mask is skipped."""
     from export import export_to_repository
@@ -51,7 +55,8 @@ def test_other_config_without_mlm_head(tmp_path, tiny_corpus_dir):
     model = build_tiny_bert(tmp_path / "model", tokenizer_dir, with_mlm_head=False, hidden_size=48,
                             num_attention_heads=3, num_hidden_layers=3, intermediate_size=96, max_position_embeddings=40)
     repo = tmp_path / "repo"
-    report = export_to_repository(model, repo, precision="int8", pooling="cls", normalize=True, progress=False)
+    report = export_to_repository(model, repo, precision="int8", pooling="cls", normalize=True, progress=False,
+                                  **COUNTED_SEARCH)
     assert list(report.tasks) == ["embed"] and "no MLM head" in report.notes[0]
     assert not (repo / FILL_MASK).exists()
     assert report.max_length == 40
@@ -63,6 +68,7 @@ def test_other_config_without_mlm_head(tmp_path, tiny_corpus_dir):
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=-1), 1.0, atol=1e-5)
 
 
+@pytest.mark.int8_kernel
 def test_output_mode_all_variants_load_in_optimum(tmp_path, tiny_bert_dir):
     """--output: every precision of the served graphs and of Optimum-loadable graphs, each gated."""
     import onnx
@@ -72,7 +78,7 @@ def test_output_mode_all_variants_load_in_optimum(tmp_path, tiny_bert_dir):
     from export import export_onnx
 
     output = tmp_path / "onnx"
-    report = export_onnx(tiny_bert_dir, output, precision="all", progress=False)
+    report = export_onnx(tiny_bert_dir, output, precision="all", progress=False, **COUNTED_SEARCH)
     assert set(report.tasks) == {"fill_mask", "embed", "masked-lm", "feature-extraction"}
     for target in report.tasks.values():
         assert set(target.variants) == {"fp32", "int8", "int8-static", "fp16"}

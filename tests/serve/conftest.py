@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import COUNTED_SEARCH
+
 
 @pytest.fixture(scope="session")
 def served_repo(tmp_path_factory, tiny_bert_dir) -> Path:
@@ -71,7 +73,8 @@ def served_repo_int8(tmp_path_factory, tiny_bert_dir) -> Path:
     from export import export_to_repository
 
     repo = tmp_path_factory.mktemp("repo_int8")
-    export_to_repository(tiny_bert_dir, repo, precision="int8", max_top_k=TEST_MAX_TOP_K, progress=False)
+    export_to_repository(tiny_bert_dir, repo, precision="int8", max_top_k=TEST_MAX_TOP_K, progress=False,
+                         **COUNTED_SEARCH)
     return repo
 
 

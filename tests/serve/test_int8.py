@@ -14,6 +14,7 @@ from tests.serve.test_server import masked_texts, torch_mask_probs, torch_mean_p
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.int8_kernel
 def test_int8_agreement_with_pytorch_fp32(served_repo_int8, reference, record_property):
     assert ServedModelDir.in_repo(served_repo_int8, FILL_MASK).settings().precision == "int8"
     texts = masked_texts(60, seed=11)

@@ -17,7 +17,7 @@ from bertforge.tasks import TASKS
 from serve.client import BertforgeClient, ServingError
 from serve.config import ApiConfig
 from serve.stack import local_config, running_stack
-from tests.conftest import make_documents, make_sentences
+from tests.conftest import COUNTED_SEARCH, make_documents, make_sentences
 
 pytestmark = pytest.mark.slow
 QUERY = "the committee approved the budget"
@@ -335,11 +335,12 @@ def test_supervisor_probes_every_task_model(pair_server):
     assert reason == "probe_failed" and detail.startswith("absent:")
 
 
+@pytest.mark.int8_kernel
 def test_auto_serves_only_a_variant_that_passed(cross_encoder_dir, tmp_path):
     from bertforge.served_model import ServedModelDir
     from export import export_to_repository
 
-    report = export_to_repository(cross_encoder_dir, tmp_path, precision="auto", progress=False)
+    report = export_to_repository(cross_encoder_dir, tmp_path, precision="auto", progress=False, **COUNTED_SEARCH)
     chosen = report.target.chosen.precision
     assert set(report.target.variants) == {"fp32", "int8"} and report.target.variants[chosen].passed
     if not report.target.variants["int8"].passed:
@@ -368,6 +369,7 @@ def test_every_task_renders_its_triton_tensors_and_backend():
     assert 'name: "rerank-b"' in render_config_pbtxt(ServingSettings(task="rerank", name="rerank-b"))
 
 
+@pytest.mark.int8_kernel
 def test_rerank_int8_gate_is_the_users_to_tighten(cross_encoder_dir, tmp_path):
     """gates.int8_rerank_* (export/config.py) decide the ranking gate; exports pass them through."""
     from bertforge.config import ConfigError
@@ -383,7 +385,7 @@ def test_rerank_int8_gate_is_the_users_to_tighten(cross_encoder_dir, tmp_path):
     with pytest.raises(ConfigError, match="int8_rerank_top1"):
         ParityGates(int8_rerank_top1=1.5)
     # through an export: int8 is served only if it ranks exactly as PyTorch does
-    report = export_to_repository(cross_encoder_dir, tmp_path, precision="auto", progress=False, search_seconds=20,
+    report = export_to_repository(cross_encoder_dir, tmp_path, precision="auto", progress=False, search_candidates=3,
                                   int8_rerank_spearman=1.0, int8_rerank_top1=1.0)
     int8 = report.target.variants["int8"]
     if int8.passed:
