@@ -168,3 +168,21 @@ def test_row_scaling_is_exact_in_fp32_and_gives_each_token_its_own_int8_scale(tm
         assert per_run > 0.2 and per_token < 0.03, (base.name, per_run, per_token)
     with pytest.raises(ValueError, match="no node"):
         scale_rows(source, tmp_path / "bad.onnx", ["missing/MatMul"])
+
+
+def test_search_stops_after_a_count_of_candidates(tmp_path, monkeypatch):
+    """`search_candidates` bounds the search by gated graphs, whatever the machine's speed (emulated CPUs included);
+    graph building and timing are replaced: this is the budget alone."""
+    import export.int8_search as search
+    from bertforge.cpu import CpuInfo
+
+    monkeypatch.setattr(search.quantize, "quantize", lambda fused, target, recipe, feeds: target.write_bytes(b""))
+    monkeypatch.setattr(search.quantize, "local_errors_under", lambda base, fused, work, feeds: {"a": 2.0, "b": 1.0})
+    never = lambda path: ({}, ["missed"], 1.0)  # noqa: E731
+    cpu = CpuInfo("AMD EPYC (Zen 1)", frozenset({"avx2", "fma"}))
+    for count in (1, 3, 7):
+        result = search.search_int8(tmp_path / "fused.onnx", tmp_path / f"work{count}", never, [], {}, cpu=cpu,
+                                    seconds=1e6, candidates=count)
+        assert len([c for c in result.candidates if "passed" in c]) == count and result.recipe is None
+    unbounded = search.search_int8(tmp_path / "fused.onnx", tmp_path / "work", never, [], {}, cpu=cpu, seconds=1e6)
+    assert len([c for c in unbounded.candidates if "passed" in c]) > 7  # the count, not the recipe list, stopped it
