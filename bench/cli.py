@@ -1,4 +1,4 @@
-"""`bertforge bench`: one entry point for every benchmark (serving, tuning, comparing, training, export).
+"""`bertforge bench`: one entry point for every benchmark (serving, tuning, profiling, comparing, training, export).
 
     bertforge bench serve --repo model_repository --quick          # the demo's short run (<= 60 s)
     bertforge bench serve --model runs/demo/model --preset full     # the full sweep with every baseline
@@ -7,7 +7,6 @@
     bertforge bench compare old.json new.json                        # exit 1 on a regression
     bertforge bench train ...                                        # bench/train_throughput.py
     bertforge bench export ...                                       # bench/export_latency.py
-    bertforge bench autoscale ...                                    # bench/autoscale.py
 
 Imports nothing heavy here; torch is imported only by the PyTorch baseline, inside its function.
 """
@@ -28,8 +27,7 @@ from bertforge.tasks import DEFAULT_TASKS, FILL_MASK
 # benchmarks in a module of their own, each with `add_arguments(parser)` and `run_command(args) -> int`
 # (also `python -m <module>`); their flags are this subcommand's flags
 MODULE_COMMANDS = {"train": ("bench.train_throughput", "training throughput: bertforge's trainer vs HF Trainer"),
-                   "export": ("bench.export_latency", "export: latency of the exported variants vs PyTorch"),
-                   "autoscale": ("bench.autoscale", "simulated HPA on the measured service time (docs/deploy.md)")}
+                   "export": ("bench.export_latency", "export: latency of the exported variants vs PyTorch")}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

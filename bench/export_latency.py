@@ -24,6 +24,9 @@ from bertforge.tasks import FILL_MASK
 
 SHAPES = ((1, 32), (8, 128))
 MASK_RATE = 0.15
+# --build-mini's model (BertConfig keys): the earlier demo's size, big enough for the GEMMs to dominate
+MINI_BERT = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024,
+             "max_position_embeddings": 128}
 
 
 def run(model_dir: Path, rounds: int = 30, threads: int | None = None, json_path: Path | None = None) -> dict:
@@ -172,19 +175,14 @@ def _print(results: dict) -> None:
 
 def build_mini_model(folder: Path, vocab_size: int = 16384) -> Path:
     """A random mini BERT (4 layers, hidden 256, 16k WordPiece vocab) for benchmarking."""
-    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
-
+    from bertforge.testing import build_tiny_bert
     from export.config import ExportConfig
     from export.texts import calibration_texts
     from train.tokenizer import train_wordpiece_tokenizer
 
     texts = calibration_texts(ExportConfig(calibration_samples=3000))
     train_wordpiece_tokenizer(texts, folder, vocab_size=vocab_size, model_max_length=128)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
-                        intermediate_size=1024, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id)
-    BertForMaskedLM(config).eval().save_pretrained(folder)
-    return folder
+    return build_tiny_bert(folder, folder, **MINI_BERT)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,10 +2,10 @@
 
     python -m bench.family_parity [--search-seconds 20] [--out family_parity.json]
 
-For each family a tiny random model (2 layers, hidden 32; tests/export/family_models.py) is wrapped as a
-sentence-transformers folder, exported with `precision=auto` (the int8 search may pick int8), `int8` (the search's winner) and fp32, and
-served through serve.runtime (the server's tokenizer and ONNX session). Cosine to
-`SentenceTransformer(folder).encode` on export/data/gate_texts.txt (260 texts): min and mean.
+For each family a tiny random model (2 layers, hidden 32; bertforge/testing.py `build_family_folder`) is wrapped
+as a sentence-transformers folder, exported with `precision=auto` (the int8 search may pick int8), `int8` (the
+search's winner) and fp32, and run as the server runs it (serve.runtime: parse, tokenize, ONNX session, finish).
+Cosine to `SentenceTransformer(folder).encode` on export/data/gate_texts.txt (260 texts): min and mean.
 No public checkpoint is used: the machine is offline (all-MiniLM-L6-v2 & co. cannot be downloaded here).
 """
 
@@ -34,10 +34,8 @@ def main() -> None:
     warnings.simplefilter("ignore")
     from sentence_transformers import SentenceTransformer
 
+    from bertforge.testing import build_family_folder, make_sentences
     from export import export_to_repository
-    from tests.conftest import make_sentences
-    from tests.export.family_models import build_family_folder
-    from tests.export.test_families import cosines, served_embeddings
     from train.tokenizer import train_wordpiece_tokenizer
 
     texts = Path("export/data/gate_texts.txt").read_text().splitlines()
@@ -73,6 +71,28 @@ def main() -> None:
         print(f"| {row['family']} | {row['pooling']}{' + Normalize' if row['normalize'] else ''} | {auto['chosen']} | "
               f"{auto['min_cosine']:.4f} / {auto['mean_cosine']:.4f} | {int8['min_cosine']:.4f} / {int8['mean_cosine']:.4f} "
               f"| {fp32['min_cosine']:.6f} |")
+
+
+def served_embeddings(repo: Path, texts: list[str]):
+    """The repository's embed model on `texts` as the server computes them (serve.runtime, default parameters)."""
+    import numpy as np
+
+    from bertforge.served_model import ServedModelDir
+    from serve.runtime import load_runtime
+
+    runtime = load_runtime(ServedModelDir.in_repo(repo, EMBED).version_dir)
+    requests = [runtime.parse(text.encode(), {}) for text in texts]
+    errors = [error for error in runtime.tokenize(requests) if error is not None]
+    if errors:
+        raise ValueError(f"the served model refused a gate text: {errors[0]}")
+    return np.stack(runtime.finish_embeddings(requests, runtime.embed(requests)))
+
+
+def cosines(a, b):
+    """Row-wise cosine similarity of two (N, D) arrays."""
+    import numpy as np
+
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     python -m bench.int8_gate --model runs/demo/model --model /path/to/sentence-bert [--outliers] \
         [--json bench/results/int8_gate.json]
 
-For each model (and, with --outliers, a copy with planted outlier dimensions: bench/outliers.py) the exporter
+For each model (and, with --outliers, a copy with planted outlier dimensions: bertforge/testing.py) the exporter
 builds the fused fp32 graph and runs the int8 recipe search exactly as `bertforge export --precision int8`
 does; the table shows each recipe's gate figures on real text (tie-aware agreement, top-5 containment, mean
 total variation for fill-mask; min/mean cosine for embeddings), its latency on an 8 x 128 batch, and the
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 
 def run(models: list[Path], outliers: bool = False, json_path: Path | None = None) -> dict:
-    from bench.outliers import plant_outlier_dimensions
+    from bertforge.testing import plant_outlier_dimensions
     from export.config import ExportConfig
     from export.exporter import build_checked_variants
 

@@ -115,20 +115,16 @@ async def embed_rate(url: str, texts: list[str], clients: int, seconds: float) -
 
 
 def build_cross_encoder(folder: Path, layers: int, hidden: int, num_labels: int = 1) -> Path:
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
+    """A random BertForSequenceClassification of `layers` x `hidden` (MiniLM's shape by default), BERT's init,
+    with an 8,192-token WordPiece tokenizer trained on the gate texts."""
+    from bertforge.testing import build_classifier
     from export.texts import built_in_texts
     from train.tokenizer import train_wordpiece_tokenizer
 
     train_wordpiece_tokenizer(built_in_texts(), folder, vocab_size=8192, model_max_length=512)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=hidden // 64, intermediate_size=4 * hidden, max_position_embeddings=512,
-                        pad_token_id=tokenizer.pad_token_id, num_labels=num_labels)
-    BertForSequenceClassification(config).eval().save_pretrained(folder)
-    return folder
+    return build_classifier(folder, folder, num_labels, seed=0, hidden_size=hidden, num_hidden_layers=layers,
+                            num_attention_heads=hidden // 64, intermediate_size=4 * hidden,
+                            max_position_embeddings=512, initializer_range=0.02)
 
 
 def query_lists(documents_per_query: int) -> tuple[list[str], list[list[str]]]:

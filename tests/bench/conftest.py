@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import make_documents
+from bertforge.testing import make_documents
 from tests.serve.conftest import grpc_url, served_repo, triton_server  # noqa: F401  (fixtures)
 
 

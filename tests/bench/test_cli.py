@@ -1,6 +1,7 @@
 """`bertforge bench` subcommands: --help everywhere, compare's exit codes, no torch at import."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import pytest
 from bertforge.cli import main
 
 
-@pytest.mark.parametrize("benchmark", ["serve", "tune", "compare", "train", "export"])
+@pytest.mark.parametrize("benchmark", ["serve", "tune", "profile", "compare", "train", "export"])
 def test_every_bench_subcommand_has_help(benchmark):
     result = subprocess.run([sys.executable, "-m", "bertforge.cli", "bench", benchmark, "--help"],
                             capture_output=True, text=True, timeout=120)
@@ -20,7 +21,6 @@ def test_every_bench_subcommand_has_help(benchmark):
 @pytest.mark.parametrize("benchmark, module, flags", [
     ("train", "bench.train_throughput", ["--seq-len", "--batch-size", "--seconds", "--rounds", "--tokenizer", "--precision"]),
     ("export", "bench.export_latency", ["--model", "--build-mini", "--rounds", "--threads", "--json"]),
-    ("autoscale", "bench.autoscale", ["--hpa", "--service-ms", "--peak", "--compare-queue-only", "--out"]),
 ])
 def test_bench_module_commands_help_shows_the_module_flags(benchmark, module, flags):
     """They are subcommands with the module's own flags, and `python -m <module>` still runs the same parser."""
@@ -30,6 +30,15 @@ def test_bench_module_commands_help_shows_the_module_flags(benchmark, module, fl
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith(usage), result.stdout[:200]
         assert [flag for flag in flags if flag not in result.stdout] == []
+
+
+def test_bench_lists_only_benchmarks():
+    """The HPA simulation measures nothing: it is deploy's (`python -m deploy.autoscale`), not a benchmark."""
+    result = subprocess.run([sys.executable, "-m", "bertforge.cli", "bench", "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    listed = re.findall(r"^    (\w+) ", result.stdout.split("positional arguments:", 1)[1], re.M)
+    assert listed == ["serve", "tune", "profile", "compare", "train", "export"]
 
 
 def test_bench_export_without_a_model_is_a_user_error(capsys):

@@ -12,8 +12,7 @@ from bertforge.tasks import EMBED, FILL_MASK
 def test_random_inputs_mask_with_a_roberta_tokenizers_own_tokens(tmp_path):
     """Byte-level BPE (<s> </s> <mask>): contract's [CLS]/[SEP]/[MASK] ids would be other, ordinary tokens here."""
     from bench.export_latency import random_inputs
-    from tests.conftest import make_sentences
-    from tests.export.family_models import byte_level_bpe
+    from bertforge.testing import byte_level_bpe, make_sentences
 
     tokenizer = byte_level_bpe(tmp_path / "roberta", make_sentences(400, seed=3))
     bert_ids = [contract.SPECIAL_TOKEN_IDS[token] for token in (contract.CLS_TOKEN, contract.SEP_TOKEN, contract.MASK_TOKEN)]

@@ -8,7 +8,7 @@ from bench.config import BenchConfig, TextsConfig, preset_path
 from bertforge import contract
 from bertforge.config import ConfigError, load_config
 from bertforge.tasks import EMBED, FILL_MASK
-from tests.conftest import make_documents
+from bertforge.testing import make_documents
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +103,7 @@ def test_tune_grid_limits_are_checked():
 def test_fill_mask_texts_carry_the_models_own_mask_token(source_file, tmp_path):
     """A RoBERTa-style byte-level BPE tokenizer masks with <mask>: a hard-coded [MASK] is no token there (it
     would be split into pieces, no text would hold a mask, and no text could be cut)."""
-    from tests.conftest import make_sentences
-    from tests.export.family_models import byte_level_bpe
+    from bertforge.testing import byte_level_bpe, make_sentences
 
     tokenizer = byte_level_bpe(tmp_path / "roberta", make_sentences(400, seed=3))
     assert tokenizer.mask_token == "<mask>" and tokenizer.convert_tokens_to_ids(contract.MASK_TOKEN) == tokenizer.unk_token_id

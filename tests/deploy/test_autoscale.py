@@ -1,14 +1,17 @@
-"""bench/autoscale.py: the simulated HPA follows Kubernetes' rule as the shipped manifest sets it."""
+"""deploy/autoscale.py: the simulated HPA follows Kubernetes' rule as the shipped manifest sets it."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
-from bench import autoscale
-from bench.autoscale import (
+from deploy import autoscale
+from deploy.autoscale import (
     QUEUE_METRIC,
     RATE_METRIC,
     AutoscaleError,
@@ -128,3 +131,14 @@ def test_cli_writes_the_png_and_figures(tmp_path, capsys):
     # written through bench.report: provenance beside the figures, the flags as its config
     assert {"machine", "versions", "git", "command"} <= set(summary)
     assert summary["config"]["peak"] == 60 and summary["config"]["out"] == str(out)
+
+
+def test_module_runs_from_the_checkout_with_help():
+    """`python -m deploy.autoscale --help`, the command docs/deploy.md gives, lists the simulation's flags."""
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-m", "deploy.autoscale", "--help"], cwd=root, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: python -m deploy.autoscale")
+    assert [flag for flag in ("--hpa", "--service-ms", "--peak", "--compare-queue-only", "--out", "--json")
+            if flag not in result.stdout] == []

@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 
+from bertforge.testing import build_family_folder
 from tests.conftest import COUNTED_SEARCH, make_sentences
-from tests.export.family_models import build_family_folder
 
 # (family, pooling, options): every sentence-transformers pooling mode at least once, Dense, Normalize, prompts
 CASES = [

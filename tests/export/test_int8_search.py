@@ -14,7 +14,7 @@ from tests.conftest import COUNTED_SEARCH
 def _outlier_bert(folder, tokenizer_dir, initializer_range: float):
     """A tiny BERT (4 layers, hidden 64) with outliers planted; its fp32 outputs are the unplanted model's.
     Random weights of std 0.1+ (not BERT's 0.02) make each sub-layer matter, as in a trained model."""
-    from bench.outliers import plant_outlier_dimensions
+    from bertforge.testing import plant_outlier_dimensions
     from tests.conftest import build_tiny_bert
 
     plain = build_tiny_bert(folder / "plain", tokenizer_dir, seed=3, hidden_size=64, num_hidden_layers=4,

@@ -160,8 +160,8 @@ def test_task_model_exports_write_flat_reports_that_read_back(tmp_path, tiny_ber
     fill_mask/embed report beside it, all read back as written; the returned report nests embed_sparse's."""
     from bertforge.served_model import REPORT_FILE
     from bertforge.tasks import EMBED_SPARSE
+    from bertforge.testing import build_classifier
     from export import export_to_repository
-    from tests.serve.test_tasks import build_classifier
 
     repo = tmp_path / "repo"
     classifier = build_classifier(tmp_path / "classifier", tiny_tokenizer_dir, 3)

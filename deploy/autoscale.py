@@ -1,7 +1,7 @@
 """The shipped HorizontalPodAutoscaler rule, simulated: N replicas, a stepping arrival rate, p99 over time.
 
-    python -m bench.autoscale --out docs/img/autoscale.png            # the shipped rule, the default profile
-    python -m bench.autoscale --metrics avg_time_queue_us --out q.png  # queue time alone, for comparison
+    python -m deploy.autoscale --out docs/img/autoscale.png            # the shipped rule, the default profile
+    python -m deploy.autoscale --metrics avg_time_queue_us --out q.png  # queue time alone, for comparison
 
 No cluster runs here, so the rule in deploy/k8s/base/hpa.yaml is checked by a discrete-event model:
 - each replica is one FIFO server whose service time per request is the one measured on this machine
@@ -17,6 +17,9 @@ No cluster runs here, so the rule in deploy/k8s/base/hpa.yaml is checked by a di
   and finishes its queue.
 Outputs: a PNG of p99 latency and replicas over time, and the highest peak rate (the profile scaled) at
 which the whole run's p99 stays under `--bound-ms`, found by bisection. Entry point: `main(argv)`.
+
+It lives beside the manifests it reads and is run from a checkout (`python -m deploy.autoscale`): it measures
+nothing, so it is no `bertforge bench` subcommand; its one measured input is `--service-ms`.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ if TYPE_CHECKING:  # numpy is imported inside the functions that compute: `bertf
     import numpy as np
 
 
-HPA_MANIFEST = Path(__file__).resolve().parent.parent / "deploy" / "k8s" / "base" / "hpa.yaml"
+HPA_MANIFEST = Path(__file__).resolve().parent / "k8s" / "base" / "hpa.yaml"
 QUEUE_METRIC = "avg_time_queue_us"
 RATE_METRIC = "inference_requests_per_second"
 KNOWN_METRICS = (QUEUE_METRIC, RATE_METRIC)
@@ -340,14 +343,14 @@ def plot(results: dict[str, SimulationResult], bound_ms: float, out: Path) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m bench.autoscale` (the same flags as `bertforge bench autoscale`)."""
+    """`python -m deploy.autoscale`: parse the flags, simulate, plot; 0, or 2 on bad input."""
     from bertforge.cli_options import module_main
 
-    return module_main("python -m bench.autoscale", __doc__, add_arguments, run_command, argv)
+    return module_main("python -m deploy.autoscale", __doc__, add_arguments, run_command, argv)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """This benchmark's flags (`bertforge bench autoscale` registers them as a subcommand)."""
+    """The simulation's flags."""
     parser.add_argument("--hpa", type=Path, default=HPA_MANIFEST, help="HPA manifest (default: the shipped one)")
     parser.add_argument("--metrics", help="comma-separated subset of the manifest's metrics (e.g. avg_time_queue_us)")
     parser.add_argument("--service-ms", type=float, default=MEASURED_SERVICE_MS,
@@ -377,7 +380,7 @@ def run_command(args: argparse.Namespace) -> int:
         if args.service_ms <= 0 or args.start_s < 0 or args.bound_ms <= 0 or (args.peak is not None and args.peak <= 0):
             raise AutoscaleError("--service-ms, --bound-ms and --peak must be > 0, --start-s >= 0")
     except (AutoscaleError, OSError) as error:
-        print(f"bench autoscale: error: {error}", file=sys.stderr)
+        print(f"deploy.autoscale: error: {error}", file=sys.stderr)
         return 2
     options = dict(service_ms=args.service_ms, service_cv=args.service_cv, start_s=args.start_s)
     highest = None
