@@ -27,6 +27,7 @@ from bertforge.tasks import DEFAULT_TASKS, FILL_MASK
 # benchmarks in a module of their own, each with `add_arguments(parser)` and `run_command(args) -> int`
 # (also `python -m <module>`); their flags are this subcommand's flags
 MODULE_COMMANDS = {"train": ("bench.train_throughput", "training throughput: bertforge's trainer vs HF Trainer"),
+                   "quality": ("bench.train_quality", "training yardstick: model quality per wall clock vs stock HF"),
                    "export": ("bench.export_latency", "export: latency of the exported variants vs PyTorch")}
 
 
