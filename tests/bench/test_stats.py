@@ -105,3 +105,18 @@ def test_encoder_flops_counts_real_tokens_and_the_mask_head():
 def test_point_figures_report_model_arithmetic_per_second():
     figures = point_figures([0.01] * 10, tokens=100, errors=0, elapsed_s=2.0, flops=4e9)
     assert figures["gflops_per_s"] == pytest.approx(2.0)
+
+
+def test_gemm_timing_counts_calls_not_seconds_when_one_call_outlasts_the_budget():
+    """A product slower than the whole budget (bf16 emulated on CPUs without it: ~2 s per 1024³) is timed once, not
+    seven times; a fast one still gets three windows of at least two calls each."""
+    import time
+
+    from bench.baselines import _best_call_time
+
+    calls = []
+    slow = _best_call_time(lambda: (calls.append(1), time.sleep(0.02)), seconds=0.01)
+    assert len(calls) == 1 and slow >= 0.02
+    calls.clear()
+    _best_call_time(lambda: calls.append(1), seconds=0.001)
+    assert len(calls) >= 1 + 3 * 2
