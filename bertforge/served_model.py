@@ -34,6 +34,8 @@ TOKENIZER_DIR = "tokenizer"
 REPORT_FILE = "export_report.json"  # <repo>/export_report.json: what the export measured and chose
 DEFAULT_MAX_BATCH_TOKENS = 4096  # padded tokens per ONNX run (docs/serve.md "Tuning")
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a Triton model (folder) name
+# every model's 1/model.py builds this class; it runs the task of its serving.json through the task's runtime
+BACKEND = "serve.backend:ServedModel"
 
 
 @dataclass(kw_only=True)
@@ -319,10 +321,10 @@ class TritonPythonModel:
 
 
 def render_backend(task: str) -> str:
-    """The `1/model.py` of a task's folder: it imports the task's backend class (`bertforge.tasks`)."""
-    spec = tasks.task(task)
-    return BACKEND_TEMPLATE.format(path=spec.backend_module.replace(".", "/") + ".py", module=spec.backend_module,
-                                   cls=spec.backend_class)
+    """The `1/model.py` of a task's folder: the one backend class, which runs the task its serving.json names."""
+    tasks.task(task)  # a known task, or a clear error
+    module, cls = BACKEND.split(":")
+    return BACKEND_TEMPLATE.format(path=module.replace(".", "/") + ".py", module=module, cls=cls)
 
 
 def render_config_pbtxt(settings: ServingSettings) -> str:

@@ -2,9 +2,8 @@
 
     definition, plan, notes = read_author(config, info)      # the folder's definition + explicit flags (warned)
     save_served_tokenizer(definition, info, folder)          # the tokenizer the server runs (author's lower-casing)
-    embed_gate_batches(...) / author_outputs(...)            # inputs and SentenceTransformer outputs for the gate
+    author_outputs(...)                                      # SentenceTransformer outputs for the gate
     author_agreement(...)                                    # flags contradicted the folder: how far from the author
-    fused_graph(...)                                         # ORT fusions for the family, Dense/Normalize after them
 """
 
 from __future__ import annotations
@@ -28,26 +27,6 @@ def definition_report(info: ModelFolderInfo, config: ExportConfig, definition, p
             "served": serving_fields(info.family.model_type, info.hidden_size, definition, plan)}
 
 
-def fused_graph(fp32_path: Path, folder: Path, info: ModelFolderInfo, config: ExportConfig, plan) -> Path:
-    """The fused graph every variant starts from: ONNX Runtime's fusions for the family (export.families), the
-    plain graph where it has none. Dense/Normalize modules are appended after fusing (see graphs.append_projection)."""
-    import onnx
-
-    from export.graphs import add_pooling, append_projection
-    from export.variants import fuse
-
-    optimize = config.optimize and info.family.fusion is not None
-    target = folder / "model.fused.onnx"
-    if plan is None or not plan.dense:
-        return fuse(fp32_path, target, num_heads=info.num_heads, hidden_size=info.hidden_size, optimize=optimize)
-    pooled = folder / "model.pooled.onnx"
-    encoder = onnx.load(str(folder.parent / "optimum" / "model.onnx"))
-    onnx.save(add_pooling(encoder, plan.pooling), str(pooled))
-    fuse(pooled, target, num_heads=info.num_heads, hidden_size=info.hidden_size, optimize=optimize)
-    onnx.save(append_projection(onnx.load(str(target)), plan.dense, plan.normalize), str(target))
-    return target
-
-
 def read_author(config: ExportConfig, info: ModelFolderInfo) -> tuple:
     """(the author's definition, what the graph computes, warnings for flags that contradict the folder)."""
     from export.model_definition import read_definition, resolve_embedding
@@ -65,16 +44,6 @@ def save_served_tokenizer(definition, info: ModelFolderInfo, target: Path):
     source = definition.model.tokenizer if definition.model is not None else AutoTokenizer.from_pretrained(info.folder)
     source.save_pretrained(target)
     return AutoTokenizer.from_pretrained(target)
-
-
-def embed_gate_batches(inputs, texts: list[str], tokenizer_dir: Path, max_length: int, tokenizer, definition) -> list:
-    """The embed gate's inputs: the random-id batches, then whole texts tokenized as the server does (with the
-    default prompt, when the folder sets one), which the reference encodes from the text itself."""
-    from export.parity import special_ids, text_batches_as_served
-
-    random_batches = [batch for batch in inputs.embed if batch.source == "random"]
-    return random_batches + text_batches_as_served(tokenizer_dir / "tokenizer.json", texts, max_length,
-                                                   special_ids(tokenizer)["pad"], prompt=definition.default_prompt)
 
 
 def reference_name(definition) -> str:

@@ -4,7 +4,8 @@
 
 auto: fused fp32 first (a graph bug stops here), then the int8 recipe search; the faster of the two that pass,
 timed in alternation. int8: the recipe search, failing when no recipe passes. fp32 / int8-static / fp16: built
-and gated as they are. Every variant is gated against PyTorch fp32 (export/parity.py) before it can be served.
+and gated as they are. Every variant is gated against its task's reference (the task's exporter: PyTorch fp32 or the
+author's library) before it can be served; the same choice for every task.
 """
 
 from __future__ import annotations
@@ -13,22 +14,21 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from bertforge.tasks import FILL_MASK
 from export.config import AUTO, ExportConfig
 from export.report import Choice, VariantReport
+from export.task_exporter import TaskExporter
 
 
 @dataclass
 class Target:
-    """One graph to build variants of, with what its gate needs."""
+    """One graph to build variants of; its task's exporter holds the gate (inputs, reference, figures, verdict)."""
 
     name: str
     task: str
     kind: str  # "served" (the contract graph) or "plain" (Optimum-loadable, --output mode)
     fused: Path  # what the CPU variants start from (export.layer_norm: the residual LayerNorm in its faster form)
     folder: Path
-    batches: list
-    references: list
+    exporter: TaskExporter
     calibration_feeds: list
     config: ExportConfig
     timing_feeds: dict
@@ -38,15 +38,13 @@ class Target:
         return (self.gpu_fused or self.fused) if precision == "fp16" else self.fused
 
     def evaluate(self, path: Path, precision: str) -> tuple[dict, list[str], float, list[str]]:
-        """(metrics, failures, error, providers) of the variant at `path` against the reference."""
-        from export.parity import compare, gate, task_error
+        """(metrics, failures, error, providers) of the variant at `path` against the task's reference."""
         from export.variants import gate_session
 
         session = gate_session(path, precision)
-        metrics = compare(session, self.batches, self.references, self.task, graph=self.kind,
-                          tie_margin=self.config.gates.tie_margin)
-        failures = gate(metrics, self.name, precision, self.config.gates, task=self.task)
-        return metrics, failures, task_error(metrics, self.task), session.get_providers()
+        metrics = self.exporter.compare(session, self.kind)
+        failures = self.exporter.failures(metrics, self.name, precision, self.config.gates)
+        return metrics, failures, self.exporter.error(metrics), session.get_providers()
 
 
 def build_precision(target: Target, precision: str, progress) -> tuple[str, Path, VariantReport, Choice | None]:
@@ -67,8 +65,8 @@ def build_and_gate(target: Target, precision: str, progress) -> tuple[Path, Vari
     path = target.folder / precision / "model.onnx"
     details = build_variant(target.fused_for(precision), precision, path, calibration_feeds=target.calibration_feeds)
     metrics, failures, _, providers = target.evaluate(path, precision)
-    progress.outcome(f"{target.name} {precision}: " + ("PASS " if not failures else "FAIL ") + _summary(metrics, target.task,
-                                                                                                  precision))
+    verdict = "PASS " if not failures else "FAIL "
+    progress.outcome(f"{target.name} {precision}: {verdict}{target.exporter.summary(metrics, precision)}")
     return path, VariantReport.gated(details, metrics, failures, providers=providers)
 
 
@@ -94,7 +92,7 @@ def search_int8(target: Target, progress) -> tuple[Path, VariantReport]:
     metrics = winner["parity"]
     variant = VariantReport.gated(describe(result.path, "int8"), metrics, [], recipe=result.recipe.summary(),
                                   providers=session_providers("int8"), search=result.summary())
-    progress.outcome(f"{target.name} int8: PASS with recipe {result.recipe.name} " + _summary(metrics, target.task, "int8"))
+    progress.outcome(f"{target.name} int8: PASS with recipe {result.recipe.name} " + target.exporter.summary(metrics, "int8"))
     return result.path, variant
 
 
@@ -123,18 +121,3 @@ def choose_auto(target: Target, progress) -> tuple[str, Path, VariantReport, Cho
     progress.outcome(f"{target.name} auto: chose fp32 ({reason})")
     return "fp32", fp32_path, dataclasses.replace(fp32, int8_search=int8.search), Choice(requested=AUTO,
                                                                                           precision="fp32", reason=reason)
-
-
-def _summary(metrics: dict, task: str, precision: str) -> str:
-    from export.parity import judged_figures
-
-    source, figures = judged_figures(metrics, precision)
-    if task == FILL_MASK:
-        if precision == "fp32":
-            return (f"top-1 agreement {figures['top1_agreement']:.4f} on {figures['masked_tokens']} masks, "
-                    f"max |dp| {figures['max_abs_diff']:.2e}")
-        return (f"tie-aware agreement {figures['tie_aware_agreement']:.4f}, top-5 {figures['top5_containment']:.4f}, "
-                f"mean TV {figures.get('mean_total_variation', float('nan')):.4f} on {figures['masked_tokens']} masks "
-                f"of {source}")
-    return (f"cosine min {figures['min_cosine']:.6f} / mean {figures['mean_cosine']:.6f} on {figures['texts']} texts "
-            f"of {source}, max |d| {figures['max_abs_diff']:.2e}")

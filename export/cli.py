@@ -10,6 +10,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from bertforge.cli_options import add_config_options, build_config, given
+from bertforge.tasks import TASKS
 
 if TYPE_CHECKING:
     from export.report import ExportReport
@@ -28,11 +29,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--repo", default=None, help="Triton model repository to write (default: model_repository)")
     parser.add_argument("--output", default=None, help="write only ONNX variants + export_report.json here (no Triton files)")
     parser.add_argument("--precision", default=None, help=PRECISION_HELP + " (default: auto)")
-    parser.add_argument("--tasks", default=None, help="comma list of fill_mask,embed,embed_sparse (default: "
-                        "fill_mask,embed; embed_sparse, SPLADE vectors from the MLM head, is opt-in); a "
-                        "*ForSequenceClassification folder exports rerank (one label) or classify (several)")
-    parser.add_argument("--name", default=None, help="rerank/classify/embed_sparse: add the model under this name "
-                        "(several models of a task in one repository; the API's `model` field picks one)")
+    parser.add_argument("--tasks", default=None, help=f"comma list of {','.join(TASKS)} (default: what the folder is: "
+                        "fill_mask,embed from a masked-LM folder, embed from an encoder, rerank from a one-label "
+                        "*ForSequenceClassification folder, classify from one with several, embed_sparse from a "
+                        "sentence-transformers SparseEncoder; embed_sparse from a masked-LM folder is opt-in)")
+    parser.add_argument("--name", default=None, help="one task other than fill_mask/embed: add the model under this "
+                        "name (several models of a task in one repository; the API's `model` field picks one)")
     parser.add_argument("--pooling", default=None,
                         help="embedding pooling: sentence-transformers modes (cls, mean, max, mean_sqrt_len_tokens, "
                              "weightedmean, lasttoken) joined by '+' (default: the folder's 1_Pooling, else mean; "
@@ -85,11 +87,7 @@ def _run_with_progress(config, quiet: bool) -> int:
     console = Console(stderr=True, quiet=quiet)
     with console.status("[bold]exporting…") as status:
         report = run_export(config, progress=_StatusProgress(console, status))
-    if report.task is None:
-        _print_summary(report)
-    else:  # rerank / classify / embed_sparse (export/task_models.py): its verdicts were printed as outcomes
-        chosen = report.target.chosen
-        print(f"{report.task}: precision {chosen.requested} chose {chosen.precision}: {chosen.reason}")
+    _print_summary(report)
     return 0
 
 
@@ -111,28 +109,22 @@ def _print_summary(report: ExportReport) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from export.parity import judged_figures
+    from export.task_exporter import exporter_class
 
     table = Table(title=f"bertforge export -> {report.destination}")
     for column in ("model", "precision", "fused ops", "parity", "size MB"):
         table.add_column(column)
     for name, target in report.tasks.items():
         for precision, variant in target.variants.items():
-            source, parity = judged_figures(variant.parity, precision)
-            if "masked_tokens" in parity and precision == "fp32":
-                summary = f"top-1 {parity['top1_agreement']:.4f}, max|dp| {parity['max_abs_diff']:.1e} ({source})"
-            elif "masked_tokens" in parity:
-                summary = (f"tie-aware {parity['tie_aware_agreement']:.4f}, top-5 {parity['top5_containment']:.4f}, "
-                           f"TV {parity.get('mean_total_variation', float('nan')):.4f} ({parity['masked_tokens']} masks)")
-            else:
-                summary = f"cos min {parity['min_cosine']:.5f} mean {parity['mean_cosine']:.5f} ({parity['texts']} texts)"
+            summary = exporter_class(target.task).summary(variant.parity, precision) if variant.parity else "-"
             recipe = (variant.recipe or {}).get("name")
-            precision = f"{precision} ({recipe})" if recipe else precision
+            shown = f"{precision} ({recipe})" if recipe else precision
             fused = ",".join(f"{op}×{count}" for op, count in (variant.fused_ops or {}).items()) or "-"
-            table.add_row(name, precision, fused, summary, f"{variant.bytes / 1e6:.1f}")
+            size = f"{variant.bytes / 1e6:.1f}" if variant.bytes else "-"
+            table.add_row(name, shown, fused, summary, size)
     Console().print(table)
     for name, target in report.tasks.items():
         if target.chosen is not None:
-            print(f"{name}: precision auto chose {target.chosen.precision}: {target.chosen.reason}")
+            print(f"{name}: precision {target.chosen.requested} chose {target.chosen.precision}: {target.chosen.reason}")
     for note in report.notes or []:
         print(f"note: {note}")

@@ -100,7 +100,7 @@ def read_definition(folder: Path) -> ModelDefinition:
     # 1. modules.json: only modules the graph can hold, the Transformer first
     entries = _module_entries(folder)
     # 2. the author's library reads every config file (legacy and current formats)
-    model = _load_sentence_transformer(folder)
+    model = load_author_model(folder)
     modules = list(model)
     transformer = modules[0]
     definition = ModelDefinition(folder=folder, sentence_transformers=True, model=model, pooling=(),
@@ -194,7 +194,7 @@ def author_model(definition: ModelDefinition, max_length: int):
     from sentence_transformers import SentenceTransformer, models
 
     if definition.model is None:
-        with _quiet():
+        with quiet_loading():
             transformer = models.Transformer(str(definition.folder), max_seq_length=max_length)
         definition.model = SentenceTransformer(modules=[transformer, models.Pooling(transformer.get_embedding_dimension())],
                                                device="cpu")
@@ -226,19 +226,22 @@ def _module_entries(folder: Path) -> list[dict]:
     return entries
 
 
-def _load_sentence_transformer(folder: Path):
-    from sentence_transformers import SentenceTransformer
+def load_author_model(folder: Path, library_class: str = "SentenceTransformer"):
+    """`sentence_transformers.<library_class>(folder)` (SentenceTransformer, SparseEncoder) on the CPU, offline and
+    without remote code; an ExportError naming the folder when the author's library cannot load it."""
+    import sentence_transformers
 
     try:
-        with _quiet():
-            return SentenceTransformer(str(folder), device="cpu", local_files_only=True, trust_remote_code=False)
+        with quiet_loading():
+            return getattr(sentence_transformers, library_class)(str(folder), device="cpu", local_files_only=True,
+                                                                 trust_remote_code=False)
     except Exception as error:  # the library raises many types for broken folders
         raise ExportError(f"{folder}: sentence-transformers cannot load this folder ({type(error).__name__}: {error}); "
-                          "bertforge serves a folder exactly as SentenceTransformer(folder) computes it") from error
+                          f"bertforge serves a folder exactly as {library_class}(folder) computes it") from error
 
 
 @contextmanager
-def _quiet():
+def quiet_loading():
     """Loading a checkpoint without its pooler (sentence-transformers folders never have one) is expected: no noise."""
     import warnings
 

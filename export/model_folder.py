@@ -1,5 +1,6 @@
-"""Look at a user's folder before exporting it: a supported encoder family, the tokenizer, the MLM head, and the
-author's embedding definition (export.model_definition) when it is a sentence-transformers folder."""
+"""Look at a user's folder before exporting it: a supported encoder family, the tokenizer, which kind of model it is
+(`bertforge.tasks`' folder kinds: masked-LM, encoder, cross-encoder, classifier, sentence-transformers SparseEncoder),
+and where the author's definition is (export.model_definition, export.sparse_definition)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from bertforge import tasks
 from export.errors import ExportError
 from export.families import Family, family_of
 from export.model_definition import MODULES_FILE, is_sentence_transformers_folder
+from export.sparse_definition import is_sparse_encoder_folder
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+SEQUENCE_CLASSIFICATION = "ForSequenceClassification"  # the config.json architectures suffix that marks the head
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,25 @@ class ModelFolderInfo:
     @property
     def sentence_transformers(self) -> bool:
         return is_sentence_transformers_folder(self.root)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """A sequence-classification head's labels in logit order (config.json id2label); () for other heads."""
+        if not any(str(name).endswith(SEQUENCE_CLASSIFICATION) for name in self.config.get("architectures") or []):
+            return ()
+        id2label = self.config.get("id2label") or {}
+        if id2label:
+            return tuple(str(id2label[key]) for key in sorted(id2label, key=int))
+        return tuple(f"LABEL_{index}" for index in range(int(self.config.get("num_labels", 2))))
+
+    @property
+    def kind(self) -> tasks.FolderKind:
+        """What the folder holds, which decides the tasks it can be exported as (bertforge.tasks.Task.folders)."""
+        if self.labels:
+            return tasks.CROSS_ENCODER if len(self.labels) == 1 else tasks.CLASSIFIER
+        if is_sparse_encoder_folder(self.root):
+            return tasks.SPARSE_ENCODER
+        return tasks.MASKED_LM if self.has_mlm_head else tasks.ENCODER
 
 
 def inspect_model_folder(folder: Path) -> ModelFolderInfo:

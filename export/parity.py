@@ -237,14 +237,20 @@ def gate(metrics: dict, name: str, precision: str, gates, task: str | None = Non
         else:
             checks += [("min_cosine", figures["min_cosine"], getattr(gates, f"{family}_cosine"), True),
                        ("mean_cosine", figures["mean_cosine"], getattr(gates, f"{family}_mean_cosine"), True)]
-    failures = []
     count = f"{figures['masked_tokens']} masks" if task == FILL_MASK else f"{figures['texts']} texts"
+    return verdict(checks, f"{name} {precision}", f"{count} of {source} inputs")
+
+
+def verdict(checks: list[tuple[str, float, float, bool]], subject: str, inputs: str) -> list[str]:
+    """One line per missed check (metric, value, threshold, higher_is_better), in the words every gate uses:
+    `<model> <precision>: <metric> = <value> on <inputs>, needs >= <threshold> (missed by <gap>)`."""
+    failures = []
     for metric, value, threshold, higher_is_better in checks:
-        passed = value >= threshold if higher_is_better else value <= threshold
-        if not passed:
+        if value is None or not (value >= threshold if higher_is_better else value <= threshold):
             relation = ">=" if higher_is_better else "<="
-            failures.append(f"{name} {precision}: {metric} = {value:.6g} on {count} of {source} inputs, needs "
-                            f"{relation} {threshold:g} (missed by {abs(value - threshold):.3g})")
+            missed = f" (missed by {abs(value - threshold):.3g})" if value is not None else ""
+            failures.append(f"{subject}: {metric} = {value if value is None else format(value, '.6g')} on {inputs}, "
+                            f"needs {relation} {threshold:g}{missed}")
     return failures
 
 

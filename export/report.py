@@ -5,10 +5,11 @@
         precision, variant = target.served          # repository mode: the one variant written
     write_report(path, report)                      # the one place a report file is written
 
-Two layouts on disk, one shape in memory. A fill_mask/embed export writes `export_report.json` with a `tasks`
-map (one entry per graph, `variants` by precision); a task model (rerank, classify, embed_sparse: export/
-task_models.py) writes `export_report.<model>.json` flat, its one graph's `variants` and `chosen` at the top
-level beside `task`. Both load into `ExportReport` with `tasks` filled; `task` set marks the flat layout.
+Two layouts on disk, one shape in memory. An export writes `export_report.json` with a `tasks` map (one entry per
+graph, `variants` by precision); one model added beside the others (a single task other than fill_mask and embed:
+rerank, classify, embed_sparse) writes `export_report.<model>.json` flat, its one graph's `variants` and `chosen` at
+the top level beside `task`. Both load into `ExportReport` with `tasks` filled; `task` set marks the flat layout.
+(Reports written before one export could hold embed_sparse beside fill_mask/embed carry it nested, `embed_sparse`.)
 Figures whose shape belongs to another module stay plain dicts: `parity` (export/parity.py), `definition`
 (export/author_reference.py), `search` and `recipe` (export/int8_search.py), `config` (ExportConfig as TOML).
 Keys this version does not know are kept in `extra` and written back unchanged.
@@ -112,7 +113,7 @@ class ExportReport:
     passed: bool | None = None
     seconds: float | None = None
     written: bool | None = None
-    embed_sparse: ExportReport | None = None  # fill_mask/embed exported with embed_sparse: its own report
+    embed_sparse: ExportReport | None = None  # read from older reports only (embed_sparse was its own export)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -162,6 +163,14 @@ def read_report(path: str | Path) -> ExportReport:
 
 def task_report_file(model_name: str) -> str:
     return TASK_REPORT_FILE.format(model=model_name)
+
+
+def report_file(report: ExportReport) -> str:
+    """Where an export keeps `report`: `export_report.json`, or in a repository, for one model added beside the others
+    (a task other than fill_mask and embed, exported alone), `export_report.<model>.json`."""
+    if report.task is None or report.mode == "output":
+        return REPORT_FILE
+    return task_report_file((report.config or {}).get("name") or report.task)
 
 
 # how each typed field is read back: the nested types, everything else as JSON gave it

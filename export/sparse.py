@@ -1,97 +1,187 @@
-"""Export `embed_sparse` from an MLM folder: SPLADE weights, max over positions of log(1 + ReLU(MLM logits)).
+"""`embed_sparse`: SPLADE vectors, a weight per vocabulary entry, as the author's SparseEncoder defines them.
 
-    report = export_sparse(config, progress)     # <repo>/embed_sparse, gated against PyTorch fp32
-
-The graph is the encoder with the MLM head over every position (export.graphs.add_logits_head), then
-log(1 + ReLU(logits)) zeroed at padding and reduced by max over positions -> `sparse_embedding` (B, vocab).
-The gate compares it with the same formula on BertForMaskedLM's logits over the gate texts: fp32 must match
-near exactly, and per text the top-32 vocabulary ids must overlap and the values' cosine must hold. Served in fp32
-(no int8 search for this task yet: `auto` means fp32 here).
+The graph is the encoder with the MLM head over every position (export.graphs.add_logits_head), then what
+SpladePooling computes (export.sparse_definition: the folder's pooling strategy and activation; bertforge's default
+for a plain masked-LM folder is max over positions of log(1 + ReLU(logits))): logits x attention mask -> ReLU ->
+log(1 + x) [-> log(1 + x) again for log1p_relu] -> max or sum over positions -> `sparse_embedding` (B, vocab). The
+gate compares it with `SparseEncoder.encode` (the author's library) on whole texts tokenized as the server does and
+with the encoder's forward on random ids: fp32 must match near exactly; lossy variants keep the per-text top-32
+vocabulary ids (mean overlap) and the vectors' cosine. The server returns the non-zero entries.
 """
 
 from __future__ import annotations
 
-import tempfile
-import time
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from bertforge import contract
 from bertforge.tasks import EMBED_SPARSE
-from export.config import AUTO, ExportConfig
-from export.errors import ExportError, ParityError
-from export.progress import ExportProgress
-from export.report import Choice, ExportReport, TargetReport, VariantReport
-from export.task_models import model_max_length, task_settings, write_task_model
+from export.config import ParityGates
+from export.errors import ExportError
+from export.task_exporter import TaskExporter
 
 TOP_K = 32
-MIN_TOP_OVERLAP = 0.95  # mean over texts of |top-32 ids in both| / 32
-MIN_COSINE = 0.99  # lowest per-text cosine of the full vectors
-BATCH = 16
+MIN_TOP_OVERLAP = 0.95  # fp32: mean over texts of |top-32 ids in both| / 32
+MIN_COSINE = 0.99  # fp32: lowest per-text cosine of the full vectors
+FP32_ABS_FACTOR = 10  # fp32: max |d| within 10x gates.fp32_max_abs_diff (log1p of logits of size ~10)
 
 
-def export_sparse(config: ExportConfig, progress: ExportProgress) -> ExportReport:
-    """Export, gate and write `<repo>/embed_sparse` from the MLM folder `config.model`; returns the report."""
-    from transformers import AutoTokenizer
+class SparseExporter(TaskExporter):
+    def check(self) -> None:
+        self.context.require_mlm_head(EMBED_SPARSE)
 
-    from export.model_folder import inspect_model_folder
-    from export.writer import prepare_destination
+    def serving_fields(self) -> dict:
+        definition = self.context.definition
+        fields = {"family": self.context.info.family.model_type, "embedding_dim": self.vocabulary}
+        if hasattr(definition, "pooling_strategy"):  # a SparseEncoder folder: its prompts, as encode applies them
+            fields.update(prompts=dict(definition.prompts), default_prompt_name=definition.default_prompt_name)
+        return fields
 
-    started = time.perf_counter()
-    info = inspect_model_folder(config.model)
-    if not info.has_mlm_head:
-        raise ExportError(f"embed_sparse needs the MLM head (cls.predictions.*); {info.folder} has none: export a "
-                          "BertForMaskedLM folder (bertforge's own runs are)")
-    if config.output is not None or config.requested_precision.single not in (AUTO, "fp32"):
-        raise ExportError("embed_sparse is exported into a repository (--repo) in fp32 (precision auto or fp32)")
-    prepare_destination(config.repo)
-    tokenizer = AutoTokenizer.from_pretrained(info.folder)
-    max_length = model_max_length(info, tokenizer, config)
-    settings = task_settings(config, task=EMBED_SPARSE, precision="fp32", max_length=max_length)
-    report = ExportReport(model=str(config.model), destination=str(config.repo), task=EMBED_SPARSE,
-                          max_length=max_length, tasks={EMBED_SPARSE: TargetReport(task=EMBED_SPARSE)})
-    with tempfile.TemporaryDirectory(prefix="bertforge-export-") as scratch:
-        scratch = Path(scratch)
-        progress.step(f"embed_sparse: optimum export of {info.folder}")
-        path, details, torch_model = _build(info, scratch, config)
-        features = _features(tokenizer, config, max_length)
-        metrics = compare_sparse(_onnx_weights(path, features), torch_sparse(torch_model, features))
-        failures = gate_failures(metrics, config.gates.fp32_max_abs_diff)
-        report.target.variants["fp32"] = VariantReport.gated(details, metrics, failures)
-        report.target.chosen = Choice(requested=config.precision, precision="fp32",
-                                      reason="embed_sparse is served in fp32 (no int8 search for it yet)")
-        report.passed, report.seconds = not failures, round(time.perf_counter() - started, 1)
-        progress.outcome(f"embed_sparse fp32: {'PASS' if not failures else 'FAIL'} top-{TOP_K} overlap mean "
-                         f"{metrics['mean_top_overlap']:.4f}, cosine min {metrics['min_cosine']:.6f}, max |d| "
-                         f"{metrics['max_abs_diff']:.2e} on {metrics['texts']} texts")
-        if failures:
-            raise ParityError(failures, report)
-        write_task_model(Path(config.repo), settings, path, info.folder, report)
-    progress.outcome(f"wrote {Path(config.repo) / settings.model_name} in {report.seconds} s")
-    return report
+    def info(self) -> dict:
+        definition = self.sparse_definition
+        return {"definition": {"pooling_strategy": definition.pooling_strategy, "activation": definition.activation,
+                               "vocabulary": self.vocabulary, "sources": definition.sources,
+                               "sentence_transformers": definition.sentence_transformers}}
+
+    def gate_inputs(self) -> dict:
+        reference = ("SparseEncoder(folder).encode (sentence-transformers)" if self.sparse_definition.sentence_transformers
+                     else "transformers masked-LM + sentence-transformers SpladePooling (max, relu)")
+        return {"sparse_batches": len(self.batches), "sparse_reference": reference}
+
+    @cached_property
+    def sparse_definition(self):
+        """The SparseEncoder folder's definition, or bertforge's default for a masked-LM folder."""
+        from export.sparse_definition import SparseDefinition, read_sparse_definition
+
+        definition = self.context.definition
+        return definition if isinstance(definition, SparseDefinition) else read_sparse_definition(self.context.info.folder)
+
+    @property
+    def vocabulary(self) -> int:
+        """The vocabulary the vectors index: the MLM decoder's outputs (SpladePooling's dimension, where recorded)."""
+        return int(self.context.info.config["vocab_size"])
+
+    def fp32_graph(self, kind: str, folder: Path) -> Path:
+        import onnx
+
+        from export.families import mlm_head
+        from export.graphs import add_logits_head
+
+        head, _ = mlm_head(self.context.torch_model)
+        vocabulary = head["decoder_weight"].shape[1]
+        authored = self.sparse_definition.vocabulary
+        if authored is not None and authored != vocabulary:
+            raise ExportError(f"{self.context.info.root}: SpladePooling says {authored} dimensions but the MLM head "
+                              f"emits {vocabulary}; re-save the SparseEncoder folder")
+        definition = self.sparse_definition
+        graph = add_sparse_head(add_logits_head(self.context.encoder, head), definition.pooling_strategy,
+                                definition.activation)
+        path = folder / "model.fp32.onnx"
+        onnx.save(graph, str(path))
+        return path
+
+    @cached_property
+    def batches(self) -> list:
+        return self.context.text_batches()
+
+    @cached_property
+    def references(self) -> list[np.ndarray]:
+        """The author's library: SparseEncoder.encode on each text batch, its forward on the random ids."""
+        import torch
+
+        from export.sparse_definition import sparse_reference
+
+        model = sparse_reference(self.sparse_definition, self.context.max_length)
+        prompt = self.sparse_definition.default_prompt or None
+        names = set(model.tokenizer.model_input_names)
+        answers = []
+        with torch.inference_mode():
+            for batch in self.batches:
+                if batch.texts is not None:
+                    vectors = model.encode(batch.texts, prompt=prompt, batch_size=len(batch.texts),
+                                           convert_to_sparse_tensor=False, show_progress_bar=False)
+                else:
+                    features = {name: torch.from_numpy(value) for name, value in batch.feeds.items() if name in names}
+                    vectors = model(features)["sentence_embedding"]
+                answers.append(vectors.float().cpu().numpy())  # (B, vocab)
+        return answers
+
+    def compare(self, session, kind: str) -> dict:
+        names = {node.name for node in session.get_inputs()}
+        got, sources = [], []
+        for batch in self.batches:
+            feeds = {name: value for name, value in batch.feeds.items() if name in names}
+            got.append(session.run([contract.ONNX_SPARSE_EMBEDDING], feeds)[0])
+            sources.append(batch.source)
+        by_source = {source: compare_sparse([g for g, s in zip(got, sources) if s == source],
+                                            [w for w, s in zip(self.references, sources) if s == source])
+                     for source in dict.fromkeys(sources)}
+        return {**compare_sparse(got, self.references), "by_source": by_source}
+
+    def failures(self, metrics: dict, name: str, precision: str, gates: ParityGates) -> list[str]:
+        from export.parity import judged_figures, verdict
+
+        source, figures = judged_figures(metrics, precision)
+        if precision == "fp32":
+            checks = [("mean_top_overlap", figures["mean_top_overlap"], MIN_TOP_OVERLAP, True),
+                      ("min_cosine", figures["min_cosine"], MIN_COSINE, True),
+                      ("max_abs_diff", figures["max_abs_diff"], gates.fp32_max_abs_diff * FP32_ABS_FACTOR, False)]
+        else:
+            family = "int8" if precision.startswith("int8") else "fp16"
+            checks = [("mean_top_overlap", figures["mean_top_overlap"], getattr(gates, f"{family}_sparse_top_overlap"), True),
+                      ("min_cosine", figures["min_cosine"], getattr(gates, f"{family}_cosine"), True),
+                      ("mean_cosine", figures["mean_cosine"], getattr(gates, f"{family}_mean_cosine"), True)]
+        return verdict(checks, f"{name} {precision}", f"{figures['texts']} texts of {source} inputs")
+
+    def error(self, metrics: dict) -> float:
+        from export.parity import judged_figures
+
+        _, figures = judged_figures(metrics, "int8")
+        return float(1.0 - figures["mean_cosine"])
+
+    @classmethod
+    def summary(cls, metrics: dict, precision: str) -> str:
+        from export.parity import judged_figures
+
+        source, figures = judged_figures(metrics, precision)
+        return (f"top-{TOP_K} overlap mean {figures['mean_top_overlap']:.4f}, cosine min {figures['min_cosine']:.6f}, "
+                f"max |d| {figures['max_abs_diff']:.2e} on {figures['texts']} texts of {source}")
 
 
-def add_sparse_head(logits_model):
-    """MLM logits (B, T, V) -> max_t log(1 + ReLU(logits)) * mask -> `sparse_embedding` (B, V)."""
+def add_sparse_head(logits_model, pooling_strategy: str = "max", activation: str = "relu"):
+    """MLM logits (B, T, V) -> SpladePooling -> `sparse_embedding` (B, V): logits x mask, ReLU, log(1 + x) (twice for
+    log1p_relu), then max or sum over positions; padding gives 0, the floor anyway."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
+    from export.sparse_definition import ACTIVATIONS, POOLING_STRATEGIES
+
+    if pooling_strategy not in POOLING_STRATEGIES or activation not in ACTIVATIONS:
+        raise ExportError(f"SpladePooling {pooling_strategy}/{activation} is not served; pooling strategies are "
+                          f"{POOLING_STRATEGIES}, activations {ACTIVATIONS}")
     graph = logits_model.graph
     (logits,) = [output.name for output in graph.output]
     graph.initializer.extend([numpy_helper.from_array(np.array(1.0, dtype=np.float32), "sparse/one"),
                               numpy_helper.from_array(np.array([-1], dtype=np.int64), "sparse/last_axis"),
                               numpy_helper.from_array(np.array([1], dtype=np.int64), "sparse/seq_axis")])
     graph.node.extend([
-        helper.make_node("Relu", [logits], ["sparse/relu"], name="sparse/Relu"),
-        helper.make_node("Add", ["sparse/relu", "sparse/one"], ["sparse/plus_one"], name="sparse/Add"),
-        helper.make_node("Log", ["sparse/plus_one"], ["sparse/log"], name="sparse/Log"),
         helper.make_node("Cast", ["attention_mask"], ["sparse/mask"], to=TensorProto.FLOAT, name="sparse/Cast"),
         helper.make_node("Unsqueeze", ["sparse/mask", "sparse/last_axis"], ["sparse/mask3"], name="sparse/Unsqueeze"),
-        helper.make_node("Mul", ["sparse/log", "sparse/mask3"], ["sparse/masked"], name="sparse/Mul"),  # (B, T, V)
-        helper.make_node("ReduceMax", ["sparse/masked", "sparse/seq_axis"], [contract.ONNX_SPARSE_EMBEDDING],
-                         keepdims=0, name="sparse/ReduceMax"),  # (B, V); padding gives 0, the floor anyway
+        helper.make_node("Mul", [logits, "sparse/mask3"], ["sparse/masked"], name="sparse/Mul"),  # (B, T, V)
+        helper.make_node("Relu", ["sparse/masked"], ["sparse/relu"], name="sparse/Relu"),
     ])
+    result = "sparse/relu"
+    for step in range(2 if activation == "log1p_relu" else 1):  # log(1 + x), as torch.log1p
+        graph.node.extend([
+            helper.make_node("Add", [result, "sparse/one"], [f"sparse/plus_one{step}"], name=f"sparse/Add{step}"),
+            helper.make_node("Log", [f"sparse/plus_one{step}"], [f"sparse/log{step}"], name=f"sparse/Log{step}"),
+        ])
+        result = f"sparse/log{step}"
+    reduce = "ReduceMax" if pooling_strategy == "max" else "ReduceSum"
+    graph.node.append(helper.make_node(reduce, [result, "sparse/seq_axis"], [contract.ONNX_SPARSE_EMBEDDING],
+                                       keepdims=0, name=f"sparse/{reduce}"))  # (B, V)
     vocab = graph.output[0].type.tensor_type.shape.dim[2].dim_value
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info(contract.ONNX_SPARSE_EMBEDDING, TensorProto.FLOAT,
@@ -100,75 +190,11 @@ def add_sparse_head(logits_model):
     return logits_model
 
 
-def torch_sparse(mlm_model, features: list[dict]) -> list[np.ndarray]:
-    """The PyTorch reference: the same formula on BertForMaskedLM's logits."""
-    import torch
-
-    answers = []
-    with torch.inference_mode():
-        for feeds in features:
-            tensors = {name: torch.from_numpy(value) for name, value in feeds.items()}
-            logits = mlm_model(**tensors).logits.float()  # (B, T, V)
-            weights = torch.log1p(torch.relu(logits)) * tensors["attention_mask"].unsqueeze(-1)
-            answers.append(weights.max(dim=1).values.numpy())
-    return answers
-
-
 def compare_sparse(got: list[np.ndarray], want: list[np.ndarray]) -> dict:
+    """Per text: top-32 ids in both / 32, cosine; over all: max |d| and the reference's non-zeros per text."""
     got, want = np.concatenate(got).astype(np.float64), np.concatenate(want).astype(np.float64)
     overlaps = [len(set(np.argsort(-a)[:TOP_K]) & set(np.argsort(-b)[:TOP_K])) / TOP_K for a, b in zip(got, want)]
     cosines = (got * want).sum(1) / np.maximum(np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1), 1e-12)
     return {"texts": len(want), "mean_top_overlap": float(np.mean(overlaps)), "min_top_overlap": float(min(overlaps)),
             "min_cosine": float(cosines.min()), "mean_cosine": float(cosines.mean()),
             "max_abs_diff": float(np.abs(got - want).max()), "mean_non_zeros": float((want > 0).sum(1).mean())}
-
-
-def gate_failures(metrics: dict, fp32_max_abs_diff: float) -> list[str]:
-    failures = []
-    if metrics["mean_top_overlap"] < MIN_TOP_OVERLAP:
-        failures.append(f"embed_sparse fp32: top-{TOP_K} overlap {metrics['mean_top_overlap']:.4f} < {MIN_TOP_OVERLAP}")
-    if metrics["min_cosine"] < MIN_COSINE:
-        failures.append(f"embed_sparse fp32: cosine {metrics['min_cosine']:.5f} < {MIN_COSINE}")
-    if metrics["max_abs_diff"] > fp32_max_abs_diff * 10:  # log1p of logits of size ~10: a relative 1e-4 allowance
-        failures.append(f"embed_sparse fp32: max |d| {metrics['max_abs_diff']:.2e} > {fp32_max_abs_diff * 10:.0e}")
-    return failures
-
-
-def _build(info, scratch: Path, config: ExportConfig):
-    import onnx
-    from transformers import BertForMaskedLM
-
-    from export.families import mlm_head
-    from export.graphs import add_logits_head
-    from export.targets import optimum_encoder
-    from export.variants import build_variant, fuse
-
-    torch_model = BertForMaskedLM.from_pretrained(info.folder, use_safetensors=True).eval()
-    encoder = onnx.load(str(optimum_encoder(info.folder, scratch / "optimum", config.opset)))
-    graph = add_sparse_head(add_logits_head(encoder, mlm_head(torch_model)[0]))
-    onnx.save(graph, str(scratch / "model.fp32.onnx"))
-    fused = fuse(scratch / "model.fp32.onnx", scratch / "model.fused.onnx", num_heads=info.num_heads,
-                 hidden_size=info.hidden_size, optimize=config.optimize)
-    path = scratch / "fp32" / "model.onnx"
-    return path, build_variant(fused, "fp32", path), torch_model
-
-
-def _features(tokenizer, config: ExportConfig, max_length: int) -> list[dict]:
-    from export.texts import parity_texts
-
-    texts = parity_texts(config)[:64]
-    batches = []
-    for start in range(0, len(texts), BATCH):
-        encoded = tokenizer(texts[start:start + BATCH], truncation=True, max_length=max_length, padding=True,
-                            return_tensors="np")
-        batches.append({name: encoded[name].astype(np.int64) for name in contract.ONNX_ENCODER_INPUTS if name in encoded})
-    return batches
-
-
-def _onnx_weights(path: Path, features: list[dict]) -> list[np.ndarray]:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    names = {node.name for node in session.get_inputs()}
-    return [session.run([contract.ONNX_SPARSE_EMBEDDING], {k: v for k, v in feeds.items() if k in names})[0]
-            for feeds in features]

@@ -7,12 +7,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from bertforge.config import ConfigError
 from bertforge.files import staged_folder
 from bertforge.served_model import REPORT_FILE, ServedModelDir, ServingSettings
 from export.config import ExportConfig
 from export.errors import ExportError
 from export.model_folder import ModelFolderInfo
-from export.report import ExportReport, write_report
+from export.report import ExportReport, report_file, write_report
 
 
 def prepare_destination(destination: Path, replaces_whole_folder: bool = False) -> None:
@@ -42,19 +43,36 @@ def prepare_destination(destination: Path, replaces_whole_folder: bool = False) 
 def serving_settings(task: str, precision: str, config: ExportConfig, max_length: int, max_top_k: int,
                      model_fields: dict) -> ServingSettings:
     """How one exported model is served: the user's `serving.*` options plus what the export fixed, and what the
-    model's definition says (export.model_definition.serving_fields: pooling, normalize, prompts, family, width)."""
+    task's exporter says the model fixes (export.task_exporter.TaskExporter.serving_fields: pooling, labels, ...)."""
     return ServingSettings.for_export(config.serving, task=task, precision=precision, max_length=max_length,
-                                      max_top_k=max_top_k, **model_fields)
+                                      max_top_k=max_top_k, name=config.name or "", **model_fields)
+
+
+def check_serving(config: ExportConfig, task: str, max_length: int, max_top_k: int, model_fields: dict) -> None:
+    """The serving settings must hold for this model (e.g. one max-length text within the token budget), and a
+    named model must not replace another task's, before the export spends minutes; the writer builds the same."""
+    try:
+        settings = serving_settings(task, "fp32", config, max_length, max_top_k, model_fields)
+    except ConfigError as error:
+        raise ExportError(f"serving settings do not fit this model: {error}") from None
+    if config.output is not None:
+        return
+    existing = ServedModelDir(Path(config.repo) / settings.model_name)
+    if existing.serving_file.is_file() and existing.settings().task != settings.task:
+        raise ExportError(f"{existing.path} serves {existing.settings().task}; adding a {settings.task} model there "
+                          "would replace it: choose another --name")
 
 
 def write_repository(repo: Path, built: dict[str, dict[str, Path]], tokenizer_dir: Path, info: ModelFolderInfo,
-                     config: ExportConfig, report: ExportReport) -> None:
-    """One Triton model per task (see `bertforge.served_model.ServedModelDir`), each swapped in whole, then the report."""
+                     config: ExportConfig, report: ExportReport, exporters: dict) -> None:
+    """One Triton model per task (see `bertforge.served_model.ServedModelDir`), each swapped in whole, then the report
+    (`export_report.json`, or a model added beside others: `export_report.<model>.json`, the others' left alone)."""
     repo.mkdir(parents=True, exist_ok=True)
     for task, variants in built.items():
         (precision, onnx_path), = variants.items()
+        exporter = exporters[task]
         settings = serving_settings(task, precision, config, report.max_length, report.max_top_k,
-                                    report.definition["served"])
+                                    exporter.serving_fields())
         target = report.tasks[task]
         with staged_folder(repo / settings.model_name, stage_above_parent=True) as staged:
             model = ServedModelDir(staged)
@@ -66,15 +84,14 @@ def write_repository(repo: Path, built: dict[str, dict[str, Path]], tokenizer_di
                                         "chosen": target.chosen and target.chosen.to_dict(),
                                         "parity": variant.parity, "fused_ops": variant.fused_ops,
                                         "gate_cpu": report.cpu,  # the CPU every gate ran on
-                                        # what the graph computes and which file (or flag) each choice came from
-                                        "definition": report.definition["used"]})
+                                        **exporter.info()})  # e.g. what the graph computes and where that came from
             target.model_dir = str(repo / settings.model_name)
             target.serving = {"max_batch_size": settings.max_batch_size, "max_batch_tokens": settings.max_batch_tokens,
                               "max_length": settings.max_length, "max_top_k": settings.max_top_k,
                               "pooling": settings.pooling, "normalize": settings.normalize,
                               "family": settings.family, "embedding_dim": settings.embedding_dim,
                               "default_prompt_name": settings.default_prompt_name}
-    write_report(repo / REPORT_FILE, report)
+    write_report(repo / report_file(report), report)
 
 
 def write_output_folder(output: Path, built: dict[str, dict[str, Path]], tokenizer_dir: Path, info: ModelFolderInfo,

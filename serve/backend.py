@@ -1,9 +1,10 @@
-"""The Triton python-backend side of `fill_mask` and `embed` (called from each model's 1/model.py).
+"""The Triton python-backend side of every served model (each model's 1/model.py builds `ServedModel`).
 
-`execute` receives the requests Triton's dynamic batcher merged. Every request is validated on its
-own (a bad one gets an error response; the others still run), the valid ones are tokenized together,
-split by token budget and run through ONNX Runtime, shortest texts first. Each request gets exactly
-one response, sent as soon as its sub-batch is done, so one long text does not hold up short ones.
+`execute` receives the requests Triton's dynamic batcher merged. Every request is validated on its own (a bad one
+gets an error response; the others still run), the valid ones are tokenized together, split by token budget and
+run through ONNX Runtime, shortest first. Each request gets exactly one response, sent as soon as its sub-batch is
+done, so one long text does not hold up short ones. What a request is and what it gets back is its task's runtime
+(serve.runtime.load_runtime: the registry's `Task.runtime`); this class only moves tensors.
 """
 
 from __future__ import annotations
@@ -12,18 +13,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bertforge import contract
-from bertforge.tasks import EMBED
-from serve.runtime import ModelRuntime, RequestError, TextRequest, load_runtime
+from serve.runtime import RequestError, Runtime, load_runtime
 
 
 class ServedModel:
-    # how a task's runtime is built from <repo>/<model>/1 (subclasses for other tasks name their own)
-    load_runtime = staticmethod(load_runtime)
-
-    def __init__(self, runtime: ModelRuntime, pb_utils: Any):
+    def __init__(self, runtime: Runtime, pb_utils: Any):
         self.runtime = runtime
         self.pb_utils = pb_utils
 
@@ -31,7 +26,7 @@ class ServedModel:
     def from_triton_args(cls, args: dict, pb_utils: Any) -> ServedModel:
         version_dir = Path(args["model_repository"]) / args["model_version"]
         device_id = int(args["model_instance_device_id"]) if args.get("model_instance_kind") == "GPU" else None
-        runtime = cls.load_runtime(version_dir, device_id)
+        runtime = load_runtime(version_dir, device_id)
         pb_utils.Logger.log_info(f"bertforge {args['model_name']}: task={runtime.settings.task} "
                                  f"precision={runtime.settings.precision} providers={runtime.providers}")
         return cls(runtime, pb_utils)
@@ -57,7 +52,7 @@ class ServedModel:
 
     def _answer(self, requests: list, deliver: Any) -> None:
         # Validate each request alone; keep the good ones
-        valid: list[tuple[int, TextRequest]] = []
+        valid: list[tuple[int, Any]] = []
         for index, request in enumerate(requests):
             try:
                 valid.append((index, self._parse(request)))
@@ -93,36 +88,34 @@ class ServedModel:
     def close(self) -> None:
         self.runtime = None
 
-    def _parse(self, request: Any) -> TextRequest:
-        tensor = self.pb_utils.get_input_tensor_by_name(request, contract.TEXT_INPUT)
-        if tensor is None:
-            raise RequestError(f"missing input {contract.TEXT_INPUT}")
-        array = tensor.as_numpy()  # (n, 1) object array of bytes
-        if array.size != 1:
-            raise RequestError(f"send exactly one text per request (shape [1, 1], got {list(array.shape)}); "
-                               "Triton batches concurrent requests itself")
+    def _parse(self, request: Any) -> Any:
+        """The task's inputs (one string each; None for an absent optional one) and parameters -> its runtime's request."""
+        texts = []
+        for tensor_spec in self.runtime.task.inputs:
+            tensor = self.pb_utils.get_input_tensor_by_name(request, tensor_spec.name)
+            if tensor is None:
+                if not tensor_spec.optional:
+                    raise RequestError(f"missing input {tensor_spec.name}")
+                texts.append(None)
+                continue
+            array = tensor.as_numpy()  # (n, 1) object array of bytes
+            if array.size != 1:
+                what = "text" if tensor_spec.name == contract.TEXT_INPUT else tensor_spec.name
+                raise RequestError(f"send exactly one {what} per request (shape [1, 1], got {list(array.shape)}); "
+                                   "Triton batches concurrent requests itself")
+            texts.append(array.reshape(-1)[0])
         try:
             parameters = json.loads(request.parameters() or "{}")
         except json.JSONDecodeError as error:
             raise RequestError(f"request parameters are not valid JSON: {error}") from None
-        return self.runtime.parse(array.reshape(-1)[0], parameters)
+        return self.runtime.parse(*texts, parameters)
 
-    def _run(self, text_requests: list[TextRequest]) -> list:
+    def _run(self, requests: list) -> list:
+        """One ONNX run for the sub-batch; each request's output tensors (a batch axis of 1 added) or its error."""
         Tensor, Response = self.pb_utils.Tensor, self.pb_utils.InferenceResponse
-        if self.runtime.settings.task == EMBED:
-            # per request: its vector (hidden, or the dimensions it asked for) or why it could not have it
-            return [self._error(str(row)) if isinstance(row, RequestError)
-                    else Response(output_tensors=[Tensor(contract.EMBEDDING_OUTPUT, row[None, :])])
-                    for row in self.runtime.finish_embeddings(text_requests, self.runtime.embed(text_requests))]
-        answers = []
-        for result in self.runtime.fill_mask(text_requests):
-            tokens = np.array([[token.encode() for token in row] for row in result.tokens], dtype=np.object_)
-            answers.append(Response(output_tensors=[
-                Tensor(contract.TOKENS_OUTPUT, tokens.reshape((1, *result.token_ids.shape))),  # (1, masks, k)
-                Tensor(contract.TOKEN_IDS_OUTPUT, result.token_ids[None]),
-                Tensor(contract.SCORES_OUTPUT, result.scores[None]),
-            ]))
-        return answers
+        return [self._error(str(outputs)) if isinstance(outputs, RequestError)
+                else Response(output_tensors=[Tensor(name, value[None]) for name, value in outputs.items()])
+                for outputs in self.runtime.answer(requests)]
 
     def _error(self, message: str, code: str = "INVALID_ARG") -> Any:
         """An error response for one request (INVALID_ARG: the client's input; INTERNAL: ours)."""

@@ -1,4 +1,5 @@
-"""Client library for the served `fill_mask` and `embed` models, over tritonclient's gRPC (sync and asyncio).
+"""Client library for the served models (fill_mask, embed, rerank, classify, embed_sparse, or any through `infer`),
+over tritonclient's gRPC (sync and asyncio).
 
 Imports neither torch nor transformers. One text = one request; the texts of one call are sent
 concurrently so Triton's dynamic batcher can merge them, at most `max_in_flight` at a time per client (a
@@ -132,6 +133,12 @@ class BertforgeClient(_ClientBase):
         """Per text its SPLADE weights' non-zeros: (vocabulary ids int64 ascending, values float32)."""
         return self._run(_sparse_call(texts, truncation, truncation_direction, model))
 
+    def infer(self, model: str, items: list[str | tuple[str, str | None]],
+              parameters: dict[str, Any] | None = None) -> list[Any]:
+        """Any served model's raw answers (tritonclient InferResults, read with `.as_numpy(name)`): one request per
+        item, a TEXT or a (TEXT, TEXT_PAIR) pair, each with `parameters`."""
+        return self._run(_raw_call(model, items, parameters))
+
     def health(self, models: tuple[str, ...] = DEFAULT_TASKS) -> dict[str, Any]:
         """{'live', 'ready', 'models': {name: ready}}; never raises for an unreachable server."""
         try:
@@ -220,6 +227,10 @@ class AsyncBertforgeClient(_ClientBase):
                            truncation_direction: str | None = None,
                            model: str = EMBED_SPARSE) -> list[tuple[np.ndarray, np.ndarray]]:
         return await self._run(_sparse_call(texts, truncation, truncation_direction, model))
+
+    async def infer(self, model: str, items: list[str | tuple[str, str | None]],
+                    parameters: dict[str, Any] | None = None) -> list[Any]:
+        return await self._run(_raw_call(model, items, parameters))
 
     async def health(self, models: tuple[str, ...] = DEFAULT_TASKS) -> dict[str, Any]:
         try:
@@ -339,6 +350,11 @@ def _sparse_call(texts: str | list[str], truncation: str | None, direction: str 
     return _Call(model, texts, [_parameters(truncation=truncation, truncation_direction=direction)] * len(texts),
                  lambda results: [(result.as_numpy(contract.SPARSE_INDICES_OUTPUT)[0],
                                    result.as_numpy(contract.SPARSE_VALUES_OUTPUT)[0]) for result in results])
+
+
+def _raw_call(model: str, items: list[str | tuple[str, str | None]], parameters: dict[str, Any] | None) -> _Call:
+    items = _as_list(items)
+    return _Call(model, items, [_parameters(**(parameters or {}))] * len(items), list)
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:

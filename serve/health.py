@@ -17,17 +17,11 @@ from bertforge.served_model import ServedModelDir, served_models
 
 
 def probe(client: Any, model: str, task: str, text: str) -> Any:
-    """One inference of `text` (`probe_text`) on the model `model` serving `task`: the answer of a BertforgeClient,
-    an awaitable of an AsyncBertforgeClient. A failure raises (or the awaitable does) the client's ServingError."""
-    if task in tasks.PAIR_TASKS:
-        return client.classify([text], [text], model=model)
-    if task == tasks.EMBED_SPARSE:
-        return client.embed_sparse(text, model=model)
-    if task == tasks.FILL_MASK:
-        return client.fill_mask(text, top_k=1)
-    if task == tasks.EMBED:
-        return client.embed(text)
-    raise ValueError(f"no health probe for task {task!r}; add one to serve/health.py")
+    """One inference of `text` (`probe_text`) on the model `model` serving `task`, through each of the task's inputs
+    (a pair task gets the text twice): the answers of a BertforgeClient, an awaitable of an AsyncBertforgeClient. A
+    failure raises (or the awaitable does) the client's ServingError; an unknown task, ValueError."""
+    item = (text, text) if tasks.task(task).pair else text
+    return client.infer(model, [item])
 
 
 @lru_cache(maxsize=256)

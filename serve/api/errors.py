@@ -12,9 +12,7 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "
                405: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error",
                429: "rate_limit_error", 503: "service_unavailable", 504: "timeout"}
 
-# routes that answer errors in TEI's shape; HTTP status -> TEI's error_type
-TEI_ROUTES = ("/embed", "/tokenize", "/decode", "/info", "/models/embed", "/models/embed/pipeline/feature-extraction",
-              "/rerank", "/predict", "/embed_sparse")
+# the routes tagged "tei" answer errors in TEI's shape (serve/api/app.py); HTTP status -> TEI's error_type
 TEI_ERROR_TYPES = {401: "Unauthorized", 429: "Overloaded", 503: "Unhealthy"}  # any other 4xx: Validation
 
 
@@ -27,9 +25,9 @@ class APIError(Exception):
 
 
 def error_response(status: int, message: str, code: str, headers: dict[str, str] | None = None,
-                   path: str = "") -> Response:
-    """The error body for a request to `path`: TEI's shape on TEI's routes, OpenAI's elsewhere."""
-    if path in TEI_ROUTES:
+                   tei: bool = False) -> Response:
+    """The error body: TEI's shape on TEI's routes (`tei`), OpenAI's elsewhere."""
+    if tei:
         body: dict = {"error": message, "error_type": TEI_ERROR_TYPES.get(status, "Validation")}
     else:
         body = {"error": {"message": message, "type": ERROR_TYPES.get(status, "server_error"), "code": code}}

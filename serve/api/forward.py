@@ -27,7 +27,8 @@ from serve.api.errors import APIError, from_serving_error
 from serve.client import AsyncBertforgeClient, ServingError
 from serve.config import ApiConfig
 from serve.health import probe, probe_text
-from serve.runtime import RequestError, TextEncoder, TextRequest
+from serve.runtime import RequestError
+from serve.text import TextEncoder, TextRequest
 
 
 @dataclass
@@ -130,8 +131,7 @@ class TritonForwarder:
             return next(iter(serving.values()))
         if not serving:
             raise APIError(404, f"this repository serves no {task} model (served: {sorted(self.models)}); export one "
-                                "with `bertforge export --model DIR` from a *ForSequenceClassification folder",
-                           "model_not_found")
+                                f"with `bertforge export --model DIR` (--tasks {task}; docs/tasks.md)", "model_not_found")
         raise APIError(404, f"model {name!r} is not one of the {task} models here: {sorted(serving)}", "model_not_found")
 
     async def pair_logits(self, model: ApiModel, texts: list[str], pairs: list[str | None],

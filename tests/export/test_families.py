@@ -117,7 +117,8 @@ def test_family_fill_mask_uses_its_own_mask_token(kind, family_folders, family_e
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     from bertforge.served_model import ServedModelDir
-    from serve.runtime import TextRequest, load_runtime
+    from serve.runtime import load_runtime
+    from serve.text import TextRequest
 
     repo, _ = family_exports[kind]
     tokenizer = AutoTokenizer.from_pretrained(family_folders[kind])
@@ -170,10 +171,10 @@ def test_gate_fails_a_graph_that_pools_unlike_the_author(tmp_path, family_folder
 
     from export.author_reference import author_outputs
     from export.config import ParityGates
+    from export.context import optimum_encoder
     from export.graphs import add_pooling
     from export.model_definition import author_model, read_definition
     from export.parity import compare, gate, text_batches_as_served
-    from export.targets import optimum_encoder
 
     folder = family_folders["bert"]
     definition = read_definition(folder)

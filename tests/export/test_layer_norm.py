@@ -11,7 +11,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def fused_bert(tmp_path_factory, tiny_bert_dir):
-    from export.targets import optimum_encoder
+    from export.context import optimum_encoder
     from export.variants import fuse
 
     folder = tmp_path_factory.mktemp("layer_norm")

@@ -155,9 +155,10 @@ def test_a_failed_task_model_keeps_its_null_choice():
 
 
 @pytest.mark.slow
-def test_task_model_exports_write_flat_reports_that_read_back(tmp_path, tiny_bert_dir, tiny_tokenizer_dir):
-    """A classify head and embed_sparse (with embed beside it): each task model's own flat report file, the
-    fill_mask/embed report beside it, all read back as written; the returned report nests embed_sparse's."""
+def test_a_model_added_alone_writes_its_own_flat_report_and_an_export_of_several_one(tmp_path, tiny_bert_dir,
+                                                                                     tiny_tokenizer_dir):
+    """A classify head alone: its own flat report (and config) beside the others', read back as written; embed and
+    embed_sparse from one folder: one export, one report holding both graphs."""
     from bertforge.served_model import REPORT_FILE
     from bertforge.tasks import EMBED_SPARSE
     from bertforge.testing import build_classifier
@@ -166,15 +167,14 @@ def test_task_model_exports_write_flat_reports_that_read_back(tmp_path, tiny_ber
     repo = tmp_path / "repo"
     classifier = build_classifier(tmp_path / "classifier", tiny_tokenizer_dir, 3)
     report = export_to_repository(classifier, repo, precision="fp32", progress=False)
-    assert report.task == CLASSIFY and report.target.chosen.precision == "fp32" and report.passed
+    assert report.task == CLASSIFY and report.target.served[0] == "fp32" and report.passed
     saved = json.loads((repo / task_report_file(CLASSIFY)).read_text())
-    assert "tasks" not in saved and saved["variants"]["fp32"]["passed"] and saved["chosen"]["precision"] == "fp32"
+    assert "tasks" not in saved and saved["variants"]["fp32"]["passed"] and saved["task"] == CLASSIFY
     assert read_report(repo / task_report_file(CLASSIFY)).to_dict() == saved == report.to_dict()
+    assert (repo / "export_config.classify.toml").is_file() and not (repo / REPORT_FILE).exists()
     report = export_to_repository(tiny_bert_dir, repo, precision="fp32", tasks=(EMBED, EMBED_SPARSE), progress=False)
-    assert report.task is None and list(report.tasks) == [EMBED] and report.embed_sparse.task == EMBED_SPARSE
+    assert report.task is None and list(report.tasks) == [EMBED, EMBED_SPARSE] and report.embed_sparse is None
     saved = json.loads((repo / REPORT_FILE).read_text())
-    assert read_report(repo / REPORT_FILE).to_dict() == saved  # embed_sparse's verdict is in its own file:
-    sparse = json.loads((repo / task_report_file(EMBED_SPARSE)).read_text())
-    assert report.to_dict() == {**saved, "embed_sparse": sparse}  # the returned report holds both
-    assert sparse["variants"]["fp32"]["passed"] and "tasks" not in sparse
-    assert read_report(repo / task_report_file(EMBED_SPARSE)).target.chosen.reason.startswith("embed_sparse is served")
+    assert read_report(repo / REPORT_FILE).to_dict() == saved == report.to_dict()
+    assert saved["tasks"][EMBED_SPARSE]["variants"]["fp32"]["passed"]
+    assert not (repo / task_report_file(EMBED_SPARSE)).exists() and (repo / task_report_file(CLASSIFY)).is_file()

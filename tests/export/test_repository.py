@@ -92,7 +92,8 @@ def test_served_fill_mask_matches_pytorch(fp32_repo, tiny_bert_dir):
     import torch
     from transformers import AutoTokenizer, BertForMaskedLM
 
-    from serve.runtime import TextRequest, load_runtime
+    from serve.runtime import load_runtime
+    from serve.text import TextRequest
 
     repo, _ = fp32_repo
     runtime = load_runtime(repo / FILL_MASK / "1")
@@ -117,7 +118,8 @@ def test_served_embeddings_mean_pool_real_tokens(fp32_repo, tiny_bert_dir):
     import torch
     from transformers import AutoTokenizer, BertModel
 
-    from serve.runtime import TextRequest, load_runtime
+    from serve.runtime import load_runtime
+    from serve.text import TextRequest
 
     repo, _ = fp32_repo
     runtime = load_runtime(repo / EMBED / "1")

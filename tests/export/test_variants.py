@@ -46,7 +46,8 @@ def test_int8_repository_is_fused_quantized_and_within_gates(tmp_path, tiny_bert
 def test_other_config_without_mlm_head(tmp_path, tiny_corpus_dir):
     """Another vocabulary, other sizes, BertModel only: embed is exported and verified, fill_mask is skipped."""
     from export import export_to_repository
-    from serve.runtime import TextRequest, load_runtime
+    from serve.runtime import load_runtime
+    from serve.text import TextRequest
     from tests.conftest import build_tiny_bert, make_sentences
     from train.tokenizer import train_wordpiece_tokenizer
 

@@ -21,23 +21,23 @@ class RecordingClient:
         return lambda *args, **kwargs: self.calls.append((method, args, kwargs)) or method
 
 
-def test_every_task_has_a_probe():
-    for name in TASKS:
+def test_every_task_has_a_probe_through_each_of_its_inputs():
+    for name, task in TASKS.items():
         client = RecordingClient()
         probe(client, name, name, "health check")
-        assert len(client.calls) == 1, name
-    with pytest.raises(ValueError, match="no health probe for task 'other'"):
+        item = ("health check", "health check") if task.pair else "health check"
+        assert client.calls == [("infer", (name, [item]), {})], name
+    with pytest.raises(ValueError, match="unknown task 'other'"):
         probe(RecordingClient(), "other", "other", "x")
 
 
-def test_probes_ask_the_named_model_where_the_client_takes_a_name():
+def test_probes_ask_the_named_model():
     client = RecordingClient()
     probe(client, "rerank-b", RERANK, "t")
     probe(client, "sparse", EMBED_SPARSE, "t")
     probe(client, "mask", FILL_MASK, "t [MASK]")
-    assert client.calls == [("classify", (["t"], ["t"]), {"model": "rerank-b"}),
-                            ("embed_sparse", ("t",), {"model": "sparse"}),
-                            ("fill_mask", ("t [MASK]",), {"top_k": 1})]
+    assert client.calls == [("infer", ("rerank-b", [("t", "t")]), {}), ("infer", ("sparse", ["t"]), {}),
+                            ("infer", ("mask", ["t [MASK]"]), {})]
 
 
 def test_probe_text_comes_from_the_registry_with_the_models_mask_token(tmp_path):

@@ -286,7 +286,7 @@ def test_token_ids_get_the_special_tokens_of_a_roberta_style_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 
     from bertforge.served_model import ServingSettings
-    from serve.runtime import TextEncoder, TextRequest
+    from serve.text import TextEncoder, TextRequest
     from tests.conftest import make_sentences
 
     tokenizer = Tokenizer(models.BPE())

@@ -1,8 +1,8 @@
-"""Rerank, classify and sparse embeddings end to end: a tiny cross-encoder and classifier built locally and the
-session's tiny MLM, exported by the real CLI and library into one repository, served by a real tritonserver and
-answered over gRPC, TEI's /rerank, /predict and /embed_sparse, Cohere's /v1|v2/rerank (the cohere SDK) and
-huggingface_hub's text_classification; checked against sentence-transformers' CrossEncoder, transformers'
-text-classification pipeline and the SPLADE formula on BertForMaskedLM, in PyTorch fp32."""
+"""Rerank, classify and sparse embeddings end to end: a tiny cross-encoder, classifier and SparseEncoder built locally
+and the session's tiny MLM, exported by the real CLI and library into one repository, served by a real tritonserver
+and answered over gRPC, TEI's /rerank, /predict and /embed_sparse, Cohere's /v1|v2/rerank (the cohere SDK) and
+huggingface_hub's text_classification; checked against sentence-transformers' CrossEncoder and SparseEncoder,
+transformers' text-classification pipeline and the SPLADE formula on BertForMaskedLM, in PyTorch fp32."""
 
 from __future__ import annotations
 
@@ -13,34 +13,17 @@ import httpx
 import numpy as np
 import pytest
 
-from bertforge.tasks import TASKS
+from bertforge.tasks import TASKS, resolve
+from bertforge.testing import LABELS, build_classifier
 from serve.client import BertforgeClient, ServingError
 from serve.config import ApiConfig
 from serve.stack import local_config, running_stack
 from tests.conftest import COUNTED_SEARCH, make_documents, make_sentences
+from tests.export.sparse_models import build_sparse_encoder
 
 pytestmark = pytest.mark.slow
 QUERY = "the committee approved the budget"
 DOCUMENTS = [*make_sentences(5, seed=7), make_documents(1, sentences_per_document=12, seed=3)[0]]  # the last is cut
-LABELS = {0: "negative", 1: "neutral", 2: "positive"}
-
-
-def build_classifier(folder, tokenizer_dir, num_labels: int, seed: int = 3):
-    """A random tiny BertForSequenceClassification (2 layers, hidden 32) with the session's WordPiece tokenizer."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    labels = {} if num_labels == 1 else {"id2label": LABELS, "label2id": {v: k for k, v in LABELS.items()}}
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
-                        num_labels=num_labels, initializer_range=0.3, **labels)  # spread-out scores: rankings mean something
-    BertForSequenceClassification(config).eval().save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def cross_encoder_dir(tmp_path_factory, tiny_tokenizer_dir):
     return build_classifier(tmp_path_factory.mktemp("cross_encoder"), tiny_tokenizer_dir, 1)
@@ -57,9 +40,18 @@ def second_cross_encoder_dir(tmp_path_factory, tiny_tokenizer_dir):
 
 
 @pytest.fixture(scope="module")
-def pair_repo(tmp_path_factory, cross_encoder_dir, classifier_dir, tiny_bert_dir, second_cross_encoder_dir):
+def sparse_encoder_dir(tmp_path_factory, tiny_bert_dir):
+    """A SparseEncoder folder of the session's tiny MLM as OpenSearch's ship them: log1p_relu; and sum pooling, the
+    other strategy (the plain MLM's embed_sparse is max/relu)."""
+    return build_sparse_encoder(tmp_path_factory.mktemp("splade"), tiny_bert_dir, "sum", "log1p_relu", max_seq_length=48)
+
+
+@pytest.fixture(scope="module")
+def pair_repo(tmp_path_factory, cross_encoder_dir, classifier_dir, tiny_bert_dir, second_cross_encoder_dir,
+              sparse_encoder_dir):
     """rerank through the real CLI (which says what it detected), classify and embed_sparse (from the session's
-    tiny MLM) through the library, then a second reranker added by name: one repository, four models."""
+    tiny MLM) through the library, then a second reranker and a SparseEncoder folder added by name (the CLI exports
+    embed_sparse from it by default): one repository, six models."""
     from bertforge.cli import main
     from export import export_to_repository
 
@@ -70,7 +62,7 @@ def pair_repo(tmp_path_factory, cross_encoder_dir, classifier_dir, tiny_bert_dir
     assert "sequence-classification head with 1 label(s): exporting task rerank" in done.stderr
     report = export_to_repository(classifier_dir, repo, precision="fp32", progress=False)
     assert report.task == "classify" and report.labels == list(LABELS.values())
-    report = export_to_repository(tiny_bert_dir, repo, tasks=("embed_sparse",), progress=False)
+    report = export_to_repository(tiny_bert_dir, repo, tasks=("embed_sparse",), precision="fp32", progress=False)
     assert report.passed and report.target.variants["fp32"].parity["mean_top_overlap"] >= 0.95
     # adding a named model leaves the others exactly as they were
     before = {path: (path.stat().st_ino, path.read_bytes()) for path in sorted(repo.glob("*/1/*")) if path.is_file()}
@@ -78,6 +70,12 @@ def pair_repo(tmp_path_factory, cross_encoder_dir, classifier_dir, tiny_bert_dir
                  "--precision", "fp32", "--quiet"]) == 0
     assert {path: (path.stat().st_ino, path.read_bytes()) for path in before} == before
     assert (repo / "rerank-b" / "config.pbtxt").read_text().count('name: "rerank-b"') == 1
+    # a SparseEncoder folder as its author ships it: embed_sparse by default, gated against SparseEncoder.encode
+    done = subprocess.run([sys.executable, "-m", "bertforge", "export", "--model", str(sparse_encoder_dir), "--repo",
+                           str(repo), "--name", "splade", "--precision", "fp32"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "SparseEncoder (MLM transformer + SpladePooling): exporting task embed_sparse" in done.stderr
+    assert "SparseEncoder(folder).encode" in (repo / "export_report.splade.json").read_text()
     return repo
 
 
@@ -115,10 +113,11 @@ def test_export_refuses_tasks_the_folder_lacks(cross_encoder_dir, tiny_bert_dir,
     from export import export_to_repository
     from export.errors import ExportError
 
-    with pytest.raises(ExportError, match="exports task 'rerank' only.*--tasks rerank"):
+    with pytest.raises(ExportError, match=r"exports task\(s\) \['rerank'\] only, not \['embed'\].*--tasks rerank"):
         export_to_repository(cross_encoder_dir, tmp_path / "a", precision="fp32", tasks=("embed",), progress=False)
-    with pytest.raises(ExportError, match="need a \\*ForSequenceClassification folder"):
+    with pytest.raises(ExportError, match="rerank needs a sequence-classification head with 1 label"):
         export_to_repository(tiny_bert_dir, tmp_path / "b", precision="fp32", tasks=("rerank",), progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_grpc_rerank_matches_cross_encoder(pair_server, cross_encoder_scores):
@@ -131,8 +130,8 @@ def test_grpc_rerank_matches_cross_encoder(pair_server, cross_encoder_scores):
             client.rerank(QUERY, DOCUMENTS[-1:], truncation="error")
         with pytest.raises(ServingError, match="shorten the query"):  # the query itself is never cut
             client.rerank(DOCUMENTS[-1], ["a short document"])
-        assert client.health(("rerank", "classify", "embed_sparse"))["models"] == {
-            "rerank": True, "classify": True, "embed_sparse": True}
+        assert client.health(("rerank", "classify", "embed_sparse", "splade"))["models"] == {
+            "rerank": True, "classify": True, "embed_sparse": True, "splade": True}
     np.testing.assert_allclose(served, scores, atol=1e-5)
     np.testing.assert_allclose(raw, logits, atol=1e-4)
     assert list(np.argsort(-served)) == list(np.argsort(-scores))
@@ -219,7 +218,8 @@ def test_classify_matches_pipeline_over_tei_and_huggingface_hub(pair_api, pair_s
     assert [[item["label"] for item in row] for row in batch] == [[LABELS[i] for i in np.argsort(-row)] for row in logits]
     models = httpx.get(f"{pair_api.url}/v1/models", timeout=30).json()["data"]
     assert {model["id"]: model["task"] for model in models} == {"rerank": "rerank", "classify": "classify",
-                                                                "embed_sparse": "embed_sparse", "rerank-b": "rerank"}
+                                                                "embed_sparse": "embed_sparse", "rerank-b": "rerank",
+                                                                "splade": "embed_sparse"}
 
 
 def test_client_cli_rerank_and_classify(pair_server, cross_encoder_scores, capsys):
@@ -265,6 +265,34 @@ def test_sparse_embeddings_match_pytorch_over_grpc_and_tei(pair_api, pair_server
     np.testing.assert_allclose([item["value"] for item in answer[0]], served[0][1], rtol=1e-6)
     refused = httpx.post(f"{pair_api.url}/embed_sparse", json={"inputs": DOCUMENTS[-1], "truncate": False}, timeout=30)
     assert refused.status_code == 413 and "longer than the model's maximum" in refused.json()["error"]
+
+
+def test_sparse_encoder_folder_is_served_as_its_author_encodes(pair_server, pair_repo, sparse_encoder_dir):
+    """The SparseEncoder folder (sum pooling, log1p_relu, max_seq_length 48) over gRPC against SparseEncoder.encode:
+    the same non-zeros, within the export's fp32 gate; the served settings are the folder's."""
+    from sentence_transformers import SparseEncoder
+
+    from bertforge.served_model import ServedModelDir
+    from export.config import ParityGates
+    from export.sparse import FP32_ABS_FACTOR, MIN_COSINE, MIN_TOP_OVERLAP, compare_sparse
+
+    texts = [*DOCUMENTS[:3], DOCUMENTS[-1]]  # the last is over 48 tokens: cut where the author's library cuts it
+    author = SparseEncoder(str(sparse_encoder_dir), device="cpu")
+    expected = author.encode(texts, convert_to_sparse_tensor=False).float().numpy()
+    with BertforgeClient(pair_server.endpoints.grpc_url) as client:
+        served = client.embed_sparse(texts, model="splade")
+    dense = np.zeros_like(expected)
+    for row, (indices, values) in enumerate(served):
+        dense[row, indices] = values
+        np.testing.assert_array_equal(indices, np.flatnonzero(expected[row] > 0))
+    metrics = compare_sparse([dense], [expected])
+    assert metrics["mean_top_overlap"] >= MIN_TOP_OVERLAP and metrics["min_cosine"] >= MIN_COSINE
+    assert metrics["max_abs_diff"] <= FP32_ABS_FACTOR * ParityGates().fp32_max_abs_diff
+    assert (expected > 0).sum(1).min() > 0  # every text has weights: a comparison that can fail
+    model = ServedModelDir.in_repo(pair_repo, "splade")
+    assert model.settings().max_length == 48 and model.settings().embedding_dim == expected.shape[1]
+    definition = model.info()["definition"]
+    assert (definition["pooling_strategy"], definition["activation"]) == ("sum", "log1p_relu")
 
 
 def test_named_models_route_by_the_model_field(pair_api, pair_repo, cross_encoder_scores, second_cross_encoder_dir):
@@ -329,7 +357,8 @@ def test_every_readme_curl_line_of_the_section_answers(pair_api):
 def test_supervisor_probes_every_task_model(pair_server):
     from serve.supervisor import Supervisor
 
-    tasks = {"rerank": "rerank", "rerank-b": "rerank", "classify": "classify", "embed_sparse": "embed_sparse"}
+    tasks = {"rerank": "rerank", "rerank-b": "rerank", "classify": "classify", "embed_sparse": "embed_sparse",
+             "splade": "embed_sparse"}
     assert Supervisor(pair_server, list(tasks), tasks=tasks, log=lambda line: None).check() is None
     reason, detail = Supervisor(pair_server, ["absent"], tasks={"absent": "rerank"}, log=lambda line: None).check()
     assert reason == "probe_failed" and detail.startswith("absent:")
@@ -337,33 +366,40 @@ def test_supervisor_probes_every_task_model(pair_server):
 
 @pytest.mark.int8_kernel
 def test_auto_serves_only_a_variant_that_passed(cross_encoder_dir, tmp_path):
+    """rerank goes the way every task does (export.choice): fused fp32, the int8 recipe search judged on the ranking,
+    the faster of those that passed."""
     from bertforge.served_model import ServedModelDir
     from export import export_to_repository
 
     report = export_to_repository(cross_encoder_dir, tmp_path, precision="auto", progress=False, **COUNTED_SEARCH)
-    chosen = report.target.chosen.precision
-    assert set(report.target.variants) == {"fp32", "int8"} and report.target.variants[chosen].passed
-    if not report.target.variants["int8"].passed:
-        assert chosen == "fp32" and "int8 missed the gate" in report.target.chosen.reason
-    assert report.target.variants["int8"].parity["mean_spearman"] is not None
-    assert report.target.variants["int8"].search["candidates"], "int8 goes through the recipe search"
-    assert ServedModelDir(tmp_path / "rerank").settings().precision == chosen
+    chosen = report.target.chosen
+    precision, served = report.target.served
+    assert precision == chosen.precision and served.passed
+    search = served.search if precision == "int8" else served.int8_search
+    assert search["candidates"], "int8 goes through the recipe search"
+    assert all(candidate["parity"]["mean_spearman"] is not None for candidate in search["candidates"]
+               if "parity" in candidate)
+    if precision == "fp32":
+        assert "no int8 recipe passed the gate" in chosen.reason or "not faster" in chosen.reason
+    assert ServedModelDir(tmp_path / "rerank").settings().precision == precision
 
 
-def test_every_task_renders_its_triton_tensors_and_backend():
-    import importlib
-
+def test_every_task_renders_its_triton_tensors_and_names_code_that_exists():
     from bertforge.served_model import ServingSettings, render_backend, render_config_pbtxt
+    from export.task_exporter import TaskExporter
+    from serve.backend import ServedModel
+    from serve.runtime import Runtime
 
     for task, spec in TASKS.items():
         config = render_config_pbtxt(ServingSettings(task=task))
         assert f'name: "{task}"' in config
         for tensor in (*spec.inputs, *spec.outputs):
             assert f'name: "{tensor.name}"' in config
-        # the rendered model.py imports a class that exists and builds itself from Triton's arguments
-        assert f"from {spec.backend_module} import {spec.backend_class}" in render_backend(task)
-        backend = getattr(importlib.import_module(spec.backend_module), spec.backend_class)
-        assert callable(backend.from_triton_args)
+        # every model.py builds the one backend; the registry's exporter, runtime and router exist
+        assert "from serve.backend import ServedModel" in render_backend(task)
+        assert issubclass(resolve(spec.exporter), TaskExporter) and issubclass(resolve(spec.runtime), Runtime)
+        assert resolve(spec.routes).router.routes
+    assert callable(ServedModel.from_triton_args)
     assert "optional: true" in render_config_pbtxt(ServingSettings(task="classify"))
     assert "optional" not in render_config_pbtxt(ServingSettings(task="rerank"))  # a document is required
     assert 'name: "rerank-b"' in render_config_pbtxt(ServingSettings(task="rerank", name="rerank-b"))
@@ -387,10 +423,12 @@ def test_rerank_int8_gate_is_the_users_to_tighten(cross_encoder_dir, tmp_path):
     # through an export: int8 is served only if it ranks exactly as PyTorch does
     report = export_to_repository(cross_encoder_dir, tmp_path, precision="auto", progress=False, search_candidates=3,
                                   int8_rerank_spearman=1.0, int8_rerank_top1=1.0)
-    int8 = report.target.variants["int8"]
-    if int8.passed:
-        assert int8.parity["mean_spearman"] == 1.0 and int8.parity["top1_agreement"] == 1.0
-    else:
-        assert report.target.chosen.precision == "fp32"
-        assert any("< 1.0" in line or "below 1.0" in line for c in int8.search["candidates"]
-                   for line in c.get("failures", []))
+    precision, served = report.target.served
+    search = served.search if precision == "int8" else served.int8_search
+    for candidate in search["candidates"]:
+        if candidate.get("passed"):
+            assert candidate["parity"]["mean_spearman"] == 1.0 and candidate["parity"]["top1_agreement"] == 1.0
+        elif "failures" in candidate:
+            assert any("< 1.0" in line or "below 1.0" in line for line in candidate["failures"]), candidate
+    if precision == "int8":
+        assert served.parity["mean_spearman"] == 1.0 and served.parity["top1_agreement"] == 1.0
