@@ -8,10 +8,17 @@
 Each warms up first (at least WARMUP_CALLS calls and `warmup_seconds`: PyTorch's first calls per new
 sequence length are slow), then stops at max_requests texts or max_seconds. Latency is per call (per text
 one at a time, per batch when batched). torch and transformers are imported only in here, inside functions.
+
+The ONNX Runtime rows also say where each call's time goes (`phases_ms`, milliseconds per call): parse (decode
+and check each request), tokenize, plan (the token-budget split), pad (the padded input tensors), onnxruntime
+(`session.run`) and python (the rest: post-processing, loops), and how much of what ran was padding
+(`padding_share`: padded positions that hold no real token). The runtime is timed from outside: its session
+and its padding step are wrapped on the instance, so the server's code runs unchanged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,20 +39,92 @@ def measure_onnxruntime(repo: Path, task: str, texts: RequestTexts, batch_size: 
     from serve.runtime import load_runtime
 
     runtime = load_runtime(ServedModelDir.in_repo(repo, task).version_dir)
+    timer = PhaseTimer(runtime)
 
     def run(batch: list[str]) -> None:
-        requests = [runtime.parse(text.encode("utf-8"), {"top_k": top_k} if task == FILL_MASK else {})
-                    for text in batch]
-        errors = runtime.tokenize(requests)
+        with timer.phase("parse"):
+            requests = [runtime.parse(text.encode("utf-8"), {"top_k": top_k} if task == FILL_MASK else {})
+                        for text in batch]
+        with timer.phase("tokenize"):
+            errors = runtime.tokenize(requests)
         if any(errors):
             raise ValueError(f"in-process ONNX Runtime rejected a benchmark text: {next(e for e in errors if e)}")
-        for indices in runtime.plan_batches(requests):
+        with timer.phase("plan"):
+            groups = runtime.plan_batches(requests)
+        for indices in groups:
             chunk = [requests[index] for index in indices]
             runtime.fill_mask(chunk) if task == FILL_MASK else runtime.embed(chunk)
 
     details = {"providers": list(runtime.providers), "threads": runtime.settings.intra_op_threads or "default"}
-    return [_measure(f"onnxruntime_b{size}", run, texts, size, max_requests, max_seconds, warmup_seconds, flops)
-            | details for size in (1, batch_size)]
+    points = []
+    for size in (1, batch_size):
+        timer.reset()
+        point = _measure(f"onnxruntime_b{size}", timer.calls(run), texts, size, max_requests, max_seconds,
+                         warmup_seconds, flops, on_measured=timer.reset)
+        points.append(point | details | timer.summary())
+    return points
+
+
+class PhaseTimer:
+    """Where the calls of an in-process runtime spend their time, per phase, measured from outside the runtime:
+    `phase(name)` times a block; the runtime's `session.run` (onnxruntime) and `_encoder_feeds` (pad) are wrapped
+    on the instance; `calls(run)` times whole calls, so `python` is what no phase covers."""
+
+    TIMED = ("parse", "tokenize", "plan", "pad", "onnxruntime")
+
+    def __init__(self, runtime) -> None:
+        self.reset()
+        session, feeds = runtime.session, runtime._encoder_feeds
+        timer = self
+
+        class TimedSession:
+            def run(self, *args, **kwargs):
+                with timer.phase("onnxruntime"):
+                    return session.run(*args, **kwargs)
+
+            def __getattr__(self, name):
+                return getattr(session, name)
+
+        def timed_feeds(requests):
+            with timer.phase("pad"):
+                result = feeds(requests)
+            mask = result.get("attention_mask")
+            timer.padded += int(result["input_ids"].size)
+            timer.real += int(mask.sum()) if mask is not None else int(result["input_ids"].size)
+            timer.runs += 1
+            return result
+
+        runtime.session, runtime._encoder_feeds = TimedSession(), timed_feeds
+
+    def reset(self) -> None:
+        self.seconds = dict.fromkeys(self.TIMED, 0.0)
+        self.total = 0.0
+        self.count = self.runs = self.padded = self.real = 0
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - started
+
+    def calls(self, run: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
+        def timed(batch: list[str]) -> None:
+            started = time.perf_counter()
+            run(batch)
+            self.total += time.perf_counter() - started
+            self.count += 1
+        return timed
+
+    def summary(self) -> dict:
+        """{phases_ms: per call, onnx_runs_per_call, padding_share} over the calls since the last reset."""
+        if not self.count:
+            return {}
+        phases = {name: 1000 * seconds / self.count for name, seconds in self.seconds.items()}
+        phases["python"] = max(0.0, 1000 * self.total / self.count - sum(phases.values()))
+        return {"phases_ms": phases, "onnx_runs_per_call": self.runs / self.count,
+                "padding_share": 1 - self.real / self.padded if self.padded else 0.0}
 
 
 def measure_pipeline(model_dir: Path, task: str, texts: RequestTexts, batch_size: int, max_requests: int,
@@ -86,14 +165,18 @@ def measure_pipeline(model_dir: Path, task: str, texts: RequestTexts, batch_size
 
 
 def _measure(contender: str, run: Callable[[list[str]], None], texts: RequestTexts, batch_size: int,
-             max_requests: int, max_seconds: float, warmup_seconds: float, flops: list[float] | None = None) -> dict:
-    """Call `run` on consecutive batches of the texts; figures count texts, latency is per call."""
+             max_requests: int, max_seconds: float, warmup_seconds: float, flops: list[float] | None = None,
+             on_measured: Callable[[], None] | None = None) -> dict:
+    """Call `run` on consecutive batches of the texts; figures count texts, latency is per call. `on_measured` is
+    called once the warm-up is over (a phase timer starts counting there)."""
     # Warm-up on the other half of the texts (excluded)
     call, warmup_end = 0, time.perf_counter() + warmup_seconds
     while call < WARMUP_CALLS or time.perf_counter() < warmup_end:
         start = len(texts.texts) // 2 + call * batch_size
         run([texts.texts[(start + offset) % len(texts.texts)] for offset in range(batch_size)])
         call += 1
+    if on_measured is not None:
+        on_measured()
     latencies: list[float] = []
     tokens = done = 0
     work = 0.0

@@ -61,14 +61,43 @@ async def _measure(url: str | None, task: str, texts: RequestTexts, concurrency:
         await statistics.close()
     executions = after["executions"] - before["executions"]
     batches = {size: after["batches"].get(size, 0) - before["batches"].get(size, 0) for size in after["batches"]}
-    return point_figures(latencies, tokens, errors, elapsed, work) | {
+    figures = point_figures(latencies, tokens, errors, elapsed, work)
+    return figures | {
         "client_cpu_cores": client_cpu_s / elapsed if elapsed > 0 else None,
         "concurrency": concurrency if request_rate <= 0 else None,
         "request_rate": request_rate if request_rate > 0 else None,
         "avg_batch_size": (after["inferences"] - before["inferences"]) / executions if executions else None,
         "executions": executions,
         "batch_size_counts": {str(size): count for size, count in sorted(batches.items()) if count},
+        "server_ms": server_time_split(before, after, figures.get("mean_ms")),
     }
+
+
+def server_time_split(before: dict, after: dict, client_mean_ms: float | None) -> dict | None:
+    """Where a request's time went, from Triton's cumulative statistics read before and after a point (ms):
+    per request `queue` (waiting for the batcher and a free instance), `compute_input` (inputs to the python
+    backend), `compute_infer` (the backend's execute: our Python, tokenizer and ONNX Runtime, for the whole
+    merged batch the request was in), `compute_output`, `server` (Triton's own total per request) and
+    `outside_server` (the client's mean latency minus it: gRPC, the client library, the event loop); and per
+    execution (one merged batch) `execute_per_batch`. None when no Triton statistics were read.
+
+    Triton books every request of a merged batch until the batch's execute returns, while the backend answers
+    each sub-batch as soon as it is done: with merged batches `server` overstates what a short request waited,
+    so `outside_server` is given only where no request was merged with another (one per execution)."""
+    if "success" not in after:
+        return None
+    requests = after["success"]["count"] - before["success"]["count"]
+    executions = after["executions"] - before["executions"]
+    if not requests or not executions:
+        return None
+    per_request = {name: (after[name]["ns"] - before[name]["ns"]) / requests / 1e6
+                   for name in ("queue", "compute_input", "compute_infer", "compute_output")}
+    server = (after["success"]["ns"] - before["success"]["ns"]) / requests / 1e6
+    batch_ns = after["batch_infer_ns"] - before["batch_infer_ns"]
+    unmerged = executions == requests
+    return per_request | {"server": server,
+                          "outside_server": client_mean_ms - server if unmerged and client_mean_ms is not None else None,
+                          "execute_per_batch": batch_ns / executions / 1e6}
 
 
 @contextlib.asynccontextmanager
@@ -179,5 +208,9 @@ async def _model_statistics(client: Any, model: str) -> dict:
         return {"inferences": 0, "executions": 0, "batches": {}}
     await asyncio.sleep(0.05)  # responses go out before Triton books the execution: let the last one land
     stats = (await client.get_inference_statistics(model_name=model)).model_stats[0]
-    return {"inferences": stats.inference_count, "executions": stats.execution_count,
-            "batches": {entry.batch_size: entry.compute_infer.count for entry in stats.batch_stats}}
+    inference = stats.inference_stats
+    durations = {name: {"count": getattr(inference, name).count, "ns": getattr(inference, name).ns}
+                 for name in ("success", "queue", "compute_input", "compute_infer", "compute_output")}
+    return durations | {"inferences": stats.inference_count, "executions": stats.execution_count,
+                        "batches": {entry.batch_size: entry.compute_infer.count for entry in stats.batch_stats},
+                        "batch_infer_ns": sum(entry.compute_infer.ns for entry in stats.batch_stats)}

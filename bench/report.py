@@ -121,19 +121,20 @@ def print_serve_table(results: dict) -> None:
     unit = "GOP/s" if kind == "int8" else "GFLOP/s"
     table = Table(title=f"bertforge bench serve: {results['task']}, texts: {results['texts']['count']} "
                         f"(median {results['texts']['tokens_median']} tokens), {results['serving'].get('precision')}")
-    for column in ("contender", "load", "req/s", "tokens/s", unit, f"% {kind} peak", "p50 ms", "p90 ms", "p99 ms",
-                   "max ms", "errors", "avg batch", "client CPU"):
+    for column in ("contender", "load", "req/s", "tokens/s", unit, "% int8 peak", "% fp32 peak", "p50 ms", "p90 ms",
+                   "p99 ms", "max ms", "errors", "avg batch", "client CPU"):
         table.add_column(column, justify="left" if column == "contender" else "right")
     for point in results["points"]:
-        fraction = point.get("peak_fraction")
+        fractions = point.get("peak_fractions") or {}
         table.add_row(point["contender"], _load_label(point), f"{point['requests_per_s']:,.1f}",
                       f"{point['tokens_per_s']:,.0f}", f"{point.get('gflops_per_s', 0.0):,.1f}",
-                      "-" if fraction is None else f"{100 * fraction:.1f}",
+                      *(_percent(fractions.get(name)) for name in ("int8", "fp32")),
                       *(_ms(point.get(key)) for key in ("p50_ms", "p90_ms", "p99_ms", "max_ms")),
                       str(point["errors"]), f"{point['avg_batch_size']:.1f}" if point.get("avg_batch_size") else "",
                       "" if point.get("client_cpu_cores") is None else f"{point['client_cpu_cores']:.2f} cores")
     console = wide_console()
     console.print(table)
+    print_time_split(results["points"], console)
     if peak:
         rates = ", ".join(f"{name} {rate:,.0f}" for name, rate in peak["gflops_per_s"].items())
         console.print(f"GEMM peak measured in this run ({peak['threads']} threads, {peak['size']}² products): {rates} "
@@ -143,6 +144,36 @@ def print_serve_table(results: dict) -> None:
             verdict = "met" if goal["met"] else "NOT met"
             console.print(f"goal {name}: {goal['value']:.2f} (target {goal['target']}, {verdict}) — {goal['meaning']}")
     console.print("in-process latency is per call (one text for _b1 rows, one batch of N for _bN rows)", style="dim")
+
+
+def print_time_split(points: list[dict], console) -> None:
+    """Where the time goes: in process per call (parse, tokenize, plan, pad, ONNX Runtime, the rest of our Python),
+    served per request from Triton's statistics (queue, inputs, the backend's execute, outputs, outside the
+    server: gRPC and the client) and per executed merged batch."""
+    from rich.table import Table
+
+    in_process = [point for point in points if point.get("phases_ms")]
+    if in_process:
+        phases = list(in_process[0]["phases_ms"])
+        table = Table(title="in process: ms per call (one text for _b1, one batch for _bN)")
+        for column in ("contender", *phases, "ONNX runs per call", "padding share"):
+            table.add_column(column, justify="left" if column == "contender" else "right")
+        for point in in_process:
+            table.add_row(point["contender"], *(f"{point['phases_ms'][name]:.3f}" for name in phases),
+                          f"{point['onnx_runs_per_call']:.2f}", f"{100 * point['padding_share']:.1f} %")
+        console.print(table)
+    served = [point for point in points if point.get("server_ms")]
+    if served:
+        table = Table(title="served: ms per request from Triton's statistics (execute: per merged batch)")
+        names = ("queue", "compute_input", "compute_infer", "compute_output", "server", "outside_server")
+        for column in ("contender", "load", "client mean", *names, "execute per batch", "avg batch"):
+            table.add_column(column, justify="left" if column == "contender" else "right")
+        for point in served:
+            split = point["server_ms"]
+            table.add_row(point["contender"], _load_label(point), _ms(point.get("mean_ms"), 2),
+                          *(_ms(split.get(name), 2) for name in names), _ms(split.get("execute_per_batch"), 2),
+                          f"{point['avg_batch_size']:.1f}" if point.get("avg_batch_size") else "")
+        console.print(table)
 
 
 def print_compare_table(rows: list[dict], first: str, second: str) -> None:
@@ -178,8 +209,12 @@ def _load_label(point: dict) -> str:
     return f"batch {point.get('batch_size', 1)}"
 
 
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
+def _ms(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _percent(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{100 * fraction:.1f}"
 
 
 def _ratio(value: float | None) -> str:

@@ -44,6 +44,27 @@ def test_serve_sweep_with_every_baseline(served_repo, tiny_bert_dir, held_out_fi
         assert 3 <= tokens_per_request <= texts["tokens_max"]
         # the efficiency column: model arithmetic from real tokens against the GEMM peak of this run
         assert point["gflops_per_s"] > 0 and 0 < point["peak_fraction"] < 1 and point["peak_kind"] == "fp32"
+        assert point["peak_fractions"]["fp32"] == pytest.approx(point["peak_fraction"])
+        assert point["peak_fractions"]["int8"] == pytest.approx(
+            point["gflops_per_s"] / results["gemm_peak"]["gflops_per_s"]["int8"])
+    # Where the time goes: in process per phase of a call (together the whole call), served per request from
+    # Triton's statistics (the server's part is inside what the client waited)
+    for name in ("onnxruntime_b1", "onnxruntime_b4"):
+        point = points[(name, None)]
+        phases = point["phases_ms"]
+        assert set(phases) == {"parse", "tokenize", "plan", "pad", "onnxruntime", "python"}
+        assert phases["onnxruntime"] > 0 and phases["tokenize"] > 0 and min(phases.values()) >= 0
+        # the phases are timed inside each call: together they are the call, less the timer's own microseconds
+        # (a preemption between the two clocks on a loaded machine can widen that on the few batched calls)
+        assert 0.5 * point["mean_ms"] <= sum(phases.values()) <= point["mean_ms"]
+        assert point["onnx_runs_per_call"] >= 1 and 0 <= point["padding_share"] < 1
+    assert points[("onnxruntime_b1", None)]["padding_share"] == 0  # one text per run: nothing to pad
+    for users in (1, 4):
+        split = points[("triton", users)]["server_ms"]
+        assert 0 < split["compute_infer"] <= split["server"] and split["queue"] >= 0 and split["execute_per_batch"] > 0
+    single = points[("triton", 1)]["server_ms"]  # one client: nothing merged, so the client's wait splits cleanly
+    assert single["server"] < points[("triton", 1)]["mean_ms"] and single["outside_server"] > 0
+    assert results["cpu"]["int8_kernel"] and "int8_saturates" in results["cpu"]
     assert all(rate > 0 for rate in results["gemm_peak"]["gflops_per_s"].values())
     assert all(0 <= points[("triton", users)]["client_cpu_cores"] <= results["machine"]["cpus"] for users in (1, 4))
     for contender in ("triton", "triton_no_batching"):
