@@ -37,12 +37,15 @@ FINISHED_MARKER = "config.json"  # model/config.json: a masked-LM and a sentence
 # Config keys that must match to resume a run, per train.objective: what the weights and the data position
 # depend on (step counts, logging, dropout and how the model was initialised may change)
 RESUME_INVARIANTS: dict[str, tuple[str, ...]] = {
-    "mlm": ("model.hidden_size", "model.num_hidden_layers", "model.num_attention_heads", "model.intermediate_size",
+    "mlm": ("model.family", "model.hidden_size", "model.num_hidden_layers", "model.num_attention_heads", "model.intermediate_size",
             "model.max_position_embeddings", "data.seq_len", "data.mask_prob", "data.whole_word_mask",
             "train.batch_size", "train.grad_accum", "train.seed"),
     "simcse": ("model.init_from", "data.train", "data.seq_len", "train.batch_size", "train.seed",
                "simcse.pooling", "simcse.min_words", "simcse.max_sentences"),
 }
+
+# What a run saved before a key existed had: runs started before model families were BERT's
+SAVED_DEFAULTS: dict[str, Any] = {"model.family": "bert"}
 
 
 class RunStatus(StrEnum):
@@ -142,12 +145,15 @@ class RunDir:
 
 
 def setup_differences(saved: dict[str, Any], current: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
-    """'key: old -> new' for each dotted key whose value differs between two config dicts."""
+    """'key: old -> new' for each dotted key whose value differs between two config dicts (a key the saved config
+    predates counts as its SAVED_DEFAULTS value)."""
     differing = []
     for key in keys:
         old, new = saved, current
         for part in key.split("."):
             old, new = (old or {}).get(part), (new or {}).get(part)
+        if old is None:
+            old = SAVED_DEFAULTS.get(key)
         if old != new:
             differing.append(f"{key}: {old!r} -> {new!r}")
     return differing

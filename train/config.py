@@ -20,6 +20,9 @@ PRESET_DIR = CONFIG_DIR / "models"
 
 @dataclass(kw_only=True)
 class ModelConfig:
+    # "bert": BertForMaskedLM (post-LN, GELU, biases, learned positions). "modernbert": ModernBertForMaskedLM
+    # (pre-LN, GeGLU, rotary positions, no biases but the decoder's); train/architecture.py
+    family: Literal["bert", "modernbert"] = "bert"
     preset: str = "mini"
     hidden_size: int = 256
     num_hidden_layers: int = 4
@@ -29,6 +32,10 @@ class ModelConfig:
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
     initializer_range: float = 0.02
+    # modernbert only: rotary base, every how many layers attention is global (1: all), the local layers' window
+    rope_theta: float = 10000.0
+    global_attention_every: int = 1
+    local_attention: int = 128
     # "bert": BERT's init. "local": plus a locality prior (train/init.py) that lets small models
     # use their context within minutes; the checkpoint is a plain BertForMaskedLM either way.
     init: Literal["bert", "local"] = "bert"
@@ -38,6 +45,11 @@ class ModelConfig:
     init_from: str = ""
 
     def __post_init__(self) -> None:
+        if self.init == "local" and self.family != "bert":
+            raise ConfigError(f"model.init='local' wires BERT's learned position table; model.family="
+                              f"'{self.family}' has rotary positions: use init='bert' (its own initialisation)")
+        if self.global_attention_every < 1 or self.local_attention < 2:
+            raise ConfigError("model.global_attention_every must be >= 1 and model.local_attention >= 2")
         if self.init == "local" and self.num_attention_heads < 2:
             raise ConfigError("model.init='local' wires two attention heads; use num_attention_heads >= 2 or init='bert'")
         if self.hidden_size % self.num_attention_heads:
@@ -65,6 +77,9 @@ class DataConfig:
     lowercase: bool = True
     seq_len: int = 128
     mask_prob: float = 0.15
+    # the held-out evaluation masks at this rate whatever mask_prob trains with, so recipes that mask more or less
+    # are scored on the same questions (MosaicBERT trains at 30% and evaluates at 15%)
+    eval_mask_prob: float = 0.15
     whole_word_mask: bool = False
     num_proc: int = 2  # tokenization processes
     num_workers: int = 0  # DataLoader workers (0 = in the training process)
@@ -73,6 +88,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.mask_prob < 1.0:
             raise ConfigError(f"data.mask_prob={self.mask_prob} must be in (0, 1), e.g. 0.15 (BERT) or 0.3 (MosaicBERT)")
+        if not 0.0 < self.eval_mask_prob < 1.0:
+            raise ConfigError(f"data.eval_mask_prob={self.eval_mask_prob} must be in (0, 1); 0.15 is BERT's")
         if self.seq_len < 8:
             raise ConfigError(f"data.seq_len={self.seq_len} is too short; use at least 8 (128 is typical)")
         if self.vocab_size < 100:
@@ -87,7 +104,9 @@ class OptimConfig:
     eps: float = 1e-6
     weight_decay: float = 0.01
     warmup_steps: int = 100
-    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    # "wsd": warmup-stable-decay (the peak LR until the last decay_fraction of the run, then linear to the floor)
+    schedule: Literal["linear", "cosine", "constant", "wsd"] = "linear"
+    decay_fraction: float = 0.2  # wsd only
     min_lr_ratio: float = 0.0
     # "auto": over the wall-clock budget as well when train.max_minutes is set (the LR is at its floor when the
     # time runs out), else over steps. "steps": over steps only (a budget may then stop the run mid-schedule)
@@ -101,6 +120,10 @@ class OptimConfig:
             raise ConfigError(f"optim.betas={list(self.betas)} must be two numbers in [0, 1)")
         if self.warmup_steps < 0:
             raise ConfigError("optim.warmup_steps must be >= 0")
+        if not 0.0 < self.decay_fraction <= 1.0:
+            raise ConfigError(f"optim.decay_fraction={self.decay_fraction} must be in (0, 1] (0.2: the last fifth decays)")
+        if not 0.0 <= self.min_lr_ratio < 1.0:
+            raise ConfigError(f"optim.min_lr_ratio={self.min_lr_ratio} must be in [0, 1)")
 
 
 @dataclass(kw_only=True)

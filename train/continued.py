@@ -1,9 +1,10 @@
 """Continued pretraining (`model.init_from`, `bertforge train --init-from DIR`): start from an existing masked-LM.
 
-The source is any BERT-family folder in Hugging Face layout (config.json with model_type "bert",
-model.safetensors, the tokenizer files): bertforge's own runs/*/model or a downloaded checkpoint.
-Its architecture and tokenizer are the run's; a config key that says otherwise is an error naming it.
-Its MLM head is loaded when the folder has one (BertForMaskedLM) and initialised when not (BertModel).
+The source is a folder in Hugging Face layout of a family the trainer pretrains (config.json with model_type
+"bert" or "modernbert", model.safetensors, the tokenizer files): bertforge's own runs/*/model or a downloaded
+checkpoint. Its family, architecture and tokenizer are the run's; a config key that says otherwise is an error
+naming it. Its MLM head is loaded when the folder has one (BertForMaskedLM, ModernBertForMaskedLM) and
+initialised when not (BertModel, ModernBertModel).
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import json
 from pathlib import Path
 
 from bertforge.config import ConfigError
+from train.architecture import BY_MODEL_TYPE, family_of
 
 ARCHITECTURE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                      "max_position_embeddings")
-HEAD_KEY = "cls.predictions.transform.dense.weight"
 
 
 def source_architecture(folder: str | Path) -> dict:
@@ -26,15 +27,16 @@ def source_architecture(folder: str | Path) -> dict:
         raise ConfigError(f"model.init_from={folder}: no config.json there; point it at a Hugging Face model folder "
                           f"(e.g. runs/<name>/model)")
     settings = json.loads(config_file.read_text())
-    if settings.get("model_type") != "bert":
+    if settings.get("model_type") not in BY_MODEL_TYPE:
         raise ConfigError(f"model.init_from={folder}: model_type {settings.get('model_type')!r} is not supported; "
-                          f"continued pretraining takes BERT-family folders (model_type 'bert')")
+                          f"continued pretraining takes {' or '.join(repr(t) for t in BY_MODEL_TYPE)} folders")
     if not (folder / "model.safetensors").is_file():
         raise ConfigError(f"model.init_from={folder}: no model.safetensors (only safetensors weights are loaded); "
                           f"convert the weights with save_pretrained(safe_serialization=True)")
     if not (folder / "tokenizer.json").is_file() and not (folder / "vocab.txt").is_file():
         raise ConfigError(f"model.init_from={folder}: no tokenizer files; save the tokenizer beside the model")
-    return {key: settings[key] for key in ARCHITECTURE_KEYS if key in settings}
+    family = BY_MODEL_TYPE[settings["model_type"]].name
+    return {"family": family, **{key: settings[key] for key in ARCHITECTURE_KEYS if key in settings}}
 
 
 def fold_source_into(data: dict, model: dict, folder: str) -> dict:
@@ -53,19 +55,18 @@ def fold_source_into(data: dict, model: dict, folder: str) -> dict:
 
 
 def load_source_model(folder: str | Path, dropout: tuple[float, float], vocab_size: int):
-    """(BertForMaskedLM with the source's weights, whether its MLM head came from the folder)."""
+    """(the family's masked-LM with the source's weights, whether its MLM head came from the folder)."""
     from safetensors import safe_open
-    from transformers import BertForMaskedLM
     from transformers.utils import logging
 
     folder = Path(folder).expanduser()
+    family = family_of(source_architecture(folder)["family"])
     with safe_open(str(folder / "model.safetensors"), framework="pt") as weights:
-        head_loaded = any(key.endswith(HEAD_KEY) for key in weights.keys())
+        head_loaded = any(key.endswith(family.head_weight) for key in weights.keys())
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # the "newly initialized cls.*" warning: said below in our own words
     try:
-        mlm = BertForMaskedLM.from_pretrained(folder, use_safetensors=True, attn_implementation="sdpa",
-                                              hidden_dropout_prob=dropout[0], attention_probs_dropout_prob=dropout[1])
+        mlm = family.from_pretrained(folder, dropout)
     finally:
         logging.set_verbosity(verbosity)
     if mlm.config.vocab_size != vocab_size:

@@ -32,7 +32,8 @@ MAX_COUNTED_BLOCKS = 50_000
 
 
 def unigram_output_bias(mlm, blocks: np.ndarray, special_ids: tuple[int, ...]) -> None:
-    """Set the MLM output bias (tied to the decoder's) to log p(token) over the training blocks."""
+    """Set the MLM output bias (BERT's is tied to the decoder's; ModernBERT's is the decoder's) to log p(token)
+    over the training blocks."""
     vocab_size = mlm.config.vocab_size
     # Count a strided sample of blocks (all of them for corpora up to MAX_COUNTED_BLOCKS)
     stride = max(1, len(blocks) // MAX_COUNTED_BLOCKS)
@@ -41,7 +42,9 @@ def unigram_output_bias(mlm, blocks: np.ndarray, special_ids: tuple[int, ...]) -
     counts[list(special_ids)] = 0.0
     counts += 1.0
     log_frequency = torch.tensor(np.log(counts / counts.sum()), dtype=torch.float32)
-    bias = mlm.cls.predictions.bias
+    from train.architecture import family_of
+
+    bias = family_of(mlm).output_bias(mlm)
     with torch.no_grad():
         bias.copy_(log_frequency.to(bias.device))
 

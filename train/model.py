@@ -1,8 +1,9 @@
-"""The model: a standard `transformers.BertForMaskedLM`, trained through a sparse-head wrapper.
+"""The model: a standard transformers masked-LM of the run's family (train/architecture.py), trained through a
+sparse-head wrapper.
 
-The wrapper runs the encoder on every position but the MLM head (transform + vocabulary
-projection) only on the masked positions, which is where the loss is: with 15% masking
-that is ~7x less head work. The saved checkpoint is still a plain BertForMaskedLM.
+The wrapper runs the encoder on every position but the MLM head (transform + vocabulary projection) only on the
+masked positions, which is where the loss is: with 15% masking that is ~7x less head work. The saved checkpoint
+is still the plain transformers class (BertForMaskedLM or ModernBertForMaskedLM).
 """
 
 from __future__ import annotations
@@ -10,29 +11,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from bertforge import contract
+from train.architecture import family_of
 from train.config import ModelConfig
 from train.data import IGNORE_INDEX
 from train.init import apply_locality_prior
 
 
-def build_model(config: ModelConfig, vocab_size: int, pad_token_id: int):
-    """A freshly initialised BertForMaskedLM with SDPA attention (and the locality prior if asked)."""
-    from transformers import BertConfig, BertForMaskedLM
-
-    bert_config = BertConfig(
-        vocab_size=vocab_size,
-        hidden_size=config.hidden_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        intermediate_size=config.intermediate_size,
-        max_position_embeddings=config.max_position_embeddings,
-        hidden_dropout_prob=config.hidden_dropout_prob,
-        attention_probs_dropout_prob=config.attention_probs_dropout_prob,
-        initializer_range=config.initializer_range,
-        pad_token_id=pad_token_id,
-        attn_implementation="sdpa",
-    )
-    model = BertForMaskedLM(bert_config)
+def build_model(config: ModelConfig, vocab_size: int, pad_token_id: int, cls_token_id: int | None = None,
+                sep_token_id: int | None = None):
+    """A freshly initialised masked-LM of `config.family` with SDPA attention (and the locality prior if asked).
+    [CLS]/[SEP] ids (ModernBERT's config records them) default to bertforge tokenizers' (bertforge.contract)."""
+    special_ids = {"pad": pad_token_id,
+                   "cls": contract.SPECIAL_TOKEN_IDS[contract.CLS_TOKEN] if cls_token_id is None else cls_token_id,
+                   "sep": contract.SPECIAL_TOKEN_IDS[contract.SEP_TOKEN] if sep_token_id is None else sep_token_id}
+    model = family_of(config.family).build(config, vocab_size, special_ids)
     if config.init == "local":
         apply_locality_prior(model)
     return model
@@ -45,19 +38,22 @@ class MaskedLMObjective(nn.Module):
         super().__init__()
         self.mlm = mlm
         self.sparse_head = sparse_head
-        encoder = torch.compile(mlm.bert) if compile_encoder else mlm.bert
-        object.__setattr__(self, "_encoder", encoder)  # not a submodule: state_dict keys stay BertForMaskedLM's
+        family = family_of(mlm)
+        encoder = family.packed_encoder(mlm)
+        # not submodules: state_dict keys stay the transformers class's
+        object.__setattr__(self, "_encoder", torch.compile(encoder) if compile_encoder else encoder)
+        object.__setattr__(self, "_head", family.head(mlm))
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor):
         # Encoder on every position; packed blocks have no padding, so no attention mask
-        hidden = self._encoder(input_ids=input_ids, return_dict=False)[0]  # (B, T, H)
+        hidden = self._encoder(input_ids)  # (B, T, H)
         # Head on masked positions only (or everywhere, as the dense reference)
         if self.sparse_head:
             selected = labels != IGNORE_INDEX  # (B, T)
-            logits = self.mlm.cls(hidden[selected])  # (M, V)
+            logits = self._head(hidden[selected])  # (M, V)
             targets = labels[selected]  # (M,)
         else:
-            logits = self.mlm.cls(hidden).flatten(0, 1)  # (B*T, V)
+            logits = self._head(hidden).flatten(0, 1)  # (B*T, V)
             targets = labels.flatten()
         loss_sum = nn.functional.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
         valid = targets != IGNORE_INDEX
@@ -69,7 +65,8 @@ def flops_per_token(model, seq_len: int, mask_prob: float, sparse_head: bool) ->
     """Training FLOPs per token (forward + backward = 3x forward, 2 FLOPs per multiply-add)."""
     config = model.config
     hidden, layers, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
-    encoder_params = layers * (4 * hidden * hidden + 2 * hidden * config.intermediate_size)
+    feed_forward = family_of(model).feed_forward_params(hidden, config.intermediate_size)
+    encoder_params = layers * (4 * hidden * hidden + feed_forward)
     attention = 2 * layers * seq_len * hidden  # QK^T and AV per token
     head_params = hidden * hidden + hidden * vocab
     head_share = mask_prob if sparse_head else 1.0

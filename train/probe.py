@@ -119,6 +119,9 @@ def sentiment_reviews(size: int = PROBE_SIZE, seed: int = 0) -> list[dict]:
 
 def mean_pooled_encoder(mlm, tokenizer, device: torch.device, max_length: int = 128, batch_size: int = 64):
     """texts -> attention-masked mean of a masked-LM's last hidden states (what `embed` serves from it)."""
+    from train.architecture import family_of
+
+    encoder = family_of(mlm).base_model(mlm)
 
     @torch.no_grad()
     def encode(texts: list[str]) -> torch.Tensor:
@@ -129,7 +132,7 @@ def mean_pooled_encoder(mlm, tokenizer, device: torch.device, max_length: int = 
             batch = tokenizer(texts[start : start + batch_size], padding=True, truncation=True,
                               max_length=min(max_length, mlm.config.max_position_embeddings),
                               return_tensors="pt").to(device)
-            hidden = mlm.bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[0]
+            hidden = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[0]
             chunks.append(pool(hidden, batch["attention_mask"]).float().cpu())  # (B, H), bertforge.pooling
         mlm.train(was_training)
         return torch.cat(chunks)
@@ -147,15 +150,21 @@ def sentence_transformer_encoder(model):
 def probe_folder(folder: str | Path, config=None) -> dict:
     """The probes on a saved model: a sentence-transformers folder as it loads, a masked-LM folder mean-pooled.
 
-    With a TrainConfig, retrieval on its held-out documents too (run_probes); else the sentiment probe only."""
+    With a TrainConfig, retrieval on its held-out documents too (run_probes); else the sentiment probe only. A
+    masked-LM folder gets the whole-word cloze probe too (train/cloze.py)."""
     folder = Path(folder)
     if (folder / "modules.json").is_file():
         from sentence_transformers import SentenceTransformer
 
         encode = sentence_transformer_encoder(SentenceTransformer(str(folder), device="cpu"))
+        cloze = {}  # an embedder has no MLM head
     else:
-        from transformers import AutoTokenizer, BertForMaskedLM
+        from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-        mlm = BertForMaskedLM.from_pretrained(folder, use_safetensors=True)
-        encode = mean_pooled_encoder(mlm, AutoTokenizer.from_pretrained(folder), torch.device("cpu"))
-    return run_probes(encode, config) if config is not None else embedding_probe(encode)
+        from train.cloze import cloze_probe
+
+        mlm = AutoModelForMaskedLM.from_pretrained(folder, use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        encode = mean_pooled_encoder(mlm, tokenizer, torch.device("cpu"))
+        cloze = cloze_probe(mlm, tokenizer, torch.device("cpu"))
+    return {**(run_probes(encode, config) if config is not None else embedding_probe(encode)), **cloze}

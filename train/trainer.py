@@ -17,8 +17,10 @@ from bertforge.config import ConfigError
 from bertforge.errors import BertforgeError
 from bertforge.files import remove_leftover_staging, staged_folder
 from bertforge.run_dir import RunDir
+from train.architecture import Family, family_of
 from train.budget import BudgetClock
 from train.checkpoint import latest_complete_checkpoint, load_checkpoint, save_checkpoint
+from train.cloze import cloze_probe
 from train.config import TrainConfig
 from train.init import unigram_output_bias
 from train.logger import MetricsLogger, plot_loss_curve
@@ -90,7 +92,8 @@ def _train(config: TrainConfig, run: RunDir, resume: bool, runtime: TrainingRunt
 
             # Evaluate on the held-out set, checkpoint (the last step always)
             if master and loop.eval_every and state.step % loop.eval_every == 0 and state.step < loop.max_steps:
-                logger.log({"step": state.step, **evaluate(parts.objective, data.eval_batches(), runtime)})
+                logger.log({"step": state.step, **evaluate(parts.objective, data.eval_batches(), runtime),
+                            "tokens_seen": state.tokens_seen, "elapsed_s": clock.elapsed()})
             if master and (state.step % config.checkpoint.every == 0 or last):
                 _save_checkpoint(config, run, parts, state, clock.elapsed())
         progress.close()
@@ -101,7 +104,7 @@ def _train(config: TrainConfig, run: RunDir, resume: bool, runtime: TrainingRunt
 
         # Final held-out evaluation, model/ folder for transformers.pipeline, embedding probe, loss curve
         if master:
-            _finish(config, run, parts, tokenizer, data, state, logger, runtime)
+            _finish(config, run, parts, tokenizer, data, state, logger, runtime, clock.elapsed())
     finally:  # a failed or interrupted run still flushes and closes its metrics (and TensorBoard) files
         if logger is not None:
             logger.close()
@@ -114,7 +117,7 @@ def resume_state(config: TrainConfig, run: RunDir, resume: bool, parts: Training
     state = TrainState(precision=runtime.precision)
     resume_from = latest_complete_checkpoint(run.checkpoints_dir) if resume else None
     if resume_from is not None:
-        check_vocabulary(resume_from, vocab_size, run.tokenizer_dir)
+        check_vocabulary(resume_from, vocab_size, run.tokenizer_dir, family_of(parts.mlm))
         saved = load_checkpoint(resume_from, parts.mlm, parts.optimizer, parts.scaler)
         state = TrainState.from_checkpoint(saved, runtime.precision)
         runtime.print(f"[train] resumed from {resume_from} (step {state.step})")
@@ -186,19 +189,21 @@ def _save_checkpoint(config: TrainConfig, run: RunDir, parts: TrainingParts, sta
 
 
 def _finish(config: TrainConfig, run: RunDir, parts: TrainingParts, tokenizer, data, state: TrainState,
-            logger: MetricsLogger, runtime: TrainingRuntime) -> None:
+            logger: MetricsLogger, runtime: TrainingRuntime, elapsed_s: float) -> None:
     """Rank 0 at the end: held-out evaluation, model/, embedding probe, loss curve."""
-    logger.log({"step": state.step, **evaluate(parts.objective, data.eval_batches(), runtime)})
+    logger.log({"step": state.step, **evaluate(parts.objective, data.eval_batches(), runtime),
+                "tokens_seen": state.tokens_seen, "elapsed_s": elapsed_s})
     _save_final_model(parts.mlm, tokenizer, run.model_dir)
-    if config.log.probe:  # the mean-pooled states `embed` serves, on text never trained on
-        logger.log({"step": state.step, **run_probes(mean_pooled_encoder(parts.mlm, tokenizer, runtime.device), config)})
+    if config.log.probe:  # the mean-pooled states `embed` serves, and whole-word cloze, on text never trained on
+        logger.log({"step": state.step, **run_probes(mean_pooled_encoder(parts.mlm, tokenizer, runtime.device), config),
+                    **cloze_probe(parts.mlm, tokenizer, runtime.device)})
     logger.close()  # before the loss curve reads metrics.jsonl
     plot_loss_curve(run)
     runtime.print(f"[train] done: {state.step} steps; model saved to {run.model_dir}")
 
 
 def initial_model(config: TrainConfig, tokenizer, data, runtime: TrainingRuntime):
-    """A fresh BertForMaskedLM, or the model.init_from folder's weights (continued pretraining)."""
+    """A fresh masked-LM of the run's family, or the model.init_from folder's weights (continued pretraining)."""
     torch.manual_seed(config.train.seed)  # a fresh model's (or a fresh MLM head's) weights
     head_loaded = False
     if config.model.init_from:
@@ -209,7 +214,8 @@ def initial_model(config: TrainConfig, tokenizer, data, runtime: TrainingRuntime
         runtime.print(f"[train] continuing from {config.model.init_from} "
                       f"({'with its MLM head' if head_loaded else 'no MLM head there: a fresh one'})")
     else:
-        mlm = build_model(config.model, len(tokenizer), tokenizer.pad_token_id)
+        mlm = build_model(config.model, len(tokenizer), tokenizer.pad_token_id, tokenizer.cls_token_id,
+                          tokenizer.sep_token_id)
     if config.model.output_bias_init == "unigram" and not head_loaded:
         unigram_output_bias(mlm, data.blocks, data.spec.special_ids)
     return mlm.to(runtime.device)
@@ -235,12 +241,13 @@ def evaluate(objective: MaskedLMObjective, batches, runtime: TrainingRuntime) ->
             "eval_s": time.perf_counter() - started}
 
 
-def check_vocabulary(checkpoint: Path, vocab_size: int, tokenizer_dir: Path) -> None:
+def check_vocabulary(checkpoint: Path, vocab_size: int, tokenizer_dir: Path, family: Family) -> None:
     """The tokenizer must have exactly as many tokens as the checkpoint's embedding table."""
     from safetensors import safe_open
 
     with safe_open(str(checkpoint / "model.safetensors"), framework="pt") as weights:
-        rows = weights.get_slice("bert.embeddings.word_embeddings.weight").get_shape()[0]
+        name = next(name for name in family.vocabulary_tensors if name in weights.keys())
+        rows = weights.get_slice(name).get_shape()[0]
     if rows != vocab_size:
         raise ConfigError(
             f"tokenizer {tokenizer_dir} has a vocabulary of {vocab_size} tokens but checkpoint {checkpoint} "
@@ -249,10 +256,11 @@ def check_vocabulary(checkpoint: Path, vocab_size: int, tokenizer_dir: Path) -> 
 
 
 def _save_final_model(mlm, tokenizer, folder: Path) -> None:
-    """save_pretrained + tokenizer into a staging folder, swapped in whole (a reader never sees half a model)."""
+    """save_pretrained + tokenizer (as the family takes it) into a staging folder, swapped in whole (a reader never
+    sees half a model)."""
     with staged_folder(folder) as staged:
         mlm.save_pretrained(staged, safe_serialization=True)
-        tokenizer.save_pretrained(staged)
+        family_of(mlm).prepare_tokenizer(tokenizer).save_pretrained(staged)
     remove_leftover_staging(folder)  # a killed earlier save's
 
 

@@ -62,6 +62,27 @@ def bertforge_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "bertforge.cli", *args]
 
 
+def kill_at_checkpoint_then_resume(command: list[str], run_dir: Path, env: dict,
+                                   checkpoint: str = "step-20") -> subprocess.CompletedProcess:
+    """Start a real run, SIGKILL it once `checkpoint` exists (mid-run), then resume it to the end."""
+    import signal
+    import time
+
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240  # a hang guard, not a speed bound
+    while not (run_dir / "checkpoints" / checkpoint).is_dir():
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        assert time.time() < deadline, f"no {checkpoint} within 240 s"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run_dir / "model").exists(), "the run finished before it could be killed"
+    resumed = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr + resumed.stdout
+    return resumed
+
+
 def run_cli(*args: str, env_extra: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "2", **(env_extra or {})}
     return subprocess.run(bertforge_command(*args), capture_output=True, text=True, timeout=timeout, env=env)

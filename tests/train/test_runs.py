@@ -3,9 +3,7 @@
 import json
 import os
 import shutil
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from bertforge.config import ConfigError
-from tests.train.conftest import bertforge_command, run_cli
+from tests.train.conftest import bertforge_command, kill_at_checkpoint_then_resume, run_cli
 from train.checkpoint import CheckpointError, checkpoint_folders, verify_checkpoint
 from train.config import load_train_config
 from train.logger import read_metrics
@@ -54,20 +52,8 @@ def test_resume_after_sigkill_is_bit_identical(trained_run, tiny_config_file, tm
     run_dir = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "2", "BERTFORGE_CACHE": str(isolated_cache)}
     command = bertforge_command("train", "--config", str(tiny_config_file), "--run-dir", str(run_dir))
-    # Start a real run and SIGKILL it once its first checkpoint exists, mid-run
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while not (run_dir / "checkpoints" / "step-20").is_dir():
-        assert process.poll() is None, process.stderr.read()[-3000:]
-        assert time.time() < deadline, "no checkpoint within 240 s"
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (run_dir / "model").exists(), "the run finished before it could be killed"
-    # Resume and compare every tensor with the uninterrupted run
-    result = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "resumed from" in result.stderr + result.stdout
+    # A real run SIGKILLed once its first checkpoint exists, resumed; every tensor against the uninterrupted run
+    kill_at_checkpoint_then_resume(command, run_dir, env)
     reference, resumed = final_weights(trained_run), final_weights(run_dir)
     assert reference.keys() == resumed.keys()
     assert all(torch.equal(reference[name], resumed[name]) for name in reference)
@@ -135,9 +121,12 @@ def test_tokenizer_vocab_mismatch_is_refused(trained_run, tiny_config_file, tiny
 
 
 @pytest.mark.slow
-def test_two_process_ddp_equals_one_process(tiny_config_file, tmp_path, isolated_cache):
+@pytest.mark.parametrize("family", [[], ["--set", "model.family=modernbert", "--set", "model.init=bert"]],
+                         ids=["bert", "modernbert"])
+def test_two_process_ddp_equals_one_process(family, tiny_config_file, tmp_path, isolated_cache):
     """torchrun with 2 CPU processes (gloo), batch 4 each == 1 process with batch 8 (dropout off)."""
-    common = ["--config", str(tiny_config_file), "--set", "train.max_steps=12", "--set", "model.hidden_dropout_prob=0.0",
+    common = ["--config", str(tiny_config_file), *family, "--set", "train.max_steps=12",
+              "--set", "model.hidden_dropout_prob=0.0",
               "--set", "model.attention_probs_dropout_prob=0.0", "--set", "model.output_bias_init=unigram"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "BERTFORGE_CACHE": str(isolated_cache)}
     single = subprocess.run(bertforge_command("train", *common, "--run-dir", str(tmp_path / "one"),
