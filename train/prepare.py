@@ -66,17 +66,19 @@ def prepare_data(config: TrainConfig, tokenizer, runtime: TrainingRuntime) -> Tr
         runtime.barrier()
     eval_blocks = results["eval"][: data.max_eval_blocks]
     spec = masking_spec(tokenizer, data.mask_prob, data.whole_word_mask)
+    eval_spec = masking_spec(tokenizer, data.eval_mask_prob, data.whole_word_mask)
     runtime.print(f"[train] {len(results['train']):,} training blocks, {len(eval_blocks):,} held-out blocks "
-                  f"of {data.seq_len} tokens")
-    return TrainingData(results["train"], eval_blocks, spec, config)
+                  f"of {data.seq_len} tokens (held out masked at {data.eval_mask_prob:.0%})")
+    return TrainingData(results["train"], eval_blocks, spec, config, eval_spec)
 
 
 @dataclass
 class TrainingData:
     blocks: np.ndarray
     eval_blocks: np.ndarray
-    spec: object
+    spec: object  # training masks (data.mask_prob)
     config: TrainConfig
+    eval_spec: object  # held-out masks (data.eval_mask_prob): the same questions for every recipe
 
     def loader(self, start: int, end: int, runtime: TrainingRuntime):
         """Masked micro-batches start..end-1 of this rank (workers + pinned memory when asked)."""
@@ -95,7 +97,7 @@ class TrainingData:
         )
 
     def eval_batches(self):
-        return masked_eval_batches(self.eval_blocks, self.spec, batch_size=self.config.train.batch_size, seed=0)
+        return masked_eval_batches(self.eval_blocks, self.eval_spec, batch_size=self.config.train.batch_size, seed=0)
 
 
 def resolve_source(source: str, split: str) -> str:

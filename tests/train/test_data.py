@@ -120,3 +120,27 @@ def test_table_corpora(tmp_path, suffix):
     frame.to_csv(path, index=False) if suffix == "csv" else frame.to_parquet(path)
     dataset = load_text_dataset(str(path))
     assert dataset.column_names == ["text"] and len(dataset) == 2
+
+
+def test_held_out_blocks_are_masked_at_the_eval_rate_whatever_training_masks(tiny_config_file, tiny_tokenizer_dir):
+    """Recipes that train at 15 % and at 40 % are scored on the same questions (data.eval_mask_prob, 15 %)."""
+    import torch
+
+    from train.config import load_train_config
+    from train.prepare import prepare_data
+    from train.runtime import start_runtime
+
+    tokenizer = load_tokenizer(tiny_tokenizer_dir)
+    body = 30 / 32  # [CLS] and [SEP] of a 32-token block are never masked
+    labels = {}
+    for rate in (0.15, 0.4):
+        config = load_train_config(tiny_config_file, [f"data.mask_prob={rate}"])
+        runtime = start_runtime(config.train)
+        data = prepare_data(config, tokenizer, runtime)
+        labels[rate] = torch.cat([batch_labels for _, batch_labels in data.eval_batches()])
+        trained = torch.cat([batch_labels for _, batch_labels in data.loader(start=0, end=8, runtime=runtime)])
+        # 2,048 positions: a standard error of at most 0.011, so 0.05 is over 4 of them
+        assert abs((trained != IGNORE_INDEX).float().mean().item() - rate * body) < 0.05
+    assert torch.equal(labels[0.15], labels[0.4])
+    masked = (labels[0.15] != IGNORE_INDEX).float().mean().item()
+    assert abs(masked - 0.15 * body) < 0.04, masked  # ~2,000 positions: a standard error of about 0.008
