@@ -28,7 +28,8 @@ def build_optimizer(model: torch.nn.Module, config: OptimConfig, device: torch.d
 
 
 def lr_at(step: int, max_steps: int, config: OptimConfig, budget_used: float = 0.0) -> float:
-    """Linear warmup, then linear or cosine decay to min_lr_ratio * lr, over the run's progress.
+    """Linear warmup, then linear, cosine or warmup-stable-decay ("wsd": the peak until the last
+    `decay_fraction` of the run, then linear) decay to min_lr_ratio * lr, over the run's progress.
 
     Progress is max(step / max_steps, budget_used), budget_used being the fraction of the wall-clock
     budget (train.max_minutes) spent by the end of this step, 0 without one. Whichever limit ends the
@@ -51,7 +52,13 @@ def lr_at(step: int, max_steps: int, config: OptimConfig, budget_used: float = 0
         decayed = min(1.0, (budget_used - warmup) / max(1e-9, 1.0 - warmup))
     else:
         decayed = min(1.0, (step - config.warmup_steps) / max(1, max_steps - config.warmup_steps))
-    decay = 1.0 - decayed if config.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * decayed))
+    if config.schedule == "linear":
+        decay = 1.0 - decayed
+    elif config.schedule == "cosine":
+        decay = 0.5 * (1.0 + math.cos(math.pi * decayed))
+    else:  # "wsd": warm-up, stable at the peak, then linear decay over the last decay_fraction of the run
+        progress_after = warmup + decayed * (1.0 - warmup)
+        decay = min(1.0, (1.0 - progress_after) / config.decay_fraction)
     return config.lr * (config.min_lr_ratio + (1.0 - config.min_lr_ratio) * decay)
 
 

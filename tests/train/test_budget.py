@@ -6,6 +6,7 @@ import shutil
 import pytest
 import torch
 
+from bertforge.config import ConfigError
 from train.checkpoint import checkpoint_folders
 from train.config import OptimConfig, load_train_config
 from train.optim import lr_at
@@ -55,6 +56,21 @@ def test_without_a_budget_the_schedule_is_the_per_step_one():
     assert lr_at(0, 100, config, budget_used=0.05) == pytest.approx(0.5)  # half-way through the warm-up share
     steps_only = OptimConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1, schedule_unit="steps")
     assert lr_at(55, 100, steps_only, budget_used=1.0) == lr_at(55, 100, config)
+
+
+def test_warmup_stable_decay_holds_the_peak_then_decays_over_its_share():
+    """schedule "wsd": warm-up, the peak until the last decay_fraction of the run, then linear to the floor; the
+    same over a wall-clock budget."""
+    config = OptimConfig(lr=1.0, warmup_steps=10, schedule="wsd", decay_fraction=0.2, min_lr_ratio=0.1)
+    assert lr_at(9, 100, config) == pytest.approx(1.0)
+    assert [lr_at(step, 100, config) for step in (10, 50, 80)] == pytest.approx([1.0, 1.0, 1.0])
+    assert lr_at(90, 100, config) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_at(100, 100, config) == pytest.approx(0.1)
+    assert lr_at(0, 100, config, budget_used=0.5) == pytest.approx(1.0)
+    assert lr_at(0, 100, config, budget_used=0.9) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_at(0, 100, config, budget_used=1.0) == pytest.approx(0.1)
+    with pytest.raises(ConfigError, match="decay_fraction"):
+        OptimConfig(schedule="wsd", decay_fraction=0.0)
 
 
 @pytest.mark.slow
