@@ -11,12 +11,16 @@ from train.trainer import run_training
 
 def test_explicit_precision_is_kept_and_cpu_auto_follows_the_measurement(monkeypatch):
     assert precision.choose_precision("bf16", use_cuda=False) == ("bf16", "train.precision = 'bf16'")
+    # while auto never picks bf16 on CPU, nothing is measured (the probe took 40-76 s where bf16 is emulated)
+    monkeypatch.setattr(precision, "CPU_AUTO_PICKS_BF16", False)
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: pytest.fail("measured although auto cannot pick bf16"))
+    chosen, why = precision.choose_precision("auto", use_cuda=False)
+    assert chosen == "fp32" and "train.precision = 'bf16'" in why
+    monkeypatch.setattr(precision, "CPU_AUTO_PICKS_BF16", True)
     monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: 0.6)  # emulated bf16 (AVX2-only CPUs)
     chosen, why = precision.choose_precision("auto", use_cuda=False)
     assert chosen == "fp32" and "0.60x" in why and "needs >= 1.3x" in why
     monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: 4.0)  # AMX
-    assert precision.choose_precision("auto", use_cuda=False)[0] == ("bf16" if precision.CPU_AUTO_PICKS_BF16 else "fp32")
-    monkeypatch.setattr(precision, "CPU_AUTO_PICKS_BF16", True)
     assert precision.choose_precision("auto", use_cuda=False) == ("bf16", "auto: bf16 autocast matmul runs 4.00x fp32 "
                                                                    f"on this CPU ({torch.get_num_threads()} threads)")
 
