@@ -6,8 +6,10 @@
 Rows: this run's own matmul peak (bf16 8192^3); BERT-base (12L/768H, vocab 30522) pretraining at
 sequence 128 in bf16 with the sparse MLM head on/off, eager and torch.compile, at --batch-size (256
 for an H200), then two levers on the compiled sparse step: twice the batch, and the vocabulary padded
-to a multiple of 64 (tokens/s, MFU against the datasheet dense bf16 peak and against the measured
-matmul peak; model FLOPs count the unpadded vocabulary); encoder inference
+to a multiple of 64; ModernBERT-base (22L/768H, GeGLU, RoPE, vocab 32768) eager and compiled with the sparse
+head at 30 % masking (tokens/s, MFU against the datasheet dense bf16 peak and against the measured
+matmul peak; model FLOPs count the unpadded vocabulary). Every training row runs the trainer's own step
+(train/step.py `train_step` on `TrainingParts`, bf16 autocast, fused AdamW); encoder inference
 latency at batch 1 x 128 and throughput at batch 64 x 128 in fp16 and bf16 through PyTorch, and through
 ONNX Runtime's CUDA execution provider when it is installed. Timing uses CUDA events after warm-up,
 median of repeats, on fresh random token ids (never zeros). With --output, also writes the rows as JSON
@@ -59,10 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     best = plans[-2]
     plans.append({**best, "batch": 2 * batch})
     plans.append({**best, "sizes": {**sizes, "vocab": padded_vocab(sizes["vocab"])}})
+    # ModernBERT-base, the new recipe's shape: eager and compiled, sparse head at its 30 % masking
+    modern = SIZES["dry-modernbert" if args.dry_run else "modernbert-base"]
+    plans += [dict(sizes=modern, batch=batch, sparse=True, compiled=compiled)
+              for compiled in ((False,) if args.skip_compile else (False, True))]
     for plan in plans:
         rows.append(_guarded(f"train {plan}", lambda plan=plan: train_row(
             plan["sizes"], device, plan["batch"], steps, sparse=plan["sparse"], compiled=plan["compiled"],
-            measured_peak=measured_peak, base_vocab=sizes["vocab"])))
+            measured_peak=measured_peak, base_vocab=plan["sizes"]["vocab"] if plan["sizes"] is modern else sizes["vocab"])))
     # Encoder inference: PyTorch fp16/bf16 (fp32 on CPU dry runs), then ONNX Runtime CUDA EP if present
     for dtype_name in (("fp32",) if device.type == "cpu" else ("fp16", "bf16")):
         rows += _guarded(f"infer {dtype_name}", lambda name=dtype_name: inference_rows(sizes, device, name, dry=args.dry_run),
@@ -79,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
 SIZES = {
     "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, vocab=30522, seq=128),
     "dry": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, vocab=500, seq=32),
+    "modernbert-base": dict(family="modernbert", hidden_size=768, num_hidden_layers=22, num_attention_heads=12,
+                            intermediate_size=1152, vocab=32768, seq=128, mask_prob=0.3, global_attention_every=3),
+    "dry-modernbert": dict(family="modernbert", hidden_size=64, num_hidden_layers=3, num_attention_heads=2,
+                           intermediate_size=96, vocab=500, seq=32, mask_prob=0.3, global_attention_every=3),
 }
 
 
@@ -109,14 +119,22 @@ def padded_vocab(vocab: int, multiple: int = 64) -> int:
     return -(-vocab // multiple) * multiple
 
 
-def build(sizes: dict, device):
+def model_config(sizes: dict):
     from train.config import ModelConfig
+
+    family = sizes.get("family", "bert")
+    return ModelConfig(family=family, init="bert", hidden_size=sizes["hidden_size"],
+                       num_hidden_layers=sizes["num_hidden_layers"], num_attention_heads=sizes["num_attention_heads"],
+                       intermediate_size=sizes["intermediate_size"], max_position_embeddings=512,
+                       global_attention_every=sizes.get("global_attention_every", 1),
+                       hidden_dropout_prob=0.0 if family == "modernbert" else 0.1,
+                       attention_probs_dropout_prob=0.0 if family == "modernbert" else 0.1)
+
+
+def build(sizes: dict, device):
     from train.model import build_model
 
-    config = ModelConfig(hidden_size=sizes["hidden_size"], num_hidden_layers=sizes["num_hidden_layers"],
-                         num_attention_heads=sizes["num_attention_heads"], intermediate_size=sizes["intermediate_size"],
-                         max_position_embeddings=512)
-    return build_model(config, sizes["vocab"], pad_token_id=0).to(device)
+    return build_model(model_config(sizes), sizes["vocab"], pad_token_id=0).to(device)
 
 
 def random_batch(sizes: dict, batch: int, device, generator):
@@ -124,51 +142,49 @@ def random_batch(sizes: dict, batch: int, device, generator):
 
     inputs = torch.randint(5, sizes["vocab"], (batch, sizes["seq"]), generator=generator).to(device)
     labels = torch.full_like(inputs, contract.IGNORE_INDEX)
-    chosen = torch.rand(inputs.shape, generator=generator).to(device) < 0.15
+    chosen = torch.rand(inputs.shape, generator=generator).to(device) < sizes.get("mask_prob", 0.15)
     labels[chosen] = inputs[chosen]
     return inputs, labels
 
 
 def train_row(sizes: dict, device, batch: int, steps: int, sparse: bool, compiled: bool,
               measured_peak: float | None = None, base_vocab: int | None = None) -> dict:
-    """Tokens/s and MFU of our training step (AdamW fused on CUDA, bf16 autocast)."""
+    """Tokens/s and MFU of the trainer's own step (train/step.py: AdamW fused on CUDA, bf16 autocast)."""
     import torch
 
-    from train.config import OptimConfig
-    from train.model import MaskedLMObjective, flops_per_token, peak_flops
-    from train.optim import build_optimizer
+    from train.config import LoopConfig, OptimConfig, TrainConfig
+    from train.model import flops_per_token, peak_flops
+    from train.runtime import TrainingRuntime
+    from train.step import TrainingParts, train_step
 
     torch.manual_seed(0)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    model = build(sizes, device)
-    objective = MaskedLMObjective(model, sparse_head=sparse, compile_encoder=compiled)
-    optimizer = build_optimizer(model, OptimConfig(lr=1e-4), device)
+    runtime = TrainingRuntime(device=device, precision="bf16" if device.type == "cuda" else "fp32")
+    config = TrainConfig(model=model_config(sizes), optim=OptimConfig(lr=1e-4),
+                         train=LoopConfig(batch_size=batch, sparse_head=sparse, compile=compiled))
+    parts = TrainingParts.build(config, build(sizes, device), runtime)
     generator = torch.Generator().manual_seed(1)
     batches = [random_batch(sizes, batch, device, generator) for _ in range(4)]
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
-    def step(inputs, labels):
-        with autocast:
-            loss_sum, count, _ = objective(inputs, labels)
-        (loss_sum / count).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss_sum
+    def step(index: int) -> None:
+        train_step(parts, [batches[index % len(batches)]], 1e-4, config.optim.grad_clip, runtime)
 
     started = time.perf_counter()
     for index in range(3):  # warm-up (and compilation)
-        step(*batches[index % len(batches)])
+        step(index)
     _sync(device)
     warmup_s = time.perf_counter() - started
-    seconds = _time(device, lambda: [step(*batches[i % len(batches)]) for i in range(steps)])
+    seconds = _time(device, lambda: [step(i) for i in range(steps)])
     tokens_per_s = steps * batch * sizes["seq"] / seconds
     peak = peak_flops(device)
     # Model FLOPs of the unpadded model (padding rows are not useful work), over the datasheet and the measured peak
-    unpadded = _with_vocab(model.config, base_vocab or sizes["vocab"])
-    model_flops = flops_per_token(unpadded, sizes["seq"], 0.15, sparse) * tokens_per_s
+    unpadded = _with_vocab(parts.mlm.config, base_vocab or sizes["vocab"])
+    model_flops = flops_per_token(unpadded, sizes["seq"], sizes.get("mask_prob", 0.15), sparse) * tokens_per_s
     precision = "bf16" if device.type == "cuda" else "fp32"
-    name = f"train {precision} {'compiled' if compiled else 'eager'} {'sparse' if sparse else 'dense'} head b{batch}"
+    family = sizes.get("family", "bert")
+    name = (f"train {family} {precision} {'compiled' if compiled else 'eager'} {'sparse' if sparse else 'dense'} "
+            f"head b{batch}")
     if base_vocab and base_vocab != sizes["vocab"]:
         name += f" vocab {sizes['vocab']}"
     return {"row": name, "tokens_per_s": tokens_per_s, "mfu": model_flops / peak if peak else None,

@@ -1,20 +1,18 @@
 #!/usr/bin/env bash
-# The GPU session of issue 15 in one call: gpu_check, then the real CLI (train ~90 s with MFU logged,
-# checkpoint, resume, fp16 export checked against PyTorch), every figure into $OUT/gpu_run.json.
+# A GPU session in one command: gpu_check, then the real CLI for both recipes (BERT-base with base.toml and
+# ModernBERT-base with modernbert-base.toml, ~75 s each, the same wall clock: tokens/s, MFU and held-out loss at
+# 15 % masks), checkpoint, resume, fp16 export checked against PyTorch; every figure into $OUT/gpu_run.json.
 #
-#   bash bench/gpu_run.sh                    # on the GPU device (device tool: carry .whl and the corpus)
+#   bash bench/gpu_run.sh                    # on a CUDA machine (carry the wheels and the corpus, docs/gpu.md)
 #   bash bench/gpu_run.sh --dry-run          # anywhere: CPU, tiny sizes, seconds (tests/bench runs it)
 #   options: --out DIR (default $OUT, else /tmp/gpu_run_out), --train FILE --eval FILE (default: demo corpus),
-#            --wheels DIR (default .whl; its run/ and export/ hold cp312 wheels for the device)
+#            --wheels DIR (default .whl; its run/ and export/ hold wheels for the GPU machine's Python)
 #
-# Device call (issue 15; python3 there is 3.12 + torch 2.11 + transformers 5.x, nothing downloadable):
-#   run(command="bash bench/gpu_run.sh", timeout_s=560,
-#       carry=[".whl", "data_cache/demo_corpus/train.jsonl", "data_cache/demo_corpus/eval.jsonl"])
-# Wheels (git-ignored, fetched here beforehand, see README "GPU"): .whl/run/ is installed for every step
-# (what the device lacks: datasets and its dill/multiprocess, tomli-w); .whl/export/ only for the export
-# step (optimum-onnx needs transformers 4.57, which would shadow the device's 5.x everywhere else).
-# Budget: environment <= 120 s, gpu_check <= 240 s, train <= 170 s, resume <= 60 s, export <= 80 s: the limits add
-# to 11 min, the expected total is about 6-7 minutes (pass timeout_s=580 and give_back after).
+# Wheels (git-ignored, fetched beforehand, docs/gpu.md): .whl/run/ is installed for every step (what a bare GPU
+# image may lack: datasets and its dill/multiprocess, tomli-w); .whl/export/ only for the export step
+# (optimum-onnx needs transformers 4.57, which would shadow a newer one everywhere else).
+# Budget: environment <= 120 s, gpu_check <= 240 s, each recipe's training <= 130 s, resume <= 60 s,
+# export <= 80 s: the limits add to 12 min, the expected total is about 8 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -67,6 +65,7 @@ step() {
 # (after each step: a cut-short run keeps its figures)
 write_report() {
   cp "$WORK/run/metrics.jsonl" "$OUT_DIR/metrics.jsonl" 2>/dev/null
+  cp "$WORK/modernbert/metrics.jsonl" "$OUT_DIR/metrics_modernbert.jsonl" 2>/dev/null
   cp "$WORK/run/loss_curve.png" "$OUT_DIR/loss_curve.png" 2>/dev/null
   "$PY" - "$WORK" "$OUT_DIR/gpu_run.json" "$DRY" ${ARGUMENTS[@]+"${ARGUMENTS[@]}"} <<'PY'
 import datetime, json, statistics, sys
@@ -91,6 +90,21 @@ train_logs = [m for m in metrics if "loss" in m]
 first_run = [m for m in train_logs if resumed_from is None or m["step"] <= resumed_from]
 timed = first_run[2:] or first_run  # the first windows hold compilation and warm-up
 evals = [m for m in metrics if "eval_loss" in m]
+
+
+def recipe_figures(records, until_step=None):
+    """tokens/s and MFU medians after warm-up, the held-out evaluations (15 % masks) of one training run."""
+    logs = [m for m in records if "loss" in m and (until_step is None or m["step"] <= until_step)]
+    timed = logs[2:] or logs
+    return {"precision": next((m.get("precision") for m in records if "precision" in m), None),
+            "steps": logs[-1]["step"] if logs else None,
+            "tokens_per_s_median": statistics.median(m["tokens_per_s"] for m in timed) if timed else None,
+            "mfu_median": statistics.median(m["mfu"] for m in timed) if timed and "mfu" in timed[0] else None,
+            "held_out": [m for m in records if "eval_loss" in m and (until_step is None or m["step"] <= until_step)]}
+
+
+modern = [json.loads(line) for line in (work / "modernbert/metrics.jsonl").read_text().splitlines()] \
+    if (work / "modernbert/metrics.jsonl").exists() else []
 report = {
     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     "dry_run": dry,
@@ -105,6 +119,10 @@ report = {
         "mfu_max": max((m["mfu"] for m in timed if "mfu" in m), default=None),
         "held_out": evals,
     },
+    "train_modernbert": recipe_figures(modern),
+    "recipes_at_equal_time": {name: figures["held_out"][-1]["eval_loss"] if figures["held_out"] else None
+                              for name, figures in (("bert-base", recipe_figures(metrics, resumed_from)),
+                                                    ("modernbert-base", recipe_figures(modern)))},
     "resume": {"from_step": resumed_from, "final_step": train_logs[-1]["step"] if train_logs else None,
                "rc": next((s["rc"] for s in steps if s["step"] == "resume"), None)},
     "export_fp16": {"rc": next((s["rc"] for s in steps if s["step"].startswith("export_fp16")), None),
@@ -147,23 +165,32 @@ else
 fi
 write_report >/dev/null
 
-# 3. The real CLI: base.toml on the demo corpus for a fixed wall-clock budget (MFU in metrics.jsonl), checkpointed
+# 3. The real CLI: each recipe on the demo corpus for the same wall-clock budget (MFU in metrics.jsonl), held-out
+#    loss at 15 % masks, checkpointed: base.toml (BERT as of 2018) and modernbert-base.toml (the new recipe)
+# recipe_command RUN_DIR CONFIG: the training command of one recipe (dry runs: tiny sizes, a step budget)
+recipe_command() {
+  TRAIN=("$PY" -m bertforge.cli train --config "$2" --run-dir "$1"
+         --set "data.train=$TRAIN_SOURCE" --set "data.eval=$EVAL_SOURCE" --set log.progress=false)
+  if [ $DRY = 1 ]; then
+    TRAIN+=(--set model.hidden_size=32 --set model.num_hidden_layers=2
+            --set model.num_attention_heads=2 --set model.intermediate_size=64 --set model.max_position_embeddings=64
+            --set data.vocab_size=200 --set data.seq_len=32 --set data.num_proc=1 --set data.num_workers=0
+            --set data.max_eval_blocks=16 --set train.batch_size=8 --set train.compile=false
+            --set train.max_steps=6 --set train.eval_every=3 --set optim.warmup_steps=2
+            --set checkpoint.every=3 --set log.every=1)
+  else
+    TRAIN+=(--set train.max_minutes=1.25 --set train.eval_every=400 --set checkpoint.every=1000 --set log.every=50)
+  fi
+}
+RESUME_EXTRA=100
+[ $DRY = 1 ] && RESUME_EXTRA=3
+MODERN=$WORK/modernbert
+recipe_command "$MODERN" train/configs/modernbert-base.toml
+step train_modernbert 130 "${TRAIN[@]}"
+write_report >/dev/null
 RUN=$WORK/run
-TRAIN=("$PY" -m bertforge.cli train --config train/configs/base.toml --run-dir "$RUN"
-       --set "data.train=$TRAIN_SOURCE" --set "data.eval=$EVAL_SOURCE" --set log.progress=false)
-if [ $DRY = 1 ]; then
-  TRAIN+=(--set model.preset=tiny --set model.hidden_size=32 --set model.num_hidden_layers=2
-          --set model.num_attention_heads=2 --set model.intermediate_size=64 --set model.max_position_embeddings=64
-          --set data.vocab_size=200 --set data.seq_len=32 --set data.num_proc=1 --set data.num_workers=0
-          --set data.max_eval_blocks=16 --set train.batch_size=8 --set train.compile=false
-          --set train.max_steps=6 --set train.eval_every=3 --set optim.warmup_steps=2
-          --set checkpoint.every=3 --set log.every=1)
-  RESUME_EXTRA=3
-else
-  TRAIN+=(--set train.max_minutes=1.5 --set train.eval_every=500 --set checkpoint.every=1000 --set log.every=50)
-  RESUME_EXTRA=100
-fi
-step train 170 "${TRAIN[@]}"
+recipe_command "$RUN" train/configs/base.toml
+step train 130 "${TRAIN[@]}"
 write_report >/dev/null
 
 # 4. Resume from the newest checkpoint for a few more steps (eager: compile is no resume invariant)

@@ -18,9 +18,10 @@ def test_gpu_check_dry_run_produces_every_row(tmp_path):
     rows = {row["row"]: row for row in results["rows"]}
     assert not [row for row in rows.values() if "error" in row]
     train_rows = [name for name in rows if name.startswith("train ")]
-    levers = ["train fp32 compiled sparse head b8", "train fp32 compiled sparse head b4 vocab 512"]  # 500 -> 512
-    assert sorted(train_rows) == sorted([*(f"train fp32 {mode} {head} head b4" for mode in ("eager", "compiled")
-                                           for head in ("sparse", "dense")), *levers])
+    levers = ["train bert fp32 compiled sparse head b8", "train bert fp32 compiled sparse head b4 vocab 512"]  # 500 -> 512
+    modern = [f"train modernbert fp32 {mode} sparse head b4" for mode in ("eager", "compiled")]
+    assert sorted(train_rows) == sorted([*(f"train bert fp32 {mode} {head} head b4" for mode in ("eager", "compiled")
+                                           for head in ("sparse", "dense")), *levers, *modern])
     assert all(rows[name]["tokens_per_s"] > 0 for name in train_rows)
     assert rows["matmul fp32 256^3"]["flops_per_s"] > 1e8
     assert rows["infer pytorch fp32 b1x32"]["median_ms"] > 0
@@ -62,10 +63,12 @@ def test_gpu_run_dry_run_rehearses_the_device_session(tmp_path, tiny_corpus_dir)
     assert report["command"].startswith("bash bench/gpu_run.sh --dry-run --out") and report["config"]["dry_run"]
     assert {"machine", "versions", "git"} <= set(report)  # written through bench.report, like every benchmark
     steps = {step["step"]: step["rc"] for step in report["steps"]}
-    assert {name: steps.get(name) for name in ("environment", "gpu_check", "train", "resume")} == dict.fromkeys(
-        ("environment", "gpu_check", "train", "resume"), 0), steps
+    names = ("environment", "gpu_check", "train_modernbert", "train", "resume")
+    assert {name: steps.get(name) for name in names} == dict.fromkeys(names, 0), steps
     assert isinstance(report["export_fp16"]["rc"], int)  # recorded either way (CPU EP: not decisive)
-    assert any(row["row"].startswith("train fp32 eager sparse head") for row in report["gpu_check"])
+    assert any(row["row"].startswith("train bert fp32 eager sparse head") for row in report["gpu_check"])
     assert report["train"]["tokens_per_s_median"] > 0 and report["train"]["held_out"]
+    assert report["train_modernbert"]["tokens_per_s_median"] > 0 and report["train_modernbert"]["held_out"]
+    assert all(loss is not None for loss in report["recipes_at_equal_time"].values())
     assert report["resume"]["final_step"] == report["resume"]["from_step"] + 3
     assert (out / "metrics.jsonl").is_file() and (out / "gpu_run.log").is_file()
