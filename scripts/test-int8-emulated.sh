@@ -31,7 +31,8 @@ sums = "saturate (no VNNI)" if measure_int8_saturation() else "exact (VNNI/AMX)"
 print(f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}; ONNX Runtime int8 u8 x s8 sums {sums}")' 2>&1 | grep -v "^qemu-x86_64: warning"
   echo "== $cpu: pytest -m int8_kernel $*"
   started=$(date +%s)
-  if qemu-x86_64 -cpu "$cpu" .venv/bin/python -m pytest -q -p no:cacheprovider -m int8_kernel "$@" 2> >(grep -v "^qemu-x86_64: warning" >&2); then
+  # pytest's per-test hang guard (pyproject: 900 s) scaled by the emulator's slowdown
+  if qemu-x86_64 -cpu "$cpu" .venv/bin/python -m pytest -q -p no:cacheprovider -m int8_kernel --timeout=45000 -rfE "$@" 2> >(grep -v "^qemu-x86_64: warning" >&2); then
     echo "== $cpu: passed in $(( $(date +%s) - started )) s"
   else
     echo "== $cpu: FAILED after $(( $(date +%s) - started )) s"
