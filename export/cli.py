@@ -22,17 +22,18 @@ PRECISION_HELP = ("auto (the fastest variant that passes the gate: int8 recipe s
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export", help="export a BERT checkpoint to verified ONNX and a Triton model repository",
-        description="Export a Hugging Face BERT folder with Optimum, fuse and quantize it, check every variant "
-                    "against PyTorch fp32 (a variant that misses its gate is not written), and write the Triton "
-                    "model repository (fill_mask, embed) or, with --output, plain ONNX variants.")
+        description="Export a Hugging Face or sentence-transformers folder with Optimum, fuse and quantize it, check every variant "
+                    "against its reference (a variant that misses its gate is not written), and write the Triton "
+                    "model repository (the tasks the folder exports: fill_mask and embed from a masked-LM folder; "
+                    "docs/tasks.md) or, with --output, plain ONNX variants.")
     parser.add_argument("--model", default=None, help="Hugging Face or sentence-transformers folder of a supported encoder (BERT, RoBERTa, XLM-RoBERTa, CamemBERT, DistilBERT, MPNet, ELECTRA, ModernBERT), e.g. runs/demo/model")
     parser.add_argument("--repo", default=None, help="Triton model repository to write (default: model_repository)")
     parser.add_argument("--output", default=None, help="write only ONNX variants + export_report.json here (no Triton files)")
     parser.add_argument("--precision", default=None, help=PRECISION_HELP + " (default: auto)")
-    parser.add_argument("--tasks", default=None, help=f"comma list of {','.join(TASKS)} (default: what the folder is: "
-                        "fill_mask,embed from a masked-LM folder, embed from an encoder, rerank from a one-label "
-                        "*ForSequenceClassification folder, classify from one with several, embed_sparse from a "
-                        "sentence-transformers SparseEncoder; embed_sparse from a masked-LM folder is opt-in)")
+    defaults = "; ".join(f"{kind}: {','.join(name for name, task in TASKS.items() if kind in task.defaults_for)}"
+                         for kind in dict.fromkeys(kind for task in TASKS.values() for kind in task.defaults_for))
+    parser.add_argument("--tasks", default=None, help=f"comma list of {','.join(TASKS)} (default: what the kind of "
+                        f"folder exports, bertforge/tasks.py: {defaults})")
     parser.add_argument("--name", default=None, help="one task other than fill_mask/embed: add the model under this "
                         "name (several models of a task in one repository; the API's `model` field picks one)")
     parser.add_argument("--pooling", default=None,

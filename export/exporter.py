@@ -22,7 +22,8 @@ from typing import Any
 from bertforge.config import save_config, to_dict
 from bertforge.cpu import detect_cpu
 from bertforge.served_model import REPORT_FILE
-from export.config import DEFAULT_PRECISION, DEFAULT_TASKS, ExportConfig, Precision
+from bertforge.tasks import DEFAULT_TASKS
+from export.config import DEFAULT_PRECISION, ExportConfig, Precision
 from export.context import ExportContext
 from export.errors import ExportError, ParityError
 from export.model_folder import inspect_model_folder

@@ -14,7 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from bertforge import tasks as registry
-from export.config import DEFAULT_TASKS, ExportConfig
+from bertforge.tasks import DEFAULT_TASKS
+from export.config import ExportConfig
 from export.context import ExportContext
 from export.errors import ExportError
 from export.model_folder import ModelFolderInfo
@@ -86,8 +87,8 @@ def export_tasks(config: ExportConfig, info: ModelFolderInfo) -> tuple[list[str]
     if refused:
         raise ExportError(_refusal(info, refused))
     if config.name and (len(chosen) != 1 or chosen[0] in DEFAULT_TASKS):
-        raise ExportError(f"--name {config.name} names the model of one task other than fill_mask and embed; fill_mask "
-                          "and embed keep their names (export embed_sparse alone: --tasks embed_sparse --name NAME)")
+        raise ExportError(f"--name {config.name} names the model of one task other than {' and '.join(DEFAULT_TASKS)}; "
+                          f"{' and '.join(DEFAULT_TASKS)} keep their names (export one task alone: --tasks TASK --name NAME)")
     return chosen, notes
 
 

@@ -14,14 +14,15 @@ COMMANDS = {name.replace("_", "-"): name for name in TASKS}  # `bertforge client
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "client", help="query a running server: fill-mask, embed, rerank or classify",
+        "client", help=f"query a running server: {', '.join(COMMANDS)} (or health)",
         description="Send each TEXT as one request to a running `bertforge serve` (gRPC) and print the answers.")
     parser.add_argument("task", choices=[*COMMANDS, "health"],
                         help="what to ask the server")
     parser.add_argument("texts", nargs="*", metavar="TEXT", help="texts (fill-mask: with at least one [MASK]; rerank: "
                         "the query, then the documents)")
     parser.add_argument("--raw-scores", action="store_true", help="rerank: the cross-encoder's logits, not sigmoid")
-    parser.add_argument("--model", default=None, help="rerank/classify: the served model's name (default: the task's)")
+    parser.add_argument("--model", default=None, help="the served model's name, where a task has several (default: the "
+                        "task's)")
     parser.add_argument("--url", default=None, help="gRPC address HOST:PORT (default 127.0.0.1:8001)")
     parser.add_argument("--top-k", type=int, default=None, help="predictions per [MASK] (default 5)")
     parser.add_argument("--truncation", choices=contract.TRUNCATION_POLICIES, default=None,
@@ -52,18 +53,20 @@ def run(args: argparse.Namespace) -> int:
         try:
             if args.task == "health":
                 return _print_health(client.health(), args.json)
-            if args.task == "embed-sparse":
-                _print_sparse(args.texts, client.embed_sparse(args.texts, args.truncation,
-                                                              truncation_direction=args.truncation_direction), args.json)
-            elif args.task in PAIR_TASKS:
+            if args.task in PAIR_TASKS:
                 _print_pairs(client, args)
             elif args.task == "fill-mask":
                 top_k = args.top_k if args.top_k is not None else contract.DEFAULT_TOP_K
                 _print_fill_mask(args.texts, client.fill_mask(args.texts, top_k, args.truncation), args.json)
-            else:
+            elif args.task == "embed":
                 vectors = client.embed(args.texts, args.truncation, prompt_name=args.prompt_name,
                                        dimensions=args.dimensions, truncation_direction=args.truncation_direction)
                 _print_embed(args.texts, vectors, args.json)
+            else:  # a task without a printer of its own: its output tensors (bertforge/tasks.py) as JSON
+                task = COMMANDS[args.task]
+                given = {"truncation": args.truncation, "truncation_direction": args.truncation_direction}
+                parameters = {name: value for name, value in given.items() if name in TASKS[task].parameters}
+                _print_outputs(args.texts, task, client.infer(args.model or task, args.texts, parameters))
         except ServingError as error:
             raise UserError(f"{error} (is `bertforge serve` running at {client.url}?)"
                             if error.status and "UNAVAILABLE" in str(error.status) else str(error)) from None
@@ -89,18 +92,6 @@ def _print_fill_mask(texts: list[str], predictions: list, as_json: bool) -> None
                 table.add_row(str(mask_index + 1) if rank == 1 else "", str(rank), prediction.token,
                               str(prediction.token_id), f"{prediction.score:.4f}")
         console.print(table)
-
-
-def _print_sparse(texts: list[str], vectors: list, as_json: bool) -> None:
-    """Each text's non-zero vocabulary weights, the largest first."""
-    rows = [sorted(zip(indices.tolist(), values.tolist()), key=lambda item: -item[1]) for indices, values in vectors]
-    if as_json:
-        print(json.dumps([{"text": text, "sparse": [{"index": i, "value": v} for i, v in row]}
-                          for text, row in zip(texts, rows)], ensure_ascii=False))
-        return
-    for text, row in zip(texts, rows):
-        top = ", ".join(f"{index}:{value:.3f}" for index, value in row[:8])
-        print(f"{text}\n  {len(row)} non-zeros  [{top}, ...]")
 
 
 def _print_pairs(client, args: argparse.Namespace) -> None:
@@ -139,6 +130,20 @@ def _print_embed(texts: list[str], embeddings, as_json: bool) -> None:
     for text, row, norm in zip(texts, embeddings, norms):
         head = ", ".join(f"{value:+.4f}" for value in row[:4])
         print(f"{text}\n  dims {row.shape[0]}  L2 norm {norm:.4f}  [{head}, ...]")
+
+
+def _print_outputs(texts: list[str], task: str, results: list) -> None:
+    """Per text, each output tensor of the task (one request's, without the batch axis), strings decoded."""
+    def plain(value):
+        return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+
+    document = [{"text": text, **{output.name: _mapped(plain, result.as_numpy(output.name)[0].tolist())
+                                  for output in TASKS[task].outputs}} for text, result in zip(texts, results)]
+    print(json.dumps(document, ensure_ascii=False))
+
+
+def _mapped(function, value):
+    return [_mapped(function, item) for item in value] if isinstance(value, list) else function(value)
 
 
 def _print_health(health: dict, as_json: bool) -> int:

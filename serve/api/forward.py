@@ -134,36 +134,20 @@ class TritonForwarder:
                                 f"with `bertforge export --model DIR` (--tasks {task}; docs/tasks.md)", "model_not_found")
         raise APIError(404, f"model {name!r} is not one of the {task} models here: {sorted(serving)}", "model_not_found")
 
-    async def pair_logits(self, model: ApiModel, texts: list[str], pairs: list[str | None],
-                          truncation: str | None) -> np.ndarray:
-        """(len(texts), num_labels) logits of a rerank/classify model, one request per (text, pair)."""
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """`AsyncBertforgeClient.<method>(*args, **kwargs)` (rerank, classify, embed_sparse, infer, ...), a refusal
+        or failure in Triton answered as the HTTP error it means (serve.api.errors.from_serving_error)."""
         try:
-            return await self.client.classify(texts, pairs, truncation, model=model.name)
-        except ServingError as error:
-            raise from_serving_error(error) from None
-
-    async def sparse(self, model: ApiModel, texts: list[str], truncation: str | None,
-                     direction: str | None) -> list[tuple[np.ndarray, np.ndarray]]:
-        try:
-            return await self.client.embed_sparse(texts, truncation, truncation_direction=direction, model=model.name)
+            return await getattr(self.client, method)(*args, **kwargs)
         except ServingError as error:
             raise from_serving_error(error) from None
 
     async def embed(self, inputs: list[str] | list[list[int]], truncation: str | None = None, **options: Any) -> np.ndarray:
         """Embeddings from Triton; `options` are AsyncBertforgeClient.embed's (prompt_name, dimensions, ...)."""
-        try:
-            vectors = await self.client.embed(inputs, truncation=truncation, **options)
-        except ServingError as error:
-            raise from_serving_error(error) from None
+        vectors = await self.call("embed", inputs, truncation=truncation, **options)
         if options.get("dimensions") is None:
             self.dimension = int(vectors.shape[1])
         return vectors
-
-    async def fill_mask(self, texts: list[str], top_k: int, truncation: str | None) -> list[Any]:
-        try:
-            return await self.client.fill_mask(texts, top_k=top_k, truncation=truncation)
-        except ServingError as error:
-            raise from_serving_error(error) from None
 
     async def embedding_dimension(self) -> int:
         if self.dimension is None:

@@ -237,6 +237,13 @@ def test_client_cli_rerank_and_classify(pair_server, cross_encoder_scores, capsy
     assert "QUERY and at least one DOCUMENT" in capsys.readouterr().err
     assert main(["client", "classify", DOCUMENTS[0], "--url", url]) == 0
     assert "best label index" in capsys.readouterr().out
+    # a task without a printer of its own (embed_sparse): its output tensors as JSON, from the model asked for
+    assert main(["client", "embed-sparse", *DOCUMENTS[:2], "--url", url, "--model", "splade"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    with BertforgeClient(url) as client:
+        served = client.embed_sparse(DOCUMENTS[:2], model="splade")
+    assert [item["SPARSE_INDICES"] for item in answer] == [indices.tolist() for indices, _ in served]
+    np.testing.assert_allclose(answer[1]["SPARSE_VALUES"], served[1][1], rtol=1e-6)
 
 
 def test_sparse_embeddings_match_pytorch_over_grpc_and_tei(pair_api, pair_server, reference):
