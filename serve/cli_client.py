@@ -7,7 +7,7 @@ import argparse
 import json
 
 from bertforge import contract
-from bertforge.tasks import CLASSIFY, PAIR_TASKS, RERANK, TASKS
+from bertforge.tasks import CLASSIFY, EMBED, PAIR_TASKS, RERANK, TASKS
 
 COMMANDS = {name.replace("_", "-"): name for name in TASKS}  # `bertforge client fill-mask` asks the fill_mask task
 
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             elif args.task == "fill-mask":
                 top_k = args.top_k if args.top_k is not None else contract.DEFAULT_TOP_K
                 _print_fill_mask(args.texts, client.fill_mask(args.texts, top_k, args.truncation), args.json)
-            elif args.task == "embed":
+            elif COMMANDS[args.task] == EMBED:
                 vectors = client.embed(args.texts, args.truncation, prompt_name=args.prompt_name,
                                        dimensions=args.dimensions, truncation_direction=args.truncation_direction)
                 _print_embed(args.texts, vectors, args.json)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,17 +135,17 @@ class TritonForwarder:
                                 f"with `bertforge export --model DIR` (--tasks {task}; docs/tasks.md)", "model_not_found")
         raise APIError(404, f"model {name!r} is not one of the {task} models here: {sorted(serving)}", "model_not_found")
 
-    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """`AsyncBertforgeClient.<method>(*args, **kwargs)` (rerank, classify, embed_sparse, infer, ...), a refusal
-        or failure in Triton answered as the HTTP error it means (serve.api.errors.from_serving_error)."""
+    async def answer(self, call: Awaitable[Any]) -> Any:
+        """The awaited answer of one of the client's calls (`forwarder.answer(forwarder.client.rerank(...))`), a
+        refusal or failure in Triton answered as the HTTP error it means (serve.api.errors.from_serving_error)."""
         try:
-            return await getattr(self.client, method)(*args, **kwargs)
+            return await call
         except ServingError as error:
             raise from_serving_error(error) from None
 
     async def embed(self, inputs: list[str] | list[list[int]], truncation: str | None = None, **options: Any) -> np.ndarray:
         """Embeddings from Triton; `options` are AsyncBertforgeClient.embed's (prompt_name, dimensions, ...)."""
-        vectors = await self.call("embed", inputs, truncation=truncation, **options)
+        vectors = await self.answer(self.client.embed(inputs, truncation=truncation, **options))
         if options.get("dimensions") is None:
             self.dimension = int(vectors.shape[1])
         return vectors

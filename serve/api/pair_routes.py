@@ -88,7 +88,7 @@ async def _logits(request: Request, model: ApiModel, texts: list[str], pairs: li
                       "no documents (or inputs) given; send at least one")
     model.check_sizes([*texts[:1], *[pair for pair in pairs if pair is not None]])
     with request.app.state.limiter:
-        return await forwarder(request).call("classify", texts, pairs, truncation, model=model.name)
+        return await forwarder(request).answer(forwarder(request).client.classify(texts, pairs, truncation, model=model.name))
 
 
 def _labelled(model: ApiModel, logits: np.ndarray, function: str, top_k: int | None) -> list[dict[str, Any]]:

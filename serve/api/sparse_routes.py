@@ -21,7 +21,8 @@ async def tei_embed_sparse(body: SparseEmbedRequest, request: Request) -> Respon
     truncation = TRUNCATION[body.truncate]
     direction = body.truncation_direction.lower() if body.truncation_direction else None
     with request.app.state.limiter:
-        vectors = await forwarder(request).call("embed_sparse", texts, truncation, truncation_direction=direction,
-                                                model=model.name)
+        triton = forwarder(request)
+        vectors = await triton.answer(triton.client.embed_sparse(texts, truncation, truncation_direction=direction,
+                                                                 model=model.name))
     return json_response([[{"index": int(index), "value": float(value)} for index, value in zip(indices, values)]
                           for indices, values in vectors])

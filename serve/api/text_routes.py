@@ -134,7 +134,7 @@ async def hf_fill_mask(body: FillMaskRequest, request: Request) -> Response:
         model.check_sizes(texts)
         # with targets: ask for every exported candidate, then keep the targets among them
         asked = model.settings.max_top_k if targets is not None else top_k
-        answer = asyncio.ensure_future(triton.call("fill_mask", texts, top_k=asked))
+        answer = asyncio.ensure_future(triton.answer(triton.client.fill_mask(texts, top_k=asked)))
         encoded = count_tokens(model, texts, request)  # while Triton works; `sequence` needs the ids
         predictions = await answer
     answers = [_hf_masks(model, item, masks, top_k, targets) for item, masks in zip(encoded, predictions)]
