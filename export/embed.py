@@ -15,12 +15,6 @@ from export.task_exporter import SERVED, ParityGatedExporter
 class EmbedExporter(ParityGatedExporter):
     plain_folder = "feature-extraction"
 
-    def serving_fields(self) -> dict:
-        return self.context.served_fields()
-
-    def info(self) -> dict:
-        return self.context.definition_used()
-
     def gate_inputs(self) -> dict:
         from export.author_reference import reference_name
 

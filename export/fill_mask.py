@@ -18,12 +18,6 @@ class FillMaskExporter(ParityGatedExporter):
     def check(self) -> None:
         self.context.require_mlm_head(FILL_MASK)
 
-    def serving_fields(self) -> dict:
-        return self.context.served_fields()
-
-    def info(self) -> dict:
-        return self.context.definition_used()
-
     def gate_inputs(self) -> dict:
         return {"fill_mask_batches": len(self.batches)}
 

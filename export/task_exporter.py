@@ -93,10 +93,16 @@ class TaskExporter:
 
 
 class ParityGatedExporter(TaskExporter):
-    """fill_mask and embed: judged by export.parity (its figures, its gate, its ranking error) on `batches` against
-    `references(kind)`."""
+    """fill_mask and embed: served with the author's (dense) definition's fields, judged by export.parity (its
+    figures, its gate, its ranking error) on `batches` against `references(kind)`."""
 
     batches: list
+
+    def serving_fields(self) -> dict:
+        return self.context.served_fields()
+
+    def info(self) -> dict:
+        return self.context.definition_used()
 
     def references(self, kind: str) -> list:
         raise NotImplementedError
