@@ -175,7 +175,9 @@ def probe_model(model_dir: Path, config: str, tokenizer: str) -> dict:
             "config = load_train_config(sys.argv[2], ['data.tokenizer=' + sys.argv[3]]); "
             "print(json.dumps(probe_folder(sys.argv[1], config)))")
     done = subprocess.run([sys.executable, "-c", code, str(model_dir), config, tokenizer], capture_output=True,
-                          text=True, check=True)
+                          text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"probing {model_dir} failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -23,7 +23,8 @@ def cloze_probe(mlm, tokenizer, device: torch.device, count: int = CLOZE_ITEMS, 
     """Whole-word top-1 accuracy of `mlm` on `count` review snippets, with its standard error."""
     from train.probe import sentiment_reviews
 
-    items = cloze_items(tokenizer, [row["text"] for row in sentiment_reviews(count, seed=CLOZE_SEED)])
+    texts = [row["text"] for row in sentiment_reviews(count, seed=CLOZE_SEED)]
+    items = cloze_items(tokenizer, texts, max_length=min(MAX_LENGTH, mlm.config.max_position_embeddings))
     correct = 0
     was_training = mlm.training
     mlm.eval()
@@ -48,12 +49,13 @@ def cloze_probe(mlm, tokenizer, device: torch.device, count: int = CLOZE_ITEMS, 
             "cloze_stderr": math.sqrt(accuracy * (1 - accuracy) / max(len(items), 1))}
 
 
-def cloze_items(tokenizer, texts: list[str], seed: int = CLOZE_SEED) -> list[tuple[list[int], dict[int, int]]]:
+def cloze_items(tokenizer, texts: list[str], seed: int = CLOZE_SEED,
+                max_length: int = MAX_LENGTH) -> list[tuple[list[int], dict[int, int]]]:
     """(masked input ids, {position: the word piece it hides}) per text that has a word of letters only."""
     rng = random.Random(seed)
     items = []
     for text in texts:
-        encoding = tokenizer(text, truncation=True, max_length=MAX_LENGTH, return_offsets_mapping=True)
+        encoding = tokenizer(text, truncation=True, max_length=max_length, return_offsets_mapping=True)
         word_ids = encoding.word_ids()
         # The words (by the tokenizer's own pre-tokenization) spelled with letters only
         pieces: dict[int, list[int]] = {}
