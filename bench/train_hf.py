@@ -5,9 +5,11 @@
   defaults (AdamW betas 0.9/0.999, eps 1e-8, no warm-up, no weight decay, linear decay, clipping at 1.0) but for
   the learning rate and `max_steps`, which is set from the step time measured here so that the schedule anneals
   when the wall-clock budget ends (a 100k-step default would never anneal in minutes).
-- `same-start`: the same Trainer and collator from bertforge's starting point (its initialisation: the locality
-  prior and unigram output bias) and with the run config's optimizer settings (LR, betas, weight decay, warm-up
-  share, dropout): the difference to `stock` is the recipe, the difference to bertforge's own run the loop.
+- `stock-init`: `stock` from bertforge's starting point (the run config's initialisation: locality prior and
+  unigram output bias), all else stock: the difference to `stock` is the initialisation alone.
+- `same-start`: the same Trainer and collator from bertforge's starting point and with the run config's
+  optimizer settings (LR, betas, weight decay, warm-up share, dropout): the difference to `stock-init` is the
+  rest of the recipe, the difference to bertforge's own run the loop.
 
 Both train the run config's model size on the same tokenizer, packed blocks and block order as bertforge
 (`train.data.BlockBatches`), stop when the budget is spent, and evaluate with bertforge's own `evaluate` on the
@@ -22,19 +24,20 @@ tokens_seen, elapsed_s) and `model/` (save_pretrained + tokenizer).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
 
 CALIBRATION_STEPS = 24  # steps timed before the run (the first few are excluded as warm-up)
 CALIBRATION_WARMUP = 6
-HF_DEFAULT_BETAS = (0.9, 0.999)
+KINDS = ("stock", "stock-init", "same-start")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.train_hf", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kind", choices=["stock", "same-start"], required=True)
+    parser.add_argument("--kind", choices=KINDS, required=True)
     parser.add_argument("--config", required=True, help="run config: model size, data, (same-start) optimizer")
     parser.add_argument("--tokenizer", required=True, help="the tokenizer folder every contender shares")
     parser.add_argument("--minutes", type=float, required=True, help="wall-clock budget")
@@ -43,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="run config overrides")
     args = parser.parse_args(argv)
-    if args.kind == "stock" and args.lr is None:
-        parser.error("--kind stock needs --lr (the yardstick picks the best of 5e-4, 1e-3, 2e-3)")
+    if args.kind != "same-start" and args.lr is None:
+        parser.error(f"--kind {args.kind} needs --lr (the yardstick picks stock's best of 5e-4, 1e-3, 2e-3)")
     train_contender(args.kind, args.config, args.tokenizer, args.minutes * 60, Path(args.run_dir), lr=args.lr,
                     eval_every=args.eval_every, overrides=args.overrides)
     return 0
@@ -90,7 +93,8 @@ def train_contender(kind: str, config_file: str, tokenizer_dir: str, budget_s: f
 
 
 def _model(kind: str, config, tokenizer, data):
-    """stock: transformers' BertForMaskedLM as run_mlm builds it; same-start: bertforge's initialised model."""
+    """stock: transformers' BertForMaskedLM as run_mlm builds it (with its dropout); stock-init and same-start:
+    bertforge's initialised model of the run config (stock-init with transformers' default dropout)."""
     from transformers import BertConfig, BertForMaskedLM
 
     from train.init import unigram_output_bias
@@ -104,6 +108,8 @@ def _model(kind: str, config, tokenizer, data):
                                           intermediate_size=size.intermediate_size,
                                           max_position_embeddings=size.max_position_embeddings,
                                           pad_token_id=tokenizer.pad_token_id))
+    if kind == "stock-init":  # transformers' default dropout: only the starting point differs from stock
+        size = dataclasses.replace(size, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
     model = build_model(size, len(tokenizer), tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id)
     if size.output_bias_init == "unigram":
         unigram_output_bias(model, data.blocks, data.spec.special_ids)
@@ -116,7 +122,7 @@ def _trainer(kind: str, config, tokenizer, data, runtime, model, lr, max_steps: 
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
     optim = config.optim
-    if kind == "stock":  # Trainer's defaults but for the LR and the step count
+    if kind in ("stock", "stock-init"):  # Trainer's defaults but for the LR and the step count
         settings = dict(learning_rate=lr)
     else:  # bertforge's optimizer settings (warm-up as the same share of the run)
         settings = dict(learning_rate=lr or optim.lr, weight_decay=optim.weight_decay, adam_beta1=optim.betas[0],

@@ -7,7 +7,10 @@ Contenders (each trains the demo corpus on ONE shared tokenizer, the same packed
 same wall-clock budget, evaluations included):
 - `stock`: transformers' run_mlm recipe (bench/train_hf.py): HF init, 15 % collator, Trainer defaults, its best
   LR of --stock-lrs (a sweep at the same budget, run first unless --stock-lr names one), annealed at the budget;
-- `same-start`: the same Trainer from bertforge's starting point and optimizer settings (today's recipe);
+- `stock-init`: stock from today's starting point (locality prior, unigram bias), all else stock: the share of
+  the gap that is initialisation;
+- `same-start`: the same Trainer from bertforge's starting point and optimizer settings (today's recipe): the
+  rest of the recipe (against stock-init) and the loop (against today);
 - `today`: `bertforge train` with train/configs/demo-bert.toml (BERT as of 2018: post-LN, dropout, 15 %);
 - `new`: `bertforge train` with train/configs/demo.toml (the demo's current recipe).
 Rounds alternate who goes first. Every contender is scored by bertforge's `evaluate` on the same held-out blocks
@@ -29,7 +32,7 @@ import sys
 from pathlib import Path
 from statistics import median
 
-CONTENDERS = ("stock", "same-start", "today", "new")
+CONTENDERS = ("stock", "stock-init", "same-start", "today", "new")
 TODAY_CONFIG = "train/configs/demo-bert.toml"
 NEW_CONFIG = "train/configs/demo.toml"
 STOCK_LRS = (5e-4, 1e-3, 2e-3)
@@ -80,7 +83,7 @@ def run_yardstick(args: argparse.Namespace, contenders: list[str]) -> dict:
     # stock's LR: the best final held-out loss of a sweep at the same budget (unless given)
     sweep = []
     stock_lr = args.stock_lr
-    if "stock" in contenders and stock_lr is None:
+    if any(name.startswith("stock") for name in contenders) and stock_lr is None:
         for lr in (float(value) for value in args.stock_lrs.split(",")):
             sweep.append({"lr": lr, **runner.run("stock", f"stock-lr{lr:g}", lr=lr)})
         stock_lr = min(sweep, key=lambda run: run["final"]["eval_loss"])["lr"]
@@ -92,7 +95,7 @@ def run_yardstick(args: argparse.Namespace, contenders: list[str]) -> dict:
     for round_index in range(args.pairs):
         order = contenders[round_index % len(contenders):] + contenders[:round_index % len(contenders)]
         for name in order:
-            runs[name].append(runner.run(name, f"{name}-{round_index}", lr=stock_lr if name == "stock" else None))
+            runs[name].append(runner.run(name, f"{name}-{round_index}", lr=stock_lr if name.startswith("stock") else None))
     reach = [runner.run("new", f"new-quarter-{index}", minutes=args.minutes / 4) for index in range(args.pairs)] \
         if args.reach else []
     return {"benchmark": "train_quality", "budget_minutes": args.minutes, "tokenizer": str(tokenizer),
@@ -110,7 +113,7 @@ class Runner:
     def run(self, contender: str, label: str, lr: float | None = None, minutes: float | None = None) -> dict:
         minutes = minutes or self.args.minutes
         run_dir = self.workdir / label
-        if contender in ("stock", "same-start"):
+        if contender in ("stock", "stock-init", "same-start"):
             config = self.args.today_config
             command = [sys.executable, "-m", "bench.train_hf", "--kind", contender, "--config", config,
                        "--tokenizer", self.tokenizer, "--minutes", str(minutes), "--run-dir", str(run_dir)]
@@ -276,7 +279,7 @@ def plot_curves(results: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(8, 5))
-    colours = dict(zip(CONTENDERS, ("tab:gray", "tab:orange", "tab:blue", "tab:green")))
+    colours = dict(zip(CONTENDERS, ("tab:gray", "tab:purple", "tab:orange", "tab:blue", "tab:green")))
     for name, done in results["runs"].items():
         for index, run in enumerate(done):
             curve = run["curve"]

@@ -91,11 +91,14 @@ def run_summary(run_dir: RunDir | Path) -> str:
     if held_out:
         final = held_out[-1]
         lines.append(f"  held-out MLM    masked-token accuracy {final['eval_accuracy']:.3f}, "
-                     f"perplexity {final['eval_perplexity']:.0f}")
+                     f"perplexity {final['eval_perplexity']:.0f} (15 % of held-out tokens masked)")
     if probe:
         final = probe[-1]
         lines.append(f"  embedding probe k-NN sentiment accuracy {final['probe_knn_accuracy']:.3f} "
                      f"(chance {final['probe_chance']:.2f}; {final['probe_examples']:,} review snippets never trained on)")
+        if "cloze_top1" in final:
+            lines.append(f"  cloze probe     whole-word top-1 {final['cloze_top1']:.3f} (+/- {final['cloze_stderr']:.3f}; "
+                         f"{final['cloze_items']:,} review snippets, another domain)")
         if "retrieval_top1" in final:
             lines.append(f"                  sentence -> own document retrieval top-1 {final['retrieval_top1']:.3f} "
                          f"(chance {final['retrieval_chance']:.3f}; {final['retrieval_documents']} held-out documents)")

@@ -63,7 +63,7 @@ def test_one_short_round_of_every_contender_on_the_tiny_corpus(tiny_corpus_dir, 
                           capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     results = json.loads(output.read_text())
-    assert set(results["runs"]) == {"stock", "same-start", "today", "new"} and len(results["reach_runs"]) == 1
+    assert set(results["runs"]) == {"stock", "stock-init", "same-start", "today", "new"} and len(results["reach_runs"]) == 1
     for name, runs in results["runs"].items():
         final = runs[0]["final"]
         assert final["eval_loss"] > 0 and final["elapsed_s"] > 0 and final["tokens_seen"] > 0, name

@@ -77,7 +77,7 @@ def test_a_training_run_logs_the_probe_of_its_mean_pooled_states(review_wheel, t
     probe = [r for r in records if "probe_knn_accuracy" in r]
     assert len(probe) == 1 and probe[0]["probe_chance"] == 0.5 and 0.0 <= probe[0]["probe_knn_accuracy"] <= 1.0
     assert probe[0]["retrieval_documents"] == 40 and probe[0]["retrieval_chance"] == 1 / 40  # the eval documents
-    assert "retrieval top-1" in run_summary(run_dir)
+    assert "retrieval top-1" in run_summary(run_dir) and "cloze probe" in run_summary(run_dir)
 
 
 def test_without_the_review_wheel_the_run_keeps_the_retrieval_probe(tiny_config_file, isolated_cache, monkeypatch):
@@ -92,3 +92,6 @@ def test_without_the_review_wheel_the_run_keeps_the_retrieval_probe(tiny_config_
     monkeypatch.setattr(train.corpus, "_fetch_wheel", offline)
     figures = run_probes(lambda texts: torch.rand(len(texts), 8), load_train_config(tiny_config_file))
     assert "probe_knn_accuracy" not in figures and figures["retrieval_documents"] == 40
+    from train.cloze import cloze_probe
+
+    assert cloze_probe(None, None, torch.device("cpu")) == {}  # skipped like the sentiment probe, not fatal
