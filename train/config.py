@@ -36,8 +36,9 @@ class ModelConfig:
     rope_theta: float = 10000.0
     global_attention_every: int = 1
     local_attention: int = 128
-    # "bert": BERT's init. "local": plus a locality prior (train/init.py) that lets small models
-    # use their context within minutes; the checkpoint is a plain BertForMaskedLM either way.
+    # "bert": the family's own transformers initialisation. "local": plus a locality prior (train/init.py) that lets
+    # small models use their context within minutes (BERT: through its position table; ModernBERT: through its
+    # rotary positions); the checkpoint is the plain transformers class either way.
     init: Literal["bert", "local"] = "bert"
     output_bias_init: Literal["zero", "unigram"] = "unigram"  # unigram: log token frequencies of the corpus
     # Continued pretraining: a BERT masked-LM folder (runs/<name>/model or a Hugging Face one) to start from.
@@ -45,9 +46,6 @@ class ModelConfig:
     init_from: str = ""
 
     def __post_init__(self) -> None:
-        if self.init == "local" and self.family != "bert":
-            raise ConfigError(f"model.init='local' wires BERT's learned position table; model.family="
-                              f"'{self.family}' has rotary positions: use init='bert' (its own initialisation)")
         if self.global_attention_every < 1 or self.local_attention < 2:
             raise ConfigError("model.global_attention_every must be >= 1 and model.local_attention >= 2")
         if self.init == "local" and self.num_attention_heads < 2:

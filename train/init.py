@@ -50,7 +50,10 @@ def unigram_output_bias(mlm, blocks: np.ndarray, special_ids: tuple[int, ...]) -
 
 
 def apply_locality_prior(mlm, neighbour_weight: float = NEIGHBOUR_WEIGHT) -> None:
-    """Sinusoidal positions in the last head_dim dimensions; layer-0 heads 0/1 look at token i-1 / i+1."""
+    """Layer-0 heads 0/1 look at token i-1 / i+1: through sinusoidal positions in the last head_dim dimensions
+    (BERT), or through rotary positions acting on a constant direction (ModernBERT, `rotary_locality_prior`)."""
+    if mlm.config.model_type == "modernbert":
+        return rotary_locality_prior(mlm, neighbour_weight)
     config = mlm.config
     hidden, heads = config.hidden_size, config.num_attention_heads
     head_dim = hidden // heads
@@ -83,6 +86,92 @@ def apply_locality_prior(mlm, neighbour_weight: float = NEIGHBOUR_WEIGHT) -> Non
             rows = slice(head * head_dim, (head + 1) * head_dim)
             query.weight[rows] *= scale
             key.weight[rows] *= scale
+
+
+def rotary_locality_prior(mlm, neighbour_weight: float = NEIGHBOUR_WEIGHT) -> None:
+    """The locality prior under rotary positions (ModernBERT: no position table, no biases).
+
+    Every token's embedding gets the same zero-mean vector u in the last head_dim dimensions (pairs weighted by
+    their rotary frequency), so after the embedding LayerNorm each position carries nearly the same c there. Layer 0's heads 0 and 1 take
+    q = c and k = R(+-w) c, R the rotary rotation by one position: RoPE turns their score into
+    c' R((j - i +- 1) w) c = sum_f |c_f|^2 cos((j - i +- 1) w_f), largest at j = i -+ 1. Their values are a
+    random projection of the word dimensions, written back into the word dimensions; the scores are sharpened
+    until the neighbour gets `neighbour_weight` of the attention, as for BERT."""
+    config = mlm.config
+    hidden, heads = config.hidden_size, config.num_attention_heads
+    head_dim = hidden // heads
+    word_dims = hidden - head_dim  # words in [0, word_dims), the constant direction in [word_dims, hidden)
+    embeddings, attention = mlm.model.embeddings, mlm.model.layers[0].attn
+    omega = attention.rotary_emb.inv_freq.double()  # (head_dim / 2,): rotate_half pairs (f, f + head_dim / 2)
+    with torch.no_grad():
+        # Embeddings: one zero-mean direction shared by every token, its rotary pairs weighted by their frequency
+        # (slow pairs barely tell neighbours apart) and twice a word entry's size (so the LayerNorm's per-token
+        # scale hardly varies): measured, the neighbour then gets 0.90 of the attention, against 0.67 with equal
+        # weights at a word entry's size (the wired heads' q.k then differed by less than the norms' noise)
+        weights = omega.float() / omega.float().pow(2).mean().sqrt()
+        direction = torch.cat([weights, -weights]) * 2 * config.initializer_range
+        embeddings.tok_embeddings.weight[:, word_dims:] = direction
+        # Layer 0, heads 0 and 1: query = the direction, key = the direction rotated one position on; value = words
+        weight = attention.Wqkv.weight  # (3 * hidden, hidden): query, key, value rows
+        for head, shift in ((0, 1.0), (1, -1.0)):
+            for block in range(3):
+                weight[block * hidden + head * head_dim : block * hidden + (head + 1) * head_dim] = 0.0
+            rows = slice(head * head_dim, (head + 1) * head_dim)
+            weight[rows, word_dims:] = torch.eye(head_dim)
+            weight[hidden + head * head_dim : hidden + (head + 1) * head_dim, word_dims:] = \
+                half_rotation(omega, shift).float()
+            weight[2 * hidden + head * head_dim : 2 * hidden + (head + 1) * head_dim, :word_dims] = \
+                torch.randn(head_dim, word_dims) / math.sqrt(word_dims)
+        # Their output lands in the word subspace, where the MLM head reads
+        output = attention.Wo.weight
+        output[:, : 2 * head_dim] = 0.0
+        output[:word_dims, : 2 * head_dim] = torch.randn(word_dims, 2 * head_dim) / math.sqrt(2 * head_dim)
+        # Sharpen both heads until the neighbour gets `neighbour_weight` of the attention
+        scale = math.sqrt(_rotary_score_scale_for(mlm, neighbour_weight))
+        for head in (0, 1):
+            for block in (0, 1):  # query and key rows
+                weight[block * hidden + head * head_dim : block * hidden + (head + 1) * head_dim] *= scale
+
+
+def half_rotation(omega: torch.Tensor, shift: float) -> torch.Tensor:
+    """R with RoPE(x, p + shift) = RoPE(R x, p) for transformers' rotate_half layout (pairs f, f + d/2)."""
+    half = len(omega)
+    cos, sin = torch.cos(omega * shift), torch.sin(omega * shift)
+    rotation = torch.zeros(2 * half, 2 * half, dtype=torch.float64)
+    rotation[:half, :half], rotation[:half, half:] = torch.diag(cos), torch.diag(-sin)
+    rotation[half:, :half], rotation[half:, half:] = torch.diag(sin), torch.diag(cos)
+    return rotation
+
+
+def _rotary_score_scale_for(mlm, neighbour_weight: float) -> float:
+    """Factor on layer-0 head 0's rotary scores that gives the previous token `neighbour_weight` on average."""
+    from transformers.models.modernbert.modeling_modernbert import apply_rotary_pos_emb
+
+    config = mlm.config
+    hidden, head_dim = config.hidden_size, config.hidden_size // config.num_attention_heads
+    length = min(config.max_position_embeddings, 512)
+    ids = torch.randint(0, config.vocab_size, (1, length), device=mlm.device)
+    was_training = mlm.training
+    mlm.eval()
+    with torch.no_grad():
+        states = mlm.model.embeddings(input_ids=ids)  # (1, T, H)
+        attention = mlm.model.layers[0].attn
+        query = states @ attention.Wqkv.weight[:head_dim].T  # (1, T, head_dim)
+        key = states @ attention.Wqkv.weight[hidden : hidden + head_dim].T
+        cos, sin = attention.rotary_emb(states, position_ids=torch.arange(length, device=ids.device)[None])
+        query, key = apply_rotary_pos_emb(query[:, None], key[:, None], cos, sin)
+        scores = (query[0, 0] @ key[0, 0].T / math.sqrt(head_dim)).double()  # (T, T)
+    mlm.train(was_training)
+    rows = torch.arange(1, length, device=scores.device)
+
+    def weight_on_previous(factor: float) -> float:
+        return torch.softmax(scores * factor, dim=-1)[rows, rows - 1].mean().item()
+
+    low, high = 1e-3, 1e4
+    for _ in range(60):
+        middle = math.sqrt(low * high)
+        low, high = (middle, high) if weight_on_previous(middle) < neighbour_weight else (low, middle)
+    return math.sqrt(low * high)
 
 
 def sinusoids(positions: int, dims: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -42,6 +42,23 @@ def test_local_init_heads_attend_to_previous_and_next_token(hidden, heads):
     assert plain[0, rows, rows - 1].mean().item() < 0.1
 
 
+@pytest.mark.parametrize("hidden,heads", [(64, 2), (128, 4)])
+def test_rotary_local_init_heads_attend_to_previous_and_next_token(hidden, heads):
+    """ModernBERT (rotary positions, no position table, no biases): the wired heads of layer 0, as transformers'
+    own eager attention computes them, give their neighbour ~0.9 of the attention; its own init does not."""
+    def attention(init: str) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = build_model(small_config(init, family="modernbert", hidden_size=hidden, num_attention_heads=heads),
+                            500, 0).eval()
+        model.config._attn_implementation = "eager"  # SDPA does not return the weights
+        return model.model(input_ids=torch.randint(5, 500, (2, 64)), output_attentions=True).attentions[0]  # (B, h, T, T)
+
+    wired, rows = attention("local"), torch.arange(1, 63)
+    assert wired[:, 0, rows, rows - 1].mean().item() == pytest.approx(0.9, abs=0.03)
+    assert wired[:, 1, rows, rows + 1].mean().item() == pytest.approx(0.9, abs=0.03)
+    assert attention("bert")[:, 0, rows, rows - 1].mean().item() < 0.1
+
+
 def test_local_init_checkpoint_is_a_plain_bert_for_masked_lm(tmp_path):
     from transformers import BertForMaskedLM
 
