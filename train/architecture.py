@@ -15,12 +15,9 @@ the plain transformers class, loadable by `transformers.pipeline`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
-
-if TYPE_CHECKING:
-    from train.config import ModelConfig
 
 FAMILIES = ("bert", "modernbert")
 
@@ -34,8 +31,10 @@ class Family:
     head_weight: str  # a tensor only a folder with an MLM head has
     glu: bool  # the feed-forward is gated (its first projection is 2 x intermediate_size wide)
 
-    def build(self, config: ModelConfig, vocab_size: int, special_ids: dict[str, int]):
-        """A freshly initialised masked-LM of this family (transformers' own initialisation)."""
+    def build(self, config: Any, vocab_size: int, special_ids: dict[str, int]):
+        """A freshly initialised masked-LM of this family (transformers' own initialisation) from the sizes of
+        `config`, a train.config.ModelConfig (not imported: the config module reads families through
+        train/continued.py)."""
         return _BUILDERS[self.name](config, vocab_size, special_ids)
 
     def from_pretrained(self, folder, dropout: tuple[float, float]):
@@ -132,7 +131,7 @@ def packed_modernbert(model, input_ids: torch.Tensor) -> torch.Tensor:
     return model.final_norm(hidden)
 
 
-def _build_bert(config: ModelConfig, vocab_size: int, special_ids: dict[str, int]):
+def _build_bert(config: Any, vocab_size: int, special_ids: dict[str, int]):
     from transformers import BertConfig, BertForMaskedLM
 
     return BertForMaskedLM(BertConfig(
@@ -144,7 +143,7 @@ def _build_bert(config: ModelConfig, vocab_size: int, special_ids: dict[str, int
     ))
 
 
-def _build_modernbert(config: ModelConfig, vocab_size: int, special_ids: dict[str, int]):
+def _build_modernbert(config: Any, vocab_size: int, special_ids: dict[str, int]):
     from transformers import ModernBertConfig, ModernBertForMaskedLM
 
     return ModernBertForMaskedLM(ModernBertConfig(

@@ -21,7 +21,7 @@ MAX_LENGTH = 128
 
 def cloze_probe(mlm, tokenizer, device: torch.device, count: int = CLOZE_ITEMS, batch_size: int = 64) -> dict:
     """Whole-word top-1 accuracy of `mlm` on `count` review snippets, with its standard error."""
-    from train.probe import sentiment_reviews
+    from train.reviews import sentiment_reviews
 
     try:
         texts = [row["text"] for row in sentiment_reviews(count, seed=CLOZE_SEED)]

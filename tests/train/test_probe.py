@@ -11,7 +11,8 @@ import torch
 
 from train.config import load_train_config
 from train.logger import run_summary
-from train.probe import REVIEWS_MEMBER, embedding_probe, knn_accuracy, retrieval_probe, sentiment_reviews
+from train.probe import embedding_probe, knn_accuracy, retrieval_probe
+from train.reviews import REVIEWS_MEMBER, sentiment_reviews
 from train.trainer import run_training
 
 
