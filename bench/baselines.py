@@ -202,30 +202,48 @@ GEMM_SIZE = 1024
 
 def measure_gemm_peak(threads: int | None = None, seconds: float = 0.4) -> dict:
     """This machine's dense matrix-multiply rate now, on `threads` threads (default: every core), in G(FL)OP/s:
-    `fp32` and `bf16` through PyTorch (oneDNN: AVX-512/AMX where the CPU has them), `int8` the faster of
+    `fp32` and `bf16` through PyTorch (oneDNN: AVX-512/AMX where the CPU has them), `int8` the fastest of
     PyTorch's int8 GEMM and ONNX Runtime's MatMulInteger (MLAS: VNNI/AMX where present), the kernel family that
-    ORT's int8 graphs run. A square 1024 product, repeated for `seconds`; the best of three windows."""
+    ORT's int8 graphs run, with u8 x s8 operands and with u8 x u8 (`onnxruntime_u8u8`: the kernel of u8-weight
+    graphs, which cannot saturate where u8 x s8 sums do). A square 1024 product, repeated for `seconds`; the best
+    of three windows.
+
+    fp32 and int8 are also timed on one thread (`one_thread`), and the peak is the larger of the all-thread rate
+    and `threads` times the one-thread rate: on cores shared with other work a multi-threaded product waits for
+    its slowest thread, so the all-thread figure alone can fall below what single-thread contenders reach (bf16,
+    emulated and slow on CPUs without it, is timed on all threads only)."""
     import os
 
+    threads = threads or os.cpu_count() or 1
+    peaks, int8 = _gemm_rates(threads, seconds, with_bf16=True)
+    one_fp32, one_int8 = _gemm_rates(1, seconds, with_bf16=False) if threads > 1 else (peaks, int8)
+    all_threads = {"fp32": peaks["fp32"], "int8": max(int8.values())}
+    one_thread = {"fp32": one_fp32["fp32"], "int8": max(one_int8.values())}
+    peaks |= {name: max(all_threads[name], threads * one_thread[name]) for name in all_threads}
+    return {"threads": threads, "size": GEMM_SIZE, "gflops_per_s": peaks, "int8_by_library": int8,
+            "all_threads": all_threads, "one_thread": one_thread}
+
+
+def _gemm_rates(threads: int, seconds: float, with_bf16: bool) -> tuple[dict, dict]:
+    """({fp32[, bf16]}, {int8 by library}) in G(FL)OP/s on `threads` threads."""
     import torch
 
-    threads = threads or os.cpu_count() or 1
+    size = GEMM_SIZE
+    ops = 2.0 * size ** 3
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        size = GEMM_SIZE
-        ops = 2.0 * size ** 3
-        peaks = {}
-        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        rates = {}
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))[:2 if with_bf16 else 1]:
             a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-            peaks[name] = ops / _best_call_time(lambda a=a, b=b: a @ b, seconds) / 1e9
+            rates[name] = ops / _best_call_time(lambda a=a, b=b: a @ b, seconds) / 1e9
         a8, b8 = (torch.randint(-128, 128, (size, size), dtype=torch.int8) for _ in range(2))
-        int8 = {"torch": ops / _best_call_time(lambda: torch._int_mm(a8, b8), seconds) / 1e9}
+        int8 = {"torch": ops / _best_call_time(lambda: torch._int_mm(a8, b8), seconds) / 1e9} if with_bf16 else {}
     finally:
         torch.set_num_threads(previous)
     int8["onnxruntime"] = ops / _best_call_time(_ort_int8_matmul(size, threads), seconds) / 1e9
-    peaks["int8"] = max(int8.values())
-    return {"threads": threads, "size": size, "gflops_per_s": peaks, "int8_by_library": int8}
+    int8["onnxruntime_u8u8"] = ops / _best_call_time(_ort_int8_matmul(size, threads, unsigned=True), seconds) / 1e9
+    return rates, int8
 
 
 def peak_for_precision(peak: dict, precision: str) -> tuple[str, float]:
@@ -251,17 +269,20 @@ def _best_call_time(call: Callable[[], object], seconds: float) -> float:
     return best
 
 
-def _ort_int8_matmul(size: int, threads: int) -> Callable[[], object]:
+def _ort_int8_matmul(size: int, threads: int, unsigned: bool = False) -> Callable[[], object]:
+    """One MatMulInteger of u8 activations by constant weights, s8 (or u8 when `unsigned`), as a callable."""
     import numpy as np
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
+    low, high, dtype = (0, 256, np.uint8) if unsigned else (-128, 128, np.int8)
+    weights = np.random.default_rng(0).integers(low, high, (size, size), dtype=dtype)
     graph = helper.make_graph(
         [helper.make_node("MatMulInteger", ["a", "b"], ["c"])], "int8_gemm",
         [helper.make_tensor_value_info("a", TensorProto.UINT8, [size, size])],
         [helper.make_tensor_value_info("c", TensorProto.INT32, [size, size])],
-        [onnx.numpy_helper.from_array(np.random.default_rng(0).integers(-128, 128, (size, size), dtype=np.int8), "b")])
+        [onnx.numpy_helper.from_array(weights, "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads

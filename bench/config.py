@@ -6,9 +6,9 @@ resolved config into its result JSON.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from bertforge.cli_options import preset_file
 from bertforge.config import ConfigError
@@ -136,8 +136,20 @@ class BenchConfig:
     # also measure another embedding server in the same rounds, with the same load generator and texts (contender
     # "external"): its OpenAI-style embeddings URL, e.g. Infinity's http://127.0.0.1:7997/embeddings; the embed task
     compare_url: str = ""
+    # also serve copies of the repository with changed serving settings (ServingSettings keys), each a contender
+    # `triton_<name>` measured in the same rounds, alternating with the others: a lever measured side by side,
+    # e.g. --set 'variants.two_single={instance_count=2, intra_op_threads=1}'
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from bertforge.served_model import ServingSettings
+
+        settings = {item.name for item in fields(ServingSettings)}
+        for name, changes in self.variants.items():
+            unknown = sorted(set(changes) - settings)
+            if not name.isidentifier() or not changes or unknown:
+                raise ConfigError(f"variants.{name}: a variant needs a name of letters, digits and _ and at least one "
+                                  f"serving setting; unknown {unknown}; valid: {sorted(settings)}")
         if self.task not in DEFAULT_TASKS:
             raise ConfigError(f"bench.task must be one of {', '.join(DEFAULT_TASKS)}, got {self.task!r}")
         if self.api and API_TASKS[self.api] != self.task:

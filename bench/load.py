@@ -83,7 +83,9 @@ def server_time_split(before: dict, after: dict, client_mean_ms: float | None) -
 
     Triton books every request of a merged batch until the batch's execute returns, while the backend answers
     each sub-batch as soon as it is done: with merged batches `server` overstates what a short request waited,
-    so `outside_server` is given only where no request was merged with another (one per execution)."""
+    so `outside_server` is given only where no request was merged with another (one per execution). Even there
+    our backend's response leaves just before its execute returns, so that figure can dip a little below zero;
+    a model that returns its responses from execute (bench profile's constant model) splits exactly."""
     if "success" not in after:
         return None
     requests = after["success"]["count"] - before["success"]["count"]

@@ -137,12 +137,22 @@ def print_serve_table(results: dict) -> None:
     print_time_split(results["points"], console)
     if peak:
         rates = ", ".join(f"{name} {rate:,.0f}" for name, rate in peak["gflops_per_s"].items())
+        if peak.get("int8_by_library"):
+            rates += " (int8 by kernel: " + ", ".join(f"{name} {rate:,.0f}" for name, rate in
+                                                      peak["int8_by_library"].items()) + ")"
         console.print(f"GEMM peak measured in this run ({peak['threads']} threads, {peak['size']}² products): {rates} "
                       f"G(FL)OP/s; {unit} = model arithmetic of the answered texts' real tokens per second", style="dim")
     for name, goal in results.get("goals", {}).items():
         if goal["value"] is not None:
             verdict = "met" if goal["met"] else "NOT met"
             console.print(f"goal {name}: {goal['value']:.2f} (target {goal['target']}, {verdict}) — {goal['meaning']}")
+    for name, variant in (results.get("variants") or {}).items():
+        for level, by_versus in ((key, value) for key, value in variant.items() if key != "settings"):
+            for versus, ratios in by_versus.items():
+                throughput, p99 = ratios["throughput"], ratios["p99"]
+                console.print(f"variant {name} {variant['settings']} at {level}, {versus}: throughput "
+                              f"{throughput['value']:.2f}x (rounds {', '.join(f'{v:.2f}' for v in throughput['per_round'])}), "
+                              f"p99 {p99['value']:.2f}x (rounds {', '.join(f'{v:.2f}' for v in p99['per_round'])})")
     console.print("in-process latency is per call (one text for _b1 rows, one batch of N for _bN rows)", style="dim")
 
 

@@ -6,7 +6,9 @@ Contenders, all on the same texts, alternating within each round so machine nois
   - `onnxruntime_b1` / `_b16`: the exported graph in this process (no Triton), one text at a time / batched;
   - `pipeline_fill_mask_b1` / `_b16` (embed: `pytorch_mean_pooling_*`): PyTorch fp32 eager in this process;
   - with `--api openai|tei|hf`: `api_<kind>`, the HTTP API (serve/api/) in front of the same `triton` server,
-    one text per HTTP request, the same sweep (its cost = the difference to `triton`).
+    one text per HTTP request, the same sweep (its cost = the difference to `triton`);
+  - with `variants.<name>` (ServingSettings changes): `triton_<name>`, a copy of the repository served with them,
+    the same sweep (a lever measured side by side; `variants` in the result holds its per-round ratios).
 Figures per contender are its fastest round (noise only slows runs down); the goals are medians of
 ratios measured side by side within each round. Every point also carries its useful arithmetic: model FLOPs
 counted from each answered text's real token count (no padding; `bench.stats.encoder_flops`) per second,
@@ -82,6 +84,11 @@ def run_serve_benchmark(config: BenchConfig, repo: Path | None = None, model_dir
         if config.baselines.batching_off and url is None:
             variant = variant_repository(repo, scratch / "no_batching", config.task, dynamic_batching=False)
             servers[SERVED_NO_BATCHING] = stack.enter_context(start_server(variant, log, "dynamic batching off"))
+        for name, changes in config.variants.items():  # levers, each its own server on a copy, in the same rounds
+            if url is not None:
+                raise UserError("variants need bench's own servers: drop --url, or measure each setting on its own")
+            variant = variant_repository(repo, scratch / f"variant_{name}", config.task, **changes)
+            servers[variant_contender(name)] = stack.enter_context(start_server(variant, log, f"variant {name}: {changes}"))
 
         rounds = []
         for number in range(config.rounds):
@@ -98,7 +105,35 @@ def run_serve_benchmark(config: BenchConfig, repo: Path | None = None, model_dir
             "hf_model": str(model_dir) if model_dir else None, "serving": settings, "texts": texts.summary(),
             "cpu": cpu.summary(), "gemm_peak": peak | {"compared_with": kind}, "points": points, "rounds": rounds,
             "goals": goals(rounds, config.task) | api_goals(rounds, config.api)
-            | external_goals(rounds, config.compare_url, cpu)}
+            | external_goals(rounds, config.compare_url, cpu), "variants": variant_ratios(rounds, config.variants)}
+
+
+def variant_contender(name: str) -> str:
+    return f"{SERVED}_{name}"
+
+
+def variant_ratios(rounds: list[list[dict]], variants: dict[str, dict]) -> dict:
+    """Per variant and load level, medians over rounds of its throughput and p99 as multiples of the served
+    repository's as exported (and of the other server's, with --compare-url), each ratio taken within a round."""
+    result: dict[str, dict] = {}
+    for name, changes in variants.items():
+        levels: dict[str, dict] = {}
+        for points in rounds:
+            by_key = {(point["contender"], point.get("concurrency")): point for point in points}
+            for (contender, users), point in by_key.items():
+                if contender != variant_contender(name):
+                    continue
+                for reference in (SERVED, EXTERNAL):
+                    other = by_key.get((reference, users))
+                    if other and other["requests_per_s"] and other.get("p99_ms"):
+                        level = f"c{users}" if users else "rate"
+                        entry = levels.setdefault(level, {}).setdefault(f"vs_{reference}", {"throughput": [], "p99": []})
+                        entry["throughput"].append(point["requests_per_s"] / other["requests_per_s"])
+                        entry["p99"].append(point["p99_ms"] / other["p99_ms"])
+        result[name] = {"settings": changes} | {
+            level: {versus: {kind: {"value": median(values), "per_round": values} for kind, values in ratios.items()}
+                    for versus, ratios in by_versus.items()} for level, by_versus in levels.items()}
+    return result
 
 
 def measure_round(config: BenchConfig, servers: dict[str, str | None], repo: Path, model_dir: Path | None,

@@ -62,8 +62,8 @@ def test_serve_sweep_with_every_baseline(served_repo, tiny_bert_dir, held_out_fi
     for users in (1, 4):
         split = points[("triton", users)]["server_ms"]
         assert 0 < split["compute_infer"] <= split["server"] and split["queue"] >= 0 and split["execute_per_batch"] > 0
-    single = points[("triton", 1)]["server_ms"]  # one client: nothing merged, so the client's wait splits cleanly
-    assert single["server"] < points[("triton", 1)]["mean_ms"] and single["outside_server"] > 0
+    single = points[("triton", 1)]["server_ms"]  # one client: nothing merged, so the client's wait splits
+    assert single["outside_server"] == pytest.approx(points[("triton", 1)]["mean_ms"] - single["server"])
     assert results["cpu"]["int8_kernel"] and "int8_saturates" in results["cpu"]
     assert all(rate > 0 for rate in results["gemm_peak"]["gflops_per_s"].values())
     assert all(0 <= points[("triton", users)]["client_cpu_cores"] <= results["machine"]["cpus"] for users in (1, 4))
@@ -108,6 +108,25 @@ def test_open_loop_rate_against_a_running_server(served_repo, grpc_url, held_out
     assert point["contender"] == "triton" and point["request_rate"] == 40 and point["concurrency"] is None
     assert 30 <= point["requests"] <= 41 and point["errors"] == 0  # ~40 scheduled in 1 s
     assert not (tmp_path / "rate_throughput.png").exists()  # no sweep, no sweep plot
+
+
+def test_variants_are_served_from_copies_in_the_same_rounds(served_repo, held_out_file, tmp_path):
+    """`variants.<name>`: a copy of the repository with changed serving settings is one more contender, alternating
+    with the repository as exported within every round; its ratios to it are medians of per-round ratios."""
+    config_before = (served_repo / "embed" / "config.pbtxt").read_text()
+    output = tmp_path / "variants.json"
+    code = main(["bench", "serve", "--repo", str(served_repo), "--task", "embed", "--concurrency", "4",
+                 "--requests", "40", "--seconds", "5", "--rounds", "2", "--no-baselines", "--output", str(output),
+                 "--set", "variants.two_single={instance_count=2, intra_op_threads=1}", *_text_settings(held_out_file)])
+    assert code == 0
+    results = json.loads(output.read_text())
+    rounds = [{point["contender"] for point in round_points} for round_points in results["rounds"]]
+    assert rounds == [{"triton", "triton_two_single"}] * 2
+    variant = results["variants"]["two_single"]
+    assert variant["settings"] == {"instance_count": 2, "intra_op_threads": 1}
+    assert len(variant["c4"]["vs_triton"]["throughput"]["per_round"]) == 2
+    assert all(point["errors"] == 0 and point["requests"] > 0 for point in results["points"])
+    assert (served_repo / "embed" / "config.pbtxt").read_text() == config_before  # the copy changed, not this
 
 
 def test_tuner_tries_each_setting_on_a_copy_and_picks_the_fastest_within_the_bound(served_repo, held_out_file,
@@ -215,5 +234,11 @@ def test_profile_splits_the_time_into_ops_processes_and_the_serving_floor(served
     # the constant-answer model really was served in place of the model: it costs less than tokenize + run
     assert 0 < floor["constant_p50_ms"] < floor["served_p50_ms"]
     assert floor["overhead_ms"] == pytest.approx(floor["served_p50_ms"] - floor["in_process_p50_ms"])
+    # each served kind's single-client wait split by Triton's statistics: the backend's execute is the model's
+    # work, which the constant model does not do
+    splits = floor["server_ms"]
+    assert splits["constant"]["compute_infer"] < splits["served"]["compute_infer"]
+    # the constant model answers when its execute returns, so its client waited longer than Triton booked
+    assert splits["constant"]["outside_server"] > 0 and splits["served"]["server"] > 0
     # the benchmarked repository is untouched (the constant model went into a copy)
     assert "ServedModel" in ServedModelDir.in_repo(served_repo, task).backend_file.read_text()

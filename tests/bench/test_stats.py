@@ -237,3 +237,46 @@ def test_phase_timer_splits_a_call_and_counts_padding():
     assert summary["onnx_runs_per_call"] == 1 and summary["padding_share"] == pytest.approx(2 / 16)
     timer.reset()
     assert timer.summary() == {}
+
+
+def test_variants_are_compared_within_each_round_with_the_served_repository_and_the_other_server():
+    from bench.serving import variant_ratios
+
+    def round_points(served, variant, external):
+        return [_point("triton", 32, served, 100), _point("triton_two", 32, variant, 50),
+                _point("external", 32, external, 200), _point("triton", 1, 10, 5)]
+
+    rounds = [round_points(100, 200, 50), round_points(80, 120, 40), round_points(90, 200, 45)]
+    ratios = variant_ratios(rounds, {"two": {"instance_count": 2}})["two"]
+    assert ratios["settings"] == {"instance_count": 2} and set(ratios) == {"settings", "c32"}
+    assert ratios["c32"]["vs_triton"]["throughput"]["value"] == pytest.approx(2.0)  # 2.0, 1.5, 2.22
+    assert ratios["c32"]["vs_triton"]["p99"]["per_round"] == [0.5, 0.5, 0.5]
+    assert ratios["c32"]["vs_external"]["throughput"]["value"] == pytest.approx(4.0)  # 4, 3, 4.44
+
+
+def test_variants_must_name_serving_settings():
+    from bench.config import BenchConfig
+    from bertforge.config import ConfigError
+
+    assert BenchConfig(variants={"two_single": {"instance_count": 2, "intra_op_threads": 1}}).variants
+    with pytest.raises(ConfigError, match="unknown \\['threads'\\]"):
+        BenchConfig(variants={"two": {"threads": 1}})
+    with pytest.raises(ConfigError, match="at least one"):
+        BenchConfig(variants={"two": {}})
+
+
+def test_gemm_peak_is_never_below_what_single_threads_reach(monkeypatch):
+    """On cores shared with other work a two-thread product waits for its slower thread: the peak is the larger of
+    the all-thread rate and threads x the one-thread rate, and both are reported."""
+    import bench.baselines as baselines
+
+    def rates(threads, seconds, with_bf16):
+        if threads == 1:
+            return {"fp32": 70.0}, {"onnxruntime": 180.0, "onnxruntime_u8u8": 100.0}
+        return {"fp32": 100.0, "bf16": 1.0}, {"torch": 1.0, "onnxruntime": 400.0, "onnxruntime_u8u8": 150.0}
+
+    monkeypatch.setattr(baselines, "_gemm_rates", rates)
+    peak = baselines.measure_gemm_peak(threads=2)
+    assert peak["gflops_per_s"] == {"fp32": 140.0, "bf16": 1.0, "int8": 400.0}
+    assert peak["all_threads"] == {"fp32": 100.0, "int8": 400.0} and peak["one_thread"] == {"fp32": 70.0, "int8": 180.0}
+    assert peak["int8_by_library"]["onnxruntime_u8u8"] == 150.0
