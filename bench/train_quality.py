@@ -25,6 +25,7 @@ full-budget runs, 4x as long) to reach their loss. JSON and the curves' PNG go t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import subprocess
@@ -52,6 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-config", default=NEW_CONFIG)
     parser.add_argument("--tokenizer", default="", help="a shared tokenizer folder (default: trained once)")
     parser.add_argument("--workdir", default="runs/quality", help="run folders (replaced)")
+    parser.add_argument("--lock", default="", help="a file to hold an exclusive flock on while each run trains: "
+                                                 "jobs on a shared machine that honour it pause during measurements")
     parser.add_argument("--output", default="bench/results/train_quality.json")
 
 
@@ -122,12 +125,13 @@ class Runner:
             config = self.args.today_config if contender == "today" else self.args.new_config
             command = [sys.executable, "-m", "bertforge", "train", "--config", config, "--run-dir", str(run_dir),
                        "--set", f"data.tokenizer={self.tokenizer}", "--set", f"train.max_minutes={minutes}",
-                       "--set", "train.max_steps=1000000", "--set", "log.progress=false",
+                       *budget_bound(config), "--set", "log.progress=false",
                        "--set", "log.tensorboard=false", "--set", "log.probe=false",
                        "--set", "checkpoint.every=1000000",
                        "--set", f"train.eval_every={self._eval_every(config, minutes)}"]
         print(f"[quality] {label}: {' '.join(command[1:])}", flush=True)
-        done = subprocess.run(command, capture_output=True, text=True)
+        with exclusive(self.args.lock):
+            done = subprocess.run(command, capture_output=True, text=True)
         (run_dir / "yardstick.log").parent.mkdir(parents=True, exist_ok=True)
         (run_dir / "yardstick.log").write_text(done.stdout + done.stderr)
         if done.returncode != 0:
@@ -140,17 +144,49 @@ class Runner:
     def _eval_every(self, config: str, minutes: float) -> int:
         """Steps between evaluations, about EVALUATIONS per run, from a 30-step timing of the config here."""
         if config not in self.step_seconds:
-            probe_dir = self.workdir / "timing" / Path(config).stem
-            subprocess.run([sys.executable, "-m", "bertforge", "train", "--config", config, "--run-dir", str(probe_dir),
-                            "--set", f"data.tokenizer={self.tokenizer}", "--set", "train.max_steps=30",
-                            "--set", "train.max_minutes=0", "--set", "log.every=10", "--set", "log.progress=false",
-                            "--set", "log.tensorboard=false", "--set", "log.probe=false"],
-                           check=True, capture_output=True)
-            steps = [json.loads(line) for line in (probe_dir / "metrics.jsonl").read_text().splitlines()]
-            timed = [record for record in steps if "tokens_per_s" in record and record["step"] > 10]
-            tokens_per_step = timed[-1]["tokens_seen"] / timed[-1]["step"]
-            self.step_seconds[config] = tokens_per_step / median(record["tokens_per_s"] for record in timed)
+            with exclusive(self.args.lock):
+                self._time_steps(config)
         return max(10, int(minutes * 60 / self.step_seconds[config] / EVALUATIONS))
+
+    def _time_steps(self, config: str) -> None:
+        """Seconds per step of `config` on this machine, from the tokens/s a 30-step run logs after 10 steps."""
+        probe_dir = self.workdir / "timing" / Path(config).stem
+        subprocess.run([sys.executable, "-m", "bertforge", "train", "--config", config, "--run-dir", str(probe_dir),
+                        "--set", f"data.tokenizer={self.tokenizer}", "--set", "train.max_steps=30",
+                        "--set", "train.max_minutes=0", "--set", "log.every=10", "--set", "log.progress=false",
+                        "--set", "log.tensorboard=false", "--set", "log.probe=false"],
+                       check=True, capture_output=True)
+        steps = [json.loads(line) for line in (probe_dir / "metrics.jsonl").read_text().splitlines()]
+        timed = [record for record in steps if "tokens_per_s" in record and record["step"] > 10]
+        tokens_per_step = timed[-1]["tokens_seen"] / timed[-1]["step"]
+        self.step_seconds[config] = tokens_per_step / median(record["tokens_per_s"] for record in timed)
+
+
+def budget_bound(config: str) -> list[str]:
+    """Overrides that leave the wall clock alone to end the schedule on any machine: max_steps out of reach, the
+    warm-up the same share of the run as the config's (the budget schedule warms up over that share)."""
+    from train.config import load_train_config
+
+    settings = load_train_config(config)
+    steps = 1_000_000
+    warmup = round(settings.optim.warmup_steps / settings.train.max_steps * steps)
+    return ["--set", f"train.max_steps={steps}", "--set", f"optim.warmup_steps={warmup}"]
+
+
+@contextlib.contextmanager
+def exclusive(lock_file: str):
+    """An exclusive flock on `lock_file` for the block (nothing when empty)."""
+    if not lock_file:
+        yield
+        return
+    import fcntl
+
+    with open(lock_file, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def shared_tokenizer(config: str, workdir: Path) -> str:

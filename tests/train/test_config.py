@@ -56,6 +56,10 @@ def test_resolved_config_round_trips(tmp_path):
 
 
 def test_shipped_run_configs_load():
-    for name, preset in (("demo", "tiny"), ("base", "base"), ("large", "large")):
+    for name, preset, family in (("demo", "tiny", "modernbert"), ("demo-bert", "tiny", "bert"), ("base", "base", "bert"),
+                                 ("modernbert-base", "modernbert-base", "modernbert"), ("large", "large", "bert")):
         config = load_train_config(f"train/configs/{name}.toml")
-        assert config.name == name and config.model.preset == preset
+        assert config.name == name and config.model.preset == preset and config.model.family == family
+    # the GPU presets' vocabularies are multiples of 64 (tensor-core-sized embedding and decoder GEMMs)
+    assert all(load_train_config(f"train/configs/{name}.toml").data.vocab_size % 64 == 0
+               for name in ("base", "modernbert-base"))
