@@ -43,6 +43,8 @@ NOT_RUN = {
     "torchrun ": "needs 8 GPUs; tests/train runs DDP under torchrun on CPU",
     "bertforge bench train": "two contenders train for minutes on the demo corpus; "
                              "tests/bench/test_train_throughput.py runs it on the tiny corpus for 20 steps",
+    "bertforge bench quality": "four contenders train 7 minutes each, three rounds; "
+                               "tests/bench/test_train_quality.py runs one short round of every contender",
     "bertforge bench export": "builds every variant and times 15 rounds; tests/bench/test_export_latency.py runs it "
                               "on a tiny model",
     "bash scripts/test.sh": "the suite itself",

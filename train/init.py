@@ -162,16 +162,7 @@ def _rotary_score_scale_for(mlm, neighbour_weight: float) -> float:
         query, key = apply_rotary_pos_emb(query[:, None], key[:, None], cos, sin)
         scores = (query[0, 0] @ key[0, 0].T / math.sqrt(head_dim)).double()  # (T, T)
     mlm.train(was_training)
-    rows = torch.arange(1, length, device=scores.device)
-
-    def weight_on_previous(factor: float) -> float:
-        return torch.softmax(scores * factor, dim=-1)[rows, rows - 1].mean().item()
-
-    low, high = 1e-3, 1e4
-    for _ in range(60):
-        middle = math.sqrt(low * high)
-        low, high = (middle, high) if weight_on_previous(middle) < neighbour_weight else (low, middle)
-    return math.sqrt(low * high)
+    return scale_for_neighbour_weight(scores, neighbour_weight)
 
 
 def sinusoids(positions: int, dims: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,12 +199,17 @@ def _score_scale_for(mlm, neighbour_weight: float) -> float:
     query = hidden @ attention.query.weight[:head_dim].T
     key = hidden @ attention.key.weight[:head_dim].T
     scores = (query @ key.T / math.sqrt(head_dim)).double()  # (T, T)
-    rows = torch.arange(1, length, device=scores.device)
+    return scale_for_neighbour_weight(scores, neighbour_weight)
+
+
+def scale_for_neighbour_weight(scores: torch.Tensor, neighbour_weight: float) -> float:
+    """Factor on the (T, T) attention `scores` that gives each token's previous one `neighbour_weight` of its
+    attention on average: bisection in log space (the weight grows with the factor)."""
+    rows = torch.arange(1, scores.shape[0], device=scores.device)
 
     def weight_on_previous(factor: float) -> float:
         return torch.softmax(scores * factor, dim=-1)[rows, rows - 1].mean().item()
 
-    # Bisection in log space: the weight grows with the factor
     low, high = 1e-3, 1e4
     for _ in range(60):
         middle = math.sqrt(low * high)
