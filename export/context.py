@@ -4,7 +4,7 @@
     context.encoder          # Optimum's encoder graph (feature-extraction), for the tasks that add a head to it
     context.torch_model      # the PyTorch fp32 model (the family's *ForMaskedLM, else its base model)
     context.parity_inputs    # the gate's random-id and text batches (export.parity), shared by fill_mask and embed
-    context.fuse(fp32, folder)   # ONNX Runtime's fusions for the family
+    context.fuse(fp32, folder)   # ONNX Runtime's fusions for the family (ModernBERT: export.modernbert_graph)
 
 Below every exporter (export.task_exporter): it imports none of them.
 """
@@ -128,13 +128,21 @@ class ExportContext:
         return pad_rows(rows, ids["pad"], positions, ids["mask"])
 
     def fuse(self, fp32_path: Path, folder: Path) -> Path:
-        """The fused graph every variant starts from: ONNX Runtime's fusions where the family has them, else the
-        plain graph (export.families)."""
+        """The fused graph every variant starts from: ONNX Runtime's fusions where the family has them, ModernBERT's
+        encoder written in ORT's fused ops (export.modernbert_graph), else the plain graph (export.families)."""
         from export.variants import fuse
 
+        target = folder / "model.fused.onnx"
+        if self.config.optimize and self.info.family.fusion == "modernbert":
+            from export.modernbert_graph import fusable, replace_encoder
+
+            why_not = fusable(fp32_path, self.torch_model.config)
+            if why_not is None:
+                return replace_encoder(fp32_path, target, self.torch_model)
+            self.notes.append(f"ModernBERT encoder kept as traced (ONNX Runtime's BERT fusions only): {why_not}")
         optimize = self.config.optimize and self.info.family.fusion is not None
-        return fuse(fp32_path, folder / "model.fused.onnx", num_heads=self.info.num_heads,
-                    hidden_size=self.info.hidden_size, optimize=optimize)
+        return fuse(fp32_path, target, num_heads=self.info.num_heads, hidden_size=self.info.hidden_size,
+                    optimize=optimize)
 
     def definition_report(self) -> dict:
         """The report's `definition`: the family, what the author defines, what the graph computes and why."""

@@ -7,7 +7,8 @@ position rows precede the first usable position, and which ONNX Runtime fusion p
 Fusions (onnxruntime.transformers optimizer, model_type "bert": Attention, SkipLayerNormalization, BiasGelu):
 its pattern matcher finds Attention in BERT, RoBERTa, XLM-RoBERTa, CamemBERT, ELECTRA and DistilBERT graphs, and
 only SkipLayerNormalization/Gelu in MPNet (relative position bias) and ModernBERT (rotary attention) graphs
-(measured on Optimum's exports: docs/export.md "Families"). A family with `fusion=None` would be served as the
+(measured on Optimum's exports: docs/export.md "Families"). ModernBERT's encoder is therefore written in ORT's fused
+ops by export.modernbert_graph (MultiHeadAttention, RotaryEmbedding, SkipLayerNormalization). A family with `fusion=None` would be served as the
 plain graph; every fused graph still has to pass the gate.
 """
 
@@ -24,7 +25,8 @@ class Family:
     model_type: str
     embeddings_key: str  # suffix of the word-embedding tensor in the checkpoint
     mlm_head_key: str  # a tensor only the MLM head has
-    fusion: str | None  # onnxruntime.transformers optimizer model_type, None = serve the plain graph
+    fusion: str | None  # onnxruntime.transformers optimizer model_type; "modernbert": export.modernbert_graph;
+    # None = serve the plain graph
     position_offset: int = 0  # position rows before the first usable one (RoBERTa: padding_idx + 1)
     hidden_key: str = "hidden_size"
     heads_key: str = "num_attention_heads"
@@ -39,7 +41,7 @@ FAMILIES = {family.model_type: family for family in (
            hidden_key="dim", heads_key="n_heads"),
     Family("mpnet", "embeddings.word_embeddings.weight", "lm_head.dense.weight", "bert", position_offset=2),
     Family("electra", "embeddings.word_embeddings.weight", "generator_predictions.dense.weight", "bert"),
-    Family("modernbert", "embeddings.tok_embeddings.weight", "head.dense.weight", "bert"),
+    Family("modernbert", "embeddings.tok_embeddings.weight", "head.dense.weight", "modernbert"),
 )}
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 # and the pooling/top-k tail is cheap.
 FP16_KEEP_FLOAT32 = ["LayerNormalization", "SkipLayerNormalization", "EmbedLayerNormalization", "Softmax", "TopK",
                      "ReduceSum", "Sqrt", "Div", "Max"]
-FUSED_OPS = ("Attention", "QAttention", "SkipLayerNormalization", "EmbedLayerNormalization", "QEmbedLayerNormalization",
+FUSED_OPS = ("Attention", "QAttention", "MultiHeadAttention", "RotaryEmbedding", "SkipLayerNormalization", "EmbedLayerNormalization", "QEmbedLayerNormalization",
              "BiasGelu", "Gelu", "FastGelu")
 
 

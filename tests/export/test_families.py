@@ -136,7 +136,8 @@ def test_family_fill_mask_uses_its_own_mask_token(kind, family_folders, family_e
 
 
 def test_fusions_apply_per_family(family_exports):
-    """ONNX Runtime's BERT fusions: Attention where its matcher knows the family's attention, else LayerNorm/Gelu."""
+    """ONNX Runtime's BERT fusions: Attention where its matcher knows the family's attention, else LayerNorm/Gelu;
+    ModernBERT's encoder written in ORT's MultiHeadAttention and RotaryEmbedding (export.modernbert_graph)."""
     fused = {kind: report.tasks["embed"].variants["fp32"].fused_ops for kind, (_, report) in family_exports.items()}
     # SkipLayerNormalizations fused, whether served fused or split again where that was timed faster
     skip_layer_norms = {kind: report.tasks["embed"].layer_norm.get("nodes", 0)
@@ -145,6 +146,7 @@ def test_fusions_apply_per_family(family_exports):
         assert fused[kind].get("Attention") == 2, (kind, fused[kind])
     assert skip_layer_norms["mpnet"] and skip_layer_norms["modernbert"]
     assert "Attention" not in fused["modernbert"]
+    assert fused["modernbert"].get("MultiHeadAttention") == 2 and fused["modernbert"].get("RotaryEmbedding") == 4
 
 
 def test_forced_pooling_is_warned_and_reported_as_disagreeing(tmp_path, family_folders, capsys):
