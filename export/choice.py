@@ -72,10 +72,12 @@ def build_and_gate(target: Target, precision: str, progress) -> tuple[Path, Vari
 
 def search_int8(target: Target, progress) -> tuple[Path, VariantReport]:
     """`--precision int8`: the recipe search; the winner is described like any variant."""
+    from export.int8_search import SearchBudget
     from export.int8_search import search_int8 as run_search
     from export.variants import describe, session_providers
 
-    progress.step(f"{target.name} int8: searching recipes (at most {target.config.search_seconds:.0f} s)")
+    bound = SearchBudget(0.0, target.config.search_candidates).describe(target.config.search_seconds)
+    progress.step(f"{target.name} int8: searching recipes (at most {bound})")
     result = run_search(target.fused, target.folder / "int8-search",
                         lambda path: target.evaluate(path, "int8")[:3], target.calibration_feeds,
                         target.timing_feeds, seconds=target.config.search_seconds,

@@ -88,9 +88,11 @@ class ExportConfig:
     calibration_samples: int = 64
     parity_file: Path | None = None
     parity_samples: int = 400  # texts read at most; the gate cuts them into windows until it has gates.min_masks
-    search_seconds: float = 180.0  # int8 recipe search: stop trying further recipes after this long
-    # ... or after this many gated candidates (0: no count limit); a count holds on any machine's speed
-    search_candidates: int = 0
+    # int8 recipe search: stop after this many gated candidates. A count picks the same recipe on a machine of any
+    # speed (a budget in seconds served MiniLM fp32 on a busy Zen 1 where int8 passes); 40 is more than the whole
+    # search of a 24-layer encoder takes (8 fixed recipes, then at most 12 per sensitivity base: export.int8_search)
+    search_candidates: int = 40
+    search_seconds: float = 0.0  # ... or after this long, if > 0 (0: no time limit)
     # int8 that answers the same on every CPU: only 7-bit or u8 weights (exact on every int8 kernel,
     # bertforge/cpu.py), for exporting on one CPU (say a VNNI build machine) and serving on others (AVX2)
     int8_portable: bool = False
@@ -119,10 +121,13 @@ class ExportConfig:
             raise ConfigError("max_length must leave room for [CLS] text [SEP] (>= 3)")
         if self.calibration_samples < 1 or self.parity_samples < 1:
             raise ConfigError("calibration_samples and parity_samples must be >= 1")
-        if self.search_seconds <= 0:
-            raise ConfigError(f"search_seconds must be > 0 (the int8 recipe search's time budget), got {self.search_seconds}")
+        if self.search_seconds < 0:
+            raise ConfigError(f"search_seconds must be >= 0 (the int8 recipe search's time budget; 0: none), got "
+                              f"{self.search_seconds}")
         if self.search_candidates < 0:
             raise ConfigError(f"search_candidates must be >= 0 (0: no count limit), got {self.search_candidates}")
+        if self.search_candidates == 0 and self.search_seconds == 0:
+            raise ConfigError("the int8 search needs a bound: search_candidates > 0 or search_seconds > 0")
 
     @property
     def requested_precision(self) -> Precision:

@@ -74,18 +74,18 @@ def recipe_set_reason(cpu: CpuInfo, portable: bool = False) -> str:
 
 
 def search_int8(fused: Path, workdir: Path, evaluate: Evaluate, calibration_feeds: list[dict], timing_feeds: dict,
-                seconds: float = 180.0, progress: ExportProgress | None = None, label: str = "int8",
-                cpu: CpuInfo | None = None, portable: bool = False, candidates: int = 0) -> SearchResult:
+                seconds: float = 0.0, progress: ExportProgress | None = None, label: str = "int8",
+                cpu: CpuInfo | None = None, portable: bool = False, candidates: int = 40) -> SearchResult:
     """Build and gate int8 recipes of `fused` for the CPU the gate runs on (`cpu`, detected when None: its int8
     kernel decides which recipes can be exact, see bertforge.cpu); return the fastest passing one (or none, with
     every attempt). `portable`: saturation-free recipes only, so the graph answers the same on every CPU. The
-    search stops after `seconds`, or after `candidates` gated graphs (0: no count limit): a count holds on a
-    machine of any speed (an emulated CPU runs about 50x slower), seconds do not."""
+    search stops after `candidates` gated graphs, or after `seconds` when > 0 (0: no time limit; 0 candidates: no
+    count limit): a count holds on a machine of any speed (an emulated CPU runs about 50x slower), seconds do not."""
     progress = progress or ExportProgress()
     cpu = cpu or detect_cpu()
     tiers, bases = quantize.search_tiers(cpu, portable), quantize.sensitivity_bases(cpu, portable)
     started = time.perf_counter()
-    budget = SearchBudget(deadline=started + seconds, candidates=candidates)
+    budget = SearchBudget(deadline=started + seconds if seconds > 0 else float("inf"), candidates=candidates)
     workdir.mkdir(parents=True, exist_ok=True)
     passed: list[tuple[float, Path, Recipe]] = []
 
@@ -162,7 +162,8 @@ class SearchBudget:
         return time.perf_counter() > self.deadline or 0 < self.candidates <= self.gated
 
     def describe(self, seconds: float) -> str:
-        return f"{seconds:.0f} s" + (f" or {self.candidates} candidates" if self.candidates else "")
+        bounds = ([f"{self.candidates} candidates"] if self.candidates else []) + ([f"{seconds:.0f} s"] if seconds > 0 else [])
+        return " or ".join(bounds)
 
 
 def fewest_passing(base: Recipe, ranked: list[str], limit: int, budget: SearchBudget,

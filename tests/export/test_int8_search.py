@@ -186,3 +186,33 @@ def test_search_stops_after_a_count_of_candidates(tmp_path, monkeypatch):
         assert len([c for c in result.candidates if "passed" in c]) == count and result.recipe is None
     unbounded = search.search_int8(tmp_path / "fused.onnx", tmp_path / "work", never, [], {}, cpu=cpu, seconds=1e6)
     assert len([c for c in unbounded.candidates if "passed" in c]) > 7  # the count, not the recipe list, stopped it
+
+
+@pytest.mark.parametrize("passes_from", [None, 37])
+def test_the_default_count_covers_a_whole_search_of_a_24_layer_encoder(tmp_path, monkeypatch, passes_from):
+    """The default bound is a count, so a slow or busy CPU picks what a fast one picks; it is larger than the whole
+    search of 96 quantizable nodes (BERT-large's 24 layers x 4 MatMuls) when nothing passes, and when the most
+    bisection steps are needed (passing from 37 nodes kept fp32). Graph building is replaced: the budget alone."""
+    import re
+
+    import export.int8_search as search
+    from bertforge.cpu import CpuInfo
+    from export.config import ExportConfig
+
+    nodes = {f"layer{index}/MatMul": 1.0 / (index + 1) for index in range(96)}
+    monkeypatch.setattr(search.quantize, "quantize", lambda fused, target, recipe, feeds: target.write_bytes(b""))
+    monkeypatch.setattr(search.quantize, "local_errors_under", lambda base, fused, work, feeds: nodes)
+    monkeypatch.setattr(search, "measure_latency", lambda path, feeds: 1.0)
+
+    def evaluate(path):
+        kept = re.search(r"\+fp32x(\d+)", path.name)
+        passed = passes_from is not None and kept is not None and int(kept.group(1)) >= passes_from
+        return {}, [] if passed else ["missed"], 0.0 if passed else 1.0
+
+    cpu = CpuInfo("AMD EPYC (Zen 1)", frozenset({"avx2", "fma"}))
+    whole = search.search_int8(tmp_path / "fused.onnx", tmp_path / "work", evaluate, [], {}, cpu=cpu, seconds=0,
+                               candidates=0)
+    gated = len([candidate for candidate in whole.candidates if "passed" in candidate])
+    default = ExportConfig()
+    assert default.search_seconds == 0 and 20 < gated < default.search_candidates, gated
+    assert (whole.recipe is not None) == (passes_from is not None)
