@@ -336,7 +336,7 @@ def _finish(encoder, graph, doc: str):
     model.ir_version = encoder.ir_version
     model.doc_string = doc
     _name_nodes(model.graph)
-    _prune(model)
+    prune_unused(model)
     onnx.checker.check_model(model)
     return model
 
@@ -348,7 +348,7 @@ def _name_nodes(graph) -> None:
             node.name = f"{node.output[0]}/{node.op_type}"
 
 
-def _prune(model) -> None:
+def prune_unused(model) -> None:
     """Remove nodes and initializers that no graph output depends on (e.g. the unused pooler)."""
     graph = model.graph
     needed = {output.name for output in graph.output}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.graphs import HIDDEN
+from export.graphs import HIDDEN, prune_unused
 
 MS_DOMAIN = "com.microsoft"
 ACTIVATIONS = {"gelu": "Gelu", "gelu_new": "FastGelu", "gelu_pytorch_tanh": "FastGelu", "gelu_fast": "FastGelu"}
@@ -60,7 +60,7 @@ def replace_encoder(graph_path: Path, target: Path, model) -> Path:
     graph.initializer.extend(weights)
 
     # what no output needs any more (the rest of the traced encoder, its weights) is dropped
-    _prune(graph)
+    prune_unused(traced)
     if not any(opset.domain == MS_DOMAIN for opset in traced.opset_import):
         traced.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -221,18 +221,3 @@ def _sliding_window_band(nodes: list, config, weights: _Weights) -> str:
         helper.make_node("Slice", [table, zero, "fused/encoder/band_end", axes], ["fused/encoder/band"], name="fused/encoder/band"),
     ])
     return "fused/encoder/band"
-
-
-def _prune(graph) -> None:
-    """Drop the nodes and initializers no graph output depends on."""
-    needed = {output.name for output in graph.output}
-    kept = []
-    for node in reversed(graph.node):
-        if any(name in needed for name in node.output):
-            kept.append(node)
-            needed.update(name for name in node.input if name)
-    del graph.node[:]
-    graph.node.extend(reversed(kept))
-    initializers = [tensor for tensor in graph.initializer if tensor.name in needed]
-    del graph.initializer[:]
-    graph.initializer.extend(initializers)
