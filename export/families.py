@@ -8,8 +8,8 @@ Fusions (onnxruntime.transformers optimizer, model_type "bert": Attention, SkipL
 its pattern matcher finds Attention in BERT, RoBERTa, XLM-RoBERTa, CamemBERT, ELECTRA and DistilBERT graphs, and
 only SkipLayerNormalization/Gelu in MPNet (relative position bias) and ModernBERT (rotary attention) graphs
 (measured on Optimum's exports: docs/export.md "Families"). ModernBERT's encoder is therefore written in ORT's fused
-ops by export.modernbert_graph (MultiHeadAttention, RotaryEmbedding, SkipLayerNormalization). A family with `fusion=None` would be served as the
-plain graph; every fused graph still has to pass the gate.
+ops by export.modernbert_graph (MultiHeadAttention, RotaryEmbedding, SkipLayerNormalization). A family with
+`fusion=None` would be served as the plain graph; every fused graph still has to pass the gate.
 """
 
 from __future__ import annotations

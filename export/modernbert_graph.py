@@ -11,7 +11,7 @@ layers (docs/export.md, "Families"). Each layer here is the op sequence ORT has 
     -> MatMul Wo -> SkipLayerNormalization (mlp_norm) -> MatMul Wi -> Split -> Gelu(input) * gate -> MatMul Wo
 
 The gate compares the graph with transformers' ModernBertModel on the same batches as every other graph, and
-`supported` refuses (falling back to the traced graph) any configuration this writer does not reproduce.
+`fusable` refuses (falling back to the traced graph) any configuration this writer does not reproduce.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def encoder_nodes_of(encoder, graph_inputs: list[str]) -> tuple[list, list]:
             nodes.append(_skip_layer_norm(f"{prefix}/attn_norm", previous_mlp, stream, layer.attn_norm, weights))
             normed, stream = f"{prefix}/attn_norm", f"{prefix}/attn_norm/sum"
         qkv = _linear(nodes, f"{prefix}/attn/Wqkv", normed, attention.Wqkv, weights)
-        nodes.append(helper.make_node("Split", [qkv, weights.add_array(f"{prefix}/attn/split", np.array(
+        nodes.append(helper.make_node("Split", [qkv, weights.add_shared("fused/qkv_split", np.array(
             [hidden] * 3, dtype=np.int64))], [f"{prefix}/q", f"{prefix}/k", f"{prefix}/v"], axis=2,
             name=f"{prefix}/attn/Split"))
         cos, sin = _rotary_tables(attention, weights, prefix)
@@ -124,7 +124,7 @@ def encoder_nodes_of(encoder, graph_inputs: list[str]) -> tuple[list, list]:
         mlp = layer.mlp
         inner = _linear(nodes, f"{prefix}/mlp/Wi", f"{prefix}/mlp_norm", mlp.Wi, weights)
         width = mlp.Wo.in_features
-        nodes.append(helper.make_node("Split", [inner, weights.add_array(f"{prefix}/mlp/split", np.array(
+        nodes.append(helper.make_node("Split", [inner, weights.add_shared("fused/glu_split", np.array(
             [width, width], dtype=np.int64))], [f"{prefix}/mlp/input", f"{prefix}/mlp/gate"], axis=2,
             name=f"{prefix}/mlp/Split"))
         nodes.append(helper.make_node(ACTIVATIONS[config.hidden_activation], [f"{prefix}/mlp/input"],
@@ -143,6 +143,14 @@ class _Weights:
 
     def __init__(self):
         self.initializers = []
+        self.shared: dict[bytes, str] = {}
+
+    def add_shared(self, name: str, array: np.ndarray) -> str:
+        """One initializer for equal constants (rotary tables, split sizes) however many layers read them."""
+        key = array.dtype.str.encode() + str(array.shape).encode() + array.tobytes()
+        if key not in self.shared:
+            self.shared[key] = self.add_array(name, array)
+        return self.shared[key]
 
     def add(self, name: str, tensor) -> str:
         return self.add_array(name, tensor.detach().float().cpu().numpy())
@@ -192,32 +200,43 @@ def _norm_weights(name: str, norm, weights: _Weights) -> list[str]:
 
 
 def _rotary_tables(attention, weights: _Weights, prefix: str) -> tuple[str, str]:
-    """cos and sin caches (positions, head_dim / 2) of the layer's own rotary embedding (its theta and length):
-    transformers' rotate_half convention, so RotaryEmbedding runs with interleaved=0."""
+    """cos and sin caches (positions, head_dim / 2) of the layer's own rotary embedding (its theta and length),
+    shared by the layers that have the same: transformers' rotate_half convention, so RotaryEmbedding runs with
+    interleaved=0."""
     rotary = attention.rotary_emb
     rows = int(rotary.max_seq_len_cached)
     inverse_frequencies = rotary.inv_freq.detach().double().cpu().numpy()
     angles = np.outer(np.arange(rows, dtype=np.float64), inverse_frequencies)
     scaling = float(getattr(rotary, "attention_scaling", 1.0))
-    return (weights.add_array(f"{prefix}/attn/rotary_cos", (np.cos(angles) * scaling).astype(np.float32)),
-            weights.add_array(f"{prefix}/attn/rotary_sin", (np.sin(angles) * scaling).astype(np.float32)))
+    return (weights.add_shared(f"{prefix}/attn/rotary_cos", (np.cos(angles) * scaling).astype(np.float32)),
+            weights.add_shared(f"{prefix}/attn/rotary_sin", (np.sin(angles) * scaling).astype(np.float32)))
 
 
 def _sliding_window_band(nodes: list, config, weights: _Weights) -> str:
     """The sliding-window layers' additive bias (1, 1, S, S): 0 where |i - j| <= local_attention / 2, else the
-    float32 minimum (transformers' _update_attention_mask), cut from a (max_positions, max_positions) table."""
+    float32 minimum (transformers' _update_attention_mask), built from the batch's length S once per graph (a
+    table of every length would hold max_positions² floats: 268 MB at ModernBERT-base's 8,192)."""
     from onnx import helper
 
-    rows = int(config.max_position_embeddings)
-    distance = np.abs(np.arange(rows)[:, None] - np.arange(rows)[None, :])
-    band = np.where(distance <= config.local_attention // 2, 0.0, np.finfo(np.float32).min).astype(np.float32)
-    table = weights.add_array("fused/encoder/window_band", band[None, None])
-    zero = weights.add_array("fused/encoder/band_start", np.zeros(2, dtype=np.int64))
-    axes = weights.add_array("fused/encoder/band_axes", np.array([2, 3], dtype=np.int64))
+    name = "fused/encoder/band"
+    half = weights.add_array(f"{name}/half_window", np.array(config.local_attention // 2, dtype=np.int64))
+    zero, one = (weights.add_array(f"{name}/{label}", np.array(value, dtype=np.int64))
+                 for label, value in (("zero", 0), ("one", 1)))
+    inside, outside = (weights.add_array(f"{name}/{label}", np.array(value, dtype=np.float32))
+                       for label, value in (("zero_bias", 0.0), ("masked_bias", np.finfo(np.float32).min)))
+    axis0, axis1, axes01 = (weights.add_array(f"{name}/axes{label}", np.array(value, dtype=np.int64))
+                            for label, value in (("0", [0]), ("1", [1]), ("01", [0, 1])))
     nodes.extend([
-        helper.make_node("Shape", ["input_ids"], ["fused/encoder/length"], start=1, end=2, name="fused/encoder/length"),
-        helper.make_node("Concat", ["fused/encoder/length", "fused/encoder/length"], ["fused/encoder/band_end"], axis=0,
-                         name="fused/encoder/band_end"),
-        helper.make_node("Slice", [table, zero, "fused/encoder/band_end", axes], ["fused/encoder/band"], name="fused/encoder/band"),
+        # positions 0..S-1 of this batch, their distances |i - j| (S, S), the band as 0 / float32 min (1, 1, S, S)
+        helper.make_node("Shape", ["input_ids"], [f"{name}/length"], start=1, end=2, name=f"{name}/Shape"),
+        helper.make_node("Squeeze", [f"{name}/length"], [f"{name}/length_scalar"], name=f"{name}/Squeeze"),
+        helper.make_node("Range", [zero, f"{name}/length_scalar", one], [f"{name}/positions"], name=f"{name}/Range"),
+        helper.make_node("Unsqueeze", [f"{name}/positions", axis1], [f"{name}/rows"], name=f"{name}/rows"),
+        helper.make_node("Unsqueeze", [f"{name}/positions", axis0], [f"{name}/columns"], name=f"{name}/columns"),
+        helper.make_node("Sub", [f"{name}/rows", f"{name}/columns"], [f"{name}/offset"], name=f"{name}/Sub"),
+        helper.make_node("Abs", [f"{name}/offset"], [f"{name}/distance"], name=f"{name}/Abs"),
+        helper.make_node("LessOrEqual", [f"{name}/distance", half], [f"{name}/inside"], name=f"{name}/LessOrEqual"),
+        helper.make_node("Where", [f"{name}/inside", inside, outside], [f"{name}/square"], name=f"{name}/Where"),
+        helper.make_node("Unsqueeze", [f"{name}/square", axes01], [name], name=f"{name}/Unsqueeze"),
     ])
-    return "fused/encoder/band"
+    return name
